@@ -1,0 +1,1 @@
+//! bertkit-export: not built yet (see the issue tracker).

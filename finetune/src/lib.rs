@@ -1,0 +1,1 @@
+//! bertkit-finetune: not built yet (see the issue tracker).

@@ -1,0 +1,335 @@
+//! The BERT encoder, one struct per Hugging Face module (`BertEmbeddings`, `BertSelfAttention`,
+//! ...), with HF's parameter names, so a checkpoint maps onto it one to one.
+//! BERT is post-LayerNorm: each sub-block is `LayerNorm(x + dropout(f(x)))`.
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Int, Tensor};
+
+use crate::config::{BertConfig, HiddenAct};
+use crate::nn::{activation, dropout, Embedding, LayerNorm, Linear};
+use crate::weights::{ParamSink, ParamSource};
+
+/// A tokenized batch on the device: `[batch, seq]` each.
+#[derive(Debug, Clone)]
+pub struct BertInput<B: Backend> {
+    pub input_ids: Tensor<B, 2, Int>,
+    pub token_type_ids: Tensor<B, 2, Int>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Tensor<B, 2, Int>,
+}
+
+/// The attention mask in the two forms the attention paths use, built once per forward.
+pub struct AttentionMask<B: Backend> {
+    /// `[batch, 1, seq, seq]`, true where a key is padding (fused attention).
+    masked: Tensor<B, 4, Bool>,
+    /// `[batch, 1, 1, seq]`, 0 for real keys and f32::MIN for padding, as HF adds it to the scores.
+    additive: Tensor<B, 4>,
+}
+
+impl<B: Backend> AttentionMask<B> {
+    pub fn new(attention_mask: &Tensor<B, 2, Int>) -> Self {
+        let [b, t] = attention_mask.dims();
+        let masked = attention_mask
+            .clone()
+            .equal_elem(0)
+            .reshape([b, 1, 1, t])
+            .expand([b, 1, t, t]);
+        let additive = (attention_mask.clone().float().neg() + 1.0).reshape([b, 1, 1, t]) * f32::MIN;
+        AttentionMask { masked, additive }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertEmbeddings<B: Backend> {
+    pub word_embeddings: Embedding<B>,
+    pub position_embeddings: Embedding<B>,
+    pub token_type_embeddings: Embedding<B>,
+    pub layer_norm: LayerNorm<B>,
+    pub dropout: f64,
+}
+
+impl<B: Backend> BertEmbeddings<B> {
+    pub fn load(src: &mut ParamSource, c: &BertConfig, device: &B::Device) -> Self {
+        let h = c.hidden_size;
+        BertEmbeddings {
+            word_embeddings: Embedding::load(
+                src,
+                "embeddings.word_embeddings",
+                c.vocab_size,
+                h,
+                Some(c.pad_token_id),
+                device,
+            ),
+            position_embeddings: Embedding::load(
+                src,
+                "embeddings.position_embeddings",
+                c.max_position_embeddings,
+                h,
+                None,
+                device,
+            ),
+            token_type_embeddings: Embedding::load(
+                src,
+                "embeddings.token_type_embeddings",
+                c.type_vocab_size,
+                h,
+                None,
+                device,
+            ),
+            layer_norm: LayerNorm::load(src, "embeddings.LayerNorm", h, c.layer_norm_eps, device),
+            dropout: c.hidden_dropout_prob,
+        }
+    }
+
+    pub fn save(&self, sink: &mut ParamSink) {
+        self.word_embeddings.save(sink, "embeddings.word_embeddings");
+        self.position_embeddings.save(sink, "embeddings.position_embeddings");
+        self.token_type_embeddings.save(sink, "embeddings.token_type_embeddings");
+        self.layer_norm.save(sink, "embeddings.LayerNorm");
+    }
+
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, token_type_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let t = input_ids.dims()[1];
+        let positions = Tensor::<B, 1, Int>::arange(0..t as i64, &input_ids.device()).reshape([1, t]);
+        // `[1, seq, hidden]` position embeddings broadcast over the batch.
+        let x = self.word_embeddings.forward(input_ids)
+            + self.token_type_embeddings.forward(token_type_ids)
+            + self.position_embeddings.forward(positions);
+        dropout(self.layer_norm.forward(x), self.dropout)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertSelfAttention<B: Backend> {
+    pub query: Linear<B>,
+    pub key: Linear<B>,
+    pub value: Linear<B>,
+    pub num_heads: usize,
+    pub dropout: f64,
+}
+
+impl<B: Backend> BertSelfAttention<B> {
+    fn load(src: &mut ParamSource, p: &str, c: &BertConfig, device: &B::Device) -> Self {
+        let h = c.hidden_size;
+        BertSelfAttention {
+            query: Linear::load(src, &format!("{p}.query"), h, h, device),
+            key: Linear::load(src, &format!("{p}.key"), h, h, device),
+            value: Linear::load(src, &format!("{p}.value"), h, h, device),
+            num_heads: c.num_attention_heads,
+            dropout: c.attention_probs_dropout_prob,
+        }
+    }
+
+    fn save(&self, sink: &mut ParamSink, p: &str) {
+        self.query.save(sink, &format!("{p}.query"));
+        self.key.save(sink, &format!("{p}.key"));
+        self.value.save(sink, &format!("{p}.value"));
+    }
+
+    /// `[batch, seq, hidden]` -> `[batch, heads, seq, head_dim]` (a view, no copy).
+    fn split_heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
+        let [b, t, h] = x.dims();
+        x.reshape([b, t, self.num_heads, h / self.num_heads]).swap_dims(1, 2)
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
+        let [b, t, h] = x.dims();
+        let q = self.split_heads(self.query.forward(x.clone()));
+        let k = self.split_heads(self.key.forward(x.clone()));
+        let v = self.split_heads(self.value.forward(x));
+        // The fused kernel has no dropout on the probabilities; training with attention dropout
+        // takes the explicit path.
+        let training_dropout = self.dropout > 0.0 && B::ad_enabled(&q.device());
+        let context = if training_dropout {
+            attention_explicit(q, k, v, mask, self.dropout)
+        } else {
+            attention_fused(q, k, v, mask)
+        };
+        context.swap_dims(1, 2).reshape([b, t, h])
+    }
+}
+
+/// softmax(QKᵀ/√d + mask)·V with the backend's fused attention kernel.
+pub fn attention_fused<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: &AttentionMask<B>,
+) -> Tensor<B, 4> {
+    burn::tensor::module::attention(
+        q,
+        k,
+        v,
+        Some(mask.masked.clone()),
+        None,
+        AttentionModuleOptions::default(),
+    )
+}
+
+/// softmax(QKᵀ/√d + mask)·V written out as HF computes it, with dropout on the probabilities.
+pub fn attention_explicit<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: &AttentionMask<B>,
+    dropout_prob: f64,
+) -> Tensor<B, 4> {
+    let head_dim = q.dims()[3];
+    let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (head_dim as f64).sqrt()) + mask.additive.clone();
+    let probs = burn::tensor::activation::softmax(scores, 3);
+    dropout(probs, dropout_prob).matmul(v)
+}
+
+/// `attention.output`: dense, dropout, residual, LayerNorm.
+#[derive(Module, Debug)]
+pub struct BertSelfOutput<B: Backend> {
+    pub dense: Linear<B>,
+    pub layer_norm: LayerNorm<B>,
+    pub dropout: f64,
+}
+
+impl<B: Backend> BertSelfOutput<B> {
+    fn load(src: &mut ParamSource, p: &str, d_in: usize, c: &BertConfig, device: &B::Device) -> Self {
+        BertSelfOutput {
+            dense: Linear::load(src, &format!("{p}.dense"), d_in, c.hidden_size, device),
+            layer_norm: LayerNorm::load(src, &format!("{p}.LayerNorm"), c.hidden_size, c.layer_norm_eps, device),
+            dropout: c.hidden_dropout_prob,
+        }
+    }
+
+    fn save(&self, sink: &mut ParamSink, p: &str) {
+        self.dense.save(sink, &format!("{p}.dense"));
+        self.layer_norm.save(sink, &format!("{p}.LayerNorm"));
+    }
+
+    fn forward(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.layer_norm
+            .forward(dropout(self.dense.forward(x), self.dropout) + residual)
+    }
+}
+
+/// `BertOutput` in HF (the feed-forward output) has the same shape as `BertSelfOutput`.
+pub type BertFeedForwardOutput<B> = BertSelfOutput<B>;
+
+#[derive(Module, Debug)]
+pub struct BertAttention<B: Backend> {
+    /// HF `attention.self` (`self` is a keyword).
+    pub self_: BertSelfAttention<B>,
+    pub output: BertSelfOutput<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct BertIntermediate<B: Backend> {
+    pub dense: Linear<B>,
+    #[module(skip)]
+    pub act: HiddenAct,
+}
+
+#[derive(Module, Debug)]
+pub struct BertLayer<B: Backend> {
+    pub attention: BertAttention<B>,
+    pub intermediate: BertIntermediate<B>,
+    pub output: BertFeedForwardOutput<B>,
+}
+
+impl<B: Backend> BertLayer<B> {
+    fn load(src: &mut ParamSource, p: &str, c: &BertConfig, device: &B::Device) -> Self {
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        BertLayer {
+            attention: BertAttention {
+                self_: BertSelfAttention::load(src, &format!("{p}.attention.self"), c, device),
+                output: BertSelfOutput::load(src, &format!("{p}.attention.output"), h, c, device),
+            },
+            intermediate: BertIntermediate {
+                dense: Linear::load(src, &format!("{p}.intermediate.dense"), h, i, device),
+                act: c.hidden_act,
+            },
+            output: BertSelfOutput::load(src, &format!("{p}.output"), i, c, device),
+        }
+    }
+
+    fn save(&self, sink: &mut ParamSink, p: &str) {
+        self.attention.self_.save(sink, &format!("{p}.attention.self"));
+        self.attention.output.save(sink, &format!("{p}.attention.output"));
+        self.intermediate.dense.save(sink, &format!("{p}.intermediate.dense"));
+        self.output.save(sink, &format!("{p}.output"));
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
+        let attended = self.attention.self_.forward(x.clone(), mask);
+        let attention_output = self.attention.output.forward(attended, x);
+        let intermediate = activation(
+            self.intermediate.act,
+            self.intermediate.dense.forward(attention_output.clone()),
+        );
+        self.output.forward(intermediate, attention_output)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BertEncoder<B: Backend> {
+    pub layer: Vec<BertLayer<B>>,
+}
+
+/// `pooler`: dense + tanh on the first ([CLS]) token.
+#[derive(Module, Debug)]
+pub struct BertPooler<B: Backend> {
+    pub dense: Linear<B>,
+}
+
+impl<B: Backend> BertPooler<B> {
+    pub fn forward(&self, sequence_output: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [b, _, h] = sequence_output.dims();
+        let cls = sequence_output.narrow(1, 0, 1).reshape([b, h]);
+        self.dense.forward(cls).tanh()
+    }
+}
+
+/// `BertModel`: embeddings, encoder and (for the tasks that have one) the pooler.
+#[derive(Module, Debug)]
+pub struct BertModel<B: Backend> {
+    pub embeddings: BertEmbeddings<B>,
+    pub encoder: BertEncoder<B>,
+    pub pooler: Option<BertPooler<B>>,
+}
+
+impl<B: Backend> BertModel<B> {
+    pub fn load(src: &mut ParamSource, c: &BertConfig, with_pooler: bool, device: &B::Device) -> Self {
+        let embeddings = BertEmbeddings::load(src, c, device);
+        let layer = (0..c.num_hidden_layers)
+            .map(|i| BertLayer::load(src, &format!("encoder.layer.{i}"), c, device))
+            .collect();
+        let pooler = with_pooler.then(|| BertPooler {
+            dense: Linear::load(src, "pooler.dense", c.hidden_size, c.hidden_size, device),
+        });
+        BertModel {
+            embeddings,
+            encoder: BertEncoder { layer },
+            pooler,
+        }
+    }
+
+    pub fn save(&self, sink: &mut ParamSink) {
+        self.embeddings.save(sink);
+        for (i, layer) in self.encoder.layer.iter().enumerate() {
+            layer.save(sink, &format!("encoder.layer.{i}"));
+        }
+        if let Some(pooler) = &self.pooler {
+            pooler.dense.save(sink, "pooler.dense");
+        }
+    }
+
+    /// The last hidden state `[batch, seq, hidden]`.
+    pub fn encode(&self, input: &BertInput<B>) -> Tensor<B, 3> {
+        let mask = AttentionMask::new(&input.attention_mask);
+        let mut x = self
+            .embeddings
+            .forward(input.input_ids.clone(), input.token_type_ids.clone());
+        for layer in &self.encoder.layer {
+            x = layer.forward(x, &mask);
+        }
+        x
+    }
+}

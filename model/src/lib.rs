@@ -1,0 +1,21 @@
+//! bertkit-model: what every stage shares. `BertConfig` (HF `config.json`), the BERT module and
+//! its heads with HF names, the tokenizer, checkpoints, Hugging Face import and export.
+
+pub mod backend;
+pub mod bert;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod heads;
+pub mod nn;
+pub mod pooling;
+pub mod tokenizer;
+pub mod weights;
+
+pub use bert::{BertInput, BertModel};
+pub use checkpoint::{LoadOptions, Layout};
+pub use config::{BertConfig, HiddenAct};
+pub use error::{Error, Result};
+pub use heads::{Bert, BertOutput, Task};
+pub use pooling::Pooling;
+pub use tokenizer::{Batch, BertTokenizer, TextInput, Truncation};

@@ -1,0 +1,263 @@
+//! The BERT tokenizer: a Hugging Face `tokenizer.json`, or a WordPiece `vocab.txt` (+ lower
+//! casing from `tokenizer_config.json`), with single and pair encoding, truncation and padding.
+//!
+//! Whatever padding or truncation a `tokenizer.json` carries is switched off on load (the
+//! all-MiniLM-L6-v2 one pads everything to 128); batches are padded to their longest member and
+//! truncated only when asked.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::{EncodeInput, Tokenizer, TruncationParams, TruncationStrategy};
+
+use crate::bert::BertInput;
+use crate::{Error, Result};
+
+/// One example: a text, or a pair of texts (`token_type_ids` 0 then 1).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct TextInput {
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_pair: Option<String>,
+}
+
+impl TextInput {
+    pub fn single(text: impl Into<String>) -> Self {
+        TextInput {
+            text: text.into(),
+            text_pair: None,
+        }
+    }
+
+    pub fn pair(text: impl Into<String>, pair: impl Into<String>) -> Self {
+        TextInput {
+            text: text.into(),
+            text_pair: Some(pair.into()),
+        }
+    }
+}
+
+/// How over-long inputs are cut to the maximum length (special tokens included), as in HF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Truncation {
+    /// Remove tokens from the longer of the two texts first.
+    LongestFirst,
+    /// Remove tokens from the second text only (QA contexts).
+    OnlySecond,
+}
+
+/// Token ids of a batch padded to a common length, row-major `[batch, seq_len]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub input_ids: Vec<i64>,
+    pub token_type_ids: Vec<i64>,
+    pub attention_mask: Vec<i64>,
+    /// Real tokens per example.
+    pub lengths: Vec<usize>,
+}
+
+impl Batch {
+    /// Pads token sequences (ids, type ids) to the longest one with `pad_id`.
+    pub fn pad(sequences: &[(Vec<u32>, Vec<u32>)], pad_id: u32) -> Batch {
+        let seq_len = sequences.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        let n = sequences.len() * seq_len;
+        let mut batch = Batch {
+            batch_size: sequences.len(),
+            seq_len,
+            input_ids: Vec::with_capacity(n),
+            token_type_ids: Vec::with_capacity(n),
+            attention_mask: Vec::with_capacity(n),
+            lengths: Vec::with_capacity(sequences.len()),
+        };
+        for (ids, types) in sequences {
+            let pad = seq_len - ids.len();
+            batch.input_ids.extend(ids.iter().map(|&i| i as i64));
+            batch.input_ids.extend(std::iter::repeat_n(pad_id as i64, pad));
+            batch.token_type_ids.extend(types.iter().map(|&i| i as i64));
+            batch.token_type_ids.extend(std::iter::repeat_n(0, pad));
+            batch.attention_mask.extend(std::iter::repeat_n(1, ids.len()));
+            batch.attention_mask.extend(std::iter::repeat_n(0, pad));
+            batch.lengths.push(ids.len());
+        }
+        batch
+    }
+
+    /// The batch as model input on `device`.
+    pub fn to_input<B: Backend>(&self, device: &B::Device) -> BertInput<B> {
+        let shape = [self.batch_size, self.seq_len];
+        let t = |v: &Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v.clone(), shape), device);
+        BertInput {
+            input_ids: t(&self.input_ids),
+            token_type_ids: t(&self.token_type_ids),
+            attention_mask: t(&self.attention_mask),
+        }
+    }
+}
+
+/// A BERT WordPiece tokenizer.
+#[derive(Clone)]
+pub struct BertTokenizer {
+    inner: Tokenizer,
+    pad_id: u32,
+    source: PathBuf,
+}
+
+impl BertTokenizer {
+    /// Loads `tokenizer.json` from `dir`, else `vocab.txt` (lower casing from
+    /// `tokenizer_config.json` `do_lower_case`, default true).
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let json = dir.join("tokenizer.json");
+        if json.exists() {
+            return Self::from_tokenizer_json(&json);
+        }
+        let vocab = dir.join("vocab.txt");
+        if vocab.exists() {
+            return Self::from_vocab(&vocab, read_do_lower_case(dir)?);
+        }
+        Err(Error::invalid(
+            dir,
+            "no tokenizer found (expected tokenizer.json or vocab.txt)",
+        ))
+    }
+
+    pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
+        let mut inner = Tokenizer::from_file(path)
+            .map_err(|e| Error::invalid(path, format!("not a valid tokenizer.json: {e}")))?;
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| Error::invalid(path, e.to_string()))?;
+        Self::new(inner, path)
+    }
+
+    /// A BERT tokenizer from a WordPiece vocabulary, one token per line.
+    pub fn from_vocab(path: &Path, lowercase: bool) -> Result<Self> {
+        let file = path.to_str().ok_or_else(|| Error::invalid(path, "path is not UTF-8"))?;
+        let model = WordPiece::from_file(file)
+            .unk_token("[UNK]".to_string())
+            .build()
+            .map_err(|e| Error::invalid(path, format!("not a valid vocab.txt: {e}")))?;
+        let mut inner = Tokenizer::new(model);
+        inner.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)));
+        inner.with_pre_tokenizer(Some(BertPreTokenizer));
+        let id = |tok: &str| {
+            inner
+                .token_to_id(tok)
+                .ok_or_else(|| Error::invalid(path, format!("vocabulary has no {tok} token")))
+        };
+        let (sep, cls) = (id("[SEP]")?, id("[CLS]")?);
+        inner.with_post_processor(Some(BertProcessing::new(
+            ("[SEP]".to_string(), sep),
+            ("[CLS]".to_string(), cls),
+        )));
+        inner.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
+        Self::new(inner, path)
+    }
+
+    fn new(inner: Tokenizer, source: &Path) -> Result<Self> {
+        let pad_id = inner
+            .token_to_id("[PAD]")
+            .ok_or_else(|| Error::invalid(source, "vocabulary has no [PAD] token"))?;
+        Ok(BertTokenizer {
+            inner,
+            pad_id,
+            source: source.to_path_buf(),
+        })
+    }
+
+    /// The file it was loaded from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// Truncates every later encoding to `max_length` tokens (special tokens included).
+    pub fn set_truncation(&mut self, max_length: usize, strategy: Truncation) -> Result<()> {
+        let strategy = match strategy {
+            Truncation::LongestFirst => TruncationStrategy::LongestFirst,
+            Truncation::OnlySecond => TruncationStrategy::OnlySecond,
+        };
+        self.inner
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                strategy,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Token ids and type ids of each input, special tokens added.
+    pub fn encode(&self, inputs: &[TextInput]) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+        let batch: Vec<EncodeInput> = inputs
+            .iter()
+            .map(|i| match &i.text_pair {
+                Some(pair) => EncodeInput::Dual(i.text.as_str().into(), pair.as_str().into()),
+                None => EncodeInput::Single(i.text.as_str().into()),
+            })
+            .collect();
+        let encodings = self
+            .inner
+            .encode_batch(batch, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec()))
+            .collect())
+    }
+
+    /// Encodes and pads to the longest input.
+    pub fn batch(&self, inputs: &[TextInput]) -> Result<Batch> {
+        Ok(Batch::pad(&self.encode(inputs)?, self.pad_id))
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// Writes `tokenizer.json` (no padding, no truncation).
+    pub fn save_json(&self, path: &Path) -> Result<()> {
+        let mut plain = self.inner.clone();
+        plain.with_padding(None);
+        plain
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        plain
+            .save(path, true)
+            .map_err(|e| Error::invalid(path, e.to_string()))
+    }
+}
+
+fn read_do_lower_case(dir: &Path) -> Result<bool> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.exists() {
+        return Ok(true);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::invalid(&path, e.to_string()))?;
+    Ok(value
+        .get("do_lower_case")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(true))
+}

@@ -1,0 +1,1 @@
+//! bertkit-serve: not built yet (see the issue tracker).

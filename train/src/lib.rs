@@ -1,0 +1,1 @@
+//! bertkit-train: not built yet (see the issue tracker).
