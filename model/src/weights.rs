@@ -161,9 +161,9 @@ impl ParamSource {
         self.flexible_prefixes.iter().any(|p| name.starts_with(p.as_str()))
     }
 
-    /// The names present in the checkpoint (canonical, without `bert.`).
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(String::as_str)
+    /// The checkpoint's tensors under their canonical names (without `bert.`).
+    pub fn tensors(&self) -> &BTreeMap<String, HostTensor> {
+        &self.tensors
     }
 
     pub fn contains(&self, name: &str) -> bool {
