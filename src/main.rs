@@ -1,1 +1,59 @@
-fn main(){}
+//! `bertkit`: BERT from raw text to a served prediction, one subcommand per stage.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bertkit_model::backend::DeviceSpec;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bertkit", version, about = "BERT from raw text to a served prediction")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed texts from JSONL with a BERT model (mean/[CLS] pooling or per-token vectors).
+    Embed(cli::embed::EmbedArgs),
+    /// Print a model's config, parameter count and heads.
+    Info {
+        /// A model folder (Hugging Face or bertkit checkpoint).
+        dir: PathBuf,
+    },
+    /// Convert a model between the bertkit checkpoint and the Hugging Face layout.
+    Convert(cli::convert::ConvertArgs),
+    /// Run every stage that exists on a small built-in corpus, in a few minutes on a laptop.
+    Quickstart {
+        /// Where to write the corpus, vocabulary and models.
+        #[arg(long, default_value = "bertkit-quickstart")]
+        out: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceSpec,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Embed(args) => cli::embed::run(&args),
+        Command::Info { dir } => cli::info::run(&dir),
+        Command::Convert(args) => cli::convert::run(&args),
+        Command::Quickstart { out, device } => cli::quickstart::run(&out, device),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

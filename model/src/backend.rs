@@ -8,6 +8,12 @@ pub type Cpu = burn::backend::Flex;
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;
 
+/// The CUDA device with this index.
+#[cfg(feature = "cuda")]
+pub fn cuda_device(index: usize) -> burn::backend::cuda::CudaDevice {
+    burn::backend::cuda::CudaDevice { index }
+}
+
 /// A device named on the command line: `cpu`, `cuda` or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {

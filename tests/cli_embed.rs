@@ -1,0 +1,195 @@
+//! `bertkit embed`, `info` and `convert` end to end, through the binary, on the real
+//! all-MiniLM-L6-v2 (fetched by scripts/fetch-assets.sh) against Hugging Face's outputs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn minilm() -> PathBuf {
+    let dir = repo().join("assets/all-MiniLM-L6-v2");
+    assert!(dir.join("model.safetensors").exists(), "run scripts/fetch-assets.sh first");
+    dir
+}
+
+fn reference() -> Value {
+    let path = repo().join("tests/fixtures/hf-reference/minilm_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn bertkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bertkit")).args(args).output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(out.status.success(), "bertkit failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The reference inputs as embed's JSONL.
+fn write_inputs(dir: &Path) -> PathBuf {
+    let lines: Vec<String> = reference()["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| match i {
+            Value::String(s) => serde_json::json!({ "text": s }).to_string(),
+            Value::Array(p) => serde_json::json!({ "text": p[0], "text_pair": p[1] }).to_string(),
+            _ => unreachable!(),
+        })
+        .collect();
+    let path = dir.join("in.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn embed(dir: &Path, extra: &[&str]) -> Vec<Value> {
+    let input = write_inputs(dir);
+    let output = dir.join("out.jsonl");
+    let model = minilm();
+    let mut args = vec![
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ok(bertkit(&args));
+    std::fs::read_to_string(output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn max_diff(a: &Value, b: &Value) -> f64 {
+    match (a, b) {
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| max_diff(p, q)).fold(0.0, f64::max)
+        }
+        _ => (a.as_f64().unwrap() - b.as_f64().unwrap()).abs(),
+    }
+}
+
+#[test]
+fn mean_pooling_matches_hf_in_input_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = reference();
+    // Batches of 3 are formed by length, so inputs are reordered inside; output order must not be.
+    for (extra, key) in [
+        (vec!["--batch-size", "3"], "mean_pooled"),
+        (vec!["--normalize", "--batch-size", "1"], "mean_pooled_normalized"),
+    ] {
+        let out = embed(dir.path(), &extra);
+        assert_eq!(out.len(), 4);
+        for (i, line) in out.iter().enumerate() {
+            let d = max_diff(&line["embedding"], &r[key][i]);
+            assert!(d <= 1e-4, "{key}[{i}]: {d}");
+        }
+    }
+}
+
+#[test]
+fn token_and_cls_outputs_match_hf_hidden_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = reference();
+    let tokens = embed(dir.path(), &["--pooling", "none"]);
+    let cls = embed(dir.path(), &["--pooling", "cls"]);
+    for i in 0..4 {
+        let real = r["attention_mask"][i].as_array().unwrap().iter().filter(|m| m.as_i64() == Some(1)).count();
+        let rows = tokens[i]["tokens"].as_array().unwrap();
+        assert_eq!(rows.len(), real, "padding must be excluded");
+        let want = Value::Array(r["last_hidden_state"][i].as_array().unwrap()[..real].to_vec());
+        assert!(max_diff(&tokens[i]["tokens"], &want) <= 1e-4);
+        assert!(max_diff(&cls[i]["embedding"], &r["last_hidden_state"][i][0]) <= 1e-4);
+    }
+}
+
+#[test]
+fn max_length_truncates() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = embed(dir.path(), &["--pooling", "none", "--max-length", "8"]);
+    let lens: Vec<usize> = out.iter().map(|l| l["tokens"].as_array().unwrap().len()).collect();
+    assert_eq!(lens, vec![8, 4, 8, 8]);
+    let model = minilm();
+    let input = write_inputs(dir.path());
+    let err = bertkit(&[
+        "embed", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(),
+        "--output", dir.path().join("x.jsonl").to_str().unwrap(), "--max-length", "513",
+    ]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("max_position_embeddings (512)"));
+}
+
+#[test]
+fn bad_input_names_the_line_and_keeps_the_old_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = minilm();
+    let output = dir.path().join("out.jsonl");
+    std::fs::write(&output, "previous results\n").unwrap();
+    for (content, expected) in [
+        ("{\"text\": \"fine\"}\n{\"text\": \"also fine\"}\nnot json\n", "line 3: not valid JSON"),
+        ("{\"text\": \"fine\"}\n{\"txt\": \"typo\"}\n", "line 2: no \"text\" field"),
+        ("{\"text\": 5}\n", "line 1: \"text\" is not a string"),
+    ] {
+        let input = dir.path().join("bad.jsonl");
+        std::fs::write(&input, content).unwrap();
+        let out = bertkit(&[
+            "embed", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(),
+            "--output", output.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("bad.jsonl") && stderr.contains(expected), "{stderr}");
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), "previous results\n");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary file left");
+    }
+}
+
+#[test]
+fn info_reports_minilm() {
+    let out = ok(bertkit(&["info", minilm().to_str().unwrap()]));
+    // sentence-transformers/all-MiniLM-L6-v2 has 22,713,216 parameters (HF num_parameters()).
+    assert!(out.contains("parameters:  22713216"), "{out}");
+    assert!(out.contains("task:        base (BertModel)"), "{out}");
+    assert!(out.contains("6 layers, hidden 384, 12 heads"), "{out}");
+}
+
+#[test]
+fn convert_to_hf_and_back_keeps_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    let native = dir.path().join("native");
+    ok(bertkit(&["convert", "--to", "hf", minilm().to_str().unwrap(), hf.to_str().unwrap()]));
+    ok(bertkit(&["convert", "--to", "bertkit", hf.to_str().unwrap(), native.to_str().unwrap()]));
+    assert!(native.join("bertkit.json").exists() && !hf.join("bertkit.json").exists());
+    let embed_with = |model: &Path| {
+        let input = write_inputs(dir.path());
+        let output = dir.path().join("e.jsonl");
+        ok(bertkit(&[
+            "embed", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(),
+            "--output", output.to_str().unwrap(),
+        ]));
+        std::fs::read_to_string(output).unwrap()
+    };
+    assert_eq!(embed_with(&minilm()), embed_with(&native));
+}
+
+#[test]
+fn quickstart_runs_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(bertkit(&["quickstart", "--out", dir.path().to_str().unwrap()]));
+    for stage in ["[1] corpus", "[2] vocabulary", "[3] tiny BERT", "[4] bertkit info", "[5] bertkit embed", "[6] bertkit convert"] {
+        assert!(out.contains(stage), "missing {stage}: {out}");
+    }
+    assert!(out.contains("embeddings identical bit for bit"));
+    assert!(dir.path().join("hf/model.safetensors").exists());
+}
