@@ -9,7 +9,11 @@ use bertkit_model::backend::DeviceSpec;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bertkit", version, about = "BERT from raw text to a served prediction")]
+#[command(
+    name = "bertkit",
+    version,
+    about = "BERT from raw text to a served prediction"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

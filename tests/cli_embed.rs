@@ -12,7 +12,10 @@ fn repo() -> PathBuf {
 
 fn minilm() -> PathBuf {
     let dir = repo().join("assets/all-MiniLM-L6-v2");
-    assert!(dir.join("model.safetensors").exists(), "run scripts/fetch-assets.sh first");
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "run scripts/fetch-assets.sh first"
+    );
     dir
 }
 
@@ -22,11 +25,18 @@ fn reference() -> Value {
 }
 
 fn bertkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bertkit")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_bertkit"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn ok(out: Output) -> String {
-    assert!(out.status.success(), "bertkit failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "bertkit failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -73,7 +83,10 @@ fn max_diff(a: &Value, b: &Value) -> f64 {
     match (a, b) {
         (Value::Array(x), Value::Array(y)) => {
             assert_eq!(x.len(), y.len());
-            x.iter().zip(y).map(|(p, q)| max_diff(p, q)).fold(0.0, f64::max)
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| max_diff(p, q))
+                .fold(0.0, f64::max)
         }
         _ => (a.as_f64().unwrap() - b.as_f64().unwrap()).abs(),
     }
@@ -86,7 +99,10 @@ fn mean_pooling_matches_hf_in_input_order() {
     // Batches of 3 are formed by length, so inputs are reordered inside; output order must not be.
     for (extra, key) in [
         (vec!["--batch-size", "3"], "mean_pooled"),
-        (vec!["--normalize", "--batch-size", "1"], "mean_pooled_normalized"),
+        (
+            vec!["--normalize", "--batch-size", "1"],
+            "mean_pooled_normalized",
+        ),
     ] {
         let out = embed(dir.path(), &extra);
         assert_eq!(out.len(), 4);
@@ -104,7 +120,12 @@ fn token_and_cls_outputs_match_hf_hidden_states() {
     let tokens = embed(dir.path(), &["--pooling", "none"]);
     let cls = embed(dir.path(), &["--pooling", "cls"]);
     for i in 0..4 {
-        let real = r["attention_mask"][i].as_array().unwrap().iter().filter(|m| m.as_i64() == Some(1)).count();
+        let real = r["attention_mask"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m.as_i64() == Some(1))
+            .count();
         let rows = tokens[i]["tokens"].as_array().unwrap();
         assert_eq!(rows.len(), real, "padding must be excluded");
         let want = Value::Array(r["last_hidden_state"][i].as_array().unwrap()[..real].to_vec());
@@ -117,13 +138,23 @@ fn token_and_cls_outputs_match_hf_hidden_states() {
 fn max_length_truncates() {
     let dir = tempfile::tempdir().unwrap();
     let out = embed(dir.path(), &["--pooling", "none", "--max-length", "8"]);
-    let lens: Vec<usize> = out.iter().map(|l| l["tokens"].as_array().unwrap().len()).collect();
+    let lens: Vec<usize> = out
+        .iter()
+        .map(|l| l["tokens"].as_array().unwrap().len())
+        .collect();
     assert_eq!(lens, vec![8, 4, 8, 8]);
     let model = minilm();
     let input = write_inputs(dir.path());
     let err = bertkit(&[
-        "embed", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(),
-        "--output", dir.path().join("x.jsonl").to_str().unwrap(), "--max-length", "513",
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        dir.path().join("x.jsonl").to_str().unwrap(),
+        "--max-length",
+        "513",
     ]);
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("max_position_embeddings (512)"));
@@ -136,21 +167,42 @@ fn bad_input_names_the_line_and_keeps_the_old_output() {
     let output = dir.path().join("out.jsonl");
     std::fs::write(&output, "previous results\n").unwrap();
     for (content, expected) in [
-        ("{\"text\": \"fine\"}\n{\"text\": \"also fine\"}\nnot json\n", "line 3: not valid JSON"),
-        ("{\"text\": \"fine\"}\n{\"txt\": \"typo\"}\n", "line 2: no \"text\" field"),
+        (
+            "{\"text\": \"fine\"}\n{\"text\": \"also fine\"}\nnot json\n",
+            "line 3: not valid JSON",
+        ),
+        (
+            "{\"text\": \"fine\"}\n{\"txt\": \"typo\"}\n",
+            "line 2: no \"text\" field",
+        ),
         ("{\"text\": 5}\n", "line 1: \"text\" is not a string"),
     ] {
         let input = dir.path().join("bad.jsonl");
         std::fs::write(&input, content).unwrap();
         let out = bertkit(&[
-            "embed", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(),
-            "--output", output.to_str().unwrap(),
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
         ]);
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("bad.jsonl") && stderr.contains(expected), "{stderr}");
-        assert_eq!(std::fs::read_to_string(&output).unwrap(), "previous results\n");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "no temporary file left");
+        assert!(
+            stderr.contains("bad.jsonl") && stderr.contains(expected),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&output).unwrap(),
+            "previous results\n"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            2,
+            "no temporary file left"
+        );
     }
 }
 
@@ -168,15 +220,32 @@ fn convert_to_hf_and_back_keeps_embeddings() {
     let dir = tempfile::tempdir().unwrap();
     let hf = dir.path().join("hf");
     let native = dir.path().join("native");
-    ok(bertkit(&["convert", "--to", "hf", minilm().to_str().unwrap(), hf.to_str().unwrap()]));
-    ok(bertkit(&["convert", "--to", "bertkit", hf.to_str().unwrap(), native.to_str().unwrap()]));
+    ok(bertkit(&[
+        "convert",
+        "--to",
+        "hf",
+        minilm().to_str().unwrap(),
+        hf.to_str().unwrap(),
+    ]));
+    ok(bertkit(&[
+        "convert",
+        "--to",
+        "bertkit",
+        hf.to_str().unwrap(),
+        native.to_str().unwrap(),
+    ]));
     assert!(native.join("bertkit.json").exists() && !hf.join("bertkit.json").exists());
     let embed_with = |model: &Path| {
         let input = write_inputs(dir.path());
         let output = dir.path().join("e.jsonl");
         ok(bertkit(&[
-            "embed", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(),
-            "--output", output.to_str().unwrap(),
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
         ]));
         std::fs::read_to_string(output).unwrap()
     };
@@ -186,8 +255,19 @@ fn convert_to_hf_and_back_keeps_embeddings() {
 #[test]
 fn quickstart_runs_every_stage() {
     let dir = tempfile::tempdir().unwrap();
-    let out = ok(bertkit(&["quickstart", "--out", dir.path().to_str().unwrap()]));
-    for stage in ["[1] corpus", "[2] vocabulary", "[3] tiny BERT", "[4] bertkit info", "[5] bertkit embed", "[6] bertkit convert"] {
+    let out = ok(bertkit(&[
+        "quickstart",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]));
+    for stage in [
+        "[1] corpus",
+        "[2] vocabulary",
+        "[3] tiny BERT",
+        "[4] bertkit info",
+        "[5] bertkit embed",
+        "[6] bertkit convert",
+    ] {
         assert!(out.contains(stage), "missing {stage}: {out}");
     }
     assert!(out.contains("embeddings identical bit for bit"));

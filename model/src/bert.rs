@@ -36,7 +36,8 @@ impl<B: Backend> AttentionMask<B> {
             .equal_elem(0)
             .reshape([b, 1, 1, t])
             .expand([b, 1, t, t]);
-        let additive = (attention_mask.clone().float().neg() + 1.0).reshape([b, 1, 1, t]) * f32::MIN;
+        let additive =
+            (attention_mask.clone().float().neg() + 1.0).reshape([b, 1, 1, t]) * f32::MIN;
         AttentionMask { masked, additive }
     }
 }
@@ -84,15 +85,23 @@ impl<B: Backend> BertEmbeddings<B> {
     }
 
     pub fn save(&self, sink: &mut ParamSink) {
-        self.word_embeddings.save(sink, "embeddings.word_embeddings");
-        self.position_embeddings.save(sink, "embeddings.position_embeddings");
-        self.token_type_embeddings.save(sink, "embeddings.token_type_embeddings");
+        self.word_embeddings
+            .save(sink, "embeddings.word_embeddings");
+        self.position_embeddings
+            .save(sink, "embeddings.position_embeddings");
+        self.token_type_embeddings
+            .save(sink, "embeddings.token_type_embeddings");
         self.layer_norm.save(sink, "embeddings.LayerNorm");
     }
 
-    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, token_type_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        token_type_ids: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
         let t = input_ids.dims()[1];
-        let positions = Tensor::<B, 1, Int>::arange(0..t as i64, &input_ids.device()).reshape([1, t]);
+        let positions =
+            Tensor::<B, 1, Int>::arange(0..t as i64, &input_ids.device()).reshape([1, t]);
         // `[1, seq, hidden]` position embeddings broadcast over the batch.
         let x = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids)
@@ -131,7 +140,8 @@ impl<B: Backend> BertSelfAttention<B> {
     /// `[batch, seq, hidden]` -> `[batch, heads, seq, head_dim]` (a view, no copy).
     fn split_heads(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
         let [b, t, h] = x.dims();
-        x.reshape([b, t, self.num_heads, h / self.num_heads]).swap_dims(1, 2)
+        x.reshape([b, t, self.num_heads, h / self.num_heads])
+            .swap_dims(1, 2)
     }
 
     pub fn forward(&self, x: Tensor<B, 3>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
@@ -177,7 +187,8 @@ pub fn attention_explicit<B: Backend>(
     dropout_prob: f64,
 ) -> Tensor<B, 4> {
     let head_dim = q.dims()[3];
-    let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (head_dim as f64).sqrt()) + mask.additive.clone();
+    let scores =
+        q.matmul(k.swap_dims(2, 3)) * (1.0 / (head_dim as f64).sqrt()) + mask.additive.clone();
     let probs = burn::tensor::activation::softmax(scores, 3);
     dropout(probs, dropout_prob).matmul(v)
 }
@@ -191,10 +202,22 @@ pub struct BertSelfOutput<B: Backend> {
 }
 
 impl<B: Backend> BertSelfOutput<B> {
-    fn load(src: &mut ParamSource, p: &str, d_in: usize, c: &BertConfig, device: &B::Device) -> Self {
+    fn load(
+        src: &mut ParamSource,
+        p: &str,
+        d_in: usize,
+        c: &BertConfig,
+        device: &B::Device,
+    ) -> Self {
         BertSelfOutput {
             dense: Linear::load(src, &format!("{p}.dense"), d_in, c.hidden_size, device),
-            layer_norm: LayerNorm::load(src, &format!("{p}.LayerNorm"), c.hidden_size, c.layer_norm_eps, device),
+            layer_norm: LayerNorm::load(
+                src,
+                &format!("{p}.LayerNorm"),
+                c.hidden_size,
+                c.layer_norm_eps,
+                device,
+            ),
             dropout: c.hidden_dropout_prob,
         }
     }
@@ -251,9 +274,15 @@ impl<B: Backend> BertLayer<B> {
     }
 
     fn save(&self, sink: &mut ParamSink, p: &str) {
-        self.attention.self_.save(sink, &format!("{p}.attention.self"));
-        self.attention.output.save(sink, &format!("{p}.attention.output"));
-        self.intermediate.dense.save(sink, &format!("{p}.intermediate.dense"));
+        self.attention
+            .self_
+            .save(sink, &format!("{p}.attention.self"));
+        self.attention
+            .output
+            .save(sink, &format!("{p}.attention.output"));
+        self.intermediate
+            .dense
+            .save(sink, &format!("{p}.intermediate.dense"));
         self.output.save(sink, &format!("{p}.output"));
     }
 
@@ -296,7 +325,12 @@ pub struct BertModel<B: Backend> {
 }
 
 impl<B: Backend> BertModel<B> {
-    pub fn load(src: &mut ParamSource, c: &BertConfig, with_pooler: bool, device: &B::Device) -> Self {
+    pub fn load(
+        src: &mut ParamSource,
+        c: &BertConfig,
+        with_pooler: bool,
+        device: &B::Device,
+    ) -> Self {
         let embeddings = BertEmbeddings::load(src, c, device);
         let layer = (0..c.num_hidden_layers)
             .map(|i| BertLayer::load(src, &format!("encoder.layer.{i}"), c, device))

@@ -106,7 +106,11 @@ pub fn read_config(dir: &Path) -> Result<(BertConfig, Task)> {
 }
 
 /// Loads a model folder (HF or bertkit) onto `device`.
-pub fn load<B: Backend>(path: &Path, options: &LoadOptions, device: &B::Device) -> Result<(Bert<B>, LoadReport)> {
+pub fn load<B: Backend>(
+    path: &Path,
+    options: &LoadOptions,
+    device: &B::Device,
+) -> Result<(Bert<B>, LoadReport)> {
     let dir = model_dir(path);
     let (config, saved_task) = read_config(&dir)?;
     let task = options.task.unwrap_or(saved_task);
@@ -133,7 +137,12 @@ pub fn load<B: Backend>(path: &Path, options: &LoadOptions, device: &B::Device) 
 }
 
 /// A model with fresh BERT initialization (seeded), for pretraining from scratch.
-pub fn init<B: Backend>(config: &BertConfig, task: Task, seed: u64, device: &B::Device) -> Result<Bert<B>> {
+pub fn init<B: Backend>(
+    config: &BertConfig,
+    task: Task,
+    seed: u64,
+    device: &B::Device,
+) -> Result<Bert<B>> {
     config.validate().map_err(Error::Other)?;
     let mut src = ParamSource::fresh(seed, config.initializer_range);
     let model = Bert::load(&mut src, config, task, device);
@@ -153,13 +162,25 @@ pub enum Layout {
 /// Writes a model folder: `model.safetensors`, `config.json`, the tokenizer files found in
 /// `tokenizer_dir`, and `bertkit.json` for the bertkit layout. Each file is written to a
 /// temporary name and renamed, so an interrupted save never leaves a half-written file.
-pub fn save<B: Backend>(model: &Bert<B>, out: &Path, tokenizer_dir: Option<&Path>, layout: Layout) -> Result<()> {
+pub fn save<B: Backend>(
+    model: &Bert<B>,
+    out: &Path,
+    tokenizer_dir: Option<&Path>,
+    layout: Layout,
+) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut sink = ParamSink::default();
     model.save(&mut sink);
-    let prefix = if model.task == Task::Base { "" } else { "bert." };
+    let prefix = if model.task == Task::Base {
+        ""
+    } else {
+        "bert."
+    };
     let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
-    write_atomic(&out.join(WEIGHTS_FILE), &sink.to_safetensors(prefix, metadata)?)?;
+    write_atomic(
+        &out.join(WEIGHTS_FILE),
+        &sink.to_safetensors(prefix, metadata)?,
+    )?;
 
     let mut config = model.config.clone();
     config.architectures = Some(vec![model.task.architecture().to_string()]);
@@ -198,7 +219,10 @@ pub fn copy_tokenizer_files(from: &Path, to: &Path, config: &BertConfig) -> Resu
         }
     }
     if copied == 0 && !to.join("tokenizer.json").exists() && !to.join("vocab.txt").exists() {
-        return Err(Error::invalid(from, "no tokenizer files (tokenizer.json or vocab.txt) to copy"));
+        return Err(Error::invalid(
+            from,
+            "no tokenizer files (tokenizer.json or vocab.txt) to copy",
+        ));
     }
     let tok_config = to.join("tokenizer_config.json");
     if !tok_config.exists() {
@@ -217,7 +241,10 @@ pub fn copy_tokenizer_files(from: &Path, to: &Path, config: &BertConfig) -> Resu
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let result = (|| {

@@ -159,7 +159,7 @@ impl BertConfig {
                 return Err(format!("field `{name}` must be positive"));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "field `hidden_size` ({}) is not a multiple of `num_attention_heads` ({})",
                 self.hidden_size, self.num_attention_heads
@@ -173,7 +173,10 @@ impl BertConfig {
         }
         for (name, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
-            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
         ] {
             if !(0.0..1.0).contains(&p) {
                 return Err(format!("field `{name}` ({p}) must be in [0, 1)"));
@@ -279,8 +282,8 @@ mod tests {
 
     #[test]
     fn invalid_configs_name_the_field() {
-        let err = BertConfig::from_json(r#"{"hidden_size": 30, "num_attention_heads": 4}"#)
-            .unwrap_err();
+        let err =
+            BertConfig::from_json(r#"{"hidden_size": 30, "num_attention_heads": 4}"#).unwrap_err();
         assert!(err.contains("hidden_size"), "{err}");
         let err = BertConfig::from_json(r#"{"hidden_act": "swish"}"#).unwrap_err();
         assert!(err.contains("swish"), "{err}");

@@ -157,7 +157,9 @@ impl<B: Backend> BertLMPredictionHead<B> {
     }
 
     fn save(&self, sink: &mut ParamSink) {
-        self.transform.dense.save(sink, "cls.predictions.transform.dense");
+        self.transform
+            .dense
+            .save(sink, "cls.predictions.transform.dense");
         self.transform
             .layer_norm
             .save(sink, "cls.predictions.transform.LayerNorm");
@@ -166,9 +168,15 @@ impl<B: Backend> BertLMPredictionHead<B> {
 
     /// Vocabulary logits for hidden states `[..., hidden]`; `word_embeddings` is `[vocab, hidden]`.
     /// Pretraining calls this on the masked positions only.
-    pub fn forward<const D: usize>(&self, hidden: Tensor<B, D>, word_embeddings: Tensor<B, 2>) -> Tensor<B, D> {
+    pub fn forward<const D: usize>(
+        &self,
+        hidden: Tensor<B, D>,
+        word_embeddings: Tensor<B, 2>,
+    ) -> Tensor<B, D> {
         let t = &self.transform;
-        let x = t.layer_norm.forward(activation(t.act, t.dense.forward(hidden)));
+        let x = t
+            .layer_norm
+            .forward(activation(t.act, t.dense.forward(hidden)));
         burn::tensor::module::linear(x, word_embeddings.transpose(), Some(self.bias.val()))
     }
 }
@@ -214,16 +222,27 @@ pub struct BertOutput<B: Backend> {
 impl<B: Backend> Bert<B> {
     /// Builds the model for `task`, taking every parameter from `src` (a checkpoint or fresh
     /// initialization). Problems are collected in `src`; call `src.finish()` afterwards.
-    pub fn load(src: &mut ParamSource, config: &BertConfig, task: Task, device: &B::Device) -> Self {
+    pub fn load(
+        src: &mut ParamSource,
+        config: &BertConfig,
+        task: Task,
+        device: &B::Device,
+    ) -> Self {
         let h = config.hidden_size;
         let bert = BertModel::load(src, config, task.has_pooler(), device);
-        let mlm = task.has_mlm().then(|| BertLMPredictionHead::load(src, config, device));
+        let mlm = task
+            .has_mlm()
+            .then(|| BertLMPredictionHead::load(src, config, device));
         let nsp = task
             .has_nsp()
             .then(|| Linear::load(src, "cls.seq_relationship", h, 2, device));
-        let classifier = matches!(task, Task::SequenceClassification | Task::TokenClassification)
-            .then(|| Linear::load(src, "classifier", h, config.num_labels(), device));
-        let qa_outputs = (task == Task::QuestionAnswering).then(|| Linear::load(src, "qa_outputs", h, 2, device));
+        let classifier = matches!(
+            task,
+            Task::SequenceClassification | Task::TokenClassification
+        )
+        .then(|| Linear::load(src, "classifier", h, config.num_labels(), device));
+        let qa_outputs = (task == Task::QuestionAnswering)
+            .then(|| Linear::load(src, "qa_outputs", h, 2, device));
         Bert {
             bert,
             mlm,

@@ -13,7 +13,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use bert::{BertInput, BertModel};
-pub use checkpoint::{LoadOptions, Layout};
+pub use checkpoint::{Layout, LoadOptions};
 pub use config::{BertConfig, HiddenAct};
 pub use error::{Error, Result};
 pub use heads::{Bert, BertOutput, Task};

@@ -8,7 +8,10 @@ use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 use crate::config::HiddenAct;
 use crate::weights::{HostTensor, Init, ParamSink, ParamSource};
 
-pub(crate) fn to_tensor<B: Backend, const D: usize>(t: HostTensor, device: &B::Device) -> Tensor<B, D> {
+pub(crate) fn to_tensor<B: Backend, const D: usize>(
+    t: HostTensor,
+    device: &B::Device,
+) -> Tensor<B, D> {
     Tensor::from_data(TensorData::new(t.data, t.shape), device)
 }
 
@@ -31,7 +34,13 @@ pub struct Linear<B: Backend> {
 }
 
 impl<B: Backend> Linear<B> {
-    pub fn load(src: &mut ParamSource, name: &str, d_in: usize, d_out: usize, device: &B::Device) -> Self {
+    pub fn load(
+        src: &mut ParamSource,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        device: &B::Device,
+    ) -> Self {
         let w = src.take(&format!("{name}.weight"), &[d_out, d_in], Init::Normal);
         let b = src.take(&format!("{name}.bias"), &[d_out], Init::Zeros);
         Linear {
@@ -41,7 +50,10 @@ impl<B: Backend> Linear<B> {
     }
 
     pub fn save(&self, sink: &mut ParamSink, name: &str) {
-        sink.put(&format!("{name}.weight"), transpose(&to_host(self.weight.val())));
+        sink.put(
+            &format!("{name}.weight"),
+            transpose(&to_host(self.weight.val())),
+        );
         sink.put(&format!("{name}.bias"), to_host(self.bias.val()));
     }
 
@@ -73,7 +85,13 @@ pub struct LayerNorm<B: Backend> {
 }
 
 impl<B: Backend> LayerNorm<B> {
-    pub fn load(src: &mut ParamSource, name: &str, dim: usize, eps: f64, device: &B::Device) -> Self {
+    pub fn load(
+        src: &mut ParamSource,
+        name: &str,
+        dim: usize,
+        eps: f64,
+        device: &B::Device,
+    ) -> Self {
         let w = src.take(&format!("{name}.weight"), &[dim], Init::Ones);
         let b = src.take(&format!("{name}.bias"), &[dim], Init::Zeros);
         LayerNorm {

@@ -12,7 +12,11 @@ pub enum Pooling {
 }
 
 /// `[batch, seq, hidden]` -> `[batch, hidden]`.
-pub fn pool<B: Backend>(hidden: Tensor<B, 3>, attention_mask: &Tensor<B, 2, Int>, pooling: Pooling) -> Tensor<B, 2> {
+pub fn pool<B: Backend>(
+    hidden: Tensor<B, 3>,
+    attention_mask: &Tensor<B, 2, Int>,
+    pooling: Pooling,
+) -> Tensor<B, 2> {
     let [b, t, h] = hidden.dims();
     match pooling {
         Pooling::Cls => hidden.narrow(1, 0, 1).reshape([b, h]),

@@ -66,7 +66,11 @@ pub struct Batch {
 impl Batch {
     /// Pads token sequences (ids, type ids) to the longest one with `pad_id`.
     pub fn pad(sequences: &[(Vec<u32>, Vec<u32>)], pad_id: u32) -> Batch {
-        let seq_len = sequences.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        let seq_len = sequences
+            .iter()
+            .map(|(ids, _)| ids.len())
+            .max()
+            .unwrap_or(0);
         let n = sequences.len() * seq_len;
         let mut batch = Batch {
             batch_size: sequences.len(),
@@ -79,10 +83,14 @@ impl Batch {
         for (ids, types) in sequences {
             let pad = seq_len - ids.len();
             batch.input_ids.extend(ids.iter().map(|&i| i as i64));
-            batch.input_ids.extend(std::iter::repeat_n(pad_id as i64, pad));
+            batch
+                .input_ids
+                .extend(std::iter::repeat_n(pad_id as i64, pad));
             batch.token_type_ids.extend(types.iter().map(|&i| i as i64));
             batch.token_type_ids.extend(std::iter::repeat_n(0, pad));
-            batch.attention_mask.extend(std::iter::repeat_n(1, ids.len()));
+            batch
+                .attention_mask
+                .extend(std::iter::repeat_n(1, ids.len()));
             batch.attention_mask.extend(std::iter::repeat_n(0, pad));
             batch.lengths.push(ids.len());
         }
@@ -92,7 +100,9 @@ impl Batch {
     /// The batch as model input on `device`.
     pub fn to_input<B: Backend>(&self, device: &B::Device) -> BertInput<B> {
         let shape = [self.batch_size, self.seq_len];
-        let t = |v: &Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v.clone(), shape), device);
+        let t = |v: &Vec<i64>| {
+            Tensor::<B, 2, Int>::from_data(TensorData::new(v.clone(), shape), device)
+        };
         BertInput {
             input_ids: t(&self.input_ids),
             token_type_ids: t(&self.token_type_ids),
@@ -139,7 +149,9 @@ impl BertTokenizer {
 
     /// A BERT tokenizer from a WordPiece vocabulary, one token per line.
     pub fn from_vocab(path: &Path, lowercase: bool) -> Result<Self> {
-        let file = path.to_str().ok_or_else(|| Error::invalid(path, "path is not UTF-8"))?;
+        let file = path
+            .to_str()
+            .ok_or_else(|| Error::invalid(path, "path is not UTF-8"))?;
         let model = WordPiece::from_file(file)
             .unk_token("[UNK]".to_string())
             .build()

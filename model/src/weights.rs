@@ -102,10 +102,19 @@ impl ParamSource {
             let data = to_f32(view.dtype(), view.data()).ok_or_else(|| {
                 Error::invalid(
                     path,
-                    format!("tensor `{name}` has dtype {:?}; expected F32, F16, BF16 or F64", view.dtype()),
+                    format!(
+                        "tensor `{name}` has dtype {:?}; expected F32, F16, BF16 or F64",
+                        view.dtype()
+                    ),
                 )
             })?;
-            source.insert(&name, HostTensor { shape: view.shape().to_vec(), data })?;
+            source.insert(
+                &name,
+                HostTensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            )?;
         }
         Ok(source)
     }
@@ -158,7 +167,9 @@ impl ParamSource {
     }
 
     fn is_flexible(&self, name: &str) -> bool {
-        self.flexible_prefixes.iter().any(|p| name.starts_with(p.as_str()))
+        self.flexible_prefixes
+            .iter()
+            .any(|p| name.starts_with(p.as_str()))
     }
 
     /// The checkpoint's tensors under their canonical names (without `bert.`).
@@ -177,8 +188,10 @@ impl ParamSource {
             if t.shape == shape {
                 return t.clone();
             }
-            self.mismatched
-                .push(format!("{name}: checkpoint has {:?}, model expects {shape:?}", t.shape));
+            self.mismatched.push(format!(
+                "{name}: checkpoint has {:?}, model expects {shape:?}",
+                t.shape
+            ));
         } else if self.is_flexible(name) {
             self.fresh.push(name.to_string());
         } else {
@@ -219,7 +232,11 @@ impl ParamSource {
             unused.into_iter().partition(|k| self.is_flexible(k));
         if self.missing.is_empty() && self.mismatched.is_empty() && unexpected.is_empty() {
             return Ok(LoadReport {
-                fresh: if self.file.is_some() { self.fresh } else { Vec::new() },
+                fresh: if self.file.is_some() {
+                    self.fresh
+                } else {
+                    Vec::new()
+                },
                 unused: allowed_unused,
             });
         }
@@ -297,7 +314,11 @@ impl ParamSink {
 
     /// The safetensors bytes; `base_prefix` is prepended to every base-model name (HF writes
     /// `bert.` when a head is present, nothing for a bare `BertModel`).
-    pub fn to_safetensors(&self, base_prefix: &str, metadata: BTreeMap<String, String>) -> Result<Vec<u8>> {
+    pub fn to_safetensors(
+        &self,
+        base_prefix: &str,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<Vec<u8>> {
         let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
             .tensors
             .iter()
@@ -336,12 +357,18 @@ mod tests {
 
     #[test]
     fn canonical_names() {
-        assert_eq!(canonical_name("bert.pooler.dense.weight"), "pooler.dense.weight");
+        assert_eq!(
+            canonical_name("bert.pooler.dense.weight"),
+            "pooler.dense.weight"
+        );
         assert_eq!(
             canonical_name("bert.embeddings.LayerNorm.gamma"),
             "embeddings.LayerNorm.weight"
         );
-        assert_eq!(canonical_name("cls.predictions.bias"), "cls.predictions.bias");
+        assert_eq!(
+            canonical_name("cls.predictions.bias"),
+            "cls.predictions.bias"
+        );
     }
 
     #[test]
@@ -355,7 +382,11 @@ mod tests {
         let std = (ta.data.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt();
         assert!(mean.abs() < 1e-3, "mean {mean}");
         assert!((std - 0.02).abs() < 1e-3, "std {std}");
-        assert!(a.take("z", &[3], Init::Zeros).data.iter().all(|v| *v == 0.0));
+        assert!(a
+            .take("z", &[3], Init::Zeros)
+            .data
+            .iter()
+            .all(|v| *v == 0.0));
         assert!(a.take("o", &[3], Init::Ones).data.iter().all(|v| *v == 1.0));
         assert!(a.finish().unwrap().is_exact());
     }
@@ -365,9 +396,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
         let mut sink = ParamSink::default();
-        sink.put("a.weight", HostTensor { shape: vec![2, 2], data: vec![1.0; 4] });
-        sink.put("extra.weight", HostTensor { shape: vec![1], data: vec![1.0] });
-        std::fs::write(&path, sink.to_safetensors("bert.", BTreeMap::new()).unwrap()).unwrap();
+        sink.put(
+            "a.weight",
+            HostTensor {
+                shape: vec![2, 2],
+                data: vec![1.0; 4],
+            },
+        );
+        sink.put(
+            "extra.weight",
+            HostTensor {
+                shape: vec![1],
+                data: vec![1.0],
+            },
+        );
+        std::fs::write(
+            &path,
+            sink.to_safetensors("bert.", BTreeMap::new()).unwrap(),
+        )
+        .unwrap();
 
         let mut src = ParamSource::from_safetensors(&path, 0, 0.02).unwrap();
         assert!(src.contains("a.weight"), "prefix stripped on read");
@@ -375,9 +422,18 @@ mod tests {
         src.take("b.bias", &[2], Init::Zeros);
         let err = src.finish().unwrap_err().to_string();
         assert!(err.contains("m.safetensors"), "{err}");
-        assert!(err.contains("1 missing") && err.contains("b.bias [2]"), "{err}");
-        assert!(err.contains("1 mis-shaped") && err.contains("[2, 2]"), "{err}");
-        assert!(err.contains("1 unexpected") && err.contains("extra.weight"), "{err}");
+        assert!(
+            err.contains("1 missing") && err.contains("b.bias [2]"),
+            "{err}"
+        );
+        assert!(
+            err.contains("1 mis-shaped") && err.contains("[2, 2]"),
+            "{err}"
+        );
+        assert!(
+            err.contains("1 unexpected") && err.contains("extra.weight"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -385,8 +441,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
         let mut sink = ParamSink::default();
-        sink.put("a", HostTensor { shape: vec![1], data: vec![3.0] });
-        sink.put("cls.x", HostTensor { shape: vec![1], data: vec![1.0] });
+        sink.put(
+            "a",
+            HostTensor {
+                shape: vec![1],
+                data: vec![3.0],
+            },
+        );
+        sink.put(
+            "cls.x",
+            HostTensor {
+                shape: vec![1],
+                data: vec![1.0],
+            },
+        );
         std::fs::write(&path, sink.to_safetensors("", BTreeMap::new()).unwrap()).unwrap();
         let mut src = ParamSource::from_safetensors(&path, 0, 0.02).unwrap();
         src.allow_fresh("cls.");
@@ -403,7 +471,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.safetensors");
         std::fs::write(&path, b"not safetensors at all").unwrap();
-        let err = ParamSource::from_safetensors(&path, 0, 0.02).err().unwrap().to_string();
-        assert!(err.contains("bad.safetensors") && err.contains("not a valid safetensors"), "{err}");
+        let err = ParamSource::from_safetensors(&path, 0, 0.02)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("bad.safetensors") && err.contains("not a valid safetensors"),
+            "{err}"
+        );
     }
 }

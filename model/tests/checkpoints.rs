@@ -20,7 +20,10 @@ fn params(model: &Bert<Cpu>) -> BTreeMap<String, HostTensor> {
 
 /// Every tensor of a safetensors file under its canonical name (as read by bertkit).
 fn file_tensors(path: &Path) -> BTreeMap<String, HostTensor> {
-    ParamSource::from_safetensors(path, 0, 0.02).unwrap().tensors().clone()
+    ParamSource::from_safetensors(path, 0, 0.02)
+        .unwrap()
+        .tensors()
+        .clone()
 }
 
 fn raw_names(path: &Path) -> Vec<String> {
@@ -37,10 +40,15 @@ fn round_trip(dir: &Path, expected_task: Task) {
     assert_eq!(model.task, expected_task);
     let out = tempfile::tempdir().unwrap();
     checkpoint::save(&model, out.path(), Some(dir), Layout::HuggingFace).unwrap();
-    let (again, report) = checkpoint::load::<Cpu>(out.path(), &LoadOptions::default(), &device).unwrap();
+    let (again, report) =
+        checkpoint::load::<Cpu>(out.path(), &LoadOptions::default(), &device).unwrap();
     assert!(report.is_exact());
     assert_eq!(again.task, expected_task);
-    assert_eq!(params(&model), params(&again), "re-imported parameters differ");
+    assert_eq!(
+        params(&model),
+        params(&again),
+        "re-imported parameters differ"
+    );
     assert_eq!(again.config.hidden_size, model.config.hidden_size);
     assert!(!out.path().join(checkpoint::METADATA_FILE).exists());
 
@@ -55,7 +63,10 @@ fn round_trip(dir: &Path, expected_task: Task) {
     assert_eq!(file_tensors(&exported), file_tensors(&original));
 
     let config = BertConfig::from_file(&out.path().join("config.json")).unwrap();
-    assert_eq!(config.architectures.unwrap(), vec![expected_task.architecture()]);
+    assert_eq!(
+        config.architectures.unwrap(),
+        vec![expected_task.architecture()]
+    );
     assert!(out.path().join("tokenizer.json").exists());
 }
 
@@ -63,9 +74,18 @@ fn round_trip(dir: &Path, expected_task: Task) {
 fn round_trip_is_exact_for_every_head() {
     let r = reference_dir();
     round_trip(&r.join("tiny_pretraining"), Task::Pretraining);
-    round_trip(&r.join("tiny_heads/sequence_classification"), Task::SequenceClassification);
-    round_trip(&r.join("tiny_heads/token_classification"), Task::TokenClassification);
-    round_trip(&r.join("tiny_heads/question_answering"), Task::QuestionAnswering);
+    round_trip(
+        &r.join("tiny_heads/sequence_classification"),
+        Task::SequenceClassification,
+    );
+    round_trip(
+        &r.join("tiny_heads/token_classification"),
+        Task::TokenClassification,
+    );
+    round_trip(
+        &r.join("tiny_heads/question_answering"),
+        Task::QuestionAnswering,
+    );
 }
 
 #[test]
@@ -83,7 +103,8 @@ fn bertkit_checkpoint_records_its_task() {
     let (_, task) = checkpoint::read_config(out.path()).unwrap();
     assert_eq!(task, Task::QuestionAnswering);
     let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("bertkit.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("bertkit.json")).unwrap())
+            .unwrap();
     assert_eq!(meta["format"], "bertkit-checkpoint");
     assert_eq!(meta["format_version"], 1);
 }
@@ -96,11 +117,23 @@ fn wrong_task_lists_unexpected_and_missing_tensors() {
         task: Some(Task::QuestionAnswering),
         ..Default::default()
     };
-    let err = checkpoint::load::<Cpu>(&dir, &options, &device).err().unwrap().to_string();
-    assert!(err.contains("sequence_classification/model.safetensors"), "{err}");
-    assert!(err.contains("2 missing") && err.contains("qa_outputs.weight [2, 32]"), "{err}");
+    let err = checkpoint::load::<Cpu>(&dir, &options, &device)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("sequence_classification/model.safetensors"),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 missing") && err.contains("qa_outputs.weight [2, 32]"),
+        "{err}"
+    );
     assert!(err.contains("4 unexpected"), "{err}");
-    assert!(err.contains("classifier.bias") && err.contains("pooler.dense.weight"), "{err}");
+    assert!(
+        err.contains("classifier.bias") && err.contains("pooler.dense.weight"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -117,9 +150,14 @@ fn fresh_head_on_a_pretrained_body_is_reported() {
     assert!(report.unused.contains(&"cls.predictions.bias".to_string()));
     assert!(report.unused.contains(&"pooler.dense.weight".to_string()));
     // The body is the checkpoint's, the head BERT-initialized.
-    let body = checkpoint::load::<Cpu>(&dir, &LoadOptions::default(), &device).unwrap().0;
+    let body = checkpoint::load::<Cpu>(&dir, &LoadOptions::default(), &device)
+        .unwrap()
+        .0;
     let (a, b) = (params(&model), params(&body));
-    assert_eq!(a["embeddings.word_embeddings.weight"], b["embeddings.word_embeddings.weight"]);
+    assert_eq!(
+        a["embeddings.word_embeddings.weight"],
+        b["embeddings.word_embeddings.weight"]
+    );
     assert!(a["classifier.bias"].data.iter().all(|v| *v == 0.0));
 }
 
@@ -139,7 +177,10 @@ fn mis_shaped_head_is_an_error_naming_the_tensor() {
         .unwrap()
         .to_string();
     assert!(err.contains("2 mis-shaped"), "{err}");
-    assert!(err.contains("classifier.weight: checkpoint has [3, 32], model expects [4, 32]"), "{err}");
+    assert!(
+        err.contains("classifier.weight: checkpoint has [3, 32], model expects [4, 32]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -151,7 +192,11 @@ fn missing_files_are_named() {
         .unwrap()
         .to_string();
     assert!(err.contains("config.json"), "{err}");
-    std::fs::write(dir.path().join("config.json"), "{\"hidden_size\": 32, \"num_attention_heads\": 4}").unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        "{\"hidden_size\": 32, \"num_attention_heads\": 4}",
+    )
+    .unwrap();
     let err = checkpoint::load::<Cpu>(dir.path(), &LoadOptions::default(), &device)
         .err()
         .unwrap()
@@ -180,8 +225,13 @@ fn fresh_models_are_seeded() {
     assert_ne!(params(&a), params(&c));
     let p = params(&a);
     // HF zeroes the padding row of the word embeddings.
-    assert!(p["embeddings.word_embeddings.weight"].data[..16].iter().all(|v| *v == 0.0));
-    assert!(p["embeddings.LayerNorm.weight"].data.iter().all(|v| *v == 1.0));
+    assert!(p["embeddings.word_embeddings.weight"].data[..16]
+        .iter()
+        .all(|v| *v == 0.0));
+    assert!(p["embeddings.LayerNorm.weight"]
+        .data
+        .iter()
+        .all(|v| *v == 1.0));
     assert!(p["cls.predictions.bias"].data.iter().all(|v| *v == 0.0));
 }
 
@@ -194,6 +244,7 @@ fn pytorch_bin_reads_like_safetensors() {
     assert!(report.is_exact(), "{report:?}");
     assert_eq!(from_bin.task, Task::MaskedLm);
     let (from_st, _) =
-        checkpoint::load::<Cpu>(&dir.join("safetensors"), &LoadOptions::default(), &device).unwrap();
+        checkpoint::load::<Cpu>(&dir.join("safetensors"), &LoadOptions::default(), &device)
+            .unwrap();
     assert_eq!(params(&from_bin), params(&from_st));
 }

@@ -46,7 +46,11 @@ fn minilm_outputs_match_hf() {
         &flatten(&r["pooler_output"]),
     );
     let mean = pool(out.last_hidden_state, &input.attention_mask, Pooling::Mean);
-    assert_close("mean_pooled", &host(mean.clone()), &flatten(&r["mean_pooled"]));
+    assert_close(
+        "mean_pooled",
+        &host(mean.clone()),
+        &flatten(&r["mean_pooled"]),
+    );
     assert_close(
         "mean_pooled_normalized",
         &host(l2_normalize(mean)),
@@ -65,7 +69,11 @@ fn tiny_pretraining_heads_match_hf() {
         &flatten(&r["prediction_logits_first64"]),
     );
     let lse = logits.clone().exp().sum_dim(2).log().reshape([b, t]);
-    assert_close("prediction_logsumexp", &host(lse), &flatten(&r["prediction_logsumexp"]));
+    assert_close(
+        "prediction_logsumexp",
+        &host(lse),
+        &flatten(&r["prediction_logsumexp"]),
+    );
     let argmax: Vec<i64> = to_host(logits.argmax(2).float())
         .data
         .iter()
@@ -82,19 +90,38 @@ fn tiny_pretraining_heads_match_hf() {
 #[test]
 fn tiny_sequence_classification_matches_hf() {
     let (out, r) = run_tiny("tiny_heads/sequence_classification");
-    assert_close("logits", &host(out.sequence_logits.unwrap()), &flatten(&r["logits"]));
+    assert_close(
+        "logits",
+        &host(out.sequence_logits.unwrap()),
+        &flatten(&r["logits"]),
+    );
 }
 
 #[test]
 fn tiny_token_classification_matches_hf() {
     let (out, r) = run_tiny("tiny_heads/token_classification");
-    assert!(out.pooler_output.is_none(), "HF builds no pooler for token classification");
-    assert_close("logits", &host(out.token_logits.unwrap()), &flatten(&r["logits"]));
+    assert!(
+        out.pooler_output.is_none(),
+        "HF builds no pooler for token classification"
+    );
+    assert_close(
+        "logits",
+        &host(out.token_logits.unwrap()),
+        &flatten(&r["logits"]),
+    );
 }
 
 #[test]
 fn tiny_question_answering_matches_hf() {
     let (out, r) = run_tiny("tiny_heads/question_answering");
-    assert_close("start_logits", &host(out.start_logits.unwrap()), &flatten(&r["start_logits"]));
-    assert_close("end_logits", &host(out.end_logits.unwrap()), &flatten(&r["end_logits"]));
+    assert_close(
+        "start_logits",
+        &host(out.start_logits.unwrap()),
+        &flatten(&r["start_logits"]),
+    );
+    assert_close(
+        "end_logits",
+        &host(out.end_logits.unwrap()),
+        &flatten(&r["end_logits"]),
+    );
 }

@@ -29,7 +29,10 @@ pub struct ConvertArgs {
 pub fn run(args: &ConvertArgs) -> Result<()> {
     let src = checkpoint::model_dir(&args.src);
     if src.canonicalize().ok() == args.out.canonicalize().ok() {
-        bail!("the output folder {} is the source folder", args.out.display());
+        bail!(
+            "the output folder {} is the source folder",
+            args.out.display()
+        );
     }
     let (model, _) = checkpoint::load::<Cpu>(&src, &LoadOptions::default(), &Default::default())?;
     let layout = match args.to {

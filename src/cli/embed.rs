@@ -74,7 +74,8 @@ fn embed<B: Backend>(device: &B::Device, args: &EmbedArgs) -> Result<()> {
     }
     tokenizer.set_truncation(max_length, Truncation::LongestFirst)?;
 
-    let input = std::fs::File::open(&args.input).with_context(|| format!("{}", args.input.display()))?;
+    let input =
+        std::fs::File::open(&args.input).with_context(|| format!("{}", args.input.display()))?;
     let tmp = temp_path(&args.output);
     let result = (|| -> Result<usize> {
         let mut out = BufWriter::new(
@@ -87,7 +88,10 @@ fn embed<B: Backend>(device: &B::Device, args: &EmbedArgs) -> Result<()> {
             if line.trim().is_empty() {
                 continue;
             }
-            window.push(parse_line(&line).with_context(|| format!("{}: line {}", args.input.display(), i + 1))?);
+            window.push(
+                parse_line(&line)
+                    .with_context(|| format!("{}: line {}", args.input.display(), i + 1))?,
+            );
             if window.len() == args.batch_size * WINDOW_BATCHES {
                 count += embed_window(&model, &tokenizer, &window, args, device, &mut out)?;
                 window.clear();
@@ -99,7 +103,8 @@ fn embed<B: Backend>(device: &B::Device, args: &EmbedArgs) -> Result<()> {
     })();
     match result {
         Ok(count) => {
-            std::fs::rename(&tmp, &args.output).with_context(|| format!("{}", args.output.display()))?;
+            std::fs::rename(&tmp, &args.output)
+                .with_context(|| format!("{}", args.output.display()))?;
             tracing::info!("embedded {count} inputs into {}", args.output.display());
             Ok(())
         }
@@ -111,7 +116,10 @@ fn embed<B: Backend>(device: &B::Device, args: &EmbedArgs) -> Result<()> {
 }
 
 fn temp_path(output: &Path) -> PathBuf {
-    let name = output.file_name().and_then(|n| n.to_str()).unwrap_or("output");
+    let name = output
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("output");
     output.with_file_name(format!(".{name}.partial"))
 }
 
@@ -125,7 +133,11 @@ pub fn parse_line(line: &str) -> Result<TextInput> {
         .context("\"text\" is not a string")?;
     let pair = match value.get("text_pair") {
         None | Some(serde_json::Value::Null) => None,
-        Some(v) => Some(v.as_str().context("\"text_pair\" is not a string")?.to_string()),
+        Some(v) => Some(
+            v.as_str()
+                .context("\"text_pair\" is not a string")?
+                .to_string(),
+        ),
     };
     Ok(TextInput {
         text: text.to_string(),
@@ -149,7 +161,10 @@ fn embed_window<B: Backend>(
     for chunk in order.chunks(args.batch_size) {
         let sequences: Vec<_> = chunk.iter().map(|&i| encoded[i].clone()).collect();
         let batch = Batch::pad(&sequences, tokenizer.pad_id());
-        for (k, line) in embed_batch(model, &batch, args, device).into_iter().enumerate() {
+        for (k, line) in embed_batch(model, &batch, args, device)
+            .into_iter()
+            .enumerate()
+        {
             lines[chunk[k]] = line;
         }
     }
@@ -160,7 +175,12 @@ fn embed_window<B: Backend>(
 }
 
 /// The output lines of one padded batch.
-fn embed_batch<B: Backend>(model: &Bert<B>, batch: &Batch, args: &EmbedArgs, device: &B::Device) -> Vec<String> {
+fn embed_batch<B: Backend>(
+    model: &Bert<B>,
+    batch: &Batch,
+    args: &EmbedArgs,
+    device: &B::Device,
+) -> Vec<String> {
     let input = batch.to_input::<B>(device);
     let hidden = model.bert.encode(&input);
     let pooling = match args.pooling {

@@ -12,19 +12,41 @@ pub fn run(dir: &Path) -> Result<()> {
     let (model, _) = checkpoint::load::<Cpu>(&dir, &LoadOptions::default(), &Default::default())?;
     let c = &model.config;
     println!("model:       {}", dir.display());
-    println!("task:        {} ({})", model.task, model.task.architecture());
-    println!("parameters:  {} ({:.1} M)", model.num_params(), model.num_params() as f64 / 1e6);
+    println!(
+        "task:        {} ({})",
+        model.task,
+        model.task.architecture()
+    );
+    println!(
+        "parameters:  {} ({:.1} M)",
+        model.num_params(),
+        model.num_params() as f64 / 1e6
+    );
     println!(
         "shape:       {} layers, hidden {}, {} heads, intermediate {}, {:?}",
-        c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size, c.hidden_act
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.num_attention_heads,
+        c.intermediate_size,
+        c.hidden_act
     );
-    println!("positions:   {}, vocab {}, token types {}", c.max_position_embeddings, c.vocab_size, c.type_vocab_size);
+    println!(
+        "positions:   {}, vocab {}, token types {}",
+        c.max_position_embeddings, c.vocab_size, c.type_vocab_size
+    );
     println!("heads:       {}", heads(model.task).join(", "));
-    if matches!(model.task, Task::SequenceClassification | Task::TokenClassification) {
+    if matches!(
+        model.task,
+        Task::SequenceClassification | Task::TokenClassification
+    ) {
         println!("labels:      {}", c.labels().join(", "));
     }
     match BertTokenizer::from_dir(&dir) {
-        Ok(t) => println!("tokenizer:   {} ({} tokens)", t.source().display(), t.vocab_size()),
+        Ok(t) => println!(
+            "tokenizer:   {} ({} tokens)",
+            t.source().display(),
+            t.vocab_size()
+        ),
         Err(e) => println!("tokenizer:   none ({e})"),
     }
     println!("config:\n{}", c.to_json());

@@ -18,9 +18,36 @@ use bertkit_model::{BertConfig, BertTokenizer, Task};
 use super::embed::{EmbedArgs, PoolingArg};
 
 /// Words the built-in corpus is made of.
-const SUBJECTS: [&str; 8] = ["the cat", "a dog", "the old sailor", "my sister", "the whale", "a small bird", "the captain", "our neighbour"];
-const VERBS: [&str; 8] = ["watched", "followed", "painted", "found", "chased", "remembered", "carried", "described"];
-const OBJECTS: [&str; 8] = ["the red boat", "a quiet harbour", "the long road", "an empty house", "the winter sea", "a bright lantern", "the heavy net", "a green field"];
+const SUBJECTS: [&str; 8] = [
+    "the cat",
+    "a dog",
+    "the old sailor",
+    "my sister",
+    "the whale",
+    "a small bird",
+    "the captain",
+    "our neighbour",
+];
+const VERBS: [&str; 8] = [
+    "watched",
+    "followed",
+    "painted",
+    "found",
+    "chased",
+    "remembered",
+    "carried",
+    "described",
+];
+const OBJECTS: [&str; 8] = [
+    "the red boat",
+    "a quiet harbour",
+    "the long road",
+    "an empty house",
+    "the winter sea",
+    "a bright lantern",
+    "the heavy net",
+    "a green field",
+];
 const ENDINGS: [&str; 4] = ["at dawn", "in the rain", "before supper", "without a word"];
 
 /// A deterministic corpus: documents of sentences separated by blank lines.
@@ -53,13 +80,24 @@ pub fn builtin_corpus() -> String {
 /// as a `##` continuation) and every lower-cased word. `bertkit vocab` (WordPiece training) will
 /// replace this for real corpora.
 pub fn corpus_vocab(text: &str) -> Vec<String> {
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].map(String::from).to_vec();
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .map(String::from)
+        .to_vec();
     let lower = text.to_lowercase();
-    let chars: std::collections::BTreeSet<char> = lower.chars().filter(|c| !c.is_whitespace()).collect();
+    let chars: std::collections::BTreeSet<char> =
+        lower.chars().filter(|c| !c.is_whitespace()).collect();
     vocab.extend(chars.iter().map(|c| c.to_string()));
-    vocab.extend(chars.iter().filter(|c| c.is_alphanumeric()).map(|c| format!("##{c}")));
+    vocab.extend(
+        chars
+            .iter()
+            .filter(|c| c.is_alphanumeric())
+            .map(|c| format!("##{c}")),
+    );
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for word in lower.split(|c: char| !c.is_alphanumeric()).filter(|w| w.chars().count() > 1) {
+    for word in lower
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() > 1)
+    {
         *counts.entry(word).or_default() += 1;
     }
     vocab.extend(counts.keys().map(|w| w.to_string()));
@@ -78,7 +116,15 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
     let corpus = builtin_corpus();
     let corpus_path = out.join("corpus.txt");
     std::fs::write(&corpus_path, &corpus).with_context(|| format!("{}", corpus_path.display()))?;
-    println!("    {} documents, {} words -> {}", corpus.split("\n\n").filter(|d| !d.trim().is_empty()).count(), corpus.split_whitespace().count(), corpus_path.display());
+    println!(
+        "    {} documents, {} words -> {}",
+        corpus
+            .split("\n\n")
+            .filter(|d| !d.trim().is_empty())
+            .count(),
+        corpus.split_whitespace().count(),
+        corpus_path.display()
+    );
 
     stage(2, "vocabulary");
     let model_dir = out.join("model");
@@ -91,14 +137,22 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
     let ids = &tokenizer.encode(&[bertkit_model::TextInput::single(sample)])?[0].0;
     println!("    {} tokens; {sample:?} -> {ids:?}", vocab.len());
 
-    stage(3, "tiny BERT with pretraining heads (MLM + NSP), BERT initialization, seed 42");
+    stage(
+        3,
+        "tiny BERT with pretraining heads (MLM + NSP), BERT initialization, seed 42",
+    );
     let config = BertConfig::from_json(&format!(
         r#"{{"vocab_size": {}, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
             "intermediate_size": 128, "max_position_embeddings": 64}}"#,
         vocab.len()
     ))
     .map_err(anyhow::Error::msg)?;
-    let model = checkpoint::init::<bertkit_model::backend::Cpu>(&config, Task::Pretraining, 42, &Default::default())?;
+    let model = checkpoint::init::<bertkit_model::backend::Cpu>(
+        &config,
+        Task::Pretraining,
+        42,
+        &Default::default(),
+    )?;
     checkpoint::save(&model, &model_dir, Some(&model_dir), Layout::Bertkit)?;
     println!("    saved bertkit checkpoint -> {}", model_dir.display());
 
@@ -131,10 +185,20 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         read_embeddings(output)
     };
     let embeddings = embed(&model_dir, &out.join("embeddings.jsonl"))?;
-    println!("    {} x {} -> {}", embeddings.len(), embeddings[0].len(), out.join("embeddings.jsonl").display());
-    println!("    cosine similarity (untrained model: the numbers show the pipeline, not meaning):");
+    println!(
+        "    {} x {} -> {}",
+        embeddings.len(),
+        embeddings[0].len(),
+        out.join("embeddings.jsonl").display()
+    );
+    println!(
+        "    cosine similarity (untrained model: the numbers show the pipeline, not meaning):"
+    );
     for (i, a) in embeddings.iter().enumerate() {
-        let row: Vec<String> = embeddings.iter().map(|b| format!("{:6.3}", dot(a, b))).collect();
+        let row: Vec<String> = embeddings
+            .iter()
+            .map(|b| format!("{:6.3}", dot(a, b)))
+            .collect();
         println!("      {}  {:?}", row.join(" "), sentences[i]);
     }
 
@@ -145,13 +209,30 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         src: model_dir.clone(),
         out: hf_dir.clone(),
     })?;
-    let (reloaded, report) = checkpoint::load::<bertkit_model::backend::Cpu>(&hf_dir, &LoadOptions::default(), &Default::default())?;
-    ensure!(report.is_exact() && reloaded.task == Task::Pretraining, "re-import changed the model");
+    let (reloaded, report) = checkpoint::load::<bertkit_model::backend::Cpu>(
+        &hf_dir,
+        &LoadOptions::default(),
+        &Default::default(),
+    )?;
+    ensure!(
+        report.is_exact() && reloaded.task == Task::Pretraining,
+        "re-import changed the model"
+    );
     let again = embed(&hf_dir, &out.join("embeddings-hf.jsonl"))?;
-    ensure!(again == embeddings, "embeddings differ after the Hugging Face round trip");
-    println!("    re-imported {}: embeddings identical bit for bit", hf_dir.display());
+    ensure!(
+        again == embeddings,
+        "embeddings differ after the Hugging Face round trip"
+    );
+    println!(
+        "    re-imported {}: embeddings identical bit for bit",
+        hf_dir.display()
+    );
 
-    println!("\nquickstart done in {:.1} s; everything is in {}", start.elapsed().as_secs_f64(), out.display());
+    println!(
+        "\nquickstart done in {:.1} s; everything is in {}",
+        start.elapsed().as_secs_f64(),
+        out.display()
+    );
     Ok(())
 }
 

@@ -87,7 +87,10 @@ pub fn assert_close(name: &str, got: &[f32], want: &[f32]) {
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
 }
 
 pub fn host<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
