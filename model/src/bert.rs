@@ -367,3 +367,39 @@ impl<B: Backend> BertModel<B> {
         x
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+    use burn::tensor::{Distribution, TensorData};
+
+    /// The fused kernel (inference) and the explicit path (training with attention dropout) agree,
+    /// and padding keys get no weight in either.
+    #[test]
+    fn fused_and_explicit_attention_agree_under_padding() {
+        let device = Default::default();
+        let shape = [2, 4, 6, 8];
+        let q = Tensor::<Cpu, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let k = Tensor::<Cpu, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let v = Tensor::<Cpu, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let mask_data = vec![1i64, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0];
+        let mask = AttentionMask::new(&Tensor::<Cpu, 2, Int>::from_data(
+            TensorData::new(mask_data, [2, 6]),
+            &device,
+        ));
+        let fused = attention_fused(q.clone(), k.clone(), v.clone(), &mask);
+        let explicit = attention_explicit(q.clone(), k.clone(), v.clone(), &mask, 0.0);
+        let diff = (fused.clone() - explicit).abs().max().into_scalar();
+        assert!(diff < 1e-5, "fused vs explicit: {diff}");
+
+        // Changing the values at padded keys of the second example must not change its output.
+        let v2 = v.clone().slice_assign(
+            [1..2, 0..4, 3..6, 0..8],
+            Tensor::random([1, 4, 3, 8], Distribution::Normal(0.0, 100.0), &device),
+        );
+        let again = attention_fused(q, k, v2, &mask);
+        let diff = (fused - again).abs().max().into_scalar();
+        assert!(diff < 1e-6, "padding leaked into attention: {diff}");
+    }
+}

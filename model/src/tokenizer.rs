@@ -273,3 +273,89 @@ fn read_do_lower_case(dir: &Path) -> Result<bool> {
         .and_then(serde_json::Value::as_bool)
         .unwrap_or(true))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer() -> BertTokenizer {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/hf-reference/tiny_pretraining");
+        BertTokenizer::from_dir(&dir).unwrap()
+    }
+
+    fn lengths(tok: &BertTokenizer, input: &TextInput) -> (usize, usize) {
+        let (_, types) = &tok.encode(std::slice::from_ref(input)).unwrap()[0];
+        let second = types.iter().filter(|&&t| t == 1).count();
+        (types.len() - second, second)
+    }
+
+    #[test]
+    fn pair_encoding_has_type_ids_and_special_tokens() {
+        let tok = tokenizer();
+        let (ids, types) = &tok
+            .encode(&[TextInput::pair("hello world", "good morning")])
+            .unwrap()[0];
+        let cls = tok.token_to_id("[CLS]").unwrap();
+        let sep = tok.token_to_id("[SEP]").unwrap();
+        assert_eq!(ids.len(), 7);
+        assert_eq!((ids[0], ids[3], ids[6]), (cls, sep, sep));
+        assert_eq!(types, &vec![0, 0, 0, 0, 1, 1, 1]);
+        assert_eq!(tok.decode(ids, true).unwrap(), "hello world good morning");
+    }
+
+    #[test]
+    fn truncation_strategies() {
+        let long = "one two three four five six seven eight nine ten";
+        let pair = TextInput::pair("alpha beta", long);
+        let mut tok = tokenizer();
+        assert_eq!(lengths(&tok, &pair), (4, 11), "no truncation unless asked");
+        tok.set_truncation(9, Truncation::OnlySecond).unwrap();
+        assert_eq!(lengths(&tok, &pair), (4, 5));
+        tok.set_truncation(9, Truncation::LongestFirst).unwrap();
+        // 6 content tokens split evenly: [CLS] 3 [SEP] | 3 [SEP].
+        let both_long = TextInput::pair(long, long);
+        assert_eq!(lengths(&tok, &both_long), (5, 4));
+        // The short text is kept whole, the long one cut.
+        assert_eq!(lengths(&tok, &pair), (4, 5));
+        assert_eq!(lengths(&tok, &TextInput::single(long)), (9, 0));
+    }
+
+    #[test]
+    fn padding_to_longest() {
+        let tok = tokenizer();
+        let batch = tok
+            .batch(&[TextInput::single("a b c d"), TextInput::single("a")])
+            .unwrap();
+        assert_eq!((batch.batch_size, batch.seq_len), (2, 6));
+        assert_eq!(batch.lengths, vec![6, 3]);
+        assert_eq!(&batch.attention_mask[6..], &[1, 1, 1, 0, 0, 0]);
+        assert_eq!(&batch.input_ids[9..], &[tok.pad_id() as i64; 3]);
+    }
+
+    #[test]
+    fn missing_or_bad_tokenizer_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = BertTokenizer::from_dir(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no tokenizer found"), "{err}");
+        std::fs::write(dir.path().join("tokenizer.json"), "{").unwrap();
+        let err = BertTokenizer::from_dir(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("tokenizer.json") && err.contains("not a valid"),
+            "{err}"
+        );
+        std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+        std::fs::write(dir.path().join("vocab.txt"), "[UNK]\n[CLS]\n[SEP]\nhello\n").unwrap();
+        let err = BertTokenizer::from_dir(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("vocab.txt") && err.contains("[PAD]"), "{err}");
+    }
+}
