@@ -57,10 +57,8 @@ fn write_inputs(dir: &Path) -> PathBuf {
     path
 }
 
-fn embed(dir: &Path, extra: &[&str]) -> Vec<Value> {
-    let input = write_inputs(dir);
-    let output = dir.join("out.jsonl");
-    let model = minilm();
+/// Runs `bertkit embed --model MODEL --input INPUT --output OUTPUT EXTRA...`.
+fn embed_cmd(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "embed",
         "--model",
@@ -71,12 +69,22 @@ fn embed(dir: &Path, extra: &[&str]) -> Vec<Value> {
         output.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    ok(bertkit(&args));
-    std::fs::read_to_string(output)
+    bertkit(&args)
+}
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// MiniLM embeddings of the reference inputs.
+fn embed(dir: &Path, extra: &[&str]) -> Vec<Value> {
+    let output = dir.join("out.jsonl");
+    ok(embed_cmd(&minilm(), &write_inputs(dir), &output, extra));
+    read_lines(&output)
 }
 
 fn max_diff(a: &Value, b: &Value) -> f64 {
@@ -145,17 +153,12 @@ fn max_length_truncates() {
     assert_eq!(lens, vec![8, 4, 8, 8]);
     let model = minilm();
     let input = write_inputs(dir.path());
-    let err = bertkit(&[
-        "embed",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        dir.path().join("x.jsonl").to_str().unwrap(),
-        "--max-length",
-        "513",
-    ]);
+    let err = embed_cmd(
+        &model,
+        &input,
+        &dir.path().join("x.jsonl"),
+        &["--max-length", "513"],
+    );
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("max_position_embeddings (512)"));
 }
@@ -179,15 +182,7 @@ fn bad_input_names_the_line_and_keeps_the_old_output() {
     ] {
         let input = dir.path().join("bad.jsonl");
         std::fs::write(&input, content).unwrap();
-        let out = bertkit(&[
-            "embed",
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ]);
+        let out = embed_cmd(&model, &input, &output, &[]);
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -235,18 +230,10 @@ fn convert_to_hf_and_back_keeps_embeddings() {
         native.to_str().unwrap(),
     ]));
     assert!(native.join("bertkit.json").exists() && !hf.join("bertkit.json").exists());
+    let input = write_inputs(dir.path());
     let embed_with = |model: &Path| {
-        let input = write_inputs(dir.path());
         let output = dir.path().join("e.jsonl");
-        ok(bertkit(&[
-            "embed",
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ]));
+        ok(embed_cmd(model, &input, &output, &[]));
         std::fs::read_to_string(output).unwrap()
     };
     assert_eq!(embed_with(&minilm()), embed_with(&native));
