@@ -171,3 +171,47 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, prob: f64) -> Tensor
     let mask = x.random_like(burn::tensor::Distribution::Bernoulli(keep));
     x * mask / keep
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+
+    /// Each `hidden_act` against its definition in `transformers.activations`.
+    #[test]
+    fn activations_match_their_definitions() {
+        let xs = [-3.0f32, -1.0, -0.1, 0.0, 0.5, 2.0];
+        let x = Tensor::<Cpu, 1>::from_floats(xs, &Default::default());
+        let erf_gelu = |v: f64| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2));
+        let tanh_gelu = |v: f64| {
+            0.5 * v
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh())
+        };
+        let relu = |v: f64| v.max(0.0);
+        for (act, f) in [
+            (HiddenAct::Gelu, &erf_gelu as &dyn Fn(f64) -> f64),
+            (HiddenAct::GeluTanh, &tanh_gelu),
+            (HiddenAct::Relu, &relu),
+        ] {
+            let got = to_host(activation(act, x.clone())).data;
+            for (g, v) in got.iter().zip(xs) {
+                let want = f(v as f64) as f32;
+                assert!((g - want).abs() < 1e-6, "{act:?}({v}) = {g}, want {want}");
+            }
+        }
+        // The two GELUs differ: a config's choice matters.
+        let (a, b) = (erf_gelu(-3.0), tanh_gelu(-3.0));
+        assert!((a - b).abs() > 1e-4);
+    }
+
+    /// erf by its Taylor series (enough terms for |x| <= 3 at f64 precision).
+    fn erf(x: f64) -> f64 {
+        let mut sum = 0.0;
+        let mut term = x;
+        for n in 0..100 {
+            sum += term / (2 * n + 1) as f64;
+            term *= -x * x / (n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+}
