@@ -35,13 +35,3 @@ impl std::str::FromStr for DeviceSpec {
         }
     }
 }
-
-impl DeviceSpec {
-    /// Whether this build can run on the device.
-    pub fn available(self) -> bool {
-        match self {
-            DeviceSpec::Cpu => true,
-            DeviceSpec::Cuda(_) => cfg!(feature = "cuda"),
-        }
-    }
-}

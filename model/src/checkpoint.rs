@@ -127,7 +127,8 @@ pub fn load<B: Backend>(
         ));
     };
     if options.allow_head_mismatch {
-        for prefix in ["pooler.", "cls.", "classifier.", "qa_outputs."] {
+        src.allow_fresh("pooler.");
+        for prefix in crate::weights::HEAD_PREFIXES {
             src.allow_fresh(prefix);
         }
     }

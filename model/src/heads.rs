@@ -77,16 +77,6 @@ impl Task {
         matches!(self, Task::Pretraining | Task::NextSentence)
     }
 
-    /// The prefix under which this task's head parameters live.
-    pub fn head_prefixes(self) -> &'static [&'static str] {
-        match self {
-            Task::Base => &[],
-            Task::Pretraining | Task::MaskedLm | Task::NextSentence => &["cls."],
-            Task::SequenceClassification | Task::TokenClassification => &["classifier."],
-            Task::QuestionAnswering => &["qa_outputs."],
-        }
-    }
-
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
         match self {

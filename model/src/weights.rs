@@ -346,9 +346,12 @@ impl ParamSink {
     }
 }
 
-/// Head parameters live outside the `bert.` namespace in HF checkpoints.
+/// Name prefixes of the task heads' parameters, which live outside the `bert.` namespace in HF
+/// checkpoints.
+pub const HEAD_PREFIXES: [&str; 3] = ["cls.", "classifier.", "qa_outputs."];
+
 pub fn is_head_name(name: &str) -> bool {
-    name.starts_with("cls.") || name.starts_with("classifier.") || name.starts_with("qa_outputs.")
+    HEAD_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 #[cfg(test)]
