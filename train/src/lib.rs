@@ -1,1 +1,2 @@
-//! bertkit-train: not built yet (see the issue tracker).
+//! Pretraining: corpus readers, vocabulary training, preparation of parquet shards, and the
+//! dynamic-masking loader that feeds the training loop.
