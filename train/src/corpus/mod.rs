@@ -6,11 +6,18 @@
 //! line or byte offset. After a recoverable error (one bad line) the reader goes on; after a fatal
 //! one (a truncated `.bz2`, a corrupt parquet footer) it ends the file.
 
+pub mod jsonl;
+pub mod lines;
+pub mod parquet_input;
+pub mod text;
 pub mod wikipedia;
 pub mod wikitext;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// One document of raw text, with where it came from (for error messages).
@@ -53,9 +60,238 @@ impl fmt::Display for InputError {
         if self.location.is_empty() {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}: {}: {}", self.file.display(), self.location, self.message)
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.location,
+                self.message
+            )
         }
     }
 }
 
 impl std::error::Error for InputError {}
+
+/// Input formats. `Auto` decides per file by extension (after a `.bz2`), then by content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Auto,
+    Text,
+    Jsonl,
+    Parquet,
+    Wikipedia,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => Format::Auto,
+            "text" | "txt" => Format::Text,
+            "jsonl" | "json" | "ndjson" => Format::Jsonl,
+            "parquet" => Format::Parquet,
+            "wikipedia" | "wiki" | "xml" => Format::Wikipedia,
+            _ => {
+                return Err(format!(
+                    "unknown format '{s}' (auto, text, jsonl, parquet, wikipedia)"
+                ))
+            }
+        })
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Auto => "auto",
+            Format::Text => "text",
+            Format::Jsonl => "jsonl",
+            Format::Parquet => "parquet",
+            Format::Wikipedia => "wikipedia",
+        })
+    }
+}
+
+/// How to read the inputs.
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    pub format: Format,
+    pub text_field: String,
+    pub text_column: String,
+    pub max_line_bytes: usize,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            format: Format::Auto,
+            text_field: "text".into(),
+            text_column: "text".into(),
+            max_line_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Expand the command line's paths into a list of files: globs (`data/*.txt`), folders
+/// (all files below them, hidden ones excepted) and plain files. Each path's expansion is
+/// sorted, so the order — and therefore the output of prep — does not depend on the file system.
+pub fn discover(paths: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in paths {
+        let before = files.len();
+        if p.contains(['*', '?', '[']) {
+            let entries = glob::glob(p).map_err(|e| anyhow::anyhow!("bad pattern '{p}': {e}"))?;
+            for entry in entries {
+                let path = entry.map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
+                if path.is_dir() {
+                    walk(&path, &mut files)?;
+                } else {
+                    files.push(path);
+                }
+            }
+        } else {
+            let path = PathBuf::from(p);
+            if path.is_dir() {
+                walk(&path, &mut files)?;
+            } else if path.is_file() {
+                files.push(path);
+            } else {
+                anyhow::bail!("input {p}: no such file or folder");
+            }
+        }
+        if files.len() == before {
+            anyhow::bail!("input {p}: matches no files");
+        }
+        files[before..].sort();
+    }
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(f.clone()));
+    Ok(files)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            walk(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Counts the bytes read from a file (for progress and ETA).
+pub struct Counting<R> {
+    inner: R,
+    counter: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+fn is_bz2(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("bz2"))
+}
+
+/// The format of one file: the chosen one, or by extension (ignoring `.bz2`), or by content.
+pub fn detect(path: &Path, chosen: Format) -> Result<Format, InputError> {
+    if chosen != Format::Auto {
+        return Ok(chosen);
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let name = name.strip_suffix(".bz2").unwrap_or(&name);
+    let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    Ok(match ext {
+        "jsonl" | "json" | "ndjson" => Format::Jsonl,
+        "parquet" => Format::Parquet,
+        "xml" => Format::Wikipedia,
+        _ => {
+            // Sniff: a MediaWiki export starts with <mediawiki ...>.
+            let mut head = Vec::new();
+            let reader = open_raw(path, None)?;
+            reader
+                .take(4096)
+                .read_to_end(&mut head)
+                .map_err(|e| InputError::new(path, "", format!("cannot read: {e}")))?;
+            if wikipedia::is_wikipedia_xml(&head) {
+                Format::Wikipedia
+            } else {
+                Format::Text
+            }
+        }
+    })
+}
+
+/// A buffered reader over a file's bytes, decompressing `.bz2` (multistream) on the fly.
+fn open_raw(
+    path: &Path,
+    counter: Option<Arc<AtomicU64>>,
+) -> Result<Box<dyn std::io::BufRead + Send>, InputError> {
+    let file =
+        File::open(path).map_err(|e| InputError::new(path, "", format!("cannot open: {e}")))?;
+    let counted = Counting {
+        inner: file,
+        counter: counter.unwrap_or_default(),
+    };
+    Ok(if is_bz2(path) {
+        Box::new(BufReader::with_capacity(
+            1 << 16,
+            bzip2::read::MultiBzDecoder::new(BufReader::new(counted)),
+        ))
+    } else {
+        Box::new(BufReader::with_capacity(1 << 16, counted))
+    })
+}
+
+pub type Documents = Box<dyn Iterator<Item = Result<Document, InputError>> + Send>;
+
+/// Open one file as a stream of documents. `counter` receives the bytes read from disk.
+pub fn open(
+    path: &Path,
+    opts: &ReadOptions,
+    counter: Option<Arc<AtomicU64>>,
+) -> Result<Documents, InputError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| InputError::new(path, "", format!("cannot open: {e}")))?;
+    if meta.len() == 0 {
+        return Err(InputError::new(path, "", "file is empty"));
+    }
+    let file = Arc::new(path.to_path_buf());
+    Ok(match detect(path, opts.format)? {
+        Format::Text | Format::Auto => Box::new(text::TextReader::new(
+            open_raw(path, counter)?,
+            file,
+            opts.max_line_bytes,
+        )),
+        Format::Jsonl => Box::new(jsonl::JsonlReader::new(
+            open_raw(path, counter)?,
+            file,
+            &opts.text_field,
+            opts.max_line_bytes,
+        )),
+        Format::Parquet => {
+            if let Some(c) = counter {
+                c.fetch_add(meta.len(), Ordering::Relaxed);
+            }
+            Box::new(parquet_input::ParquetReader::open(file, &opts.text_column)?)
+        }
+        Format::Wikipedia => Box::new(wikipedia::WikipediaReader::open(path, counter)?),
+    })
+}
