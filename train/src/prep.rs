@@ -1,0 +1,663 @@
+//! `bertkit prep`: input files -> tokenized training sequences in parquet shards + manifest.json.
+//!
+//! The pipeline, and why it is shaped so:
+//!
+//! 1. **Read** (one thread): the input files, in sorted order, become one stream of documents.
+//!    The stream is cut into *blocks* at the first document boundary after `shard_size` bytes of
+//!    text. Block `k` becomes shard `shard-{k:06}.parquet`. Blocks depend only on the input and
+//!    the settings, so shards are the same whatever the thread count, and `--num-workers W
+//!    --worker-index I` (block `k` belongs to worker `k % W`) splits the work between machines
+//!    whose union is exactly the single-machine output.
+//! 2. **Tokenize** (all cores, rayon): each block's documents are cleaned (Wikipedia markup),
+//!    split into sentences and tokenized in parallel; results keep the document order.
+//! 3. **Build sequences** (cheap, sequential per block): NSP pairs or packed sequences (see
+//!    [`crate::instances`]) with a random generator seeded by `(seed, block)` only.
+//! 4. **Write** (one thread, overlapping the next block's tokenization): the shard goes to a
+//!    hidden temporary file and is renamed into place; then a hidden `.shard-{k:06}.json` records
+//!    its size, sha256 and counts. A rerun skips every block whose record and shard agree, so an
+//!    interrupted run resumes where it stopped, and a half-written shard is never visible.
+//! 5. **Manifest**: when every block's shard exists, `manifest.json` is written (atomically) from
+//!    the records. It holds no timestamps or thread counts: reruns give the same bytes.
+//!
+//! Memory is bounded by a few blocks (the one being read, the one being tokenized, the one being
+//! written), independent of the corpus size.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use tokenizers::Tokenizer;
+
+use crate::corpus::{self, wikitext, Document, InputError, ReadOptions};
+use crate::instances::{self, Specials, TokenizedDocument};
+use crate::manifest::{
+    Counts, Manifest, PrepSettings, ShardInfo, TokenizerInfo, FORMAT, FORMAT_VERSION,
+    MANIFEST_FILE, TOKENIZER_FILE,
+};
+use crate::rng::Rng;
+use crate::sentences;
+use crate::shards::{self, Sequence};
+
+/// At most this many error messages are kept per shard (all are counted).
+const ERROR_SAMPLES: usize = 5;
+const SETTINGS_FILE: &str = ".prep-settings.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Skip the bad line, document or file; count it in the summary.
+    Skip,
+    /// Stop at the first bad input (shards already written stay valid).
+    Fail,
+}
+
+impl std::str::FromStr for OnError {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "skip" => Ok(OnError::Skip),
+            "fail" => Ok(OnError::Fail),
+            _ => Err(format!("unknown --on-error '{s}' (skip or fail)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PrepOptions {
+    pub inputs: Vec<String>,
+    pub read: ReadOptions,
+    /// A folder with tokenizer.json (as written by `bertkit vocab`, or any HF BERT model).
+    pub tokenizer: PathBuf,
+    pub out: PathBuf,
+    pub seq_len: usize,
+    pub nsp: bool,
+    pub seed: u64,
+    pub short_seq_prob: f64,
+    pub shard_size: u64,
+    pub num_workers: usize,
+    pub worker_index: usize,
+    /// Threads for tokenization (0 = all cores).
+    pub threads: usize,
+    pub on_error: OnError,
+    pub progress: bool,
+}
+
+impl PrepOptions {
+    pub fn new(inputs: Vec<String>, tokenizer: PathBuf, out: PathBuf) -> Self {
+        PrepOptions {
+            inputs,
+            read: ReadOptions::default(),
+            tokenizer,
+            out,
+            seq_len: 128,
+            nsp: false,
+            seed: 12345,
+            short_seq_prob: 0.1,
+            shard_size: 32 << 20,
+            num_workers: 1,
+            worker_index: 0,
+            threads: 0,
+            on_error: OnError::Skip,
+            progress: false,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct PrepSummary {
+    /// Counts over the shards this run wrote (not the skipped, already finished ones).
+    pub written: Counts,
+    pub shards_written: usize,
+    pub shards_skipped: usize,
+    pub shards_total: usize,
+    /// Present when every shard exists and manifest.json was written.
+    pub manifest: Option<Manifest>,
+    pub seconds: f64,
+    pub input_bytes: u64,
+}
+
+/// The record kept next to each finished shard.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct ShardRecord {
+    #[serde(flatten)]
+    info: ShardInfo,
+}
+
+fn shard_name(k: usize) -> String {
+    format!("shard-{k:06}.parquet")
+}
+
+fn record_path(out: &Path, k: usize) -> PathBuf {
+    out.join(format!(".shard-{k:06}.json"))
+}
+
+/// The record of block `k` if its shard is complete (record present, shard of the recorded size).
+fn finished(out: &Path, k: usize) -> Option<ShardInfo> {
+    let text = std::fs::read_to_string(record_path(out, k)).ok()?;
+    let rec: ShardRecord = serde_json::from_str(&text).ok()?;
+    let size = std::fs::metadata(out.join(&rec.info.file)).ok()?.len();
+    (size == rec.info.bytes).then_some(rec.info)
+}
+
+/// Write `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = shards::temp_path(path);
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+/// A block of documents read from the input, with the input errors met while reading it.
+struct Block {
+    index: usize,
+    docs: Vec<Document>,
+    errors: u64,
+    error_samples: Vec<String>,
+}
+
+/// Tokenized documents of a block, ready for sequence building.
+struct TokenizedBlock {
+    index: usize,
+    docs: Vec<TokenizedDocument>,
+    counts: Counts,
+    error_samples: Vec<String>,
+}
+
+struct Tok {
+    tokenizer: Tokenizer,
+    specials: Specials,
+}
+
+fn load_tokenizer(dir: &Path) -> Result<(Tok, TokenizerInfo, Vec<u8>)> {
+    let path = if dir.is_file() {
+        dir.to_path_buf()
+    } else {
+        dir.join(TOKENIZER_FILE)
+    };
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "reading {} (--tokenizer wants a folder with tokenizer.json, e.g. from `bertkit vocab`)",
+            path.display()
+        )
+    })?;
+    let mut tokenizer = Tokenizer::from_bytes(&bytes)
+        .map_err(|e| anyhow!("{}: not a tokenizers JSON file: {e}", path.display()))?;
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    tokenizer.with_padding(None);
+    let id = |t: &str| {
+        tokenizer
+            .token_to_id(t)
+            .with_context(|| format!("{}: the vocabulary has no {t} token", path.display()))
+    };
+    let specials = Specials {
+        cls: id("[CLS]")?,
+        sep: id("[SEP]")?,
+    };
+    id("[MASK]")?;
+    id("[PAD]")?;
+    let info = TokenizerInfo {
+        file: TOKENIZER_FILE.to_string(),
+        sha256: shards::hex(&sha2::Sha256::digest(&bytes)),
+        vocab_size: tokenizer.get_vocab_size(true),
+    };
+    Ok((
+        Tok {
+            tokenizer,
+            specials,
+        },
+        info,
+        bytes,
+    ))
+}
+
+/// Clean, split and tokenize one document.
+fn tokenize_document(doc: &Document, tok: &Tok) -> Result<(TokenizedDocument, u64), InputError> {
+    let cleaned;
+    let text = if doc.wikitext {
+        cleaned = wikitext::clean(&doc.text);
+        cleaned.as_str()
+    } else {
+        doc.text.as_str()
+    };
+    let mut out = Vec::new();
+    let mut sentences = 0;
+    for sentence in sentences::split(text) {
+        let enc = tok.tokenizer.encode_fast(sentence, false).map_err(|e| {
+            InputError::new(
+                doc.file.as_path(),
+                doc.location.clone(),
+                format!("tokenizer: {e}"),
+            )
+        })?;
+        sentences += 1;
+        if !enc.get_ids().is_empty() {
+            out.push(enc.get_ids().to_vec());
+        }
+    }
+    Ok((out, sentences))
+}
+
+fn tokenize_block(block: Block, tok: &Tok, on_error: OnError) -> Result<TokenizedBlock> {
+    let results: Vec<_> = block
+        .docs
+        .par_iter()
+        .map(|d| tokenize_document(d, tok))
+        .collect();
+    let mut counts = Counts {
+        skipped_errors: block.errors,
+        ..Default::default()
+    };
+    let mut error_samples = block.error_samples;
+    let mut docs = Vec::with_capacity(results.len());
+    for r in results {
+        match r {
+            Ok((doc, sentences)) => {
+                counts.sentences += sentences;
+                if doc.is_empty() {
+                    counts.empty_documents += 1;
+                } else {
+                    counts.documents += 1;
+                    docs.push(doc);
+                }
+            }
+            Err(e) => {
+                if on_error == OnError::Fail {
+                    bail!("{e}");
+                }
+                counts.skipped_errors += 1;
+                if error_samples.len() < ERROR_SAMPLES {
+                    error_samples.push(e.to_string());
+                }
+            }
+        }
+    }
+    Ok(TokenizedBlock {
+        index: block.index,
+        docs,
+        counts,
+        error_samples,
+    })
+}
+
+fn build_sequences(block: &TokenizedBlock, opts: &PrepOptions, sp: Specials) -> Vec<Sequence> {
+    let mut out = Vec::new();
+    let mut rng = Rng::derive(&[opts.seed, block.index as u64]);
+    for i in 0..block.docs.len() {
+        if opts.nsp {
+            instances::nsp_pairs(
+                &block.docs,
+                i,
+                opts.seq_len,
+                opts.short_seq_prob,
+                sp,
+                &mut rng,
+                &mut out,
+            );
+        } else {
+            instances::pack(&block.docs[i], opts.seq_len, sp, &mut out);
+        }
+    }
+    out
+}
+
+/// Reader thread: documents -> blocks for this worker. Returns the total number of blocks.
+fn read_blocks(
+    files: Vec<PathBuf>,
+    opts: PrepOptions,
+    bytes_read: Arc<AtomicU64>,
+    docs_read: Arc<AtomicU64>,
+    tx: SyncSender<Block>,
+) -> Result<usize> {
+    let mine =
+        |k: usize| k % opts.num_workers == opts.worker_index && finished(&opts.out, k).is_none();
+    let mut block = Block {
+        index: 0,
+        docs: Vec::new(),
+        errors: 0,
+        error_samples: Vec::new(),
+    };
+    let mut bytes = 0u64;
+    let mut block_is_mine = mine(0);
+    let report = |block: &mut Block, e: InputError| -> Result<()> {
+        if opts.on_error == OnError::Fail {
+            bail!("{e}\n(--on-error fail; use --on-error skip to skip bad input and count it)");
+        }
+        tracing::warn!("skipped: {e}");
+        block.errors += 1;
+        if block.error_samples.len() < ERROR_SAMPLES {
+            block.error_samples.push(e.to_string());
+        }
+        Ok(())
+    };
+    for file in &files {
+        let docs = match corpus::open(file, &opts.read, Some(bytes_read.clone())) {
+            Ok(d) => d,
+            Err(e) => {
+                report(&mut block, e)?;
+                continue;
+            }
+        };
+        for doc in docs {
+            match doc {
+                Ok(doc) => {
+                    docs_read.fetch_add(1, Ordering::Relaxed);
+                    bytes += doc.text.len() as u64;
+                    if block_is_mine {
+                        block.docs.push(doc);
+                    }
+                    if bytes >= opts.shard_size {
+                        let next = block.index + 1;
+                        let full = std::mem::replace(
+                            &mut block,
+                            Block {
+                                index: next,
+                                docs: Vec::new(),
+                                errors: 0,
+                                error_samples: Vec::new(),
+                            },
+                        );
+                        if block_is_mine && tx.send(full).is_err() {
+                            bail!("the tokenizer stopped");
+                        }
+                        block_is_mine = mine(next);
+                        bytes = 0;
+                    }
+                }
+                Err(e) => report(&mut block, e)?,
+            }
+        }
+    }
+    // The last, partial block (or an empty input).
+    let has_content = bytes > 0 || block.errors > 0;
+    if block.index == 0 && bytes == 0 {
+        bail!(
+            "no documents in the input ({} file(s){})",
+            files.len(),
+            if block.errors > 0 {
+                format!(
+                    ", {} error(s) skipped: {}",
+                    block.errors,
+                    block.error_samples.join("; ")
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    if has_content {
+        let index = block.index;
+        if block_is_mine && tx.send(block).is_err() {
+            bail!("the tokenizer stopped");
+        }
+        Ok(index + 1)
+    } else {
+        Ok(block.index)
+    }
+}
+
+/// Check or record the settings of the output folder, so a rerun cannot mix outputs.
+fn check_settings(out: &Path, settings: &PrepSettings, tokenizer: &TokenizerInfo) -> Result<()> {
+    let path = out.join(SETTINGS_FILE);
+    let want = serde_json::json!({ "settings": settings, "tokenizer": tokenizer });
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let have: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: unreadable; delete it to start over", path.display()))?;
+        if have != want {
+            let mut diffs = Vec::new();
+            for section in ["settings", "tokenizer"] {
+                if let (Some(a), Some(b)) = (have[section].as_object(), want[section].as_object()) {
+                    for (k, v) in b {
+                        if a.get(k) != Some(v) {
+                            diffs.push(format!("{section}.{k}"));
+                        }
+                    }
+                }
+            }
+            bail!(
+                "{} holds a preparation with different settings ({}); use another --out or delete it",
+                out.display(),
+                if diffs.is_empty() { "format".to_string() } else { diffs.join(", ") }
+            );
+        }
+        return Ok(());
+    }
+    write_atomic(&path, serde_json::to_string_pretty(&want)?.as_bytes())
+}
+
+/// Delete temporary files of interrupted runs (`.NAME.tmp-PID`).
+fn remove_stale_temporaries(out: &Path) {
+    if let Ok(entries) = std::fs::read_dir(out) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// Run the preparation. See the module documentation.
+pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
+    let start = Instant::now();
+    if opts.seq_len < 8 {
+        bail!("--seq-len {} is too short (at least 8)", opts.seq_len);
+    }
+    if opts.num_workers == 0 || opts.worker_index >= opts.num_workers {
+        bail!(
+            "--worker-index {} must be below --num-workers {}",
+            opts.worker_index,
+            opts.num_workers
+        );
+    }
+    if opts.shard_size == 0 {
+        bail!("--shard-size must be positive");
+    }
+    let files = corpus::discover(&opts.inputs)?;
+    let (tok, tokenizer_info, tokenizer_bytes) = load_tokenizer(&opts.tokenizer)?;
+    let settings = PrepSettings {
+        seq_len: opts.seq_len,
+        nsp: opts.nsp,
+        seed: opts.seed,
+        short_seq_prob: if opts.nsp { opts.short_seq_prob } else { 0.0 },
+        shard_size: opts.shard_size,
+        format: opts.read.format.to_string(),
+        text_field: opts.read.text_field.clone(),
+        text_column: opts.read.text_column.clone(),
+        max_line_bytes: opts.read.max_line_bytes as u64,
+        inputs: files.iter().map(|f| f.display().to_string()).collect(),
+    };
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    check_settings(&opts.out, &settings, &tokenizer_info)?;
+    remove_stale_temporaries(&opts.out);
+    let tok_out = opts.out.join(TOKENIZER_FILE);
+    if std::fs::read(&tok_out).ok().as_deref() != Some(&tokenizer_bytes[..]) {
+        write_atomic(&tok_out, &tokenizer_bytes)?;
+    }
+
+    let input_bytes: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let bytes_read = Arc::new(AtomicU64::new(0));
+    let docs_read = Arc::new(AtomicU64::new(0));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.threads)
+        .build()
+        .context("starting the tokenizer threads")?;
+
+    let (block_tx, block_rx) = sync_channel::<Block>(1);
+    let (seq_tx, seq_rx) = sync_channel::<(usize, Vec<Sequence>, Counts, Vec<String>)>(1);
+    let reader = {
+        let (files, opts) = (files.clone(), opts.clone());
+        let (b, d) = (bytes_read.clone(), docs_read.clone());
+        std::thread::spawn(move || read_blocks(files, opts, b, d, block_tx))
+    };
+    let writer = {
+        let out = opts.out.clone();
+        std::thread::spawn(move || write_shards(&out, seq_rx))
+    };
+
+    let bar = progress_bar(opts.progress, input_bytes);
+    let mut tokens_done = 0u64;
+    let tokenize_result: Result<()> = (|| {
+        for block in block_rx.iter() {
+            let tokenized = pool.install(|| tokenize_block(block, &tok, opts.on_error))?;
+            let seqs = build_sequences(&tokenized, opts, tok.specials);
+            let mut counts = tokenized.counts.clone();
+            counts.sequences = seqs.len() as u64;
+            counts.tokens = seqs.iter().map(|s| s.input_ids.len() as u64).sum();
+            counts.nsp_random = seqs
+                .iter()
+                .filter(|s| s.next_sentence_label == Some(1))
+                .count() as u64;
+            tokens_done += counts.tokens;
+            if let Some(bar) = &bar {
+                let secs = start.elapsed().as_secs_f64().max(1e-3);
+                bar.set_position(bytes_read.load(Ordering::Relaxed));
+                bar.set_message(format!(
+                    "{} docs, {:.0}k tokens/s",
+                    docs_read.load(Ordering::Relaxed),
+                    tokens_done as f64 / secs / 1e3
+                ));
+            }
+            if seq_tx
+                .send((tokenized.index, seqs, counts, tokenized.error_samples))
+                .is_err()
+            {
+                break; // the writer failed; its error is reported below
+            }
+        }
+        Ok(())
+    })();
+    drop(seq_tx);
+    drop(block_rx);
+    let written = writer
+        .join()
+        .map_err(|_| anyhow!("the shard writer panicked"))?;
+    let total = reader
+        .join()
+        .map_err(|_| anyhow!("the input reader panicked"))?;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    // Errors in order of cause: a bad input stops the reader, a write error stops the writer.
+    let total = total?;
+    let written = written?;
+    tokenize_result?;
+
+    let mut summary = PrepSummary {
+        written: Counts::default(),
+        shards_written: written.len(),
+        shards_skipped: 0,
+        shards_total: total,
+        manifest: None,
+        seconds: 0.0,
+        input_bytes,
+    };
+    for info in &written {
+        summary.written.add(&info.counts);
+    }
+    let mine = (0..total)
+        .filter(|k| k % opts.num_workers == opts.worker_index)
+        .count();
+    summary.shards_skipped = mine - written.len();
+
+    let mut infos = Vec::with_capacity(total);
+    for k in 0..total {
+        match finished(&opts.out, k) {
+            Some(info) => infos.push(info),
+            None => break,
+        }
+    }
+    if infos.len() == total {
+        let mut counts = Counts::default();
+        for i in &infos {
+            counts.add(&i.counts);
+        }
+        let manifest = Manifest {
+            format: FORMAT.to_string(),
+            format_version: FORMAT_VERSION,
+            settings,
+            tokenizer: tokenizer_info,
+            counts,
+            shards: infos,
+        };
+        write_atomic(
+            &opts.out.join(MANIFEST_FILE),
+            (serde_json::to_string_pretty(&manifest)? + "\n").as_bytes(),
+        )?;
+        summary.manifest = Some(manifest);
+    }
+    summary.seconds = start.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+type WriteJob = (usize, Vec<Sequence>, Counts, Vec<String>);
+
+fn write_shards(out: &Path, rx: Receiver<WriteJob>) -> Result<Vec<ShardInfo>> {
+    let mut written = Vec::new();
+    for (k, seqs, counts, errors) in rx {
+        let file = shard_name(k);
+        let nsp = seqs.iter().any(|s| s.next_sentence_label.is_some());
+        let (bytes, sha256) = shards::write_shard(&out.join(&file), &seqs, nsp)?;
+        let info = ShardInfo {
+            file,
+            sha256,
+            bytes,
+            counts,
+            errors,
+        };
+        let rec = ShardRecord { info: info.clone() };
+        write_atomic(
+            &record_path(out, k),
+            serde_json::to_string(&rec)?.as_bytes(),
+        )?;
+        written.push(info);
+    }
+    Ok(written)
+}
+
+fn progress_bar(enabled: bool, total: u64) -> Option<indicatif::ProgressBar> {
+    if !enabled {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(500));
+    Some(bar)
+}
+
+/// Parse sizes like `32MB`, `1GiB`, `500k`, `1000000`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let digits = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 32MB, 1GB, 500000)"))?;
+    let mult: f64 = match unit.trim() {
+        "" | "b" => 1.0,
+        "k" | "kb" | "kib" => 1024.0,
+        "m" | "mb" | "mib" => 1024.0 * 1024.0,
+        "g" | "gb" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("unknown size unit '{u}' in '{s}'")),
+    };
+    Ok((n * mult) as u64)
+}

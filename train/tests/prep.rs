@@ -1,0 +1,334 @@
+//! `bertkit prep` on real text: Wikipedia XML and State of the Union prose.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use bertkit_train::corpus::{self, wikitext, ReadOptions};
+use bertkit_train::manifest::Manifest;
+use bertkit_train::prep::{self, OnError, PrepOptions};
+use bertkit_train::sentences;
+use bertkit_train::shards::{file_sha256, read_shard, ShardData};
+use tokenizers::Tokenizer;
+
+fn tokenizer() -> Tokenizer {
+    let mut t = Tokenizer::from_file(common::minilm().join("tokenizer.json")).unwrap();
+    // MiniLM's tokenizer.json pads and truncates to 128; prep switches that off, so do we.
+    t.with_truncation(None).unwrap();
+    t.with_padding(None);
+    t
+}
+
+fn options(inputs: &[PathBuf], out: &Path) -> PrepOptions {
+    let mut o = PrepOptions::new(
+        inputs.iter().map(|p| p.display().to_string()).collect(),
+        common::minilm(),
+        out.to_path_buf(),
+    );
+    // Small shards, so that a few files give several (the SOTU addresses are 8-60 kB each).
+    o.shard_size = 60_000;
+    o
+}
+
+fn shards(dir: &Path, m: &Manifest) -> Vec<ShardData> {
+    m.shards
+        .iter()
+        .map(|s| read_shard(&dir.join(&s.file)).unwrap())
+        .collect()
+}
+
+/// What prep should produce for a file, computed independently: each document's cleaned text,
+/// split into sentences, each sentence tokenized on its own.
+fn expected_tokens(files: &[PathBuf], tok: &Tokenizer) -> Vec<u32> {
+    let mut all = Vec::new();
+    for f in files {
+        for doc in corpus::open(f, &ReadOptions::default(), None).unwrap() {
+            let doc = doc.unwrap();
+            let text = if doc.wikitext {
+                wikitext::clean(&doc.text)
+            } else {
+                doc.text
+            };
+            for s in sentences::split(&text) {
+                all.extend_from_slice(tok.encode(s, false).unwrap().get_ids());
+            }
+        }
+    }
+    all
+}
+
+#[test]
+fn wikipedia_dump_to_packed_shards_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = common::wikipedia_dump();
+    let summary = prep::run(&options(std::slice::from_ref(&dump), dir.path())).unwrap();
+    let m = summary.manifest.expect("single run writes the manifest");
+    assert!(m.shards.len() >= 3, "{} shards", m.shards.len());
+    assert_eq!(m.counts.documents, 106, "articles in the sample");
+    let tok = tokenizer();
+    let cls = tok.token_to_id("[CLS]").unwrap();
+    let sep = tok.token_to_id("[SEP]").unwrap();
+
+    // The shards, [CLS]/[SEP] removed and concatenated, are exactly the tokenized clean text.
+    let mut got = Vec::new();
+    let mut rows = 0;
+    for s in shards(dir.path(), &m) {
+        assert!(s.next_sentence_label.is_none());
+        for r in 0..s.len() {
+            let ids = s.input_ids(r);
+            assert!(ids.len() <= 128);
+            assert_eq!((ids[0], ids[ids.len() - 1]), (cls, sep));
+            assert!(s.token_type_ids(r).iter().all(|&t| t == 0));
+            got.extend_from_slice(&ids[1..ids.len() - 1]);
+            rows += 1;
+        }
+    }
+    assert_eq!(rows as u64, m.counts.sequences);
+    let want = expected_tokens(&[dump], &tok);
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "shard tokens differ from the tokenized text");
+    // Decoded text is prose, no markup left.
+    let text = tok.decode(&got, true).unwrap();
+    for bad in ["{{", "[[", "<ref", "}}", "]]", "{|"] {
+        assert!(!text.contains(bad), "decoded shards contain {bad}");
+    }
+    assert!(text.split_whitespace().count() > 300_000);
+    // Packed rows are full except at document ends: average length close to 128.
+    let avg = m.counts.tokens as f64 / m.counts.sequences as f64;
+    assert!(avg > 100.0, "average row length {avg}");
+    // Checksums in the manifest are the files'.
+    for s in &m.shards {
+        let (bytes, sha) = file_sha256(&dir.path().join(&s.file)).unwrap();
+        assert_eq!((bytes, sha.as_str()), (s.bytes, s.sha256.as_str()));
+    }
+}
+
+#[test]
+fn state_of_the_union_nsp_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = common::sotu(40);
+    let mut o = options(&files, dir.path());
+    o.nsp = true;
+    let m = prep::run(&o).unwrap().manifest.unwrap();
+    assert_eq!(m.counts.documents, 40);
+    let tok = tokenizer();
+    let (cls, sep) = (
+        tok.token_to_id("[CLS]").unwrap(),
+        tok.token_to_id("[SEP]").unwrap(),
+    );
+    let (mut random, mut total, mut short) = (0u64, 0u64, 0u64);
+    for s in shards(dir.path(), &m) {
+        let labels = s.next_sentence_label.clone().expect("NSP column");
+        for (r, &label) in labels.iter().enumerate() {
+            let ids = s.input_ids(r);
+            let types = s.token_type_ids(r);
+            assert!(ids.len() <= 128);
+            let seps: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == sep).collect();
+            assert_eq!(ids[0], cls);
+            assert_eq!(seps.len(), 2, "row {r}: two [SEP]");
+            assert_eq!(seps[1], ids.len() - 1);
+            assert!(seps[0] >= 2 && seps[1] >= seps[0] + 2, "A and B non-empty");
+            assert!(types[..=seps[0]].iter().all(|&t| t == 0));
+            assert!(types[seps[0] + 1..].iter().all(|&t| t == 1));
+            random += label as u64;
+            total += 1;
+            short += (ids.len() < 100) as u64;
+        }
+    }
+    assert_eq!(total, m.counts.sequences);
+    assert_eq!(random, m.counts.nsp_random);
+    let frac = random as f64 / total as f64;
+    assert!((0.45..0.6).contains(&frac), "random-next fraction {frac}");
+    // short_seq_prob 0.1 chooses a shorter target for ~10% of documents; with whole documents
+    // of prose most rows are near full length.
+    assert!(
+        (short as f64) < 0.4 * total as f64,
+        "{short} short rows of {total}"
+    );
+}
+
+#[test]
+fn output_depends_on_seed_and_input_only() {
+    let files = common::sotu(12);
+    let mut manifests = Vec::new();
+    for threads in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = options(&files, dir.path());
+        o.nsp = true;
+        o.threads = threads;
+        let m = std::fs::read(dir.path().join("manifest.json")).ok();
+        assert!(m.is_none());
+        prep::run(&o).unwrap();
+        manifests.push(std::fs::read_to_string(dir.path().join("manifest.json")).unwrap());
+    }
+    assert_eq!(
+        manifests[0], manifests[1],
+        "thread count changed the output"
+    );
+    // Another seed gives other pairs.
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(&files, dir.path());
+    o.nsp = true;
+    o.seed = 99;
+    prep::run(&o).unwrap();
+    let other = std::fs::read_to_string(dir.path().join("manifest.json")).unwrap();
+    assert_ne!(other, manifests[0]);
+}
+
+#[test]
+fn workers_split_the_shards_and_their_union_is_the_single_run() {
+    let files = common::sotu(12);
+    let single = tempfile::tempdir().unwrap();
+    let m1 = prep::run(&options(&files, single.path()))
+        .unwrap()
+        .manifest
+        .unwrap();
+    assert!(m1.shards.len() >= 3);
+    let split = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        let mut o = options(&files, split.path());
+        o.num_workers = 3;
+        o.worker_index = i;
+        let s = prep::run(&o).unwrap();
+        assert_eq!(s.shards_total, m1.shards.len());
+        assert_eq!(
+            s.shards_written,
+            (0..m1.shards.len()).filter(|k| k % 3 == i).count()
+        );
+        assert_eq!(
+            s.manifest.is_some(),
+            i == 2,
+            "only the last worker completes the set"
+        );
+    }
+    assert_eq!(
+        std::fs::read(single.path().join("manifest.json")).unwrap(),
+        std::fs::read(split.path().join("manifest.json")).unwrap()
+    );
+}
+
+#[test]
+fn rerun_skips_finished_shards_and_refuses_other_settings() {
+    let files = common::sotu(8);
+    let dir = tempfile::tempdir().unwrap();
+    let first = prep::run(&options(&files, dir.path())).unwrap();
+    let manifest = std::fs::read(dir.path().join("manifest.json")).unwrap();
+    // Lose one shard (as if the run had been killed before it): only it is redone.
+    let victim = dir.path().join("shard-000001.parquet");
+    std::fs::remove_file(&victim).unwrap();
+    let again = prep::run(&options(&files, dir.path())).unwrap();
+    assert_eq!(again.shards_written, 1);
+    assert_eq!(again.shards_skipped, first.shards_total - 1);
+    assert_eq!(
+        std::fs::read(dir.path().join("manifest.json")).unwrap(),
+        manifest
+    );
+    // Different settings into the same folder: refused, nothing touched.
+    let mut o = options(&files, dir.path());
+    o.seq_len = 256;
+    let err = format!("{:#}", prep::run(&o).unwrap_err());
+    assert!(err.contains("settings.seq_len"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join("manifest.json")).unwrap(),
+        manifest
+    );
+}
+
+#[test]
+fn pyarrow_reads_the_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(&common::sotu(6), dir.path());
+    o.nsp = true;
+    prep::run(&o).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check_shards.py");
+    let out = std::process::Command::new(common::python())
+        .arg(&script)
+        .arg(dir.path())
+        .output()
+        .expect("running python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "check_shards.py failed (needs pyarrow: scripts/test.sh installs it and sets BERTKIT_PYTHON)\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("ok:"), "{stdout}");
+}
+
+#[test]
+fn bad_input_is_reported_and_skipped_or_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    std::fs::create_dir(&input).unwrap();
+    let good = "The first document has two sentences. This is the second one.\n\nWord\n";
+    std::fs::write(input.join("a_good.txt"), good).unwrap();
+    std::fs::write(input.join("b_empty.txt"), "").unwrap();
+    let mut bad_utf8 = b"Fine line here.\n".to_vec();
+    bad_utf8.extend_from_slice(b"broken \xff\xfe bytes\nAnother fine line.\n");
+    std::fs::write(input.join("c_utf8.txt"), bad_utf8).unwrap();
+    std::fs::write(
+        input.join("d_lines.jsonl"),
+        "{\"text\": \"Good JSON line.\"}\nnot json at all\n{\"body\": \"no text field\"}\n",
+    )
+    .unwrap();
+    let mut long = vec![b'x'; 9 << 20];
+    long.extend_from_slice(b"\nAfter the long line.\n");
+    std::fs::write(input.join("e_long.txt"), long).unwrap();
+    let dump = std::fs::read(common::wikipedia_dump()).unwrap();
+    std::fs::write(input.join("f_truncated.xml.bz2"), &dump[..dump.len() / 2]).unwrap();
+    std::fs::write(input.join("g_corrupt.parquet"), b"PAR1 this is not parquet").unwrap();
+
+    let out = dir.path().join("out");
+    let o = options(std::slice::from_ref(&input), &out);
+    let s = prep::run(&o).unwrap();
+    let m = s.manifest.unwrap();
+    // empty file, bad UTF-8 line, non-JSON line, missing field, long line, truncated bz2,
+    // corrupt parquet.
+    assert_eq!(m.counts.skipped_errors, 7, "{:#?}", m.shards[0].errors);
+    assert!(
+        m.counts.documents > 30,
+        "the truncated dump's complete articles are kept: {}",
+        m.counts.documents
+    );
+    let errors: Vec<&String> = m.shards.iter().flat_map(|s| &s.errors).collect();
+    let all = errors
+        .iter()
+        .map(|e| e.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(all.contains("b_empty.txt: file is empty"), "{all}");
+    assert!(all.contains("c_utf8.txt: line 2: invalid UTF-8"), "{all}");
+    assert!(
+        all.contains("d_lines.jsonl: line 2: not valid JSON"),
+        "{all}"
+    );
+    // Only the first 5 messages per shard are kept; the rest are counted.
+    let names: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains(".tmp-")),
+        "no temporary files left: {names:?}"
+    );
+
+    // --on-error fail stops at the first problem (files are read in name order) and names it.
+    let out2 = dir.path().join("out2");
+    let mut o = options(&[input], &out2);
+    o.on_error = OnError::Fail;
+    let err = format!("{:#}", prep::run(&o).unwrap_err());
+    assert!(err.contains("b_empty.txt: file is empty"), "{err}");
+    assert!(!out2.join("manifest.json").exists());
+}
+
+#[test]
+fn empty_input_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("blank.txt");
+    std::fs::write(&f, "\n\n   \n").unwrap();
+    let err = format!(
+        "{:#}",
+        prep::run(&options(&[f], &dir.path().join("o"))).unwrap_err()
+    );
+    assert!(err.contains("no documents"), "{err}");
+}
