@@ -30,6 +30,10 @@ enum Command {
     },
     /// Convert a model between the bertkit checkpoint and the Hugging Face layout.
     Convert(cli::convert::ConvertArgs),
+    /// Train a WordPiece vocabulary (tokenizer.json + vocab.txt) on a corpus.
+    Vocab(cli::vocab::VocabArgs),
+    /// Turn a corpus into tokenized pretraining shards (parquet) with a manifest.
+    Prep(cli::prep::PrepArgs),
     /// Run every stage that exists on a small built-in corpus, in a few minutes on a laptop.
     Quickstart {
         /// Where to write the corpus, vocabulary and models.
@@ -51,6 +55,8 @@ fn main() -> ExitCode {
         Command::Embed(args) => cli::embed::run(&args),
         Command::Info { dir } => cli::info::run(&dir),
         Command::Convert(args) => cli::convert::run(&args),
+        Command::Vocab(args) => cli::vocab::run(&args),
+        Command::Prep(args) => cli::prep::run(&args),
         Command::Quickstart { out, device } => cli::quickstart::run(&out, device),
     };
     match result {

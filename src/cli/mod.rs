@@ -3,7 +3,9 @@
 pub mod convert;
 pub mod embed;
 pub mod info;
+pub mod prep;
 pub mod quickstart;
+pub mod vocab;
 
 /// Calls `$f::<Backend>(&device, args...)` with the backend and device `$spec` names.
 macro_rules! with_backend {
