@@ -2,25 +2,31 @@
 //!
 //! The pipeline, and why it is shaped so:
 //!
-//! 1. **Read** (one thread): the input files, in sorted order, become one stream of documents.
-//!    The stream is cut into *blocks* at the first document boundary after `shard_size` bytes of
-//!    text. Block `k` becomes shard `shard-{k:06}.parquet`. Blocks depend only on the input and
-//!    the settings, so shards are the same whatever the thread count, and `--num-workers W
-//!    --worker-index I` (block `k` belongs to worker `k % W`) splits the work between machines
-//!    whose union is exactly the single-machine output.
-//! 2. **Tokenize** (all cores, rayon): each block's documents are cleaned (Wikipedia markup),
+//! 1. **Group** the input files, in sorted order, into *file groups* of at least `shard_size`
+//!    bytes on disk (a file larger than that is a group of its own). Groups depend only on the
+//!    file list and sizes, so they are known before anything is read, and are read in parallel
+//!    (one reader thread per 4 tokenizer threads): a corpus of many files is never limited by
+//!    one decompressing, parsing reader.
+//! 2. **Read** each group's documents in order and cut them into *blocks* at the first document
+//!    boundary after `shard_size` bytes of text. Block `k` of group `g` becomes shard
+//!    `shard-{g:05}-{k:05}.parquet`. Blocks depend only on the input and the settings, so the
+//!    shards are the same whatever the thread count, and `--num-workers W --worker-index I`
+//!    (block (g, k) belongs to worker `(g + k) % W`) splits the work between machines whose
+//!    union is exactly the single-machine output.
+//! 3. **Tokenize** (all cores, rayon): each block's documents are cleaned (Wikipedia markup),
 //!    split into sentences and tokenized in parallel; results keep the document order.
-//! 3. **Build sequences** (cheap, sequential per block): NSP pairs or packed sequences (see
-//!    [`crate::instances`]) with a random generator seeded by `(seed, block)` only.
-//! 4. **Write** (one thread, overlapping the next block's tokenization): the shard goes to a
-//!    hidden temporary file and is renamed into place; then a hidden `.shard-{k:06}.json` records
-//!    its size, sha256 and counts. A rerun skips every block whose record and shard agree, so an
+//! 4. **Build sequences** (cheap, sequential per block): NSP pairs or packed sequences (see
+//!    [`crate::instances`]) with a random generator seeded by `(seed, g, k)` only.
+//! 5. **Write** (one thread, overlapping tokenization): the shard goes to a hidden temporary file
+//!    and is renamed into place; then a hidden `.shard-{g:05}-{k:05}.json` records its size,
+//!    sha256 and counts. A rerun skips every block whose record and shard agree, so an
 //!    interrupted run resumes where it stopped, and a half-written shard is never visible.
-//! 5. **Manifest**: when every block's shard exists, `manifest.json` is written (atomically) from
-//!    the records. It holds no timestamps or thread counts: reruns give the same bytes.
+//! 6. **Manifest**: when every block's shard exists, `manifest.json` is written (atomically) from
+//!    the records, shards in (g, k) order. It holds no timestamps or thread counts: reruns give
+//!    the same bytes.
 //!
-//! Memory is bounded by a few blocks (the one being read, the one being tokenized, the one being
-//! written), independent of the corpus size.
+//! Memory is bounded by a few blocks per reader plus the ones being tokenized and written,
+//! independent of the corpus size.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -129,20 +135,52 @@ struct ShardRecord {
     info: ShardInfo,
 }
 
-fn shard_name(k: usize) -> String {
-    format!("shard-{k:06}.parquet")
+/// Block `index` of file group `group`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct BlockId {
+    group: usize,
+    index: usize,
 }
 
-fn record_path(out: &Path, k: usize) -> PathBuf {
-    out.join(format!(".shard-{k:06}.json"))
+impl BlockId {
+    fn shard_name(self) -> String {
+        format!("shard-{:05}-{:05}.parquet", self.group, self.index)
+    }
+
+    fn record_path(self, out: &Path) -> PathBuf {
+        out.join(format!(".shard-{:05}-{:05}.json", self.group, self.index))
+    }
+
+    fn worker(self, num_workers: usize) -> usize {
+        (self.group + self.index) % num_workers
+    }
 }
 
-/// The record of block `k` if its shard is complete (record present, shard of the recorded size).
-fn finished(out: &Path, k: usize) -> Option<ShardInfo> {
-    let text = std::fs::read_to_string(record_path(out, k)).ok()?;
+/// The record of a block if its shard is complete (record present, shard of the recorded size).
+fn finished(out: &Path, id: BlockId) -> Option<ShardInfo> {
+    let text = std::fs::read_to_string(id.record_path(out)).ok()?;
     let rec: ShardRecord = serde_json::from_str(&text).ok()?;
     let size = std::fs::metadata(out.join(&rec.info.file)).ok()?.len();
     (size == rec.info.bytes).then_some(rec.info)
+}
+
+/// Consecutive files with at least `shard_size` bytes on disk per group (a bigger file alone).
+fn file_groups(files: &[PathBuf], shard_size: u64) -> Vec<Vec<PathBuf>> {
+    let mut groups = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0u64;
+    for f in files {
+        current.push(f.clone());
+        bytes += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        if bytes >= shard_size {
+            groups.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
 }
 
 /// Write `bytes` to `path` through a temporary file and a rename.
@@ -155,7 +193,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// A block of documents read from the input, with the input errors met while reading it.
 struct Block {
-    index: usize,
+    id: BlockId,
     docs: Vec<Document>,
     errors: u64,
     error_samples: Vec<String>,
@@ -163,7 +201,7 @@ struct Block {
 
 /// Tokenized documents of a block, ready for sequence building.
 struct TokenizedBlock {
-    index: usize,
+    id: BlockId,
     docs: Vec<TokenizedDocument>,
     counts: Counts,
     error_samples: Vec<String>,
@@ -280,7 +318,7 @@ fn tokenize_block(block: Block, tok: &Tok, on_error: OnError) -> Result<Tokenize
         }
     }
     Ok(TokenizedBlock {
-        index: block.index,
+        id: block.id,
         docs,
         counts,
         error_samples,
@@ -289,7 +327,7 @@ fn tokenize_block(block: Block, tok: &Tok, on_error: OnError) -> Result<Tokenize
 
 fn build_sequences(block: &TokenizedBlock, opts: &PrepOptions, sp: Specials) -> Vec<Sequence> {
     let mut out = Vec::new();
-    let mut rng = Rng::derive(&[opts.seed, block.index as u64]);
+    let mut rng = Rng::derive(&[opts.seed, block.id.group as u64, block.id.index as u64]);
     for i in 0..block.docs.len() {
         if opts.nsp {
             instances::nsp_pairs(
@@ -308,24 +346,52 @@ fn build_sequences(block: &TokenizedBlock, opts: &PrepOptions, sp: Specials) -> 
     out
 }
 
-/// Reader thread: documents -> blocks for this worker. Returns the total number of blocks.
-fn read_blocks(
-    files: Vec<PathBuf>,
+/// State shared by the reader threads.
+struct Readers {
+    groups: Vec<Vec<PathBuf>>,
+    next_group: std::sync::atomic::AtomicUsize,
+    /// Set when one reader fails, so the others stop too.
+    abort: std::sync::atomic::AtomicBool,
     opts: PrepOptions,
     bytes_read: Arc<AtomicU64>,
     docs_read: Arc<AtomicU64>,
-    tx: SyncSender<Block>,
-) -> Result<usize> {
-    let mine =
-        |k: usize| k % opts.num_workers == opts.worker_index && finished(&opts.out, k).is_none();
-    let mut block = Block {
-        index: 0,
+    docs_total: AtomicU64,
+}
+
+/// A reader thread: takes file groups in turn and sends this worker's unfinished blocks.
+/// Returns (group, number of blocks) for each group it read.
+fn read_groups(r: &Readers, tx: SyncSender<Block>) -> Result<Vec<(usize, usize)>> {
+    let mut done = Vec::new();
+    loop {
+        let g = r.next_group.fetch_add(1, Ordering::SeqCst);
+        if g >= r.groups.len() || r.abort.load(Ordering::SeqCst) {
+            return Ok(done);
+        }
+        match read_group(r, g, &tx) {
+            Ok(n) => done.push((g, n)),
+            Err(e) => {
+                r.abort.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Read one file group into blocks; returns the number of blocks.
+fn read_group(r: &Readers, g: usize, tx: &SyncSender<Block>) -> Result<usize> {
+    let opts = &r.opts;
+    let wanted = |id: BlockId| {
+        id.worker(opts.num_workers) == opts.worker_index && finished(&opts.out, id).is_none()
+    };
+    let new_block = |index: usize| Block {
+        id: BlockId { group: g, index },
         docs: Vec::new(),
         errors: 0,
         error_samples: Vec::new(),
     };
+    let mut block = new_block(0);
+    let mut block_wanted = wanted(block.id);
     let mut bytes = 0u64;
-    let mut block_is_mine = mine(0);
     let report = |block: &mut Block, e: InputError| -> Result<()> {
         if opts.on_error == OnError::Fail {
             bail!("{e}\n(--on-error fail; use --on-error skip to skip bad input and count it)");
@@ -337,8 +403,14 @@ fn read_blocks(
         }
         Ok(())
     };
-    for file in &files {
-        let docs = match corpus::open(file, &opts.read, Some(bytes_read.clone())) {
+    let send = |block: Block| -> Result<()> {
+        if tx.send(block).is_err() {
+            bail!("the tokenizer stopped");
+        }
+        Ok(())
+    };
+    for file in &r.groups[g] {
+        let docs = match corpus::open(file, &opts.read, Some(r.bytes_read.clone())) {
             Ok(d) => d,
             Err(e) => {
                 report(&mut block, e)?;
@@ -346,28 +418,24 @@ fn read_blocks(
             }
         };
         for doc in docs {
+            if r.abort.load(Ordering::Relaxed) {
+                bail!("stopped: another reader failed");
+            }
             match doc {
                 Ok(doc) => {
-                    docs_read.fetch_add(1, Ordering::Relaxed);
+                    r.docs_read.fetch_add(1, Ordering::Relaxed);
+                    r.docs_total.fetch_add(1, Ordering::Relaxed);
                     bytes += doc.text.len() as u64;
-                    if block_is_mine {
+                    if block_wanted {
                         block.docs.push(doc);
                     }
                     if bytes >= opts.shard_size {
-                        let next = block.index + 1;
-                        let full = std::mem::replace(
-                            &mut block,
-                            Block {
-                                index: next,
-                                docs: Vec::new(),
-                                errors: 0,
-                                error_samples: Vec::new(),
-                            },
-                        );
-                        if block_is_mine && tx.send(full).is_err() {
-                            bail!("the tokenizer stopped");
+                        let next = new_block(block.id.index + 1);
+                        let full = std::mem::replace(&mut block, next);
+                        if block_wanted {
+                            send(full)?;
                         }
-                        block_is_mine = mine(next);
+                        block_wanted = wanted(block.id);
                         bytes = 0;
                     }
                 }
@@ -375,31 +443,16 @@ fn read_blocks(
             }
         }
     }
-    // The last, partial block (or an empty input).
-    let has_content = bytes > 0 || block.errors > 0;
-    if block.index == 0 && bytes == 0 {
-        bail!(
-            "no documents in the input ({} file(s){})",
-            files.len(),
-            if block.errors > 0 {
-                format!(
-                    ", {} error(s) skipped: {}",
-                    block.errors,
-                    block.error_samples.join("; ")
-                )
-            } else {
-                String::new()
-            }
-        );
-    }
-    if has_content {
-        let index = block.index;
-        if block_is_mine && tx.send(block).is_err() {
-            bail!("the tokenizer stopped");
+    // The last, partial block; a group of bad files alone gets an empty shard that records its
+    // errors, so that they are counted in the manifest.
+    if bytes > 0 || block.errors > 0 {
+        let n = block.id.index + 1;
+        if block_wanted {
+            send(block)?;
         }
-        Ok(index + 1)
+        Ok(n)
     } else {
-        Ok(block.index)
+        Ok(block.id.index)
     }
 }
 
@@ -495,13 +548,26 @@ pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
         .build()
         .context("starting the tokenizer threads")?;
 
-    let (block_tx, block_rx) = sync_channel::<Block>(1);
-    let (seq_tx, seq_rx) = sync_channel::<(usize, Vec<Sequence>, Counts, Vec<String>)>(1);
-    let reader = {
-        let (files, opts) = (files.clone(), opts.clone());
-        let (b, d) = (bytes_read.clone(), docs_read.clone());
-        std::thread::spawn(move || read_blocks(files, opts, b, d, block_tx))
-    };
+    let groups = file_groups(&files, opts.shard_size);
+    let n_readers = (pool.current_num_threads() / 4).clamp(1, groups.len().max(1));
+    let readers = Arc::new(Readers {
+        groups,
+        next_group: Default::default(),
+        abort: Default::default(),
+        opts: opts.clone(),
+        bytes_read: bytes_read.clone(),
+        docs_read: docs_read.clone(),
+        docs_total: AtomicU64::new(0),
+    });
+    let (block_tx, block_rx) = sync_channel::<Block>(n_readers);
+    let (seq_tx, seq_rx) = sync_channel::<WriteJob>(1);
+    let reader_threads: Vec<_> = (0..n_readers)
+        .map(|_| {
+            let (r, tx) = (readers.clone(), block_tx.clone());
+            std::thread::spawn(move || read_groups(&r, tx))
+        })
+        .collect();
+    drop(block_tx);
     let writer = {
         let out = opts.out.clone();
         std::thread::spawn(move || write_shards(&out, seq_rx))
@@ -531,7 +597,7 @@ pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
                 ));
             }
             if seq_tx
-                .send((tokenized.index, seqs, counts, tokenized.error_samples))
+                .send((tokenized.id, seqs, counts, tokenized.error_samples))
                 .is_err()
             {
                 break; // the writer failed; its error is reported below
@@ -540,20 +606,45 @@ pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
         Ok(())
     })();
     drop(seq_tx);
+    if tokenize_result.is_err() {
+        readers.abort.store(true, Ordering::SeqCst);
+    }
     drop(block_rx);
     let written = writer
         .join()
         .map_err(|_| anyhow!("the shard writer panicked"))?;
-    let total = reader
-        .join()
-        .map_err(|_| anyhow!("the input reader panicked"))?;
+    let mut block_counts = Vec::new();
+    let mut read_error = None;
+    for t in reader_threads {
+        match t.join().map_err(|_| anyhow!("an input reader panicked"))? {
+            Ok(c) => block_counts.extend(c),
+            Err(e) => {
+                // Report the cause, not another reader's "stopped: another reader failed".
+                let secondary = format!("{e}").starts_with("stopped:");
+                if read_error.is_none() || !secondary {
+                    read_error = Some(e);
+                }
+            }
+        }
+    }
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    // Errors in order of cause: a bad input stops the reader, a write error stops the writer.
-    let total = total?;
+    // Errors in order of cause: a bad input stops the readers, a write error stops the writer.
+    if let Some(e) = read_error {
+        return Err(e);
+    }
     let written = written?;
     tokenize_result?;
+    if readers.docs_total.load(Ordering::Relaxed) == 0 {
+        bail!("no documents in the input ({} file(s))", files.len());
+    }
+    block_counts.sort();
+    let all_blocks: Vec<BlockId> = block_counts
+        .iter()
+        .flat_map(|&(group, n)| (0..n).map(move |index| BlockId { group, index }))
+        .collect();
+    let total = all_blocks.len();
 
     let mut summary = PrepSummary {
         written: Counts::default(),
@@ -567,14 +658,15 @@ pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
     for info in &written {
         summary.written.add(&info.counts);
     }
-    let mine = (0..total)
-        .filter(|k| k % opts.num_workers == opts.worker_index)
+    let mine = all_blocks
+        .iter()
+        .filter(|id| id.worker(opts.num_workers) == opts.worker_index)
         .count();
     summary.shards_skipped = mine - written.len();
 
     let mut infos = Vec::with_capacity(total);
-    for k in 0..total {
-        match finished(&opts.out, k) {
+    for &id in &all_blocks {
+        match finished(&opts.out, id) {
             Some(info) => infos.push(info),
             None => break,
         }
@@ -602,12 +694,12 @@ pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
     Ok(summary)
 }
 
-type WriteJob = (usize, Vec<Sequence>, Counts, Vec<String>);
+type WriteJob = (BlockId, Vec<Sequence>, Counts, Vec<String>);
 
 fn write_shards(out: &Path, rx: Receiver<WriteJob>) -> Result<Vec<ShardInfo>> {
     let mut written = Vec::new();
-    for (k, seqs, counts, errors) in rx {
-        let file = shard_name(k);
+    for (id, seqs, counts, errors) in rx {
+        let file = id.shard_name();
         let nsp = seqs.iter().any(|s| s.next_sentence_label.is_some());
         let (bytes, sha256) = shards::write_shard(&out.join(&file), &seqs, nsp)?;
         let info = ShardInfo {
@@ -619,7 +711,7 @@ fn write_shards(out: &Path, rx: Receiver<WriteJob>) -> Result<Vec<ShardInfo>> {
         };
         let rec = ShardRecord { info: info.clone() };
         write_atomic(
-            &record_path(out, k),
+            &id.record_path(out),
             serde_json::to_string(&rec)?.as_bytes(),
         )?;
         written.push(info);
