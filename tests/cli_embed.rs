@@ -249,14 +249,21 @@ fn quickstart_runs_every_stage() {
     ]));
     for stage in [
         "[1] corpus",
-        "[2] vocabulary",
-        "[3] tiny BERT",
-        "[4] bertkit info",
-        "[5] bertkit embed",
-        "[6] bertkit convert",
+        "[2] bertkit vocab",
+        "[3] bertkit prep",
+        "[4] pretraining loader",
+        "[5] tiny BERT",
+        "[6] bertkit info",
+        "[7] bertkit embed",
+        "[8] bertkit convert",
     ] {
         assert!(out.contains(stage), "missing {stage}: {out}");
     }
+    // The prepared data is complete and loadable.
+    let manifest = bertkit_train::manifest::Manifest::read(&dir.path().join("data")).unwrap();
+    assert_eq!(manifest.counts.documents, 24);
+    assert!(manifest.settings.nsp);
+    assert!(out.contains("tokens to predict"), "{out}");
     assert!(out.contains("embeddings identical bit for bit"));
     assert!(dir.path().join("hf/model.safetensors").exists());
 }

@@ -1,11 +1,11 @@
 //! `bertkit quickstart`: every stage that exists, on a small corpus generated here (no downloads).
 //!
-//! Today: write the corpus, build a vocabulary from it, build a tiny BERT with pretraining heads
-//! (seeded BERT initialization), save it as a bertkit checkpoint, inspect it, embed sentences
-//! through `bertkit embed`, export it to the Hugging Face layout and check the re-import gives
-//! the same outputs bit for bit.
+//! Today: write the corpus, train a WordPiece vocabulary on it (`bertkit vocab`), prepare NSP
+//! pretraining shards (`bertkit prep`), draw a dynamically masked batch from the pretraining
+//! loader, build a tiny BERT with pretraining heads (seeded BERT initialization), save it as a
+//! bertkit checkpoint, inspect it, embed sentences through `bertkit embed`, export it to the
+//! Hugging Face layout and check the re-import gives the same outputs bit for bit.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -14,8 +14,12 @@ use anyhow::{ensure, Context, Result};
 use bertkit_model::backend::DeviceSpec;
 use bertkit_model::checkpoint::{self, Layout, LoadOptions};
 use bertkit_model::{BertConfig, BertTokenizer, Task};
+use bertkit_train::corpus::Format;
+use bertkit_train::loader::{Loader, LoaderConfig};
+use bertkit_train::prep::OnError;
 
 use super::embed::{EmbedArgs, PoolingArg};
+use super::prep::InputArgs;
 
 /// Words the built-in corpus is made of.
 const SUBJECTS: [&str; 8] = [
@@ -76,34 +80,6 @@ pub fn builtin_corpus() -> String {
     text
 }
 
-/// A WordPiece vocabulary for a small corpus: BERT's special tokens, every character (alone and
-/// as a `##` continuation) and every lower-cased word. `bertkit vocab` (WordPiece training) will
-/// replace this for real corpora.
-pub fn corpus_vocab(text: &str) -> Vec<String> {
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        .map(String::from)
-        .to_vec();
-    let lower = text.to_lowercase();
-    let chars: std::collections::BTreeSet<char> =
-        lower.chars().filter(|c| !c.is_whitespace()).collect();
-    vocab.extend(chars.iter().map(|c| c.to_string()));
-    vocab.extend(
-        chars
-            .iter()
-            .filter(|c| c.is_alphanumeric())
-            .map(|c| format!("##{c}")),
-    );
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for word in lower
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| w.chars().count() > 1)
-    {
-        *counts.entry(word).or_default() += 1;
-    }
-    vocab.extend(counts.keys().map(|w| w.to_string()));
-    vocab
-}
-
 fn stage(n: usize, title: &str) {
     println!("\n[{n}] {title}");
 }
@@ -126,25 +102,79 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         corpus_path.display()
     );
 
-    stage(2, "vocabulary");
+    stage(2, "bertkit vocab (WordPiece training)");
     let model_dir = out.join("model");
-    std::fs::create_dir_all(&model_dir)?;
-    let vocab = corpus_vocab(&corpus);
-    std::fs::write(model_dir.join("vocab.txt"), vocab.join("\n") + "\n")?;
-    let tokenizer = BertTokenizer::from_vocab(&model_dir.join("vocab.txt"), true)?;
-    tokenizer.save_json(&model_dir.join("tokenizer.json"))?;
+    let input = InputArgs {
+        input: vec![corpus_path.display().to_string()],
+        format: Format::Text,
+        text_field: "text".into(),
+        text_column: "text".into(),
+        max_line_bytes: 1 << 20,
+        on_error: OnError::Fail,
+    };
+    super::vocab::run(&super::vocab::VocabArgs {
+        input: input.clone(),
+        vocab_size: 300,
+        min_frequency: 1,
+        lowercase: true,
+        out: model_dir.clone(),
+    })?;
+    let tokenizer = BertTokenizer::from_dir(&model_dir)?;
+    let vocab_size = tokenizer.vocab_size();
     let sample = "The old sailor watched the winter sea.";
     let ids = &tokenizer.encode(&[bertkit_model::TextInput::single(sample)])?[0].0;
-    println!("    {} tokens; {sample:?} -> {ids:?}", vocab.len());
+    println!("    {sample:?} -> {ids:?}");
+
+    stage(3, "bertkit prep (NSP pairs, seq-len 64, parquet shards)");
+    let data_dir = out.join("data");
+    super::prep::run(&super::prep::PrepArgs {
+        input,
+        tokenizer: model_dir.clone(),
+        seq_len: 64,
+        nsp: true,
+        short_seq_prob: 0.1,
+        seed: 12345,
+        out: data_dir.clone(),
+        shard_size: 2048,
+        num_workers: 1,
+        worker_index: 0,
+        threads: 0,
+        quiet: true,
+    })?;
+
+    stage(4, "pretraining loader: a batch with dynamic masking (15%, 80/10/10)");
+    let mut loader = Loader::open(
+        &data_dir,
+        LoaderConfig {
+            batch_size: 8,
+            ..Default::default()
+        },
+    )?;
+    let batch = loader.next_batch()?;
+    let real = batch.attention_mask.iter().filter(|&&m| m == 1).count();
+    let predicted = batch.mlm_labels.iter().filter(|&&l| l != -100).count();
+    println!(
+        "    batch of {} x {}: {predicted} of {real} tokens to predict; NSP labels {:?}",
+        batch.batch_size,
+        batch.seq_len,
+        batch.next_sentence_label.as_deref().unwrap_or(&[])
+    );
+    let row: Vec<u32> = batch.input_ids[..batch.seq_len]
+        .iter()
+        .zip(&batch.attention_mask)
+        .filter(|(_, &m)| m == 1)
+        .map(|(&t, _)| t as u32)
+        .collect();
+    println!("    row 0: {}", tokenizer.decode(&row, false)?);
 
     stage(
-        3,
+        5,
         "tiny BERT with pretraining heads (MLM + NSP), BERT initialization, seed 42",
     );
     let config = BertConfig::from_json(&format!(
         r#"{{"vocab_size": {}, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
             "intermediate_size": 128, "max_position_embeddings": 64}}"#,
-        vocab.len()
+        vocab_size
     ))
     .map_err(anyhow::Error::msg)?;
     let model = checkpoint::init::<bertkit_model::backend::Cpu>(
@@ -156,10 +186,10 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
     checkpoint::save(&model, &model_dir, Some(&model_dir), Layout::Bertkit)?;
     println!("    saved bertkit checkpoint -> {}", model_dir.display());
 
-    stage(4, "bertkit info");
+    stage(6, "bertkit info");
     super::info::run(&model_dir)?;
 
-    stage(5, "bertkit embed (mean pooling, L2-normalized)");
+    stage(7, "bertkit embed (mean pooling, L2-normalized)");
     let sentences = [
         "The cat chased a small bird.",
         "A dog followed the cat in the rain.",
@@ -202,7 +232,7 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         println!("      {}  {:?}", row.join(" "), sentences[i]);
     }
 
-    stage(6, "bertkit convert --to hf, then re-import");
+    stage(8, "bertkit convert --to hf, then re-import");
     let hf_dir = out.join("hf");
     super::convert::run(&super::convert::ConvertArgs {
         to: super::convert::Format::Hf,
