@@ -100,6 +100,38 @@ fn vocab_then_prep_killed_and_resumed_equals_uninterrupted() {
     let a = from_json.encode(std::slice::from_ref(&input)).unwrap();
     let b = from_vocab.encode(std::slice::from_ref(&input)).unwrap();
     assert_eq!(a, b);
+    // Hugging Face loads the folder three ways (AutoTokenizer, BertTokenizer from vocab.txt,
+    // tokenizers) with the same ids as bertkit.
+    let texts = [
+        text,
+        "Ça va? Naïve café, 1,234.56 dollars; the WAR of 1812!",
+    ];
+    let script = repo().join("scripts/check_hf_vocab.py");
+    let python = std::env::var("BERTKIT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .arg(script)
+        .arg(&vocab)
+        .args(texts)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check_hf_vocab.py failed (needs transformers: scripts/test.sh installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hf: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hf["class"], "BertTokenizer");
+    for (i, t) in texts.iter().enumerate() {
+        let input = bertkit_model::tokenizer::TextInput {
+            text: t.to_string(),
+            text_pair: None,
+        };
+        let ours = from_json.encode(std::slice::from_ref(&input)).unwrap()[0]
+            .0
+            .clone();
+        let theirs: Vec<u32> = serde_json::from_value(hf["ids"][i].clone()).unwrap();
+        assert_eq!(ours, theirs, "{t}");
+    }
     let vocab_lines = std::fs::read_to_string(vocab.join("vocab.txt")).unwrap();
     let first: Vec<&str> = vocab_lines.lines().take(5).collect();
     assert_eq!(first, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]);

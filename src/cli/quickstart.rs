@@ -142,7 +142,10 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         quiet: true,
     })?;
 
-    stage(4, "pretraining loader: a batch with dynamic masking (15%, 80/10/10)");
+    stage(
+        4,
+        "pretraining loader: a batch with dynamic masking (15%, 80/10/10)",
+    );
     let mut loader = Loader::open(
         &data_dir,
         LoaderConfig {

@@ -340,3 +340,89 @@ fn empty_input_is_an_error() {
     );
     assert!(err.contains("no documents"), "{err}");
 }
+
+#[test]
+fn every_input_format_and_globs() {
+    use arrow_array::{ArrayRef, Int32Array, RecordBatch, StringArray};
+    use std::io::Write;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let docs = [
+        "The first document is here. It has two sentences.",
+        "Second document, one sentence only.",
+        "A third one! With an exclamation.",
+    ];
+    // parquet with the text in column "body" (next to another column)
+    let batch = RecordBatch::try_from_iter(vec![
+        ("id", Arc::new(Int32Array::from(vec![1, 2, 3])) as ArrayRef),
+        (
+            "body",
+            Arc::new(StringArray::from(docs.to_vec())) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let f = std::fs::File::create(input.join("a.parquet")).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    // JSONL with field "content"
+    let mut jsonl = String::new();
+    for d in docs {
+        jsonl += &serde_json::json!({ "content": d, "other": 1 }).to_string();
+        jsonl.push('\n');
+    }
+    std::fs::write(input.join("b.jsonl"), &jsonl).unwrap();
+    // bz2-compressed plain text
+    let mut enc = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+    enc.write_all(docs.join("\n\n").as_bytes()).unwrap();
+    std::fs::write(input.join("c.txt.bz2"), enc.finish().unwrap()).unwrap();
+    std::fs::write(input.join("ignored.md"), "not matched by the glob").unwrap();
+
+    let inputs: Vec<PathBuf> = ["*.parquet", "*.jsonl", "*.bz2"]
+        .iter()
+        .map(|p| input.join(p))
+        .collect();
+    let mut o = options(&inputs, &dir.path().join("out"));
+    o.read.text_field = "content".into();
+    o.read.text_column = "body".into();
+    o.on_error = OnError::Fail;
+    let m = prep::run(&o).unwrap().manifest.unwrap();
+    assert_eq!(m.counts.documents, 9);
+    assert_eq!(m.settings.inputs.len(), 3);
+    let tok = tokenizer();
+    let per_format: Vec<u32> = docs
+        .iter()
+        .flat_map(|d| sentences::split(d))
+        .flat_map(|s| tok.encode(s, false).unwrap().get_ids().to_vec())
+        .collect();
+    let mut got = Vec::new();
+    for s in shards(&dir.path().join("out"), &m) {
+        for r in 0..s.len() {
+            let ids = s.input_ids(r);
+            got.extend_from_slice(&ids[1..ids.len() - 1]);
+        }
+    }
+    assert_eq!(
+        got,
+        [per_format.clone(), per_format.clone(), per_format].concat()
+    );
+
+    // A missing column or field is named, with the columns that exist.
+    let mut o = options(&inputs, &dir.path().join("out2"));
+    o.on_error = OnError::Fail;
+    let err = format!("{:#}", prep::run(&o).unwrap_err());
+    assert!(
+        err.contains("a.parquet: no column 'text' (--text-column); columns: id, body"),
+        "{err}"
+    );
+    let mut o = options(&inputs[1..2], &dir.path().join("out3"));
+    o.on_error = OnError::Fail;
+    let err = format!("{:#}", prep::run(&o).unwrap_err());
+    assert!(
+        err.contains("b.jsonl: line 1: no field 'text' (--text-field)"),
+        "{err}"
+    );
+}
