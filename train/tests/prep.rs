@@ -426,3 +426,77 @@ fn every_input_format_and_globs() {
         "{err}"
     );
 }
+
+#[test]
+fn masking_statistics_on_real_wikipedia_text() {
+    use bertkit_train::loader::{Loader, LoaderConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let dump = common::wikipedia_dump();
+    let m = prep::run(&options(std::slice::from_ref(&dump), dir.path()))
+        .unwrap()
+        .manifest
+        .unwrap();
+    let mut loader = Loader::open(
+        dir.path(),
+        LoaderConfig {
+            batch_size: 64,
+            seed: 7,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let info = loader.token_info().clone();
+    let mask_id = info.mask_id as i64;
+    let (mut candidates, mut predicted, mut as_mask, mut kept, mut random) = (0, 0, 0, 0, 0);
+    let mut rows = 0u64;
+    while rows < m.counts.sequences {
+        let b = loader.next_batch().unwrap();
+        for i in 0..b.input_ids.len() {
+            if b.attention_mask[i] == 0 {
+                continue;
+            }
+            let label = b.mlm_labels[i];
+            let input = b.input_ids[i];
+            if label == -100 {
+                // A special token is never a prediction target.
+                if !info.special[input as usize] {
+                    candidates += 1;
+                }
+                continue;
+            }
+            assert!(!info.special[label as usize], "special token masked");
+            candidates += 1;
+            predicted += 1;
+            if input == mask_id {
+                as_mask += 1;
+            } else if input == label {
+                kept += 1;
+            } else {
+                random += 1;
+            }
+        }
+        rows += b.batch_size as u64;
+    }
+    let frac = |a: u64, b: u64| a as f64 / b as f64;
+    // Packed rows are 128 tokens with 126 candidates: round(128 * 0.15) = 19 predictions,
+    // 15.1% of the candidates; shorter rows at document ends round differently.
+    let p = frac(predicted, candidates);
+    assert!((0.14..0.16).contains(&p), "masked fraction {p}");
+    let (m80, k10, r10) = (
+        frac(as_mask, predicted),
+        frac(kept, predicted),
+        frac(random, predicted),
+    );
+    assert!((m80 - 0.8).abs() < 0.01, "[MASK] {m80}");
+    assert!((k10 - 0.1).abs() < 0.01, "kept {k10}");
+    // A random replacement can draw the original token (1 in 30522): within the tolerance.
+    assert!((r10 - 0.1).abs() < 0.01, "random {r10}");
+    println!(
+        "{predicted} predictions over {candidates} candidate tokens: {:.2}% masked; \
+         {:.1}% [MASK] / {:.1}% random / {:.1}% kept",
+        100.0 * p,
+        100.0 * m80,
+        100.0 * r10,
+        100.0 * k10
+    );
+}
