@@ -44,5 +44,5 @@ run "SOTU 1x" assets/data/sotu 4MB
 run "SOTU 10x" "$TMP/sotu10" 4MB
 run "Wikipedia 1x" assets/data/wikipedia 4MB
 run "Wikipedia 10x (10 files)" "$TMP/wiki10" 4MB
-run "SOTU 1x" assets/data/sotu 32MB
-run "SOTU 10x" "$TMP/sotu10" 32MB
+run "SOTU 1x" assets/data/sotu 16MB
+run "SOTU 10x" "$TMP/sotu10" 16MB

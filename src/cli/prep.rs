@@ -64,8 +64,8 @@ pub struct PrepArgs {
     /// Output folder: shard-NNNNNN.parquet, manifest.json, tokenizer.json.
     #[arg(long)]
     pub out: PathBuf,
-    /// Input text per shard (e.g. 32MB).
-    #[arg(long, default_value = "32MB", value_parser = parse_size)]
+    /// Input text per shard (e.g. 16MB; memory use grows with it, ~8x per reader thread).
+    #[arg(long, default_value = "16MB", value_parser = parse_size)]
     pub shard_size: u64,
     /// Split the work across machines: this process makes shards k with k % W == I.
     #[arg(long, default_value_t = 1)]

@@ -104,7 +104,7 @@ impl PrepOptions {
             nsp: false,
             seed: 12345,
             short_seq_prob: 0.1,
-            shard_size: 32 << 20,
+            shard_size: 16 << 20,
             num_workers: 1,
             worker_index: 0,
             threads: 0,
@@ -256,39 +256,59 @@ fn load_tokenizer(dir: &Path) -> Result<(Tok, TokenizerInfo, Vec<u8>)> {
     ))
 }
 
-/// Clean, split and tokenize one document.
-fn tokenize_document(doc: &Document, tok: &Tok) -> Result<(TokenizedDocument, u64), InputError> {
-    let cleaned;
-    let text = if doc.wikitext {
-        cleaned = wikitext::clean(&doc.text);
-        cleaned.as_str()
-    } else {
-        doc.text.as_str()
-    };
-    let mut out = Vec::new();
-    let mut sentences = 0;
-    for sentence in sentences::split(text) {
-        let enc = tok.tokenizer.encode_fast(sentence, false).map_err(|e| {
-            InputError::new(
-                doc.file.as_path(),
-                doc.location.clone(),
-                format!("tokenizer: {e}"),
-            )
-        })?;
-        sentences += 1;
-        if !enc.get_ids().is_empty() {
-            out.push(enc.get_ids().to_vec());
-        }
-    }
-    Ok((out, sentences))
-}
-
+/// Clean, split and tokenize a block's documents. Work is spread over sentences, not documents,
+/// so one long article does not leave the other cores idle at the end of a block.
 fn tokenize_block(block: Block, tok: &Tok, on_error: OnError) -> Result<TokenizedBlock> {
-    let results: Vec<_> = block
+    let texts: Vec<std::borrow::Cow<str>> = block
         .docs
         .par_iter()
-        .map(|d| tokenize_document(d, tok))
+        .map(|d| {
+            if d.wikitext {
+                std::borrow::Cow::Owned(wikitext::clean(&d.text))
+            } else {
+                std::borrow::Cow::Borrowed(d.text.as_str())
+            }
+        })
         .collect();
+    let split: Vec<Vec<&str>> = texts.par_iter().map(|t| sentences::split(t)).collect();
+    let flat: Vec<(usize, &str)> = split
+        .iter()
+        .enumerate()
+        .flat_map(|(d, sents)| sents.iter().map(move |s| (d, *s)))
+        .collect();
+    let encoded: Vec<Result<Vec<u32>, String>> = flat
+        .par_iter()
+        .with_min_len(64)
+        .map(|(_, s)| {
+            tok.tokenizer
+                .encode_fast(*s, false)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    // Regroup by document, in order.
+    let mut results: Vec<Result<(TokenizedDocument, u64), InputError>> = split
+        .iter()
+        .map(|s| Ok((Vec::new(), s.len() as u64)))
+        .collect();
+    for ((d, _), ids) in flat.iter().zip(encoded) {
+        match (&mut results[*d], ids) {
+            (Ok((doc, _)), Ok(ids)) => {
+                if !ids.is_empty() {
+                    doc.push(ids);
+                }
+            }
+            (r @ Ok(_), Err(e)) => {
+                let doc = &block.docs[*d];
+                *r = Err(InputError::new(
+                    doc.file.as_path(),
+                    doc.location.clone(),
+                    format!("tokenizer: {e}"),
+                ));
+            }
+            (Err(_), _) => {}
+        }
+    }
     let mut counts = Counts {
         skipped_errors: block.errors,
         ..Default::default()
