@@ -154,17 +154,22 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         },
     )?;
     let batch = loader.next_batch()?;
-    let real = batch.attention_mask.iter().filter(|&&m| m == 1).count();
+    let real = batch
+        .inputs
+        .attention_mask
+        .iter()
+        .filter(|&&m| m == 1)
+        .count();
     let predicted = batch.mlm_labels.iter().filter(|&&l| l != -100).count();
     println!(
         "    batch of {} x {}: {predicted} of {real} tokens to predict; NSP labels {:?}",
-        batch.batch_size,
-        batch.seq_len,
+        batch.inputs.batch_size,
+        batch.inputs.seq_len,
         batch.next_sentence_label.as_deref().unwrap_or(&[])
     );
-    let row: Vec<u32> = batch.input_ids[..batch.seq_len]
+    let row: Vec<u32> = batch.inputs.input_ids[..batch.inputs.seq_len]
         .iter()
-        .zip(&batch.attention_mask)
+        .zip(&batch.inputs.attention_mask)
         .filter(|(_, &m)| m == 1)
         .map(|(&t, _)| t as u32)
         .collect();

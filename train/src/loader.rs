@@ -89,15 +89,11 @@ pub struct Position {
     pub row: usize,
 }
 
-/// One rank's batch, row-major `[batch_size, seq_len]`, padded with `[PAD]`.
+/// One rank's batch: the model inputs (row-major `[batch_size, seq_len]`, padded with `[PAD]`;
+/// `inputs.to_input(device)` makes the tensors) and the pretraining labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
-    pub batch_size: usize,
-    pub seq_len: usize,
-    pub input_ids: Vec<i64>,
-    pub token_type_ids: Vec<i64>,
-    /// 1 for tokens, 0 for padding.
-    pub attention_mask: Vec<i64>,
+    pub inputs: bertkit_model::tokenizer::Batch,
     /// The original id where predicted, -100 elsewhere (padding included).
     pub mlm_labels: Vec<i64>,
     /// `[batch_size]`, 0 = B follows A, 1 = random; `None` for data prepared without NSP.
@@ -269,11 +265,14 @@ impl Loader {
         let (b, t) = (self.cfg.batch_size, self.seq_len);
         let start = self.pos;
         let mut batch = Batch {
-            batch_size: b,
-            seq_len: t,
-            input_ids: vec![self.info.pad_id as i64; b * t],
-            token_type_ids: vec![0; b * t],
-            attention_mask: vec![0; b * t],
+            inputs: bertkit_model::tokenizer::Batch {
+                batch_size: b,
+                seq_len: t,
+                input_ids: vec![self.info.pad_id as i64; b * t],
+                token_type_ids: vec![0; b * t],
+                attention_mask: vec![0; b * t],
+                lengths: vec![0; b],
+            },
             mlm_labels: vec![IGNORE_LABEL; b * t],
             next_sentence_label: self.nsp.then(|| vec![0; b]),
             epoch: start.epoch,
@@ -475,11 +474,12 @@ impl Loader {
             .zip(data.token_type_ids(row))
             .enumerate()
         {
-            batch.input_ids[at + j] = id as i64;
+            batch.inputs.input_ids[at + j] = id as i64;
             batch.mlm_labels[at + j] = label;
-            batch.token_type_ids[at + j] = tt as i64;
-            batch.attention_mask[at + j] = 1;
+            batch.inputs.token_type_ids[at + j] = tt as i64;
+            batch.inputs.attention_mask[at + j] = 1;
         }
+        batch.inputs.lengths[i] = input.len();
         if let (Some(out), Some(label)) = (
             batch.next_sentence_label.as_mut(),
             data.next_sentence_label(row),

@@ -183,11 +183,11 @@ struct Row {
 }
 
 fn rows(b: &Batch) -> Vec<Row> {
-    let t = b.seq_len;
-    (0..b.batch_size)
+    let t = b.inputs.seq_len;
+    (0..b.inputs.batch_size)
         .map(|i| {
             let r = i * t..(i + 1) * t;
-            let input = b.input_ids[r.clone()].to_vec();
+            let input = b.inputs.input_ids[r.clone()].to_vec();
             let labels = b.mlm_labels[r.clone()].to_vec();
             let original: Vec<u32> = input
                 .iter()
@@ -195,7 +195,7 @@ fn rows(b: &Batch) -> Vec<Row> {
                 .map(|(&x, &l)| if l == IGNORE_LABEL { x } else { l } as u32)
                 .collect();
             let g = (original[1] - WORD) as usize + 600 * (original[2] - WORD) as usize;
-            let len = b.attention_mask[r.clone()]
+            let len = b.inputs.attention_mask[r.clone()]
                 .iter()
                 .filter(|&&a| a == 1)
                 .count();
@@ -205,8 +205,8 @@ fn rows(b: &Batch) -> Vec<Row> {
                 original,
                 input,
                 labels,
-                types: b.token_type_ids[r.clone()].to_vec(),
-                attention: b.attention_mask[r].to_vec(),
+                types: b.inputs.token_type_ids[r.clone()].to_vec(),
+                attention: b.inputs.attention_mask[r].to_vec(),
                 nsp: b.next_sentence_label.as_ref().map(|l| l[i]),
             }
         })
@@ -422,14 +422,20 @@ fn ranks_together_see_what_one_rank_sees() {
             let whole = single.next_batch().unwrap();
             let parts: Vec<Batch> = ranks.iter_mut().map(|l| l.next_batch().unwrap()).collect();
             for p in &parts {
-                assert_eq!(p.batch_size, b);
+                assert_eq!(p.inputs.batch_size, b);
                 assert_eq!(p.epoch, whole.epoch);
             }
             let cat = |f: fn(&Batch) -> Vec<i64>| parts.iter().flat_map(f).collect::<Vec<i64>>();
-            assert_eq!(cat(|p| p.input_ids.clone()), whole.input_ids);
+            assert_eq!(cat(|p| p.inputs.input_ids.clone()), whole.inputs.input_ids);
             assert_eq!(cat(|p| p.mlm_labels.clone()), whole.mlm_labels);
-            assert_eq!(cat(|p| p.token_type_ids.clone()), whole.token_type_ids);
-            assert_eq!(cat(|p| p.attention_mask.clone()), whole.attention_mask);
+            assert_eq!(
+                cat(|p| p.inputs.token_type_ids.clone()),
+                whole.inputs.token_type_ids
+            );
+            assert_eq!(
+                cat(|p| p.inputs.attention_mask.clone()),
+                whole.inputs.attention_mask
+            );
             let nsp = cat(|p| p.next_sentence_label.clone().unwrap());
             assert_eq!(Some(nsp), whole.next_sentence_label);
             for l in &ranks {

@@ -451,12 +451,12 @@ fn masking_statistics_on_real_wikipedia_text() {
     let mut rows = 0u64;
     while rows < m.counts.sequences {
         let b = loader.next_batch().unwrap();
-        for i in 0..b.input_ids.len() {
-            if b.attention_mask[i] == 0 {
+        for i in 0..b.inputs.input_ids.len() {
+            if b.inputs.attention_mask[i] == 0 {
                 continue;
             }
             let label = b.mlm_labels[i];
-            let input = b.input_ids[i];
+            let input = b.inputs.input_ids[i];
             if label == -100 {
                 // A special token is never a prediction target.
                 if !info.special[input as usize] {
@@ -475,7 +475,7 @@ fn masking_statistics_on_real_wikipedia_text() {
                 random += 1;
             }
         }
-        rows += b.batch_size as u64;
+        rows += b.inputs.batch_size as u64;
     }
     let frac = |a: u64, b: u64| a as f64 / b as f64;
     // Packed rows are 128 tokens with 126 candidates: round(128 * 0.15) = 19 predictions,
