@@ -13,8 +13,10 @@
 //!    shards are the same whatever the thread count, and `--num-workers W --worker-index I`
 //!    (block (g, k) belongs to worker `(g + k) % W`) splits the work between machines whose
 //!    union is exactly the single-machine output.
-//! 3. **Tokenize** (all cores, rayon): each block's documents are cleaned (Wikipedia markup),
-//!    split into sentences and tokenized in parallel; results keep the document order.
+//! 3. **Tokenize** (all cores, rayon): blocks arrive in chunks of ~1 MB of text, so tokenizing
+//!    overlaps reading even within one block; each chunk's documents are cleaned (Wikipedia
+//!    markup) and split into sentences, and its sentences are tokenized in parallel; results keep
+//!    the document order.
 //! 4. **Build sequences** (cheap, sequential per block): NSP pairs or packed sequences (see
 //!    [`crate::instances`]) with a random generator seeded by `(seed, g, k)` only.
 //! 5. **Write** (one thread, overlapping tokenization): the shard goes to a hidden temporary file
@@ -136,7 +138,7 @@ struct ShardRecord {
 }
 
 /// Block `index` of file group `group`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct BlockId {
     group: usize,
     index: usize,
@@ -192,12 +194,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// A block of documents read from the input, with the input errors met while reading it.
+///
+/// A block travels to the tokenizers in chunks of about [`CHUNK_BYTES`], so that tokenizing
+/// starts while the rest of the block is still being read; `last` marks its final chunk.
 struct Block {
     id: BlockId,
     docs: Vec<Document>,
     errors: u64,
     error_samples: Vec<String>,
+    last: bool,
 }
+
+/// Text per chunk sent from a reader to the tokenizers.
+const CHUNK_BYTES: u64 = 1 << 20;
 
 /// Tokenized documents of a block, ready for sequence building.
 struct TokenizedBlock {
@@ -408,10 +417,12 @@ fn read_group(r: &Readers, g: usize, tx: &SyncSender<Block>) -> Result<usize> {
         docs: Vec::new(),
         errors: 0,
         error_samples: Vec::new(),
+        last: false,
     };
     let mut block = new_block(0);
     let mut block_wanted = wanted(block.id);
     let mut bytes = 0u64;
+    let mut chunk_bytes = 0u64;
     let report = |block: &mut Block, e: InputError| -> Result<()> {
         if opts.on_error == OnError::Fail {
             bail!("{e}\n(--on-error fail; use --on-error skip to skip bad input and count it)");
@@ -446,17 +457,29 @@ fn read_group(r: &Readers, g: usize, tx: &SyncSender<Block>) -> Result<usize> {
                     r.docs_read.fetch_add(1, Ordering::Relaxed);
                     r.docs_total.fetch_add(1, Ordering::Relaxed);
                     bytes += doc.text.len() as u64;
+                    chunk_bytes += doc.text.len() as u64;
                     if block_wanted {
                         block.docs.push(doc);
                     }
                     if bytes >= opts.shard_size {
                         let next = new_block(block.id.index + 1);
-                        let full = std::mem::replace(&mut block, next);
+                        let mut full = std::mem::replace(&mut block, next);
                         if block_wanted {
+                            full.last = true;
                             send(full)?;
                         }
                         block_wanted = wanted(block.id);
                         bytes = 0;
+                        chunk_bytes = 0;
+                    } else if block_wanted && chunk_bytes >= CHUNK_BYTES {
+                        send(Block {
+                            id: block.id,
+                            docs: std::mem::take(&mut block.docs),
+                            errors: std::mem::take(&mut block.errors),
+                            error_samples: std::mem::take(&mut block.error_samples),
+                            last: false,
+                        })?;
+                        chunk_bytes = 0;
                     }
                 }
                 Err(e) => report(&mut block, e)?,
@@ -468,6 +491,7 @@ fn read_group(r: &Readers, g: usize, tx: &SyncSender<Block>) -> Result<usize> {
     if bytes > 0 || block.errors > 0 {
         let n = block.id.index + 1;
         if block_wanted {
+            block.last = true;
             send(block)?;
         }
         Ok(n)
@@ -596,8 +620,27 @@ pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
     let bar = progress_bar(opts.progress, input_bytes);
     let mut tokens_done = 0u64;
     let tokenize_result: Result<()> = (|| {
-        for block in block_rx.iter() {
-            let tokenized = pool.install(|| tokenize_block(block, &tok, opts.on_error))?;
+        // Blocks whose chunks are still arriving (at most one per reader).
+        let mut open: std::collections::HashMap<BlockId, TokenizedBlock> = Default::default();
+        for chunk in block_rx.iter() {
+            let last = chunk.last;
+            let part = pool.install(|| tokenize_block(chunk, &tok, opts.on_error))?;
+            let tokenized = match open.remove(&part.id) {
+                Some(mut so_far) => {
+                    so_far.docs.extend(part.docs);
+                    so_far.counts.add(&part.counts);
+                    let room = ERROR_SAMPLES.saturating_sub(so_far.error_samples.len());
+                    so_far
+                        .error_samples
+                        .extend(part.error_samples.into_iter().take(room));
+                    so_far
+                }
+                None => part,
+            };
+            if !last {
+                open.insert(tokenized.id, tokenized);
+                continue;
+            }
             let seqs = build_sequences(&tokenized, opts, tok.specials);
             let mut counts = tokenized.counts.clone();
             counts.sequences = seqs.len() as u64;
