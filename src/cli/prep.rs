@@ -59,17 +59,20 @@ pub struct PrepArgs {
     /// Probability of a shorter target length for NSP pairs.
     #[arg(long, default_value_t = 0.1)]
     pub short_seq_prob: f64,
+    /// Seed of the NSP pairing (the output depends only on it, the input and the settings).
     #[arg(long, default_value_t = 12345)]
     pub seed: u64,
-    /// Output folder: shard-NNNNNN.parquet, manifest.json, tokenizer.json.
+    /// Output folder: shard-GGGGG-KKKKK.parquet, manifest.json, tokenizer.json.
     #[arg(long)]
     pub out: PathBuf,
-    /// Input text per shard (e.g. 16MB; memory use grows with it, ~8x per reader thread).
+    /// Input text per shard (e.g. 16MB); memory use grows with it, not with the corpus.
     #[arg(long, default_value = "16MB", value_parser = parse_size)]
     pub shard_size: u64,
-    /// Split the work across machines: this process makes shards k with k % W == I.
+    /// Split the work across machines (e.g. a SLURM array): this process makes block K of file
+    /// group G when (G + K) % W == I; the union of all workers is the single-machine output.
     #[arg(long, default_value_t = 1)]
     pub num_workers: usize,
+    /// This worker's index, 0..W (e.g. $SLURM_ARRAY_TASK_ID).
     #[arg(long, default_value_t = 0)]
     pub worker_index: usize,
     /// Tokenizer threads (0 = all cores).

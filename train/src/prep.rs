@@ -529,17 +529,28 @@ fn check_settings(out: &Path, settings: &PrepSettings, tokenizer: &TokenizerInfo
     write_atomic(&path, serde_json::to_string_pretty(&want)?.as_bytes())
 }
 
-/// Delete temporary files of interrupted runs (`.NAME.tmp-PID`).
+/// Delete temporary files (`.NAME.tmp-PID`) that interrupted runs left behind. Only files
+/// untouched for [`STALE_TEMP_SECS`] go: workers on other machines may be writing into the same
+/// folder right now, and a live writer touches its file every few seconds at most.
 fn remove_stale_temporaries(out: &Path) {
-    if let Ok(entries) = std::fs::read_dir(out) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.contains(".tmp-") {
-                let _ = std::fs::remove_file(e.path());
-            }
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() >= STALE_TEMP_SECS);
+        if name.starts_with('.') && name.contains(".tmp-") && stale {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }
+
+const STALE_TEMP_SECS: u64 = 600;
 
 /// Run the preparation. See the module documentation.
 pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {

@@ -224,7 +224,26 @@ fn rerun_skips_finished_shards_and_refuses_other_settings() {
     let m = first.manifest.as_ref().unwrap();
     let victim = dir.path().join(&m.shards[1].file);
     std::fs::remove_file(&victim).unwrap();
+    // A temporary file of a long-dead run is cleaned up; a fresh one (another worker may be
+    // writing it right now) is left alone.
+    let dead = dir
+        .path()
+        .join(".shard-00000-00007.parquet.tmp-otherhost-1");
+    let live = dir
+        .path()
+        .join(".shard-00000-00008.parquet.tmp-otherhost-2");
+    for p in [&dead, &live] {
+        std::fs::write(p, b"partial").unwrap();
+    }
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&dead)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
     let again = prep::run(&options(&files, dir.path())).unwrap();
+    assert!(!dead.exists() && live.exists());
     assert_eq!(again.shards_written, 1);
     assert_eq!(again.shards_skipped, first.shards_total - 1);
     assert_eq!(
