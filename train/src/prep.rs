@@ -436,7 +436,7 @@ fn read_group(r: &Readers, g: usize, tx: &SyncSender<Block>) -> Result<usize> {
     };
     let send = |block: Block| -> Result<()> {
         if tx.send(block).is_err() {
-            bail!("the tokenizer stopped");
+            bail!("{TOKENIZER_STOPPED}");
         }
         Ok(())
     };
@@ -450,7 +450,7 @@ fn read_group(r: &Readers, g: usize, tx: &SyncSender<Block>) -> Result<usize> {
         };
         for doc in docs {
             if r.abort.load(Ordering::Relaxed) {
-                bail!("stopped: another reader failed");
+                bail!("{READER_STOPPED}");
             }
             match doc {
                 Ok(doc) => {
@@ -551,6 +551,15 @@ fn remove_stale_temporaries(out: &Path) {
 }
 
 const STALE_TEMP_SECS: u64 = 600;
+
+const TOKENIZER_STOPPED: &str = "the tokenizer stopped";
+const READER_STOPPED: &str = "stopped: another reader failed";
+
+/// A reader's error that only follows from another stage's failure.
+fn is_consequence(e: &anyhow::Error) -> bool {
+    let m = e.to_string();
+    m == TOKENIZER_STOPPED || m == READER_STOPPED
+}
 
 /// Run the preparation. See the module documentation.
 pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
@@ -688,28 +697,28 @@ pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
         .join()
         .map_err(|_| anyhow!("the shard writer panicked"))?;
     let mut block_counts = Vec::new();
-    let mut read_error = None;
+    let mut read_errors = Vec::new();
     for t in reader_threads {
         match t.join().map_err(|_| anyhow!("an input reader panicked"))? {
             Ok(c) => block_counts.extend(c),
-            Err(e) => {
-                // Report the cause, not another reader's "stopped: another reader failed".
-                let secondary = format!("{e}").starts_with("stopped:");
-                if read_error.is_none() || !secondary {
-                    read_error = Some(e);
-                }
-            }
+            Err(e) => read_errors.push(e),
         }
     }
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    // Errors in order of cause: a bad input stops the readers, a write error stops the writer.
-    if let Some(e) = read_error {
+    // One failure stops the other stages, which then fail with a consequence ("the tokenizer
+    // stopped"); report the cause: a bad input, else a tokenizer error, else a write error.
+    let (causes, consequences): (Vec<_>, Vec<_>) =
+        read_errors.into_iter().partition(|e| !is_consequence(e));
+    if let Some(e) = causes.into_iter().next() {
         return Err(e);
     }
-    let written = written?;
     tokenize_result?;
+    let written = written?;
+    if let Some(e) = consequences.into_iter().next() {
+        return Err(e);
+    }
     if readers.docs_total.load(Ordering::Relaxed) == 0 {
         bail!("no documents in the input ({} file(s))", files.len());
     }

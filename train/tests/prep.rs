@@ -519,3 +519,17 @@ fn masking_statistics_on_real_wikipedia_text() {
         100.0 * k10
     );
 }
+
+#[test]
+fn a_write_error_is_reported_as_the_cause() {
+    let files = common::sotu(20);
+    let dir = tempfile::tempdir().unwrap();
+    // The first shard's name is taken by a folder: its rename fails.
+    std::fs::create_dir_all(dir.path().join("shard-00000-00000.parquet/x")).unwrap();
+    let mut o = options(&files, dir.path());
+    o.threads = 1;
+    let err = format!("{:#}", prep::run(&o).unwrap_err());
+    assert!(err.contains("shard-00000-00000.parquet"), "{err}");
+    assert!(!err.contains("tokenizer stopped"), "{err}");
+    assert!(!dir.path().join("manifest.json").exists());
+}
