@@ -836,3 +836,37 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     Ok((n * mult) as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("16MB"), Ok(16 << 20));
+        assert_eq!(parse_size("150kB"), Ok(150 << 10));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert!(parse_size("ten").unwrap_err().contains("not a size"));
+        assert!(parse_size("5 parsecs")
+            .unwrap_err()
+            .contains("unknown size unit"));
+    }
+
+    #[test]
+    fn file_groups_close_at_the_shard_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<PathBuf> = [30usize, 30, 50, 200, 10]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let p = dir.path().join(format!("{i}.txt"));
+                std::fs::write(&p, vec![b'x'; n]).unwrap();
+                p
+            })
+            .collect();
+        let sizes: Vec<usize> = file_groups(&files, 60).iter().map(Vec::len).collect();
+        // 30+30 closes a group; 50+200 closes one; the last file stands alone.
+        assert_eq!(sizes, [2, 2, 1]);
+    }
+}

@@ -141,7 +141,13 @@ pub fn discover(paths: &[String]) -> anyhow::Result<Vec<PathBuf>> {
     for p in paths {
         let before = files.len();
         if p.contains(['*', '?', '[']) {
-            let entries = glob::glob(p).map_err(|e| anyhow::anyhow!("bad pattern '{p}': {e}"))?;
+            // Like a shell: `*` does not match hidden files.
+            let options = glob::MatchOptions {
+                require_literal_leading_dot: true,
+                ..Default::default()
+            };
+            let entries = glob::glob_with(p, options)
+                .map_err(|e| anyhow::anyhow!("bad pattern '{p}': {e}"))?;
             for entry in entries {
                 let path = entry.map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
                 if path.is_dir() {
@@ -294,4 +300,68 @@ pub fn open(
         }
         Format::Wikipedia => Box::new(wikipedia::WikipediaReader::open(path, counter)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discover_sorts_expands_and_dedupes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("sub/deeper")).unwrap();
+        for f in [
+            "b.txt",
+            "a.txt",
+            ".hidden.txt",
+            "sub/c.jsonl",
+            "sub/deeper/d.txt",
+        ] {
+            std::fs::write(d.join(f), "x").unwrap();
+        }
+        let s = |p: &Path| p.display().to_string();
+        let got = discover(&[s(d), s(&d.join("a.txt"))]).unwrap();
+        let names: Vec<String> = got
+            .iter()
+            .map(|p| p.strip_prefix(d).unwrap().display().to_string())
+            .collect();
+        // Folder walk sorted, hidden files skipped, a.txt not repeated.
+        assert_eq!(names, ["a.txt", "b.txt", "sub/c.jsonl", "sub/deeper/d.txt"]);
+        let globbed = discover(&[format!("{}/*.txt", d.display())]).unwrap();
+        assert_eq!(globbed, [d.join("a.txt"), d.join("b.txt")]);
+        let err = discover(&[s(&d.join("nope.txt"))]).unwrap_err().to_string();
+        assert!(err.contains("nope.txt: no such file or folder"), "{err}");
+        let err = discover(&[format!("{}/*.csv", d.display())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("matches no files"), "{err}");
+    }
+
+    #[test]
+    fn formats_by_extension_then_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let cases = [
+            ("a.jsonl", "{}", Format::Jsonl),
+            ("a.JSON", "{}", Format::Jsonl),
+            ("a.parquet", "PAR1", Format::Parquet),
+            ("a.xml", "<x/>", Format::Wikipedia),
+            ("dump.txt", "<mediawiki xmlns=\"x\">", Format::Wikipedia),
+            ("notes", "plain words", Format::Text),
+        ];
+        for (name, content, want) in cases {
+            std::fs::write(d.join(name), content).unwrap();
+            assert_eq!(detect(&d.join(name), Format::Auto).unwrap(), want, "{name}");
+        }
+        assert_eq!(
+            detect(&d.join("notes"), Format::Jsonl).unwrap(),
+            Format::Jsonl
+        );
+        assert!("csv"
+            .parse::<Format>()
+            .unwrap_err()
+            .contains("unknown format"));
+        assert_eq!("wikipedia".parse::<Format>().unwrap(), Format::Wikipedia);
+    }
 }
