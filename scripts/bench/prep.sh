@@ -22,8 +22,14 @@ done
 
 echo; echo "## Throughput: State of the Union (plain text, 233 files, 10.8 MB)"
 cargo bench -q -p bertkit-train --bench prep -- assets/data/sotu --tokenizer "$TOK" --threads "$THREADS" 2>/dev/null
+python3 scripts/bench/make_multistream.py assets/data/wikipedia/*.bz2 "$TMP/multistream10.xml.bz2" 10
+echo; echo "## Throughput: one multistream .bz2 (Wikipedia layout, 100 pages a stream), the sample's pages x10"
+cargo bench -q -p bertkit-train --bench prep -- "$TMP/multistream10.xml.bz2" --tokenizer "$TOK" --threads "$THREADS" 2>/dev/null
 echo; echo "## Throughput: Wikipedia sample x10 (10 pages-articles .bz2 files, 57 MB of wikitext)"
 cargo bench -q -p bertkit-train --bench prep -- "$TMP/wiki10" --tokenizer "$TOK" --threads "$THREADS" 2>/dev/null
+python3 scripts/bench/make_multistream.py assets/data/wikipedia/*.bz2 "$TMP/multistream10.xml.bz2" 10
+echo; echo "## Throughput: one multistream .bz2 (Wikipedia layout, 100 pages a stream), the sample's pages x10"
+cargo bench -q -p bertkit-train --bench prep -- "$TMP/multistream10.xml.bz2" --tokenizer "$TOK" --threads "$THREADS" 2>/dev/null
 echo; echo "## Throughput: Wikipedia sample x1 (one file, 5.7 MB of wikitext: one shard)"
 cargo bench -q -p bertkit-train --bench prep -- assets/data/wikipedia --tokenizer "$TOK" --threads "$THREADS" 2>/dev/null
 

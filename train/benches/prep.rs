@@ -86,6 +86,13 @@ fn main() {
         }
     }
     let reader_mb_s = raw as f64 / 1e6 / t.elapsed().as_secs_f64();
+    // Multistream dumps are cut into parts that readers decompress in parallel (prep runs one
+    // reader per 4 tokenizer threads); here, the reading rate over the parts with N threads.
+    let read_opts = ReadOptions::default();
+    let parts: Vec<corpus::InputPart> = files
+        .iter()
+        .flat_map(|f| corpus::parts(f, &read_opts, 4 << 20))
+        .collect();
     let mut tok = Tokenizer::from_file(tokenizer_dir.join("tokenizer.json")).expect("tokenizer");
     tok.with_truncation(None).expect("truncation");
     tok.with_padding(None);
@@ -97,6 +104,32 @@ fn main() {
         tokenizer_dir.display()
     );
     println!("reader alone (1 thread): {reader_mb_s:.1} MB/s of document text");
+    if parts.len() > files.len() {
+        for &n in &threads {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .expect("pool");
+            let t = Instant::now();
+            let bytes: usize = pool.install(|| {
+                use rayon::prelude::*;
+                parts
+                    .par_iter()
+                    .map(|p| {
+                        corpus::open_part(p, &read_opts, None)
+                            .expect("open")
+                            .map(|d| d.expect("document").text.len())
+                            .sum::<usize>()
+                    })
+                    .sum()
+            });
+            println!(
+                "reader over {} multistream parts, {n} thread(s): {:.1} MB/s of document text",
+                parts.len(),
+                bytes as f64 / 1e6 / t.elapsed().as_secs_f64()
+            );
+        }
+    }
     println!("| threads | tokenizers encode_batch_fast (tokens/s, median of {repeats}) | bertkit prep end to end (tokens/s, median of {repeats}) | ratio |");
     println!("|---|---|---|---|");
     for &n in &threads {

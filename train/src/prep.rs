@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokenizers::Tokenizer;
 
-use crate::corpus::{self, wikitext, Document, InputError, ReadOptions};
+use crate::corpus::{self, wikitext, Document, InputError, InputPart, ReadOptions};
 use crate::instances::{self, Specials, TokenizedDocument};
 use crate::manifest::{
     Counts, Manifest, PrepSettings, ShardInfo, TokenizerInfo, FORMAT, FORMAT_VERSION,
@@ -166,17 +166,21 @@ fn finished(out: &Path, id: BlockId) -> Option<ShardInfo> {
     (size == rec.info.bytes).then_some(rec.info)
 }
 
-/// Consecutive files with at least `shard_size` bytes on disk per group (a bigger file alone).
-fn file_groups(files: &[PathBuf], shard_size: u64) -> Vec<Vec<PathBuf>> {
+/// Consecutive input parts with at least `shard_size` bytes on disk per group (a bigger part
+/// alone). A large multistream Wikipedia dump is first cut into parts of `4 * shard_size`
+/// compressed bytes (about a dozen shards of text each), so its parts are read in parallel.
+fn file_groups(files: &[PathBuf], read: &ReadOptions, shard_size: u64) -> Vec<Vec<InputPart>> {
     let mut groups = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0u64;
     for f in files {
-        current.push(f.clone());
-        bytes += std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-        if bytes >= shard_size {
-            groups.push(std::mem::take(&mut current));
-            bytes = 0;
+        for part in corpus::parts(f, read, shard_size.saturating_mul(4)) {
+            bytes += part.len();
+            current.push(part);
+            if bytes >= shard_size {
+                groups.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
         }
     }
     if !current.is_empty() {
@@ -377,7 +381,7 @@ fn build_sequences(block: &TokenizedBlock, opts: &PrepOptions, sp: Specials) -> 
 
 /// State shared by the reader threads.
 struct Readers {
-    groups: Vec<Vec<PathBuf>>,
+    groups: Vec<Vec<InputPart>>,
     next_group: std::sync::atomic::AtomicUsize,
     /// Set when one reader fails, so the others stop too.
     abort: std::sync::atomic::AtomicBool,
@@ -440,8 +444,8 @@ fn read_group(r: &Readers, g: usize, tx: &SyncSender<Block>) -> Result<usize> {
         }
         Ok(())
     };
-    for file in &r.groups[g] {
-        let docs = match corpus::open(file, &opts.read, Some(r.bytes_read.clone())) {
+    for part in &r.groups[g] {
+        let docs = match corpus::open_part(part, &opts.read, Some(r.bytes_read.clone())) {
             Ok(d) => d,
             Err(e) => {
                 report(&mut block, e)?;
@@ -612,7 +616,7 @@ pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
         .build()
         .context("starting the tokenizer threads")?;
 
-    let groups = file_groups(&files, opts.shard_size);
+    let groups = file_groups(&files, &opts.read, opts.shard_size);
     let n_readers = (pool.current_num_threads() / 4).clamp(1, groups.len().max(1));
     let readers = Arc::new(Readers {
         groups,
@@ -865,7 +869,10 @@ mod tests {
                 p
             })
             .collect();
-        let sizes: Vec<usize> = file_groups(&files, 60).iter().map(Vec::len).collect();
+        let sizes: Vec<usize> = file_groups(&files, &ReadOptions::default(), 60)
+            .iter()
+            .map(Vec::len)
+            .collect();
         // 30+30 closes a group; 50+200 closes one; the last file stands alone.
         assert_eq!(sizes, [2, 2, 1]);
     }

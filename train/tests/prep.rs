@@ -533,3 +533,109 @@ fn a_write_error_is_reported_as_the_cause() {
     assert!(!err.contains("tokenizer stopped"), "{err}");
     assert!(!dir.path().join("manifest.json").exists());
 }
+
+/// The sample dump rewritten as a multistream .bz2: a header stream, streams of
+/// `pages_per_stream` whole pages, a footer stream (Wikipedia's multistream layout); or, with
+/// `cut_anywhere`, streams cut every 200 kB of XML regardless of pages (as pbzip2 does).
+fn multistream(pages_per_stream: usize, cut_anywhere: bool) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut xml = String::new();
+    bzip2::read::MultiBzDecoder::new(std::fs::File::open(common::wikipedia_dump()).unwrap())
+        .read_to_string(&mut xml)
+        .unwrap();
+    let mut pieces: Vec<&str> = Vec::new();
+    if cut_anywhere {
+        let mut rest = xml.as_str();
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(200_000);
+            while !rest.is_char_boundary(cut) {
+                cut += 1;
+            }
+            pieces.push(&rest[..cut]);
+            rest = &rest[cut..];
+        }
+    } else {
+        let starts: Vec<usize> = xml.match_indices("  <page>").map(|(i, _)| i).collect();
+        let end = xml.rfind("</mediawiki>").unwrap();
+        pieces.push(&xml[..starts[0]]);
+        for (k, chunk) in starts.chunks(pages_per_stream).enumerate() {
+            let next = starts
+                .get((k + 1) * pages_per_stream)
+                .copied()
+                .unwrap_or(end);
+            pieces.push(&xml[chunk[0]..next]);
+        }
+        pieces.push(&xml[end..]);
+    }
+    let mut out = Vec::new();
+    for p in pieces {
+        let mut enc = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::best());
+        enc.write_all(p.as_bytes()).unwrap();
+        out.extend(enc.finish().unwrap());
+    }
+    out
+}
+
+fn packed_tokens(dir: &Path) -> (Manifest, Vec<u32>) {
+    let m = Manifest::read(dir).unwrap();
+    let mut got = Vec::new();
+    for s in shards(dir, &m) {
+        for r in 0..s.len() {
+            let ids = s.input_ids(r);
+            got.extend_from_slice(&ids[1..ids.len() - 1]);
+        }
+    }
+    (m, got)
+}
+
+#[test]
+fn multistream_dumps_are_read_in_parallel_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole");
+    let mut o = options(&[common::wikipedia_dump()], &whole);
+    o.shard_size = 100_000;
+    prep::run(&o).unwrap();
+    let (m_whole, want) = packed_tokens(&whole);
+
+    for (name, cut_anywhere) in [("multi.xml.bz2", false), ("pbzip2.xml.bz2", true)] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, multistream(5, cut_anywhere)).unwrap();
+        let parts = corpus::parts(&path, &ReadOptions::default(), 100_000);
+        if cut_anywhere {
+            assert_eq!(parts.len(), 1, "streams that cut pages are not split");
+        } else {
+            assert!(parts.len() >= 5, "{} parts", parts.len());
+            // The parts, read one by one, give the whole file's articles in order.
+            let titles = |docs: Vec<bertkit_train::corpus::Document>| -> Vec<String> {
+                docs.into_iter().map(|d| d.location).collect()
+            };
+            let from_parts: Vec<_> = parts
+                .iter()
+                .flat_map(|p| {
+                    corpus::open_part(p, &ReadOptions::default(), None)
+                        .unwrap()
+                        .map(|d| d.unwrap())
+                })
+                .collect();
+            let from_whole: Vec<_> = corpus::open(&path, &ReadOptions::default(), None)
+                .unwrap()
+                .map(|d| d.unwrap())
+                .collect();
+            assert_eq!(titles(from_parts), titles(from_whole));
+        }
+        let out = dir.path().join(format!("out-{name}"));
+        let mut o = options(std::slice::from_ref(&path), &out);
+        o.shard_size = 100_000;
+        o.on_error = OnError::Fail;
+        prep::run(&o).unwrap();
+        let (m, got) = packed_tokens(&out);
+        assert_eq!(m.counts.documents, m_whole.counts.documents);
+        assert!(
+            got == want,
+            "{name}: tokens differ from the single-stream dump's"
+        );
+        let groups: std::collections::BTreeSet<&str> =
+            m.shards.iter().map(|s| &s.file[6..11]).collect();
+        assert_eq!(groups.len() > 1, !cut_anywhere, "{name}: {groups:?}");
+    }
+}

@@ -268,6 +268,72 @@ fn open_raw(
 
 pub type Documents = Box<dyn Iterator<Item = Result<Document, InputError>> + Send>;
 
+/// A whole input file, or a part of a multistream Wikipedia `.bz2` dump (a byte range of whole
+/// bz2 streams, see [`wikipedia::split_points`]) that is read on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputPart {
+    pub path: PathBuf,
+    pub range: Option<(u64, u64)>,
+}
+
+impl InputPart {
+    /// Bytes on disk.
+    pub fn len(&self) -> u64 {
+        match self.range {
+            Some((a, b)) => b - a,
+            None => std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The parts of one input file: several for a multistream Wikipedia `.bz2` larger than
+/// `2 * min_part` (cut at stream starts, parts of at least `min_part` bytes), else the file.
+/// Depends only on the file's bytes, so it is the same on every machine and every run.
+pub fn parts(path: &Path, opts: &ReadOptions, min_part: u64) -> Vec<InputPart> {
+    let whole = vec![InputPart {
+        path: path.to_path_buf(),
+        range: None,
+    }];
+    let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if len < 2 * min_part || detect(path, opts.format).ok() != Some(Format::Wikipedia) {
+        return whole;
+    }
+    let points = match wikipedia::split_points(path, min_part) {
+        Ok(p) if !p.is_empty() => p,
+        _ => return whole,
+    };
+    let mut bounds = vec![0];
+    bounds.extend(points);
+    bounds.push(len);
+    bounds
+        .windows(2)
+        .map(|w| InputPart {
+            path: path.to_path_buf(),
+            range: Some((w[0], w[1])),
+        })
+        .collect()
+}
+
+/// Open a part of an input (see [`InputPart`]) as a stream of documents.
+pub fn open_part(
+    part: &InputPart,
+    opts: &ReadOptions,
+    counter: Option<Arc<AtomicU64>>,
+) -> Result<Documents, InputError> {
+    match part.range {
+        None => open(&part.path, opts, counter),
+        Some(range) => Ok(Box::new(wikipedia::WikipediaReader::open_range(
+            &part.path,
+            counter,
+            Some(range),
+        )?)),
+    }
+}
+
 /// Open one file as a stream of documents. `counter` receives the bytes read from disk.
 pub fn open(
     path: &Path,

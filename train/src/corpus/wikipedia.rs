@@ -38,6 +38,91 @@ pub fn is_wikipedia_xml(first_bytes: &[u8]) -> bool {
     memchr::memmem::find(head, b"<mediawiki").is_some()
 }
 
+/// Byte offsets where a multistream `.bz2` dump can be cut into parts of at least `min_part`
+/// bytes that [`WikipediaReader::open_range`] reads independently (in parallel): offsets of bz2
+/// stream headers (`BZh[1-9]` + block magic) whose decompressed text starts with `<page`.
+/// Wikipedia's `pages-articles-multistream` dumps hold 100 pages per stream; single-stream files
+/// and streams cut inside a page (pbzip2) give no points, and the file is read whole. Reads only
+/// around the candidate offsets, not the whole file.
+pub fn split_points(path: &Path, min_part: u64) -> std::io::Result<Vec<u64>> {
+    const MAGIC: &[u8] = b"1AY&SY"; // bz2 block header, right after "BZh" + level
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut points = Vec::new();
+    let mut from = min_part.max(1);
+    let mut buf = vec![0u8; 1 << 20];
+    'parts: while from + min_part / 2 < len {
+        // Scan forward from `from` for the next verified stream start.
+        let mut at = from;
+        loop {
+            if at >= len {
+                break 'parts;
+            }
+            file.seek(SeekFrom::Start(at))?;
+            let n = read_full(&mut file, &mut buf)?;
+            if n < 10 {
+                break 'parts;
+            }
+            for i in memchr::memmem::find_iter(&buf[..n], MAGIC) {
+                if i < 4 {
+                    continue;
+                }
+                let head = &buf[i - 4..i];
+                let offset = at + i as u64 - 4;
+                if &head[..3] == b"BZh"
+                    && (b'1'..=b'9').contains(&head[3])
+                    && starts_with_page(path, offset)
+                {
+                    points.push(offset);
+                    from = offset + min_part;
+                    continue 'parts;
+                }
+            }
+            // Overlap by the magic's length so a header across the chunk edge is found.
+            at += (n as u64).saturating_sub(10).max(1);
+        }
+    }
+    Ok(points)
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Whether the bz2 stream at `offset` decompresses to text starting with `<page`.
+fn starts_with_page(path: &Path, offset: u64) -> bool {
+    let Ok(mut file) = File::open(path) else {
+        return false;
+    };
+    if file.seek(SeekFrom::Start(offset)).is_err() {
+        return false;
+    }
+    let mut decoder = bzip2::read::BzDecoder::new(BufReader::new(file));
+    let mut head = [0u8; 256];
+    let mut got = 0;
+    while got < head.len() {
+        match decoder.read(&mut head[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    let text = &head[..got];
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(text.len());
+    text[start..].starts_with(b"<page")
+}
+
 /// Counts the bytes read from the file on disk: for this reader's error offsets, and for the
 /// caller's progress counter (which may be shared by several readers).
 struct Counting<R> {
@@ -99,6 +184,18 @@ impl WikipediaReader {
     /// Opens a dump, plain XML or bzip2 (recognised by its `BZh` magic). `counter`, when given,
     /// receives the bytes read from disk (for progress reporting).
     pub fn open(path: &Path, counter: Option<Arc<AtomicU64>>) -> Result<Self, InputError> {
+        Self::open_range(path, counter, None)
+    }
+
+    /// Like [`WikipediaReader::open`], for the bytes `start..end` of a multistream `.bz2` dump
+    /// cut at stream starts found by [`split_points`]: such a part holds whole `<page>`s, and is
+    /// read as if it were wrapped in its own `<mediawiki>` root. Error offsets stay offsets in
+    /// the whole file.
+    pub fn open_range(
+        path: &Path,
+        counter: Option<Arc<AtomicU64>>,
+        range: Option<(u64, u64)>,
+    ) -> Result<Self, InputError> {
         let mut file =
             File::open(path).map_err(|e| InputError::new(path, "", format!("cannot open: {e}")))?;
         let mut magic = [0u8; 3];
@@ -111,17 +208,30 @@ impl WikipediaReader {
                 Err(e) => return Err(InputError::new(path, "", format!("cannot read: {e}"))),
             }
         }
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| InputError::new(path, "", format!("cannot read: {e}")))?;
         let compressed = got == 3 && &magic == b"BZh";
-        let disk_bytes = Arc::new(AtomicU64::new(0));
+        let (start, end) = range.unwrap_or((0, u64::MAX));
+        if range.is_some() && !compressed {
+            return Err(InputError::new(
+                path,
+                "",
+                "only .bz2 dumps can be read in parts",
+            ));
+        }
+        file.seek(SeekFrom::Start(start))
+            .map_err(|e| InputError::new(path, "", format!("cannot read: {e}")))?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        let disk_bytes = Arc::new(AtomicU64::new(start));
         let counted = Counting {
-            inner: file,
+            inner: file.take(end - start),
             own: disk_bytes.clone(),
             progress: counter,
         };
         let source: Box<dyn Read + Send> = if compressed {
-            Box::new(bzip2::read::MultiBzDecoder::new(counted))
+            let pages = bzip2::read::MultiBzDecoder::new(counted);
+            // A part after the first has no root start tag, one before the last no end tag.
+            let open: &[u8] = if start > 0 { b"<mediawiki>" } else { b"" };
+            let close: &[u8] = if end < len { b"</mediawiki>" } else { b"" };
+            Box::new(open.chain(pages).chain(close))
         } else {
             Box::new(counted)
         };
