@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
+use bertkit_model::checkpoint::write_atomic;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -187,14 +188,6 @@ fn file_groups(files: &[PathBuf], read: &ReadOptions, shard_size: u64) -> Vec<Ve
         groups.push(current);
     }
     groups
-}
-
-/// Write `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = shards::temp_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
 }
 
 /// A block of documents read from the input, with the input errors met while reading it.
@@ -530,7 +523,8 @@ fn check_settings(out: &Path, settings: &PrepSettings, tokenizer: &TokenizerInfo
         }
         return Ok(());
     }
-    write_atomic(&path, serde_json::to_string_pretty(&want)?.as_bytes())
+    write_atomic(&path, serde_json::to_string_pretty(&want)?.as_bytes())?;
+    Ok(())
 }
 
 /// Delete temporary files (`.NAME.tmp-PID`) that interrupted runs left behind. Only files

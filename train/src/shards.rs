@@ -15,7 +15,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -92,33 +92,9 @@ fn batch(rows: &[Sequence], nsp: bool) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(schema(nsp), columns)?)
 }
 
-/// The hidden temporary name a file is written under before the rename: `.NAME.tmp-HOST-PID`,
-/// unique among the processes (on several machines, in a SLURM array) writing into one folder.
-pub fn temp_path(path: &Path) -> PathBuf {
-    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let host = HOST.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .map(|h| {
-                h.trim()
-                    .chars()
-                    .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-                    .collect()
-            })
-            .filter(|h: &String| !h.is_empty())
-            .unwrap_or_else(|| "host".into())
-    });
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{host}-{}", std::process::id()))
-}
-
 /// Write `rows` to `path` atomically; returns the file's size and sha256 (hex).
 pub fn write_shard(path: &Path, rows: &[Sequence], nsp: bool) -> Result<(u64, String)> {
-    let tmp = temp_path(path);
+    let tmp = bertkit_model::checkpoint::temp_path(path);
     let result = (|| -> Result<()> {
         let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let props = WriterProperties::builder()

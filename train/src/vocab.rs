@@ -24,7 +24,9 @@ use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::corpus::{self, wikitext, Document, InputError, ReadOptions};
-use crate::prep::{write_atomic, OnError};
+use bertkit_model::checkpoint::write_atomic;
+
+use crate::prep::OnError;
 
 pub const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
