@@ -30,7 +30,7 @@ use std::sync::Arc;
 use quick_xml::events::{BytesRef, Event};
 use quick_xml::Reader;
 
-use super::{Document, InputError};
+use super::{Counting, Document, InputError};
 
 /// Whether the start of a file is a MediaWiki XML export (`<mediawiki` in its first KB).
 pub fn is_wikipedia_xml(first_bytes: &[u8]) -> bool {
@@ -123,25 +123,6 @@ fn starts_with_page(path: &Path, offset: u64) -> bool {
     text[start..].starts_with(b"<page")
 }
 
-/// Counts the bytes read from the file on disk: for this reader's error offsets, and for the
-/// caller's progress counter (which may be shared by several readers).
-struct Counting<R> {
-    inner: R,
-    own: Arc<AtomicU64>,
-    progress: Option<Arc<AtomicU64>>,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.own.fetch_add(n as u64, Ordering::Relaxed);
-        if let Some(progress) = &self.progress {
-            progress.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        Ok(n)
-    }
-}
-
 /// Which element's text is being collected.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Field {
@@ -199,15 +180,8 @@ impl WikipediaReader {
         let mut file =
             File::open(path).map_err(|e| InputError::new(path, "", format!("cannot open: {e}")))?;
         let mut magic = [0u8; 3];
-        let mut got = 0;
-        while got < magic.len() {
-            match file.read(&mut magic[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(InputError::new(path, "", format!("cannot read: {e}"))),
-            }
-        }
+        let got = read_full(&mut file, &mut magic)
+            .map_err(|e| InputError::new(path, "", format!("cannot read: {e}")))?;
         let compressed = got == 3 && &magic == b"BZh";
         let (start, end) = range.unwrap_or((0, u64::MAX));
         if range.is_some() && !compressed {
@@ -221,10 +195,14 @@ impl WikipediaReader {
             .map_err(|e| InputError::new(path, "", format!("cannot read: {e}")))?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
         let disk_bytes = Arc::new(AtomicU64::new(start));
+        // Bytes read from disk: our own count (for error offsets) and the caller's (progress,
+        // possibly shared by several readers).
         let counted = Counting {
-            inner: file.take(end - start),
-            own: disk_bytes.clone(),
-            progress: counter,
+            inner: Counting {
+                inner: file.take(end - start),
+                counter: disk_bytes.clone(),
+            },
+            counter: counter.unwrap_or_default(),
         };
         let source: Box<dyn Read + Send> = if compressed {
             let pages = bzip2::read::MultiBzDecoder::new(counted);
