@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use bertkit_train::corpus::{self, wikitext, ReadOptions};
+use bertkit_train::corpus::{self, ReadOptions};
 use bertkit_train::prep::{self, PrepOptions};
 use bertkit_train::sentences;
 use tokenizers::Tokenizer;
@@ -69,11 +69,7 @@ fn main() {
         for doc in corpus::open(f, &ReadOptions::default(), None).expect("open") {
             let doc = doc.expect("document");
             bytes += doc.text.len();
-            let text = if doc.wikitext {
-                wikitext::clean(&doc.text)
-            } else {
-                doc.text
-            };
+            let text = doc.clean_text();
             sents.extend(sentences::split(&text).into_iter().map(String::from));
         }
     }

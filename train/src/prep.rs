@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokenizers::Tokenizer;
 
-use crate::corpus::{self, wikitext, Document, InputError, InputPart, ReadOptions};
+use crate::corpus::{self, Document, InputError, InputPart, ReadOptions};
 use crate::instances::{self, Specials, TokenizedDocument};
 use crate::manifest::{
     Counts, Manifest, PrepSettings, ShardInfo, TokenizerInfo, FORMAT, FORMAT_VERSION,
@@ -265,17 +265,8 @@ fn load_tokenizer(dir: &Path) -> Result<(Tok, TokenizerInfo, Vec<u8>)> {
 /// Clean, split and tokenize a block's documents. Work is spread over sentences, not documents,
 /// so one long article does not leave the other cores idle at the end of a block.
 fn tokenize_block(block: Block, tok: &Tok, on_error: OnError) -> Result<TokenizedBlock> {
-    let texts: Vec<std::borrow::Cow<str>> = block
-        .docs
-        .par_iter()
-        .map(|d| {
-            if d.wikitext {
-                std::borrow::Cow::Owned(wikitext::clean(&d.text))
-            } else {
-                std::borrow::Cow::Borrowed(d.text.as_str())
-            }
-        })
-        .collect();
+    let texts: Vec<std::borrow::Cow<str>> =
+        block.docs.par_iter().map(Document::clean_text).collect();
     let split: Vec<Vec<&str>> = texts.par_iter().map(|t| sentences::split(t)).collect();
     let flat: Vec<(usize, &str)> = split
         .iter()

@@ -23,7 +23,7 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::corpus::{self, wikitext, Document, InputError, ReadOptions};
+use crate::corpus::{self, InputError, ReadOptions};
 use bertkit_model::checkpoint::write_atomic;
 
 use crate::prep::OnError;
@@ -93,7 +93,7 @@ impl Iterator for Iter {
             if let Some(cur) = self.docs.current.as_mut() {
                 match cur.next() {
                     Some(Ok(doc)) => {
-                        let text = document_text(&doc);
+                        let text = doc.clean_text().into_owned();
                         self.docs
                             .state
                             .lock()
@@ -115,14 +115,6 @@ impl Iterator for Iter {
             }
         }
         None
-    }
-}
-
-fn document_text(doc: &Document) -> String {
-    if doc.wikitext {
-        wikitext::clean(&doc.text)
-    } else {
-        doc.text.clone()
     }
 }
 

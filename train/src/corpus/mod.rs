@@ -32,6 +32,18 @@ pub struct Document {
     pub wikitext: bool,
 }
 
+impl Document {
+    /// The prose to split and tokenize: the text, with Wikipedia markup cleaned away when it
+    /// has any (see [`wikitext::clean`]).
+    pub fn clean_text(&self) -> std::borrow::Cow<'_, str> {
+        if self.wikitext {
+            std::borrow::Cow::Owned(wikitext::clean(&self.text))
+        } else {
+            std::borrow::Cow::Borrowed(&self.text)
+        }
+    }
+}
+
 /// A problem with the input, located precisely enough for a user to find it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InputError {
