@@ -138,7 +138,14 @@ impl BertTokenizer {
     }
 
     pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
-        let mut inner = Tokenizer::from_file(path)
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_tokenizer_bytes(&bytes, path)
+    }
+
+    /// A `tokenizer.json` already read from `source` (for callers that also hash or copy it).
+    pub fn from_tokenizer_bytes(bytes: &[u8], source: &Path) -> Result<Self> {
+        let path = source;
+        let mut inner = Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::invalid(path, format!("not a valid tokenizer.json: {e}")))?;
         inner.with_padding(None);
         inner
@@ -156,20 +163,8 @@ impl BertTokenizer {
             .unk_token("[UNK]".to_string())
             .build()
             .map_err(|e| Error::invalid(path, format!("not a valid vocab.txt: {e}")))?;
-        let mut inner = Tokenizer::new(model);
-        inner.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)));
-        inner.with_pre_tokenizer(Some(BertPreTokenizer));
-        let id = |tok: &str| {
-            inner
-                .token_to_id(tok)
-                .ok_or_else(|| Error::invalid(path, format!("vocabulary has no {tok} token")))
-        };
-        let (sep, cls) = (id("[SEP]")?, id("[CLS]")?);
-        inner.with_post_processor(Some(BertProcessing::new(
-            ("[SEP]".to_string(), sep),
-            ("[CLS]".to_string(), cls),
-        )));
-        inner.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
+        let mut inner = bert_pipeline(model, lowercase);
+        add_bert_post_processor(&mut inner).map_err(|m| Error::invalid(path, m))?;
         Self::new(inner, path)
     }
 
@@ -191,6 +186,11 @@ impl BertTokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// The Hugging Face tokenizer inside (padding and truncation off).
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -258,6 +258,32 @@ impl BertTokenizer {
             .save(path, true)
             .map_err(|e| Error::invalid(path, e.to_string()))
     }
+}
+
+/// BERT's text pipeline around a WordPiece model: BERT normalizer (lower-casing and accent
+/// stripping when `lowercase`), BERT pre-tokenizer, WordPiece decoder. Used for vocabularies read
+/// from `vocab.txt` and for those `bertkit vocab` trains.
+pub fn bert_pipeline(model: WordPiece, lowercase: bool) -> Tokenizer {
+    let mut t = Tokenizer::new(model);
+    t.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)));
+    t.with_pre_tokenizer(Some(BertPreTokenizer));
+    t.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
+    t
+}
+
+/// Adds `[CLS] A [SEP]` / `[CLS] A [SEP] B [SEP]` post-processing with the vocabulary's own ids;
+/// the error names the missing token.
+pub fn add_bert_post_processor(t: &mut Tokenizer) -> std::result::Result<(), String> {
+    let id = |tok: &str| {
+        t.token_to_id(tok)
+            .ok_or_else(|| format!("vocabulary has no {tok} token"))
+    };
+    let (sep, cls) = (id("[SEP]")?, id("[CLS]")?);
+    t.with_post_processor(Some(BertProcessing::new(
+        ("[SEP]".to_string(), sep),
+        ("[CLS]".to_string(), cls),
+    )));
+    Ok(())
 }
 
 fn read_do_lower_case(dir: &Path) -> Result<bool> {

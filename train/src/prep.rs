@@ -38,10 +38,10 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bertkit_model::checkpoint::write_atomic;
+use bertkit_model::BertTokenizer;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use tokenizers::Tokenizer;
 
 use crate::corpus::{self, Document, InputError, InputPart, ReadOptions};
 use crate::instances::{self, Specials, TokenizedDocument};
@@ -214,7 +214,7 @@ struct TokenizedBlock {
 }
 
 struct Tok {
-    tokenizer: Tokenizer,
+    tokenizer: BertTokenizer,
     specials: Specials,
 }
 
@@ -230,12 +230,8 @@ fn load_tokenizer(dir: &Path) -> Result<(Tok, TokenizerInfo, Vec<u8>)> {
             path.display()
         )
     })?;
-    let mut tokenizer = Tokenizer::from_bytes(&bytes)
-        .map_err(|e| anyhow!("{}: not a tokenizers JSON file: {e}", path.display()))?;
-    tokenizer
-        .with_truncation(None)
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    tokenizer.with_padding(None);
+    // Padding and truncation switched off, whatever the file says.
+    let tokenizer = BertTokenizer::from_tokenizer_bytes(&bytes, &path)?;
     let id = |t: &str| {
         tokenizer
             .token_to_id(t)
@@ -250,7 +246,7 @@ fn load_tokenizer(dir: &Path) -> Result<(Tok, TokenizerInfo, Vec<u8>)> {
     let info = TokenizerInfo {
         file: TOKENIZER_FILE.to_string(),
         sha256: shards::hex(&sha2::Sha256::digest(&bytes)),
-        vocab_size: tokenizer.get_vocab_size(true),
+        vocab_size: tokenizer.vocab_size(),
     };
     Ok((
         Tok {
@@ -278,6 +274,7 @@ fn tokenize_block(block: Block, tok: &Tok, on_error: OnError) -> Result<Tokenize
         .with_min_len(64)
         .map(|(_, s)| {
             tok.tokenizer
+                .inner()
                 .encode_fast(*s, false)
                 .map(|e| e.get_ids().to_vec())
                 .map_err(|e| e.to_string())

@@ -15,12 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
-use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use bertkit_model::tokenizer::{add_bert_post_processor, bert_pipeline};
 use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
 use tokenizers::models::TrainerWrapper;
-use tokenizers::normalizers::bert::BertNormalizer;
-use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::corpus::{self, InputError, ReadOptions};
@@ -118,15 +115,6 @@ impl Iterator for Iter {
     }
 }
 
-/// A BERT tokenizer (normalizer, pre-tokenizer, post-processor, decoder) around `model`.
-fn bert_pipeline(model: WordPiece, lowercase: bool) -> Tokenizer {
-    let mut tokenizer = Tokenizer::new(model);
-    tokenizer.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)));
-    tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
-    tokenizer.with_decoder(Some(WordPieceDecoder::default()));
-    tokenizer
-}
-
 /// Train the vocabulary and write the tokenizer files into `opts.out`.
 pub fn train(opts: &VocabOptions) -> Result<VocabSummary> {
     if opts.vocab_size < SPECIAL_TOKENS.len() + 10 {
@@ -187,11 +175,7 @@ pub fn train(opts: &VocabOptions) -> Result<VocabSummary> {
             bail!("special token {t} did not get id {i}");
         }
     }
-    let processing = BertProcessing::new(
-        ("[SEP]".into(), id("[SEP]")?),
-        ("[CLS]".into(), id("[CLS]")?),
-    );
-    tokenizer.with_post_processor(Some(processing));
+    add_bert_post_processor(&mut tokenizer).map_err(|m| anyhow!("the trained {m}"))?;
     write_files(&tokenizer, opts.lowercase, &opts.out)?;
     Ok(VocabSummary {
         vocab_size: tokenizer.get_vocab_size(true),
