@@ -40,7 +40,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use bertkit_model::checkpoint::write_atomic;
 use bertkit_model::BertTokenizer;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::corpus::{self, Document, InputError, InputPart, ReadOptions};
@@ -131,13 +130,6 @@ pub struct PrepSummary {
     pub input_bytes: u64,
 }
 
-/// The record kept next to each finished shard.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct ShardRecord {
-    #[serde(flatten)]
-    info: ShardInfo,
-}
-
 /// Block `index` of file group `group`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct BlockId {
@@ -162,9 +154,9 @@ impl BlockId {
 /// The record of a block if its shard is complete (record present, shard of the recorded size).
 fn finished(out: &Path, id: BlockId) -> Option<ShardInfo> {
     let text = std::fs::read_to_string(id.record_path(out)).ok()?;
-    let rec: ShardRecord = serde_json::from_str(&text).ok()?;
-    let size = std::fs::metadata(out.join(&rec.info.file)).ok()?.len();
-    (size == rec.info.bytes).then_some(rec.info)
+    let info: ShardInfo = serde_json::from_str(&text).ok()?;
+    let size = std::fs::metadata(out.join(&info.file)).ok()?.len();
+    (size == info.bytes).then_some(info)
 }
 
 /// Consecutive input parts with at least `shard_size` bytes on disk per group (a bigger part
@@ -369,7 +361,6 @@ struct Readers {
     opts: PrepOptions,
     bytes_read: Arc<AtomicU64>,
     docs_read: Arc<AtomicU64>,
-    docs_total: AtomicU64,
 }
 
 /// A reader thread: takes file groups in turn and sends this worker's unfinished blocks.
@@ -440,7 +431,6 @@ fn read_group(r: &Readers, g: usize, tx: &SyncSender<Block>) -> Result<usize> {
             match doc {
                 Ok(doc) => {
                     r.docs_read.fetch_add(1, Ordering::Relaxed);
-                    r.docs_total.fetch_add(1, Ordering::Relaxed);
                     bytes += doc.text.len() as u64;
                     chunk_bytes += doc.text.len() as u64;
                     if block_wanted {
@@ -607,7 +597,6 @@ pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
         opts: opts.clone(),
         bytes_read: bytes_read.clone(),
         docs_read: docs_read.clone(),
-        docs_total: AtomicU64::new(0),
     });
     let (block_tx, block_rx) = sync_channel::<Block>(n_readers);
     let (seq_tx, seq_rx) = sync_channel::<WriteJob>(1);
@@ -705,7 +694,7 @@ pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
     if let Some(e) = consequences.into_iter().next() {
         return Err(e);
     }
-    if readers.docs_total.load(Ordering::Relaxed) == 0 {
+    if docs_read.load(Ordering::Relaxed) == 0 {
         bail!("no documents in the input ({} file(s))", files.len());
     }
     block_counts.sort();
@@ -778,10 +767,9 @@ fn write_shards(out: &Path, rx: Receiver<WriteJob>) -> Result<Vec<ShardInfo>> {
             counts,
             errors,
         };
-        let rec = ShardRecord { info: info.clone() };
         write_atomic(
             &id.record_path(out),
-            serde_json::to_string(&rec)?.as_bytes(),
+            serde_json::to_string(&info)?.as_bytes(),
         )?;
         written.push(info);
     }
