@@ -19,9 +19,9 @@
 //!    the document order.
 //! 4. **Build sequences** (cheap, sequential per block): NSP pairs or packed sequences (see
 //!    [`crate::instances`]) with a random generator seeded by `(seed, g, k)` only.
-//! 5. **Write** (one thread, overlapping tokenization): the shard goes to a hidden temporary file
-//!    and is renamed into place; then a hidden `.shard-{g:05}-{k:05}.json` records its size,
-//!    sha256 and counts. A rerun skips every block whose record and shard agree, so an
+//! 5. **Write** (one thread, overlapping tokenization): the shard goes to a hidden temporary file;
+//!    a hidden `.shard-{g:05}-{k:05}.json` records its size, sha256 and counts; then the shard is
+//!    renamed into place. A rerun skips every block whose record and shard agree, so an
 //!    interrupted run resumes where it stopped, and a half-written shard is never visible.
 //! 6. **Manifest**: when every block's shard exists, `manifest.json` is written (atomically) from
 //!    the records, shards in (g, k) order. It holds no timestamps or thread counts: reruns give
@@ -759,18 +759,25 @@ fn write_shards(out: &Path, rx: Receiver<WriteJob>) -> Result<Vec<ShardInfo>> {
     for (id, seqs, counts, errors) in rx {
         let file = id.shard_name();
         let nsp = seqs.iter().any(|s| s.next_sentence_label.is_some());
-        let (bytes, sha256) = shards::write_shard(&out.join(&file), &seqs, nsp)?;
-        let info = ShardInfo {
+        let path = out.join(&file);
+        let mut info = ShardInfo {
             file,
-            sha256,
-            bytes,
+            sha256: String::new(),
+            bytes: 0,
             counts,
             errors,
         };
-        write_atomic(
-            &id.record_path(out),
-            serde_json::to_string(&info)?.as_bytes(),
-        )?;
+        // The record goes first, then the shard's rename: a visible shard always has its
+        // record, so a run killed in between redoes nothing that is visible.
+        shards::write_shard_then(&path, &seqs, nsp, |bytes, sha256| {
+            info.bytes = bytes;
+            info.sha256 = sha256.to_string();
+            write_atomic(
+                &id.record_path(out),
+                serde_json::to_string(&info)?.as_bytes(),
+            )?;
+            Ok(())
+        })?;
         written.push(info);
     }
     Ok(written)

@@ -94,6 +94,17 @@ fn batch(rows: &[Sequence], nsp: bool) -> Result<RecordBatch> {
 
 /// Write `rows` to `path` atomically; returns the file's size and sha256 (hex).
 pub fn write_shard(path: &Path, rows: &[Sequence], nsp: bool) -> Result<(u64, String)> {
+    write_shard_then(path, rows, nsp, |_, _| Ok(()))
+}
+
+/// [`write_shard`], calling `before_publish(size, sha256)` once the complete shard is on disk
+/// under its temporary name and before the rename makes it visible (to record it first).
+pub fn write_shard_then(
+    path: &Path,
+    rows: &[Sequence],
+    nsp: bool,
+    before_publish: impl FnOnce(u64, &str) -> Result<()>,
+) -> Result<(u64, String)> {
     let tmp = bertkit_model::checkpoint::temp_path(path);
     let result = (|| -> Result<()> {
         let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -116,6 +127,10 @@ pub fn write_shard(path: &Path, rows: &[Sequence], nsp: bool) -> Result<(u64, St
         return Err(e.context(format!("writing shard {}", path.display())));
     }
     let (size, sha) = file_sha256(&tmp)?;
+    if let Err(e) = before_publish(size, &sha) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok((size, sha))
