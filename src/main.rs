@@ -34,6 +34,8 @@ enum Command {
     Vocab(cli::vocab::VocabArgs),
     /// Turn a corpus into tokenized pretraining shards (parquet) with a manifest.
     Prep(cli::prep::PrepArgs),
+    /// Pretrain BERT (MLM + NSP) from a recipe: LAMB/AdamW, accumulation, checkpoints, resume.
+    Pretrain(cli::pretrain::PretrainArgs),
     /// Run every stage that exists on a small built-in corpus, in a few minutes on a laptop.
     Quickstart {
         /// Where to write the corpus, vocabulary and models.
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => cli::convert::run(&args),
         Command::Vocab(args) => cli::vocab::run(&args),
         Command::Prep(args) => cli::prep::run(&args),
+        Command::Pretrain(args) => cli::pretrain::run(&args),
         Command::Quickstart { out, device } => cli::quickstart::run(&out, device),
     };
     match result {

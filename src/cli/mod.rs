@@ -4,6 +4,7 @@ pub mod convert;
 pub mod embed;
 pub mod info;
 pub mod prep;
+pub mod pretrain;
 pub mod quickstart;
 pub mod vocab;
 

@@ -4,10 +4,15 @@
 pub mod corpus;
 pub mod instances;
 pub mod loader;
+pub mod logger;
 pub mod manifest;
 pub mod masking;
+pub mod optim;
 pub mod prep;
+pub mod pretrain;
 pub mod rng;
+pub mod schedule;
 pub mod sentences;
 pub mod shards;
+pub mod tensorboard;
 pub mod vocab;

@@ -80,7 +80,7 @@ impl Default for LoaderConfig {
 }
 
 /// Where in the stream the next global batch starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     pub epoch: u64,
     /// Index in the epoch's shard order (not the manifest index).

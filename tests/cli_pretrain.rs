@@ -1,0 +1,294 @@
+//! `bertkit pretrain` through the binary, on State of the Union prose (scripts/fetch-assets.sh):
+//! the loss falls; a killed run resumes to the same weights bit for bit; damaged checkpoints are
+//! detected and skipped; non-finite steps are skipped and stop the run; the logs read back.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bertkit() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bertkit"))
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "bertkit failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// SOTU speeches 1900-1929 as training data and 1930-1931 held out, tokenized with a 2000-word
+/// vocabulary trained on them, at seq 64 with NSP; built once per test binary.
+fn data() -> &'static (PathBuf, PathBuf) {
+    static DATA: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    DATA.get_or_init(|| {
+        let sotu = repo().join("assets/data/sotu");
+        assert!(sotu.exists(), "run scripts/fetch-assets.sh first");
+        let root = tempfile::tempdir().unwrap().keep();
+        let files = |prefix: &str| -> Vec<PathBuf> {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(&sotu)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+                .collect();
+            v.sort();
+            v
+        };
+        let train: Vec<PathBuf> = ["190", "191", "192"].iter().flat_map(|p| files(p)).collect();
+        let held: Vec<PathBuf> = files("1930").into_iter().chain(files("1931")).collect();
+        let tok = root.join("tok");
+        run_ok(
+            bertkit()
+                .args(["vocab", "--vocab-size", "2000", "--lowercase", "--input"])
+                .args(&train)
+                .arg("--out")
+                .arg(&tok),
+        );
+        for (name, inputs) in [("train", &train), ("heldout", &held)] {
+            run_ok(
+                bertkit()
+                    .args(["prep", "--nsp", "--seq-len", "64", "--quiet", "--input"])
+                    .args(inputs)
+                    .arg("--tokenizer")
+                    .arg(&tok)
+                    .arg("--out")
+                    .arg(root.join(name)),
+            );
+        }
+        (root.join("train"), root.join("heldout"))
+    })
+}
+
+/// `bertkit pretrain` with the CPU recipe on [`data`] into `out`, plus `extra` overrides.
+fn pretrain(out: &Path, extra: &[&str]) -> Command {
+    let (train, held) = data();
+    let mut c = bertkit();
+    c.arg("pretrain")
+        .arg("--config")
+        .arg(repo().join("configs/pretrain/cpu-tiny.toml"))
+        .arg("--set")
+        .arg(format!("data={:?}", train.display().to_string()))
+        .arg("--set")
+        .arg(format!("eval_data={:?}", held.display().to_string()))
+        .arg("--set")
+        .arg(format!("out={:?}", out.display().to_string()));
+    for e in extra {
+        c.arg("--set").arg(e);
+    }
+    c
+}
+
+fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn series(records: &[serde_json::Value], split: &str, name: &str) -> Vec<(u64, f64)> {
+    records
+        .iter()
+        .filter(|r| r["split"] == split)
+        .map(|r| (r["step"].as_u64().unwrap(), r[name].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn loss_falls_on_real_text_and_logs_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    run_ok(&mut pretrain(
+        &out,
+        &["schedule.steps=100", "eval.every=25", "log.every=5", "checkpoint.every=50"],
+    ));
+    let records = metrics(&out);
+    let train = series(&records, "train", "mlm_loss");
+    assert_eq!(train.len(), 20);
+    let mean = |v: &[(u64, f64)]| v.iter().map(|x| x.1).sum::<f64>() / v.len() as f64;
+    let (first, last) = (mean(&train[..4]), mean(&train[16..]));
+    // Uniform guessing over 2000 words is ln(2000) = 7.6.
+    assert!(first > 6.8, "first MLM losses {first}");
+    assert!(last < first - 0.8, "MLM loss did not fall clearly: {first} -> {last}");
+    let eval = series(&records, "eval", "mlm_loss");
+    assert_eq!(eval.iter().map(|e| e.0).collect::<Vec<_>>(), [25, 50, 75, 100]);
+    assert!(eval[3].1 < eval[0].1 - 0.3, "held-out loss did not fall: {eval:?}");
+    let acc = series(&records, "eval", "mlm_accuracy");
+    assert!(acc[3].1 > 0.08, "held-out MLM accuracy {acc:?}");
+
+    // The TensorBoard file holds the same values, read by the real tensorboard package.
+    let tb_dir = out.join("tensorboard");
+    let event = std::fs::read_dir(&tb_dir).unwrap().next().unwrap().unwrap().path();
+    let python = std::env::var("BERTKIT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let read = Command::new(python)
+        .arg(repo().join("scripts/check_tensorboard.py"))
+        .arg(&event)
+        .output()
+        .unwrap();
+    assert!(
+        read.status.success(),
+        "check_tensorboard.py (needs the tensorboard package: scripts/test.sh installs it): {}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let tb: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
+    for name in ["mlm_loss", "mlm_accuracy", "nsp_accuracy", "lr", "grad_norm", "sequences_per_s", "tokens_per_s", "loss_scale"] {
+        let want = series(&records, "train", name);
+        let got = tb[format!("train/{name}")].as_array().unwrap_or_else(|| panic!("no train/{name}"));
+        assert_eq!(got.len(), want.len(), "train/{name}");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g[0].as_u64().unwrap(), w.0);
+            assert_eq!(g[1].as_f64().unwrap() as f32, w.1 as f32, "train/{name} at {}", w.0);
+        }
+    }
+    assert_eq!(tb["eval/mlm_loss"].as_array().unwrap().len(), 4);
+
+    // The checkpoint is a model folder the other commands read.
+    let info = run_ok(bertkit().arg("info").arg(out.join("checkpoints/step-00000100")));
+    assert!(info.contains("BertForPreTraining"), "{info}");
+}
+
+fn file(dir: &Path, name: &str) -> Vec<u8> {
+    std::fs::read(dir.join(name)).unwrap()
+}
+
+#[test]
+fn killed_run_resumes_bit_for_bit_and_damaged_checkpoints_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [
+        "schedule.steps=40",
+        "checkpoint.every=4",
+        "checkpoint.keep=3",
+        "eval.every=0",
+        "log.every=1",
+    ];
+    // Uninterrupted.
+    let a = dir.path().join("a");
+    run_ok(&mut pretrain(&a, &settings));
+    let final_a = a.join("checkpoints/step-00000040");
+
+    // Killed (SIGKILL) once its first checkpoint exists, then resumed.
+    let b = dir.path().join("b");
+    let mut child = pretrain(&b, &settings)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !b.join("checkpoints/step-00000004").exists() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the run finished before it could be killed");
+    let killed_at: Vec<_> = std::fs::read_dir(b.join("checkpoints")).unwrap().collect();
+    assert!(!b.join("checkpoints/step-00000040").exists(), "{killed_at:?}");
+    let out = run_ok(pretrain(&b, &settings).args(["--resume", "auto"]));
+    assert!(out.contains("resumed from"), "{out}");
+    let final_b = b.join("checkpoints/step-00000040");
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(file(&final_a, f) == file(&final_b, f), "{f} differs after kill + resume");
+    }
+    // The metrics of the resumed run have one record per step, as the uninterrupted run's.
+    let (ma, mb) = (series(&metrics(&a), "train", "loss"), series(&metrics(&b), "train", "loss"));
+    assert_eq!(ma, mb);
+
+    // Damage the newest two checkpoints of a finished run: a truncated weights file and a
+    // changed byte in the optimizer state. `--resume auto` names both, resumes from the third,
+    // and ends with the same weights.
+    let c = dir.path().join("c");
+    copy_dir(&b, &c);
+    let ck = c.join("checkpoints");
+    let weights = ck.join("step-00000040/model.safetensors");
+    let len = std::fs::metadata(&weights).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let opt = ck.join("step-00000036/optimizer.safetensors");
+    let mut bytes = std::fs::read(&opt).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&opt, bytes).unwrap();
+    let out = pretrain(&c, &settings).args(["--resume", "auto"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("skipping checkpoint") && stderr.contains("step-00000040") && stderr.contains("truncated"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("step-00000036") && stderr.contains("sha256"), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("step-00000032"));
+    assert!(file(&final_a, "model.safetensors") == file(&ck.join("step-00000040"), "model.safetensors"));
+
+    // Without --resume, an out with checkpoints is refused, and nothing in it changes.
+    let out = pretrain(&c, &settings).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume auto"));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn non_finite_steps_are_skipped_then_stop_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    // An absurd learning rate overflows the weights after the first update.
+    let result = pretrain(
+        &out,
+        &[
+            "optimizer.name=\"adamw\"",
+            "optimizer.lr=1e38",
+            "optimizer.max_grad_norm=0",
+            "schedule.name=\"constant\"",
+            "schedule.warmup=0",
+            "schedule.steps=20",
+            "max_nonfinite_steps=3",
+            "checkpoint.every=1",
+            "checkpoint.keep=100",
+            "eval.every=0",
+            "log.every=1",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{stderr}");
+    assert!(stderr.contains("3 non-finite steps in a row"), "{stderr}");
+    assert!(stderr.contains("step skipped (1 in a row"), "{stderr}");
+    // Every checkpoint written holds finite weights.
+    for ck in std::fs::read_dir(out.join("checkpoints")).unwrap() {
+        let ck = ck.unwrap().path();
+        if ck.file_name().unwrap().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let bytes = file(&ck, "model.safetensors");
+        let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let finite = bytes[8 + header..]
+            .chunks_exact(4)
+            .all(|c| f32::from_le_bytes(c.try_into().unwrap()).is_finite());
+        assert!(finite, "{} holds non-finite weights", ck.display());
+    }
+}

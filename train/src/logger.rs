@@ -1,0 +1,124 @@
+//! Where a training run reports: `metrics.jsonl` (one JSON object per record), TensorBoard
+//! event files (`tensorboard/`), and a progress bar (or plain lines when not on a terminal).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::tensorboard::EventWriter;
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const TENSORBOARD_DIR: &str = "tensorboard";
+
+pub struct Logger {
+    jsonl: std::io::BufWriter<std::fs::File>,
+    jsonl_path: PathBuf,
+    tensorboard: Option<EventWriter>,
+    bar: ProgressBar,
+}
+
+impl Logger {
+    /// Opens the run's logs in `out`. Records of steps after `start_step` (written by a run
+    /// that was interrupted after its last checkpoint) are dropped from `metrics.jsonl`, so the
+    /// file describes the run that the weights come from.
+    pub fn open(
+        out: &Path,
+        tensorboard: bool,
+        total_steps: u64,
+        start_step: u64,
+        show_bar: bool,
+    ) -> Result<Logger> {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let jsonl_path = out.join(METRICS_FILE);
+        if jsonl_path.exists() {
+            let text = std::fs::read_to_string(&jsonl_path)
+                .with_context(|| format!("reading {}", jsonl_path.display()))?;
+            let kept: String = text
+                .lines()
+                .filter(|line| {
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                        .is_some_and(|s| s <= start_step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            bertkit_model::checkpoint::write_atomic(&jsonl_path, kept.as_bytes())?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&jsonl_path)
+            .with_context(|| format!("opening {}", jsonl_path.display()))?;
+        let tensorboard = if tensorboard {
+            Some(EventWriter::create(&out.join(TENSORBOARD_DIR))?)
+        } else {
+            None
+        };
+        let bar = if show_bar {
+            ProgressBar::with_draw_target(Some(total_steps), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} step {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_position(start_step);
+        bar.reset_eta();
+        bar.enable_steady_tick(Duration::from_millis(500));
+        Ok(Logger {
+            jsonl: std::io::BufWriter::new(file),
+            jsonl_path,
+            tensorboard,
+            bar,
+        })
+    }
+
+    /// One record: `{"step": S, "split": "train", NAME: VALUE, ...}` in metrics.jsonl and
+    /// `SPLIT/NAME` scalars in TensorBoard.
+    pub fn record(&mut self, step: u64, split: &str, values: &[(&str, f64)]) -> Result<()> {
+        let mut obj = serde_json::Map::new();
+        obj.insert("step".into(), step.into());
+        obj.insert("split".into(), split.into());
+        for (name, v) in values {
+            let json = serde_json::Number::from_f64(*v)
+                .map(serde_json::Value::Number)
+                .unwrap_or_else(|| serde_json::Value::String(v.to_string()));
+            obj.insert((*name).into(), json);
+            if let Some(tb) = &mut self.tensorboard {
+                tb.add_scalar(&format!("{split}/{name}"), *v as f32, step)?;
+            }
+        }
+        writeln!(self.jsonl, "{}", serde_json::Value::Object(obj))
+            .and_then(|_| self.jsonl.flush())
+            .with_context(|| format!("writing {}", self.jsonl_path.display()))?;
+        if let Some(tb) = &mut self.tensorboard {
+            tb.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn progress(&self, step: u64, message: String) {
+        self.bar.set_position(step);
+        self.bar.set_message(message);
+    }
+
+    /// A line above the progress bar (stderr).
+    pub fn println(&self, line: impl AsRef<str>) {
+        if self.bar.is_hidden() {
+            eprintln!("{}", line.as_ref());
+        } else {
+            self.bar.println(line.as_ref());
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

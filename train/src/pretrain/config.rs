@@ -1,0 +1,322 @@
+//! The pretraining recipe: a TOML file (configs/pretrain/*.toml) plus `--set key=value`
+//! overrides. Unknown keys are errors that name the key, so a typo never silently falls back
+//! to a default.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bertkit_model::config::BertConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::masking::MaskingConfig;
+use crate::optim::OptimizerConfig;
+use crate::schedule::ScheduleConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    /// bf16 compute, f32 master weights and optimizer state.
+    Bf16,
+    /// fp16 compute with dynamic loss scaling, f32 master weights.
+    Fp16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// A model size (configs/models/*.toml, HF config field names), relative to the recipe file.
+    pub model: PathBuf,
+    /// A folder written by `bertkit prep`.
+    pub data: PathBuf,
+    /// A held-out folder written by `bertkit prep` (same tokenizer), evaluated every `eval.every`.
+    #[serde(default)]
+    pub eval_data: Option<PathBuf>,
+    /// The run folder: checkpoints/, tensorboard/, metrics.jsonl.
+    pub out: PathBuf,
+    /// Start from this checkpoint's weights with a fresh optimizer and schedule (phase 2).
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default = "default_precision")]
+    pub precision: Precision,
+    pub batch: BatchConfig,
+    pub optimizer: OptimizerConfig,
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub masking: MaskingSettings,
+    #[serde(default)]
+    pub checkpoint: CheckpointSettings,
+    #[serde(default)]
+    pub eval: EvalSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+    /// Stop after this many non-finite steps in a row.
+    #[serde(default = "default_max_nonfinite")]
+    pub max_nonfinite_steps: u32,
+    /// fp16: the initial loss scale (then halved on overflow, doubled after 2000 good steps).
+    #[serde(default = "default_loss_scale")]
+    pub initial_loss_scale: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Sequences per optimizer step over all ranks.
+    pub global: usize,
+    /// Sequences per forward pass on one rank; gradients accumulate over
+    /// `global / (micro * world_size)` passes.
+    pub micro: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaskingSettings {
+    pub mask_prob: f64,
+    pub max_predictions: usize,
+    pub whole_word: bool,
+}
+
+impl Default for MaskingSettings {
+    fn default() -> Self {
+        let m = MaskingConfig::default();
+        MaskingSettings {
+            mask_prob: m.mask_prob,
+            max_predictions: m.max_predictions,
+            whole_word: m.whole_word,
+        }
+    }
+}
+
+impl MaskingSettings {
+    pub fn to_config(&self) -> MaskingConfig {
+        MaskingConfig {
+            mask_prob: self.mask_prob,
+            max_predictions: self.max_predictions,
+            whole_word: self.whole_word,
+            ..MaskingConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointSettings {
+    /// Write a checkpoint every this many steps (and at the end); 0 = only at the end.
+    pub every: u64,
+    /// Keep the newest this many.
+    pub keep: usize,
+}
+
+impl Default for CheckpointSettings {
+    fn default() -> Self {
+        CheckpointSettings {
+            every: 200,
+            keep: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalSettings {
+    /// Evaluate every this many steps (and at the end); 0 = never.
+    pub every: u64,
+    /// Batches of `batch.micro` sequences to evaluate (from the start of the held-out data).
+    pub batches: usize,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        EvalSettings {
+            every: 1000,
+            batches: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// Write metrics every this many steps.
+    pub every: u64,
+    pub tensorboard: bool,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            every: 10,
+            tensorboard: true,
+        }
+    }
+}
+
+fn default_seed() -> u64 {
+    42
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_precision() -> Precision {
+    Precision::F32
+}
+fn default_max_nonfinite() -> u32 {
+    10
+}
+fn default_loss_scale() -> f64 {
+    65536.0
+}
+
+impl PretrainConfig {
+    /// Reads a recipe, applies `key=value` overrides (dotted keys, TOML values; a value that is
+    /// not valid TOML is taken as a string), and resolves relative paths of the model file
+    /// against the recipe's folder.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<PretrainConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading recipe {}", path.display()))?;
+        let mut table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let mut cfg: PretrainConfig = table
+            .try_into()
+            .with_context(|| format!("in recipe {} (after --set overrides)", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if cfg.model.is_relative() && !cfg.model.exists() {
+            cfg.model = base.join(&cfg.model);
+        }
+        cfg.validate()
+            .with_context(|| format!("in recipe {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let b = &self.batch;
+        if b.micro == 0 || b.global == 0 || b.global % b.micro != 0 {
+            bail!(
+                "batch.global ({}) must be a positive multiple of batch.micro ({})",
+                b.global,
+                b.micro
+            );
+        }
+        if self.schedule.steps == 0 {
+            bail!("schedule.steps must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.schedule.warmup) {
+            bail!(
+                "schedule.warmup is a fraction of the steps in [0, 1), got {}",
+                self.schedule.warmup
+            );
+        }
+        if self.optimizer.lr <= 0.0 || !self.optimizer.lr.is_finite() {
+            bail!("optimizer.lr must be positive, got {}", self.optimizer.lr);
+        }
+        if self.checkpoint.keep == 0 {
+            bail!("checkpoint.keep must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Forward passes per optimizer step on each of `world_size` ranks.
+    pub fn accumulation(&self, world_size: usize) -> Result<usize> {
+        let per_step = self.batch.micro * world_size;
+        if self.batch.global % per_step != 0 {
+            bail!(
+                "batch.global ({}) is not a multiple of batch.micro ({}) x world size ({world_size})",
+                self.batch.global,
+                self.batch.micro
+            );
+        }
+        Ok(self.batch.global / per_step)
+    }
+}
+
+/// Reads a model size: TOML with Hugging Face `BertConfig` field names, or a `config.json`.
+pub fn read_model_config(path: &Path) -> Result<BertConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading model config {}", path.display()))?;
+    let config: BertConfig = if path.extension().is_some_and(|e| e == "json") {
+        BertConfig::from_json(&text).map_err(anyhow::Error::msg)
+    } else {
+        toml::from_str(&text).map_err(anyhow::Error::from)
+    }
+    .with_context(|| format!("parsing model config {}", path.display()))?;
+    Ok(config)
+}
+
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .with_context(|| format!("--set {assignment:?}: expected key=value"))?;
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let (last, parents) = parts.split_last().context("empty key")?;
+    let mut t = table;
+    for p in parents {
+        let entry = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .with_context(|| format!("--set {key}: {p} is not a table"))?;
+    }
+    t.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RECIPE: &str = r#"
+model = "m.toml"
+data = "d"
+out = "o"
+[batch]
+global = 16
+micro = 8
+[optimizer]
+name = "lamb"
+lr = 1e-3
+[schedule]
+name = "poly"
+steps = 10
+warmup = 0.1
+"#;
+
+    #[test]
+    fn overrides_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.toml");
+        std::fs::write(&path, RECIPE).unwrap();
+        let c = PretrainConfig::load(
+            &path,
+            &[
+                "optimizer.lr=5e-4".into(),
+                "out=runs/x".into(),
+                "checkpoint.every=3".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.optimizer.lr, 5e-4);
+        assert_eq!(c.out, PathBuf::from("runs/x"));
+        assert_eq!(c.checkpoint.every, 3);
+        assert_eq!(c.accumulation(1).unwrap(), 2);
+        assert!(c.accumulation(3).is_err());
+        let err = PretrainConfig::load(&path, &["optimizer.lrr=1".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("lrr"), "{err:#}");
+        let err = PretrainConfig::load(&path, &["batch.micro=5".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("multiple"), "{err:#}");
+    }
+}

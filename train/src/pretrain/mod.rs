@@ -1,0 +1,614 @@
+//! The pretraining loop, in one place: read a recipe, build or restore the model, then per
+//! optimizer step
+//!
+//! 1. take `accumulation` micro-batches from the loader (their masked-token and sequence counts
+//!    are the step's loss denominators, see [`objective`]);
+//! 2. forward + backward each (dropout seeded by (seed, step, micro-batch), so a resumed run
+//!    draws the same masks), in the recipe's precision, accumulating gradients;
+//! 3. the global gradient norm; a non-finite loss or norm skips the step (counted; the run stops
+//!    after `max_nonfinite_steps` in a row); else clip by the global norm and update (LAMB/AdamW)
+//!    at the schedule's learning rate;
+//! 4. log, evaluate the held-out data, checkpoint, as the recipe says.
+//!
+//! Checkpoints hold the model, the optimizer, the counters and the loader's position, so a
+//! resumed run continues bit for bit (on the CPU) where the interrupted one stopped, and seeking
+//! the loader is O(1).
+
+pub mod checkpoint;
+pub mod config;
+pub mod objective;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use bertkit_model::checkpoint::{self as model_ckpt, LoadOptions};
+use bertkit_model::heads::{Bert, Task};
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Tensor};
+
+use crate::loader::{Loader, LoaderConfig, Position};
+use crate::logger::Logger;
+use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::optim::{self, Optimizer};
+use crate::rng::Rng;
+use crate::shards::file_sha256;
+use checkpoint::{RunIdentity, TrainerState};
+use config::{Precision, PretrainConfig};
+use objective::{StepCounts, StepStats};
+
+/// Stream tag of the dropout seed of a micro-batch.
+const TAG_DROPOUT: u64 = u64::from_be_bytes(*b"dropout!");
+/// fp16: double the loss scale after this many steps without overflow.
+const LOSS_SCALE_WINDOW: u64 = 2000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Start fresh; refuse an `out` that already has checkpoints.
+    Never,
+    /// Continue from the newest valid checkpoint in `out`, else start fresh.
+    Auto,
+    /// Continue from this checkpoint folder.
+    From(PathBuf),
+}
+
+impl std::str::FromStr for Resume {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "never" | "no" => Resume::Never,
+            "auto" => Resume::Auto,
+            path => Resume::From(PathBuf::from(path)),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub resume: Resume,
+    /// Show a progress bar (else plain lines on stderr at each log step).
+    pub progress_bar: bool,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub steps: u64,
+    pub resumed_from: Option<PathBuf>,
+    pub skipped_steps: u64,
+    /// `(step, loss)` at every log step of this process.
+    pub losses: Vec<(u64, f64)>,
+    pub last_checkpoint: Option<PathBuf>,
+    pub final_eval: Option<StepStats>,
+}
+
+/// Runs a recipe on `device` with the autodiff backend `AD`.
+pub fn run<AD: AutodiffBackend>(
+    cfg: &PretrainConfig,
+    opts: &RunOptions,
+    device: &AD::Device,
+) -> Result<RunSummary> {
+    let world_size = 1;
+    let accumulation = cfg.accumulation(world_size)?;
+    let manifest = Manifest::read(&cfg.data)?;
+    let (_, data_sha) = file_sha256(&cfg.data.join(MANIFEST_FILE))?;
+    let identity = RunIdentity {
+        micro_batch: cfg.batch.micro,
+        accumulation,
+        world_size,
+        seed: cfg.seed,
+        data_manifest_sha256: data_sha,
+    };
+    let task = if manifest.settings.nsp {
+        Task::Pretraining
+    } else {
+        Task::MaskedLm
+    };
+    let ckpt_root = cfg.out.join("checkpoints");
+
+    let logger_note = |msg: String| eprintln!("{msg}");
+    let resumed = match &opts.resume {
+        Resume::Never => {
+            if let Some(last) = checkpoint::list(&ckpt_root)?.last() {
+                bail!(
+                    "{} already has checkpoints (newest {}); pass --resume auto to continue that \
+                     run, or choose another out",
+                    cfg.out.display(),
+                    last.display()
+                );
+            }
+            None
+        }
+        Resume::Auto => checkpoint::latest_valid(&ckpt_root, |dir, e| {
+            logger_note(format!("skipping checkpoint {}: {e:#}", dir.display()))
+        })?,
+        Resume::From(dir) => Some((dir.clone(), checkpoint::verify(dir)?)),
+    };
+
+    let mut optimizer = Optimizer::<AD::InnerBackend>::new(cfg.optimizer.clone());
+    let (mut model, mut state) = match &resumed {
+        Some((dir, state)) => {
+            if state.identity != identity {
+                bail!(
+                    "checkpoint {} was written by a run with {:?}; this run has {:?}: resume \
+                     with the same batch sizes, world size, seed and data",
+                    dir.display(),
+                    state.identity,
+                    identity
+                );
+            }
+            let model = load_model::<AD>(dir, task, cfg.seed, device)?;
+            optimizer.load_host(
+                state.optimizer_steps,
+                checkpoint::read_optimizer(dir)?,
+                device,
+            )?;
+            let names: Vec<String> = optim::param_names(&model)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            optimizer.check_names(&names)?;
+            (model, state.clone())
+        }
+        None => {
+            let model = match &cfg.init_from {
+                Some(dir) => load_model::<AD>(dir, task, cfg.seed, device)?,
+                None => {
+                    let mut config = config::read_model_config(&cfg.model)?;
+                    if !model_sets_vocab(&cfg.model) {
+                        config.vocab_size = manifest.tokenizer.vocab_size;
+                    }
+                    if config.vocab_size < manifest.tokenizer.vocab_size {
+                        bail!(
+                            "{}: vocab_size {} is smaller than the data's tokenizer ({})",
+                            cfg.model.display(),
+                            config.vocab_size,
+                            manifest.tokenizer.vocab_size
+                        );
+                    }
+                    if config.max_position_embeddings < manifest.settings.seq_len {
+                        bail!(
+                            "{}: max_position_embeddings {} is shorter than the data's sequences ({})",
+                            cfg.model.display(),
+                            config.max_position_embeddings,
+                            manifest.settings.seq_len
+                        );
+                    }
+                    model_ckpt::init::<AD>(&config, task, cfg.seed, device)?
+                }
+            };
+            let state = TrainerState {
+                step: 0,
+                optimizer_steps: 0,
+                position: Position::default(),
+                loss_scale: if cfg.precision == Precision::Fp16 {
+                    cfg.initial_loss_scale
+                } else {
+                    1.0
+                },
+                good_steps: 0,
+                nonfinite_in_a_row: 0,
+                skipped_steps: 0,
+                sequences: 0,
+                tokens: 0,
+                identity: identity.clone(),
+            };
+            (model, state)
+        }
+    };
+
+    let mut loader = Loader::open(
+        &cfg.data,
+        LoaderConfig {
+            batch_size: cfg.batch.micro,
+            rank: 0,
+            world_size,
+            seed: cfg.seed,
+            shuffle: true,
+            masking: cfg.masking.to_config(),
+            pad_to: None,
+            verify: false,
+            prefetch: true,
+        },
+    )?;
+    loader.seek(state.position)?;
+    let mut eval = match &cfg.eval_data {
+        Some(dir) if cfg.eval.every > 0 => Some(Evaluator::open(dir, cfg, &manifest)?),
+        _ => None,
+    };
+
+    let total = cfg.schedule.steps;
+    let mut logger = Logger::open(
+        &cfg.out,
+        cfg.log.tensorboard,
+        total,
+        state.step,
+        opts.progress_bar,
+    )?;
+    let params = model.num_params();
+    logger.println(format!(
+        "pretraining {} ({} parameters, {} layers, hidden {}) on {} for {total} steps of {} \
+         sequences ({} x {accumulation} accumulation), {:?}, {:?} + {:?} schedule{}",
+        task.architecture(),
+        params,
+        model.config.num_hidden_layers,
+        model.config.hidden_size,
+        AD::name(device),
+        cfg.batch.global,
+        cfg.batch.micro,
+        cfg.precision,
+        cfg.optimizer.name,
+        cfg.schedule.name,
+        match &resumed {
+            Some((dir, s)) => format!("; resuming from {} (step {})", dir.display(), s.step),
+            None => String::new(),
+        }
+    ));
+
+    let mut summary = RunSummary {
+        steps: state.step,
+        resumed_from: resumed.as_ref().map(|(d, _)| d.clone()),
+        skipped_steps: 0,
+        losses: Vec::new(),
+        last_checkpoint: None,
+        final_eval: None,
+    };
+    let mut window = Throughput::new(state.step);
+    while state.step < total {
+        let step = state.step;
+        let batches = (0..accumulation)
+            .map(|_| loader.next_batch())
+            .collect::<Result<Vec<_>>>()?;
+        let counts = StepCounts::of(&batches);
+        let lr = cfg.optimizer.lr * cfg.schedule.factor(step);
+        let loss_scale = state.loss_scale;
+
+        let mut accumulator = GradientsAccumulator::<Bert<AD>>::new();
+        let mut sums: Option<Tensor<AD::InnerBackend, 1>> = None;
+        for (i, batch) in batches.iter().enumerate() {
+            AD::seed(
+                device,
+                Rng::derive(&[cfg.seed, TAG_DROPOUT, step, i as u64]).next_u64(),
+            );
+            let compute = match cfg.precision {
+                Precision::F32 => model.clone(),
+                Precision::Bf16 => cast_params(model.clone(), DType::BF16),
+                Precision::Fp16 => cast_params(model.clone(), DType::F16),
+            };
+            let micro = objective::micro_loss(&compute, batch, counts, device);
+            let loss = if cfg.precision == Precision::Fp16 {
+                micro.loss * loss_scale
+            } else {
+                micro.loss
+            };
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            accumulator.accumulate(&model, grads);
+            let s = micro.stats.inner();
+            sums = Some(match sums {
+                Some(t) => t + s,
+                None => s,
+            });
+            state.tokens += batch
+                .inputs
+                .attention_mask
+                .iter()
+                .filter(|&&m| m != 0)
+                .count() as u64;
+        }
+        let mut grads = accumulator.grads();
+        if cfg.precision == Precision::Fp16 {
+            optim::scale_grads(&model, &mut grads, 1.0 / loss_scale);
+        }
+        let sums: Vec<f32> = sums
+            .map(|t| bertkit_model::nn::to_host(t).data)
+            .unwrap_or_else(|| vec![0.0; 4]);
+        let stats = StepStats::from_sums(&sums, counts, manifest.settings.nsp);
+        let grad_norm = optim::global_grad_norm(&model, &grads);
+
+        let finite = grad_norm.is_finite() && stats.loss().is_finite();
+        if finite {
+            state.nonfinite_in_a_row = 0;
+            let clip = optim::clip_factor(grad_norm, cfg.optimizer.max_grad_norm);
+            model = optimizer.step(lr, clip, model, &mut grads);
+            state.optimizer_steps = optimizer.steps;
+            if cfg.precision == Precision::Fp16 {
+                state.good_steps += 1;
+                if state.good_steps >= LOSS_SCALE_WINDOW {
+                    state.loss_scale *= 2.0;
+                    state.good_steps = 0;
+                }
+            }
+        } else {
+            state.nonfinite_in_a_row += 1;
+            state.skipped_steps += 1;
+            summary.skipped_steps += 1;
+            if cfg.precision == Precision::Fp16 {
+                state.loss_scale = (state.loss_scale / 2.0).max(1.0);
+                state.good_steps = 0;
+            }
+            logger.println(format!(
+                "step {}: non-finite {} (loss {:.4}, grad norm {grad_norm}); step skipped ({} in a row, {} in all){}",
+                step + 1,
+                if stats.loss().is_finite() { "gradients" } else { "loss" },
+                stats.loss(),
+                state.nonfinite_in_a_row,
+                state.skipped_steps,
+                if cfg.precision == Precision::Fp16 {
+                    format!("; loss scale now {}", state.loss_scale)
+                } else {
+                    String::new()
+                }
+            ));
+            if state.nonfinite_in_a_row >= cfg.max_nonfinite_steps {
+                logger.finish();
+                bail!(
+                    "stopping at step {}: {} non-finite steps in a row (max_nonfinite_steps). The \
+                     weights were not updated by them and no checkpoint was written from them; the \
+                     newest checkpoint is {}. Lower optimizer.lr, check the data, or use bf16/f32.",
+                    step + 1,
+                    state.nonfinite_in_a_row,
+                    checkpoint::list(&ckpt_root)?
+                        .last()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "none".into())
+                );
+            }
+        }
+        state.step += 1;
+        state.sequences += counts.sequences as u64;
+        state.position = loader.position();
+        let step = state.step;
+
+        if step % cfg.log.every.max(1) == 0 || step == total {
+            let (seq_s, tok_s) = window.rates(step, state.sequences, state.tokens);
+            let mut values = vec![
+                ("loss", stats.loss()),
+                ("mlm_loss", stats.mlm_loss),
+                ("mlm_accuracy", stats.mlm_accuracy),
+                ("lr", lr),
+                ("grad_norm", grad_norm),
+                ("sequences_per_s", seq_s),
+                ("tokens_per_s", tok_s),
+                ("loss_scale", state.loss_scale),
+                ("skipped_steps", state.skipped_steps as f64),
+            ];
+            if let (Some(l), Some(a)) = (stats.nsp_loss, stats.nsp_accuracy) {
+                values.push(("nsp_loss", l));
+                values.push(("nsp_accuracy", a));
+            }
+            logger.record(step, "train", &values)?;
+            summary.losses.push((step, stats.loss()));
+            let line = format!(
+                "loss {:.4} mlm_acc {:.3}{} lr {lr:.3e} |g| {grad_norm:.3} {seq_s:.1} seq/s",
+                stats.loss(),
+                stats.mlm_accuracy,
+                stats
+                    .nsp_accuracy
+                    .map(|a| format!(" nsp_acc {a:.3}"))
+                    .unwrap_or_default(),
+            );
+            if opts.progress_bar {
+                logger.progress(step, line);
+            } else {
+                logger.println(format!("step {step}/{total} {line}"));
+            }
+        }
+        if let Some(ev) = &mut eval {
+            if step % cfg.eval.every == 0 || step == total {
+                let s = ev.run(&model.valid(), device)?;
+                let mut values = vec![("mlm_loss", s.mlm_loss), ("mlm_accuracy", s.mlm_accuracy)];
+                if let (Some(l), Some(a)) = (s.nsp_loss, s.nsp_accuracy) {
+                    values.push(("nsp_loss", l));
+                    values.push(("nsp_accuracy", a));
+                }
+                logger.record(step, "eval", &values)?;
+                logger.println(format!(
+                    "step {step}: held-out mlm_loss {:.4} mlm_acc {:.3}",
+                    s.mlm_loss, s.mlm_accuracy
+                ));
+                summary.final_eval = Some(s);
+            }
+        }
+        let every = cfg.checkpoint.every;
+        if (every > 0 && step % every == 0) || step == total {
+            check_finite(&model, step)?;
+            let tokenizer_dir = cfg.data.clone();
+            let dir = checkpoint::write(
+                &ckpt_root,
+                &model,
+                &tokenizer_dir,
+                &optimizer.to_host(),
+                &state,
+                cfg.checkpoint.keep,
+            )?;
+            summary.last_checkpoint = Some(dir);
+        }
+        window.tick(step, state.sequences, state.tokens);
+    }
+    logger.finish();
+    summary.steps = state.step;
+    Ok(summary)
+}
+
+/// Loads a checkpoint or model folder for `task` (heads the folder lacks start fresh).
+fn load_model<AD: AutodiffBackend>(
+    dir: &Path,
+    task: Task,
+    seed: u64,
+    device: &AD::Device,
+) -> Result<Bert<AD>> {
+    let (model, _report) = model_ckpt::load::<AD>(
+        dir,
+        &LoadOptions {
+            task: Some(task),
+            allow_head_mismatch: true,
+            seed,
+        },
+        device,
+    )
+    .with_context(|| format!("loading {}", dir.display()))?;
+    Ok(model)
+}
+
+/// Whether the model file sets `vocab_size` itself (else the data's tokenizer decides).
+fn model_sets_vocab(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str::<serde_json::Value>(&text)
+            .is_ok_and(|v| v.get("vocab_size").is_some())
+    } else {
+        toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.contains_key("vocab_size"))
+    }
+}
+
+/// A copy of the model whose parameters are cast to `dtype` inside the autodiff graph: the
+/// forward pass computes in `dtype` and the gradients reach the f32 parameters of `model`.
+fn cast_params<B: Backend, M: Module<B>>(model: M, dtype: DType) -> M {
+    struct Cast(DType);
+    impl<B: Backend> ModuleMapper<B> for Cast {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, tensor, mapper) = param.consume();
+            Param::from_mapped_value(id, tensor.cast(self.0), mapper)
+        }
+    }
+    model.map(&mut Cast(dtype))
+}
+
+/// Refuses to checkpoint a model with a non-finite parameter.
+fn check_finite<AD: AutodiffBackend>(model: &Bert<AD>, step: u64) -> Result<()> {
+    let max = max_abs_param(model);
+    if !max.is_finite() {
+        bail!("step {step}: the model has non-finite parameters (max |p| = {max}); not checkpointing it");
+    }
+    Ok(())
+}
+
+/// The largest absolute parameter value (NaN if any is NaN; one read back).
+fn max_abs_param<B: Backend, M: Module<B>>(model: &M) -> f64 {
+    struct MaxAbs<B: Backend>(Vec<Tensor<B, 1>>);
+    impl<B: Backend> burn::module::ModuleVisitor<B> for MaxAbs<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let p = param.val();
+            // NaN does not win a max, so each tensor also reports whether it has one.
+            self.0.push(p.clone().is_nan().any().float().reshape([1]));
+            self.0.push(p.abs().max().reshape([1]));
+        }
+    }
+    let mut v = MaxAbs::<B>(Vec::new());
+    model.visit(&mut v);
+    if v.0.is_empty() {
+        return 0.0;
+    }
+    let all = bertkit_model::nn::to_host(Tensor::cat(v.0, 0)).data;
+    let mut max = 0.0f64;
+    for pair in all.chunks(2) {
+        if pair[0] != 0.0 {
+            return f64::NAN;
+        }
+        max = max.max(pair[1] as f64);
+    }
+    max
+}
+
+/// Sequences and tokens per second since the last log.
+struct Throughput {
+    since: Instant,
+    step: u64,
+    sequences: u64,
+    tokens: u64,
+}
+
+impl Throughput {
+    fn new(step: u64) -> Self {
+        Throughput {
+            since: Instant::now(),
+            step,
+            sequences: 0,
+            tokens: 0,
+        }
+    }
+    fn rates(&self, _step: u64, sequences: u64, tokens: u64) -> (f64, f64) {
+        let secs = self.since.elapsed().as_secs_f64().max(1e-9);
+        (
+            sequences.saturating_sub(self.sequences) as f64 / secs,
+            tokens.saturating_sub(self.tokens) as f64 / secs,
+        )
+    }
+    fn tick(&mut self, step: u64, sequences: u64, tokens: u64) {
+        let _ = step;
+        self.since = Instant::now();
+        self.step = step;
+        self.sequences = sequences;
+        self.tokens = tokens;
+    }
+}
+
+/// The held-out evaluation: the first `eval.batches` micro-batches of the eval data, with fixed
+/// masks, on the model without dropout.
+struct Evaluator {
+    loader: Loader,
+    batches: usize,
+    batch_size: usize,
+    nsp: bool,
+}
+
+impl Evaluator {
+    fn open(dir: &Path, cfg: &PretrainConfig, train: &Manifest) -> Result<Evaluator> {
+        let loader = Loader::open(
+            dir,
+            LoaderConfig {
+                batch_size: cfg.batch.micro,
+                rank: 0,
+                world_size: 1,
+                seed: cfg.seed,
+                shuffle: false,
+                masking: cfg.masking.to_config(),
+                pad_to: None,
+                verify: false,
+                prefetch: false,
+            },
+        )
+        .with_context(|| format!("opening eval_data {}", dir.display()))?;
+        if loader.manifest().tokenizer.sha256 != train.tokenizer.sha256 {
+            bail!(
+                "eval_data {} was prepared with another tokenizer than data {}",
+                dir.display(),
+                cfg.data.display()
+            );
+        }
+        Ok(Evaluator {
+            nsp: loader.manifest().settings.nsp && train.settings.nsp,
+            loader,
+            batches: cfg.eval.batches.max(1),
+            batch_size: cfg.batch.micro,
+        })
+    }
+
+    fn run<B: Backend>(&mut self, model: &Bert<B>, device: &B::Device) -> Result<StepStats> {
+        self.loader.seek(Position::default())?;
+        // Never wrap around into a second epoch of the held-out data.
+        let n = self
+            .batches
+            .min(self.loader.rows_per_epoch() / self.batch_size)
+            .max(1);
+        let batches = (0..n)
+            .map(|_| self.loader.next_batch())
+            .collect::<Result<Vec<_>>>()?;
+        let counts = StepCounts::of(&batches);
+        let mut sums = vec![0.0f32; 4];
+        for b in &batches {
+            let micro = objective::micro_loss(model, b, counts, device);
+            for (s, v) in sums
+                .iter_mut()
+                .zip(bertkit_model::nn::to_host(micro.stats).data)
+            {
+                *s += v;
+            }
+        }
+        Ok(StepStats::from_sums(&sums, counts, self.nsp))
+    }
+}
