@@ -36,6 +36,9 @@ enum Command {
     Prep(cli::prep::PrepArgs),
     /// Pretrain BERT (MLM + NSP) from a recipe: LAMB/AdamW, accumulation, checkpoints, resume.
     Pretrain(cli::pretrain::PretrainArgs),
+    /// Time one pretraining step on a synthetic batch (the peer of
+    /// scripts/bench/pretrain_peer.py), optionally with the device's matmul rate for MFU.
+    BenchTrain(cli::bench_train::BenchTrainArgs),
     /// Run every stage that exists on a small built-in corpus, in a few minutes on a laptop.
     Quickstart {
         /// Where to write the corpus, vocabulary and models.
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Vocab(args) => cli::vocab::run(&args),
         Command::Prep(args) => cli::prep::run(&args),
         Command::Pretrain(args) => cli::pretrain::run(&args),
+        Command::BenchTrain(args) => cli::bench_train::run(&args),
         Command::Quickstart { out, device } => cli::quickstart::run(&out, device),
     };
     match result {

@@ -187,8 +187,15 @@ pub fn attention_explicit<B: Backend>(
     dropout_prob: f64,
 ) -> Tensor<B, 4> {
     let head_dim = q.dims()[3];
-    let scores =
-        q.matmul(k.swap_dims(2, 3)) * (1.0 / (head_dim as f64).sqrt()) + mask.additive.clone();
+    let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (head_dim as f64).sqrt());
+    // The mask is built in f32; a bf16/fp16 forward pass (mixed-precision training) adds it in
+    // the scores' precision.
+    let additive = if scores.dtype() == mask.additive.dtype() {
+        mask.additive.clone()
+    } else {
+        mask.additive.clone().cast(scores.dtype())
+    };
+    let scores = scores + additive;
     let probs = burn::tensor::activation::softmax(scores, 3);
     dropout(probs, dropout_prob).matmul(v)
 }

@@ -198,7 +198,7 @@ impl PretrainConfig {
 
     pub fn validate(&self) -> Result<()> {
         let b = &self.batch;
-        if b.micro == 0 || b.global == 0 || b.global % b.micro != 0 {
+        if b.micro == 0 || b.global == 0 || !b.global.is_multiple_of(b.micro) {
             bail!(
                 "batch.global ({}) must be a positive multiple of batch.micro ({})",
                 b.global,
@@ -226,7 +226,7 @@ impl PretrainConfig {
     /// Forward passes per optimizer step on each of `world_size` ranks.
     pub fn accumulation(&self, world_size: usize) -> Result<usize> {
         let per_step = self.batch.micro * world_size;
-        if self.batch.global % per_step != 0 {
+        if !self.batch.global.is_multiple_of(per_step) {
             bail!(
                 "batch.global ({}) is not a multiple of batch.micro ({}) x world size ({world_size})",
                 self.batch.global,

@@ -265,53 +265,28 @@ pub fn run<AD: AutodiffBackend>(
         let lr = cfg.optimizer.lr * cfg.schedule.factor(step);
         let loss_scale = state.loss_scale;
 
-        let mut accumulator = GradientsAccumulator::<Bert<AD>>::new();
-        let mut sums: Option<Tensor<AD::InnerBackend, 1>> = None;
-        for (i, batch) in batches.iter().enumerate() {
-            AD::seed(
-                device,
-                Rng::derive(&[cfg.seed, TAG_DROPOUT, step, i as u64]).next_u64(),
-            );
-            let compute = match cfg.precision {
-                Precision::F32 => model.clone(),
-                Precision::Bf16 => cast_params(model.clone(), DType::BF16),
-                Precision::Fp16 => cast_params(model.clone(), DType::F16),
-            };
-            let micro = objective::micro_loss(&compute, batch, counts, device);
-            let loss = if cfg.precision == Precision::Fp16 {
-                micro.loss * loss_scale
-            } else {
-                micro.loss
-            };
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            accumulator.accumulate(&model, grads);
-            let s = micro.stats.inner();
-            sums = Some(match sums {
-                Some(t) => t + s,
-                None => s,
-            });
-            state.tokens += batch
-                .inputs
-                .attention_mask
-                .iter()
-                .filter(|&&m| m != 0)
-                .count() as u64;
-        }
-        let mut grads = accumulator.grads();
-        if cfg.precision == Precision::Fp16 {
-            optim::scale_grads(&model, &mut grads, 1.0 / loss_scale);
-        }
-        let sums: Vec<f32> = sums
-            .map(|t| bertkit_model::nn::to_host(t).data)
-            .unwrap_or_else(|| vec![0.0; 4]);
-        let stats = StepStats::from_sums(&sums, counts, manifest.settings.nsp);
-        let grad_norm = optim::global_grad_norm(&model, &grads);
-
-        let finite = grad_norm.is_finite() && stats.loss().is_finite();
+        let (stepped, out) = train_step(
+            model,
+            &mut optimizer,
+            &batches,
+            &StepSettings {
+                lr,
+                max_grad_norm: cfg.optimizer.max_grad_norm,
+                precision: cfg.precision,
+                loss_scale,
+                dropout_seed: [cfg.seed, step],
+                nsp: manifest.settings.nsp,
+            },
+            device,
+        );
+        model = stepped;
+        let (stats, grad_norm, finite) = (out.stats, out.grad_norm, out.updated);
+        state.tokens += batches
+            .iter()
+            .map(|b| b.inputs.attention_mask.iter().filter(|&&m| m != 0).count() as u64)
+            .sum::<u64>();
         if finite {
             state.nonfinite_in_a_row = 0;
-            let clip = optim::clip_factor(grad_norm, cfg.optimizer.max_grad_norm);
-            model = optimizer.step(lr, clip, model, &mut grads);
             state.optimizer_steps = optimizer.steps;
             if cfg.precision == Precision::Fp16 {
                 state.good_steps += 1;
@@ -361,7 +336,7 @@ pub fn run<AD: AutodiffBackend>(
         state.position = loader.position();
         let step = state.step;
 
-        if step % cfg.log.every.max(1) == 0 || step == total {
+        if step.is_multiple_of(cfg.log.every.max(1)) || step == total {
             let (seq_s, tok_s) = window.rates(step, state.sequences, state.tokens);
             let mut values = vec![
                 ("loss", stats.loss()),
@@ -396,7 +371,7 @@ pub fn run<AD: AutodiffBackend>(
             }
         }
         if let Some(ev) = &mut eval {
-            if step % cfg.eval.every == 0 || step == total {
+            if step.is_multiple_of(cfg.eval.every) || step == total {
                 let s = ev.run(&model.valid(), device)?;
                 let mut values = vec![("mlm_loss", s.mlm_loss), ("mlm_accuracy", s.mlm_accuracy)];
                 if let (Some(l), Some(a)) = (s.nsp_loss, s.nsp_accuracy) {
@@ -412,7 +387,7 @@ pub fn run<AD: AutodiffBackend>(
             }
         }
         let every = cfg.checkpoint.every;
-        if (every > 0 && step % every == 0) || step == total {
+        if (every > 0 && step.is_multiple_of(every)) || step == total {
             check_finite(&model, step)?;
             let tokenizer_dir = cfg.data.clone();
             let dir = checkpoint::write(
@@ -430,6 +405,90 @@ pub fn run<AD: AutodiffBackend>(
     logger.finish();
     summary.steps = state.step;
     Ok(summary)
+}
+
+/// What one optimizer step needs besides the model, optimizer and batches.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSettings {
+    pub lr: f64,
+    pub max_grad_norm: f64,
+    pub precision: Precision,
+    /// fp16: the loss is multiplied by it before backward and the gradients divided after.
+    pub loss_scale: f64,
+    /// (run seed, step): micro-batch `i` seeds dropout with `derive(seed, TAG, step, i)`.
+    pub dropout_seed: [u64; 2],
+    pub nsp: bool,
+}
+
+pub struct StepOutput {
+    pub stats: StepStats,
+    pub grad_norm: f64,
+    /// False when the loss or the gradients were non-finite and the weights were left alone.
+    pub updated: bool,
+}
+
+/// One optimizer step over `batches` (the micro-batches of the step): forward and backward of
+/// each in the step's precision, gradients accumulated, the global norm, then (if finite) the
+/// clipped update. The model's parameters stay f32; bf16/fp16 casts happen inside the graph.
+pub fn train_step<AD: AutodiffBackend>(
+    model: Bert<AD>,
+    optimizer: &mut Optimizer<AD::InnerBackend>,
+    batches: &[crate::loader::Batch],
+    s: &StepSettings,
+    device: &AD::Device,
+) -> (Bert<AD>, StepOutput) {
+    let counts = StepCounts::of(batches);
+    let mut accumulator = GradientsAccumulator::<Bert<AD>>::new();
+    let mut sums: Option<Tensor<AD::InnerBackend, 1>> = None;
+    for (i, batch) in batches.iter().enumerate() {
+        let [seed, step] = s.dropout_seed;
+        AD::seed(
+            device,
+            Rng::derive(&[seed, TAG_DROPOUT, step, i as u64]).next_u64(),
+        );
+        let compute = match s.precision {
+            Precision::F32 => model.clone(),
+            Precision::Bf16 => cast_params(model.clone(), DType::BF16),
+            Precision::Fp16 => cast_params(model.clone(), DType::F16),
+        };
+        let micro = objective::micro_loss(&compute, batch, counts, device);
+        let loss = if s.precision == Precision::Fp16 {
+            micro.loss * s.loss_scale
+        } else {
+            micro.loss
+        };
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        accumulator.accumulate(&model, grads);
+        let stats = micro.stats.inner();
+        sums = Some(match sums {
+            Some(t) => t + stats,
+            None => stats,
+        });
+    }
+    let mut grads = accumulator.grads();
+    if s.precision == Precision::Fp16 {
+        optim::scale_grads(&model, &mut grads, 1.0 / s.loss_scale);
+    }
+    let sums: Vec<f32> = sums
+        .map(|t| bertkit_model::nn::to_host(t).data)
+        .unwrap_or_else(|| vec![0.0; 4]);
+    let stats = StepStats::from_sums(&sums, counts, s.nsp);
+    let grad_norm = optim::global_grad_norm(&model, &grads);
+    let updated = grad_norm.is_finite() && stats.loss().is_finite();
+    let model = if updated {
+        let clip = optim::clip_factor(grad_norm, s.max_grad_norm);
+        optimizer.step(s.lr, clip, model, &mut grads)
+    } else {
+        model
+    };
+    (
+        model,
+        StepOutput {
+            stats,
+            grad_norm,
+            updated,
+        },
+    )
 }
 
 /// Loads a checkpoint or model folder for `task` (heads the folder lacks start fresh).

@@ -1,0 +1,237 @@
+//! `bertkit bench-train`: the time of one pretraining step (forward, backward, global-norm
+//! clipping, optimizer update: `bertkit_train::pretrain::train_step`, the loop's own step) on a
+//! synthetic batch, the peer of scripts/bench/pretrain_peer.py (HF BertForPreTraining, same
+//! shapes). Optionally measures the device's matmul rate in the same precision, for MFU.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use bertkit_model::backend::DeviceSpec;
+use bertkit_model::checkpoint as model_ckpt;
+use bertkit_model::heads::Task;
+use bertkit_model::tokenizer::Batch as InputBatch;
+use bertkit_train::loader::Batch;
+use bertkit_train::masking::IGNORE_LABEL;
+use bertkit_train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use bertkit_train::pretrain::config::{read_model_config, Precision};
+use bertkit_train::pretrain::{train_step, StepSettings};
+use bertkit_train::rng::Rng;
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Distribution, Tensor};
+use clap::Args;
+
+use super::with_backend;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchTrainArgs {
+    /// A model size: configs/models/*.toml.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 30522)]
+    pub vocab: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// Timed steps (after the warmup steps).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Share of positions with an MLM label (the peer's `--mlm-fraction`).
+    #[arg(long, default_value_t = 0.15)]
+    pub mlm_fraction: f64,
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: String,
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Also time an N x N x N matmul in the step's precision (the rate MFU is taken against).
+    #[arg(long)]
+    pub matmul: Option<usize>,
+    /// One JSON line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &BenchTrainArgs) -> Result<()> {
+    with_backend!(args.device, run_on(args))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|e| anyhow::anyhow!("--{what} {s:?}: {e}"))
+}
+
+fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
+    type AD<B> = Autodiff<B>;
+    let precision: Precision = parse("precision", &args.precision)?;
+    let kind: OptimizerKind = parse("optimizer", &args.optimizer)?;
+    let mut config = read_model_config(&args.model)?;
+    config.vocab_size = args.vocab;
+    let model = model_ckpt::init::<AD<B>>(&config, Task::Pretraining, 0, device)?;
+    let mut optimizer = Optimizer::<B>::new(OptimizerConfig {
+        name: kind,
+        lr: 1e-4,
+        betas: [0.9, 0.999],
+        eps: 1e-6,
+        weight_decay: 0.01,
+        max_grad_norm: 1.0,
+        nvlamb: false,
+    });
+    let batch = synthetic_batch(args.batch, args.seq, args.vocab, args.mlm_fraction);
+    let masked = batch
+        .mlm_labels
+        .iter()
+        .filter(|&&l| l != IGNORE_LABEL)
+        .count();
+    let mut model = model;
+    let mut times = Vec::new();
+    let mut losses = Vec::new();
+    for step in 0..args.warmup + args.steps {
+        let start = Instant::now();
+        let settings = StepSettings {
+            lr: 1e-4,
+            max_grad_norm: 1.0,
+            precision,
+            loss_scale: if precision == Precision::Fp16 {
+                1024.0
+            } else {
+                1.0
+            },
+            dropout_seed: [0, step as u64],
+            nsp: true,
+        };
+        let (next, out) = train_step(
+            model,
+            &mut optimizer,
+            std::slice::from_ref(&batch),
+            &settings,
+            device,
+        );
+        model = next;
+        AD::<B>::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
+        if step >= args.warmup {
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        losses.push(out.stats.loss());
+    }
+    let median = median(&mut times.clone());
+    let flops = step_flops(&config, args.batch, args.seq, masked);
+    let achieved = flops / (median / 1e3);
+    let matmul = args.matmul.map(|n| matmul_rate::<B>(n, precision, device));
+    let name = args
+        .model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let result = serde_json::json!({
+        "impl": "bertkit",
+        "backend": B::name(device),
+        "model": name,
+        "batch": args.batch,
+        "seq": args.seq,
+        "vocab": args.vocab,
+        "precision": args.precision,
+        "optimizer": args.optimizer,
+        "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+        "step_ms_median": median,
+        "step_ms_all": times,
+        "seq_per_s": args.batch as f64 * 1e3 / median,
+        "model_tflops_per_step": flops / 1e12,
+        "achieved_tflop_s": achieved / 1e12,
+        "matmul_tflop_s": matmul.map(|m| m / 1e12),
+        "mfu": matmul.map(|m| achieved / m),
+        "losses": losses,
+    });
+    if args.json {
+        println!("{result}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    }
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Random ids in [5, vocab), a full attention mask, segments A|B, `fraction` of the positions
+/// labelled with their own id, random NSP labels; fixed seed.
+fn synthetic_batch(batch: usize, seq: usize, vocab: usize, fraction: f64) -> Batch {
+    let mut rng = Rng::new(0);
+    let n = batch * seq;
+    let input_ids: Vec<i64> = (0..n)
+        .map(|_| 5 + rng.below(vocab as u64 - 5) as i64)
+        .collect();
+    let token_type_ids = (0..n).map(|i| i64::from(i % seq >= seq / 2)).collect();
+    let mut positions: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut positions);
+    let mut mlm_labels = vec![IGNORE_LABEL; n];
+    for &p in &positions[..((n as f64 * fraction).round() as usize).min(n)] {
+        mlm_labels[p] = input_ids[p];
+    }
+    Batch {
+        inputs: InputBatch {
+            batch_size: batch,
+            seq_len: seq,
+            input_ids,
+            token_type_ids,
+            attention_mask: vec![1; n],
+            lengths: vec![seq; batch],
+        },
+        mlm_labels,
+        next_sentence_label: Some((0..batch).map(|_| rng.below(2) as i64).collect()),
+        epoch: 0,
+    }
+}
+
+/// Matmul FLOPs of one training step (3x the forward: forward, and backward for inputs and
+/// weights): per layer QKV, attention output, FFN, QKᵀ and PV; the MLM transform and decoder on
+/// the masked positions; the pooler and NSP are negligible and left out.
+fn step_flops(
+    c: &bertkit_model::config::BertConfig,
+    batch: usize,
+    seq: usize,
+    masked: usize,
+) -> f64 {
+    let (h, i, l, v) = (
+        c.hidden_size as f64,
+        c.intermediate_size as f64,
+        c.num_hidden_layers as f64,
+        c.vocab_size as f64,
+    );
+    let tokens = (batch * seq) as f64;
+    let per_layer =
+        tokens * (2.0 * 4.0 * h * h + 2.0 * 2.0 * h * i) + 2.0 * 2.0 * tokens * seq as f64 * h;
+    let mlm = masked as f64 * (2.0 * h * h + 2.0 * h * v);
+    3.0 * (l * per_layer + mlm)
+}
+
+/// FLOP/s of an n x n x n matmul in the precision's dtype (median of 5 after a warmup).
+fn matmul_rate<B: Backend>(n: usize, precision: Precision, device: &B::Device) -> f64 {
+    let dtype = match precision {
+        Precision::F32 => DType::F32,
+        Precision::Bf16 => DType::BF16,
+        Precision::Fp16 => DType::F16,
+    };
+    let a = Tensor::<B, 2>::random([n, n], Distribution::Default, device).cast(dtype);
+    let b = Tensor::<B, 2>::random([n, n], Distribution::Default, device).cast(dtype);
+    let mut times = Vec::new();
+    for round in 0..6 {
+        let start = Instant::now();
+        let reps = 10;
+        // Kept until after the sync, so no backend can skip or defer them.
+        let outputs: Vec<_> = (0..reps).map(|_| a.clone().matmul(b.clone())).collect();
+        let _ = B::sync(device);
+        drop(outputs);
+        if round > 0 {
+            times.push(start.elapsed().as_secs_f64() / reps as f64);
+        }
+    }
+    2.0 * (n as f64).powi(3) / median(&mut times)
+}
