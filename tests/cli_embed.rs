@@ -252,7 +252,7 @@ fn quickstart_runs_every_stage() {
         "[2] bertkit vocab",
         "[3] bertkit prep",
         "[4] pretraining loader",
-        "[5] tiny BERT",
+        "[5] bertkit pretrain",
         "[6] bertkit info",
         "[7] bertkit embed",
         "[8] bertkit convert",
@@ -265,5 +265,18 @@ fn quickstart_runs_every_stage() {
     assert!(manifest.settings.nsp);
     assert!(out.contains("tokens to predict"), "{out}");
     assert!(out.contains("embeddings identical bit for bit"));
+    // Pretraining ran and the loss fell clearly on the built-in corpus.
+    assert!(out.contains("pretrain: 120 steps"), "{out}");
+    let losses: Vec<f64> = std::fs::read_to_string(dir.path().join("pretrain/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(losses.len(), 6, "{losses:?}");
+    assert!(losses[5] < losses[0] - 1.0, "{losses:?}");
     assert!(dir.path().join("hf/model.safetensors").exists());
 }

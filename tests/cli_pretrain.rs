@@ -361,3 +361,40 @@ fn non_finite_steps_are_skipped_then_stop_the_run() {
         assert!(finite, "{} holds non-finite weights", ck.display());
     }
 }
+
+/// bf16 and fp16 (f32 master weights, casts inside the graph) follow the f32 run closely on the
+/// CPU; CUDA is where they are fast (docs/PERFORMANCE.md).
+#[test]
+fn mixed_precision_follows_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |precision: &str| {
+        let out = dir.path().join(precision);
+        run_ok(&mut pretrain(
+            &out,
+            &[
+                &format!("precision=\"{precision}\""),
+                "schedule.steps=4",
+                "log.every=1",
+                "eval.every=0",
+                "checkpoint.every=0",
+            ],
+        ));
+        series(&metrics(&out), "train", "loss")
+    };
+    let f32 = run("f32");
+    for precision in ["bf16", "fp16"] {
+        let other = run(precision);
+        assert_eq!(other.len(), 4);
+        for ((_, a), (_, b)) in f32.iter().zip(&other) {
+            assert!(
+                (a - b).abs() < 0.01 * a,
+                "{precision}: {other:?} vs f32 {f32:?}"
+            );
+        }
+        // Not the f32 computation under another name.
+        assert!(
+            f32.iter().zip(&other).any(|(a, b)| a.1 != b.1),
+            "{precision} equals f32 exactly"
+        );
+    }
+}

@@ -2,9 +2,9 @@
 //!
 //! Today: write the corpus, train a WordPiece vocabulary on it (`bertkit vocab`), prepare NSP
 //! pretraining shards (`bertkit prep`), draw a dynamically masked batch from the pretraining
-//! loader, build a tiny BERT with pretraining heads (seeded BERT initialization), save it as a
-//! bertkit checkpoint, inspect it, embed sentences through `bertkit embed`, export it to the
-//! Hugging Face layout and check the re-import gives the same outputs bit for bit.
+//! loader, pretrain a tiny BERT on them (`bertkit pretrain`, the loss falls), inspect its
+//! checkpoint, embed sentences through `bertkit embed`, export it to the Hugging Face layout and
+//! check the re-import gives the same outputs bit for bit.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
 use bertkit_model::backend::DeviceSpec;
-use bertkit_model::checkpoint::{self, Layout, LoadOptions};
-use bertkit_model::{BertConfig, BertTokenizer, Task};
+use bertkit_model::checkpoint::{self, LoadOptions};
+use bertkit_model::{BertTokenizer, Task};
 use bertkit_train::corpus::Format;
 use bertkit_train::loader::{Loader, LoaderConfig};
 use bertkit_train::prep::OnError;
@@ -103,7 +103,7 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
     );
 
     stage(2, "bertkit vocab (WordPiece training)");
-    let model_dir = out.join("model");
+    let vocab_dir = out.join("vocab");
     let input = InputArgs {
         input: vec![corpus_path.display().to_string()],
         format: Format::Text,
@@ -117,10 +117,9 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         vocab_size: 300,
         min_frequency: 1,
         lowercase: true,
-        out: model_dir.clone(),
+        out: vocab_dir.clone(),
     })?;
-    let tokenizer = BertTokenizer::from_dir(&model_dir)?;
-    let vocab_size = tokenizer.vocab_size();
+    let tokenizer = BertTokenizer::from_dir(&vocab_dir)?;
     let sample = "The old sailor watched the winter sea.";
     let ids = &tokenizer.encode(&[bertkit_model::TextInput::single(sample)])?[0].0;
     println!("    {sample:?} -> {ids:?}");
@@ -129,7 +128,7 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
     let data_dir = out.join("data");
     super::prep::run(&super::prep::PrepArgs {
         input,
-        tokenizer: model_dir.clone(),
+        tokenizer: vocab_dir.clone(),
         seq_len: 64,
         nsp: true,
         short_seq_prob: 0.1,
@@ -177,22 +176,49 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
 
     stage(
         5,
-        "tiny BERT with pretraining heads (MLM + NSP), BERT initialization, seed 42",
+        "bertkit pretrain: a tiny BERT (MLM + NSP), LAMB, 120 steps of 16 sequences",
     );
-    let config = BertConfig::from_json(&format!(
-        r#"{{"vocab_size": {}, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "intermediate_size": 128, "max_position_embeddings": 64}}"#,
-        vocab_size
-    ))
-    .map_err(anyhow::Error::msg)?;
-    let model = checkpoint::init::<bertkit_model::backend::Cpu>(
-        &config,
-        Task::Pretraining,
-        42,
-        &Default::default(),
-    )?;
-    checkpoint::save(&model, &model_dir, Some(&model_dir), Layout::Bertkit)?;
-    println!("    saved bertkit checkpoint -> {}", model_dir.display());
+    let run_dir = out.join("pretrain");
+    let model_toml = out.join("bert-quickstart.toml");
+    std::fs::write(
+        &model_toml,
+        "# A tiny BERT for the quickstart (Hugging Face BertConfig field names).\n\
+         hidden_size = 64\nnum_hidden_layers = 2\nnum_attention_heads = 4\n\
+         intermediate_size = 128\nmax_position_embeddings = 64\n",
+    )
+    .with_context(|| format!("{}", model_toml.display()))?;
+    let recipe = out.join("pretrain.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "# The quickstart's pretraining recipe; see configs/pretrain/ for NVIDIA's.\n\
+             model = {model:?}\ndata = {data:?}\nout = {run:?}\nseed = 42\n\n\
+             [batch]\nglobal = 16\nmicro = 16\n\n\
+             [optimizer]\nname = \"lamb\"\nlr = 1e-2\n\n\
+             [schedule]\nname = \"poly\"\nsteps = 120\nwarmup = 0.1\n\n\
+             [checkpoint]\nevery = 60\nkeep = 2\n\n\
+             [eval]\nevery = 0\n\n[log]\nevery = 20\n",
+            model = model_toml.display().to_string(),
+            data = data_dir.display().to_string(),
+            run = run_dir.display().to_string(),
+        ),
+    )
+    .with_context(|| format!("{}", recipe.display()))?;
+    if run_dir.exists() {
+        std::fs::remove_dir_all(&run_dir).with_context(|| format!("{}", run_dir.display()))?;
+    }
+    super::pretrain::run(&super::pretrain::PretrainArgs {
+        config: recipe.clone(),
+        set: Vec::new(),
+        resume: bertkit_train::pretrain::Resume::Never,
+        device: Some(device),
+    })?;
+    let model_dir = run_dir.join("checkpoints/step-00000120");
+    println!(
+        "    recipe {}; model -> {}",
+        recipe.display(),
+        model_dir.display()
+    );
 
     stage(6, "bertkit info");
     super::info::run(&model_dir)?;
