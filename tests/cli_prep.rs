@@ -5,29 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn sotu() -> PathBuf {
-    let dir = repo().join("assets/data/sotu");
-    assert!(dir.exists(), "run scripts/fetch-assets.sh first");
-    dir
-}
-
-fn bertkit() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_bertkit"))
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "bertkit failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+mod common;
+use common::{bertkit, repo, run_ok, sotu};
 
 fn prep(out: &Path, tokenizer: &Path) -> Command {
     let mut c = bertkit();

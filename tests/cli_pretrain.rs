@@ -7,32 +7,15 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn bertkit() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_bertkit"))
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "bertkit failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+mod common;
+use common::{bertkit, repo, run_ok};
 
 /// SOTU speeches 1900-1929 as training data and 1930-1931 held out, tokenized with a 2000-word
 /// vocabulary trained on them, at seq 64 with NSP; built once per test binary.
 fn data() -> &'static (PathBuf, PathBuf) {
     static DATA: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     DATA.get_or_init(|| {
-        let sotu = repo().join("assets/data/sotu");
-        assert!(sotu.exists(), "run scripts/fetch-assets.sh first");
+        let sotu = common::sotu();
         let root = tempfile::tempdir().unwrap().keep();
         let files = |prefix: &str| -> Vec<PathBuf> {
             let mut v: Vec<PathBuf> = std::fs::read_dir(&sotu)

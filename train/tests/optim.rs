@@ -53,22 +53,9 @@ fn config(kind: OptimizerKind) -> OptimizerConfig {
     }
 }
 
-fn values(t: Tensor<AD, 2>) -> Vec<f64> {
-    t.into_data()
-        .to_vec::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f64::from)
-        .collect()
-}
-
-fn values1(t: Tensor<AD, 1>) -> Vec<f64> {
-    t.into_data()
-        .to_vec::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f64::from)
-        .collect()
+fn values<const D: usize>(t: Tensor<AD, D>) -> Vec<f64> {
+    let data = t.into_data().to_vec::<f32>().unwrap();
+    data.into_iter().map(f64::from).collect()
 }
 
 fn norm(v: &[f64]) -> f64 {
@@ -138,7 +125,7 @@ fn check(kind: OptimizerKind) {
         reference(kind, &mut pw, &mut mw, &mut vw, &gw, t as i32 + 1, lr, 0.01);
         // The bias is excluded from weight decay (and so from LAMB's trust ratio).
         reference(kind, &mut pb, &mut mb, &mut vb, &gb, t as i32 + 1, lr, 0.0);
-        let (got_w, got_b) = (values(model.weight.val()), values1(model.bias.val()));
+        let (got_w, got_b) = (values(model.weight.val()), values(model.bias.val()));
         for (g, w) in got_w.iter().zip(&pw).chain(got_b.iter().zip(&pb)) {
             assert!(
                 (g - w).abs() < 2e-6,
