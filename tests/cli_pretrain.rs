@@ -381,3 +381,48 @@ fn mixed_precision_follows_f32() {
         );
     }
 }
+
+/// Phase 2 (`init_from`) starts from the phase-1 weights with a new optimizer and schedule.
+#[test]
+fn phase_two_starts_from_phase_one_weights() {
+    fn args(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (p1, p2, fresh) = (
+        dir.path().join("p1"),
+        dir.path().join("p2"),
+        dir.path().join("fresh"),
+    );
+    let common = ["eval.every=0", "log.every=1", "checkpoint.every=0"];
+    let with = |extra: &[&str]| -> Vec<String> {
+        common.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let phase1 = with(&["schedule.steps=60"]);
+    run_ok(&mut pretrain(&p1, &args(&phase1)));
+    let init = format!(
+        "init_from={:?}",
+        p1.join("checkpoints/step-00000060").display().to_string()
+    );
+    let phase2 = with(&["schedule.steps=3", "optimizer.lr=1e-3", &init]);
+    run_ok(&mut pretrain(&p2, &args(&phase2)));
+    run_ok(&mut pretrain(
+        &fresh,
+        &args(&with(&["schedule.steps=3", "optimizer.lr=1e-3"])),
+    ));
+    let loss = |out: &Path| series(&metrics(out), "train", "mlm_loss");
+    let (l1, l2, l0) = (loss(&p1), loss(&p2), loss(&fresh));
+    // Phase 2's first loss continues phase 1's, far below a fresh model's.
+    assert!(l2[0].1 < l0[0].1 - 0.5, "phase 2 {l2:?}, fresh {l0:?}");
+    assert!(
+        (l2[0].1 - l1.last().unwrap().1).abs() < 0.5,
+        "phase 2 {l2:?}, phase 1 {l1:?}"
+    );
+    // New optimizer and schedule: 3 updates, the warmup's lr 0 at the first step.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p2.join("checkpoints/step-00000003/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["optimizer_steps"], 3);
+    assert_eq!(series(&metrics(&p2), "train", "lr")[0].1, 0.0);
+}
