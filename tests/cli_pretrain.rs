@@ -230,6 +230,11 @@ fn killed_run_resumes_bit_for_bit_and_damaged_checkpoints_are_skipped() {
     );
     let out = run_ok(pretrain(&b, &settings).args(["--resume", "auto"]));
     assert!(out.contains("resumed from"), "{out}");
+    // Only complete checkpoints remain (a write the kill interrupted is cleaned up).
+    for e in std::fs::read_dir(b.join("checkpoints")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(name.starts_with("step-"), "left over: {name}");
+    }
     let final_b = b.join("checkpoints/step-00000040");
     for f in ["model.safetensors", "optimizer.safetensors"] {
         assert!(

@@ -213,6 +213,24 @@ pub fn verify(dir: &Path) -> Result<TrainerState> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// Removes the temporary folders of checkpoint writes that never finished (a run killed while
+/// writing); only one run writes into `root`, so any left there are dead.
+pub fn remove_unfinished(root: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| n.starts_with(&format!(".{PREFIX}")) && n.contains(".tmp-")) {
+            std::fs::remove_dir_all(&path).with_context(|| {
+                format!("removing the unfinished checkpoint {}", path.display())
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// The checkpoint folders under `root`, oldest first.
 pub fn list(root: &Path) -> Result<Vec<PathBuf>> {
     if !root.exists() {

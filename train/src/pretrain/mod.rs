@@ -127,6 +127,7 @@ pub fn run<AD: AutodiffBackend>(
         Resume::From(dir) => Some((dir.clone(), checkpoint::verify(dir)?)),
     };
 
+    checkpoint::remove_unfinished(&ckpt_root)?;
     let mut optimizer = Optimizer::<AD::InnerBackend>::new(cfg.optimizer.clone());
     let (mut model, mut state) = match &resumed {
         Some((dir, state)) => {
@@ -255,7 +256,7 @@ pub fn run<AD: AutodiffBackend>(
         last_checkpoint: None,
         final_eval: None,
     };
-    let mut window = Throughput::new(state.step);
+    let mut window = Throughput::default();
     while state.step < total {
         let step = state.step;
         let batches = (0..accumulation)
@@ -264,7 +265,7 @@ pub fn run<AD: AutodiffBackend>(
         let counts = StepCounts::of(&batches);
         let lr = cfg.optimizer.lr * cfg.schedule.factor(step);
         let loss_scale = state.loss_scale;
-
+        let started = Instant::now();
         let (stepped, out) = train_step(
             model,
             &mut optimizer,
@@ -281,10 +282,16 @@ pub fn run<AD: AutodiffBackend>(
         );
         model = stepped;
         let (stats, grad_norm, finite) = (out.stats, out.grad_norm, out.updated);
-        state.tokens += batches
+        let tokens = batches
             .iter()
             .map(|b| b.inputs.attention_mask.iter().filter(|&&m| m != 0).count() as u64)
             .sum::<u64>();
+        state.tokens += tokens;
+        window.add(
+            started.elapsed().as_secs_f64(),
+            counts.sequences as u64,
+            tokens,
+        );
         if finite {
             state.nonfinite_in_a_row = 0;
             state.optimizer_steps = optimizer.steps;
@@ -337,7 +344,7 @@ pub fn run<AD: AutodiffBackend>(
         let step = state.step;
 
         if step.is_multiple_of(cfg.log.every.max(1)) || step == total {
-            let (seq_s, tok_s) = window.rates(step, state.sequences, state.tokens);
+            let (seq_s, tok_s) = window.take();
             let mut values = vec![
                 ("loss", stats.loss()),
                 ("mlm_loss", stats.mlm_loss),
@@ -400,7 +407,6 @@ pub fn run<AD: AutodiffBackend>(
             )?;
             summary.last_checkpoint = Some(dir);
         }
-        window.tick(step, state.sequences, state.tokens);
     }
     logger.finish();
     summary.steps = state.step;
@@ -573,36 +579,27 @@ fn max_abs_param<B: Backend, M: Module<B>>(model: &M) -> f64 {
     max
 }
 
-/// Sequences and tokens per second since the last log.
+/// Training throughput between two logs: sequences and tokens over the time spent in the
+/// steps themselves (loading, evaluation and checkpoints left out).
+#[derive(Default)]
 struct Throughput {
-    since: Instant,
-    step: u64,
+    busy: f64,
     sequences: u64,
     tokens: u64,
 }
 
 impl Throughput {
-    fn new(step: u64) -> Self {
-        Throughput {
-            since: Instant::now(),
-            step,
-            sequences: 0,
-            tokens: 0,
-        }
+    fn add(&mut self, secs: f64, sequences: u64, tokens: u64) {
+        self.busy += secs;
+        self.sequences += sequences;
+        self.tokens += tokens;
     }
-    fn rates(&self, _step: u64, sequences: u64, tokens: u64) -> (f64, f64) {
-        let secs = self.since.elapsed().as_secs_f64().max(1e-9);
-        (
-            sequences.saturating_sub(self.sequences) as f64 / secs,
-            tokens.saturating_sub(self.tokens) as f64 / secs,
-        )
-    }
-    fn tick(&mut self, step: u64, sequences: u64, tokens: u64) {
-        let _ = step;
-        self.since = Instant::now();
-        self.step = step;
-        self.sequences = sequences;
-        self.tokens = tokens;
+    /// (sequences/s, tokens/s), and start a new window.
+    fn take(&mut self) -> (f64, f64) {
+        let secs = self.busy.max(1e-9);
+        let rates = (self.sequences as f64 / secs, self.tokens as f64 / secs);
+        *self = Throughput::default();
+        rates
     }
 }
 
