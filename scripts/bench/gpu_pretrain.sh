@@ -10,23 +10,25 @@
 #    autocast) on the same card.
 # Needs: BK (a `--features cuda` bertkit binary), DATA (a `bertkit prep --seq-len 64 --nsp` folder).
 set -uo pipefail
-BK=${BK:-gpu/bertkit}
-DATA=${DATA:-gpu/data}
+BK=${BK:-target/release/bertkit}
+DATA=${DATA:-gpu-carry/data}
 OUT=${OUT:-/tmp/bertkit-gpu}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 
 sed -e 's/dropout_prob = 0.1/dropout_prob = 0.0/' configs/models/bert-mini.toml > /tmp/mini-nodrop.toml
-for run in cpu:f32 cuda:f32 cuda:bf16; do
-    dev=${run%:*} prec=${run#*:}
+for run in cpu:f32:60 cuda:f32:150 cuda:bf16:120; do
+    IFS=: read -r dev prec limit <<< "$run"
     rm -rf "/tmp/run-$dev-$prec"
-    timeout 300 "$BK" pretrain --config configs/pretrain/cpu-tiny.toml --device "$dev" \
+    start=$SECONDS
+    timeout "$limit" "$BK" pretrain --config configs/pretrain/cpu-tiny.toml --device "$dev" \
         --set model=/tmp/mini-nodrop.toml --set "data=\"$DATA\"" --set "out=\"/tmp/run-$dev-$prec\"" \
         --set "precision=\"$prec\"" --set batch.global=32 --set batch.micro=32 \
         --set schedule.steps=6 --set log.every=1 --set eval.every=0 --set checkpoint.every=0 \
         --set log.tensorboard=false > "$OUT/pretrain-$dev-$prec.log" 2>&1 \
         || { echo "pretrain $dev $prec failed:"; tail -20 "$OUT/pretrain-$dev-$prec.log"; }
     cp "/tmp/run-$dev-$prec/metrics.jsonl" "$OUT/losses-$dev-$prec.jsonl" 2>/dev/null
+    echo "pretrain $dev $prec: $((SECONDS - start)) s; $(grep -c . "$OUT/losses-$dev-$prec.jsonl" 2>/dev/null) records"
 done
 
 : > "$OUT/bench.jsonl"
@@ -34,10 +36,12 @@ first=1
 for m in base:12:768:12:3072 large:24:1024:16:4096; do
     IFS=: read -r name l h a i <<< "$m"
     mm=(); [ $first = 1 ] && mm=(--matmul 8192); first=0
-    timeout 240 "$BK" bench-train --model "configs/models/bert-$name.toml" --device cuda \
+    start=$SECONDS
+    timeout 150 "$BK" bench-train --model "configs/models/bert-$name.toml" --device cuda \
         --precision bf16 --batch 64 --seq 128 --steps 10 --warmup 3 --json "${mm[@]}" \
         >> "$OUT/bench.jsonl" 2> "$OUT/bench-$name.err" || { echo "bench-train $name failed:"; tail -5 "$OUT/bench-$name.err"; }
-    timeout 180 python3 scripts/bench/pretrain_peer.py --layers "$l" --hidden "$h" --heads "$a" \
+    echo "bench-train $name: $((SECONDS - start)) s"; tail -c 300 "$OUT/bench.jsonl"; echo
+    timeout 90 python3 scripts/bench/pretrain_peer.py --layers "$l" --hidden "$h" --heads "$a" \
         --intermediate "$i" --batch 64 --seq 128 --threads 16 --device cuda --bf16 --steps 10 \
         --warmup 3 --json >> "$OUT/bench.jsonl" 2> "$OUT/peer-$name.err" || { echo "peer $name failed:"; tail -5 "$OUT/peer-$name.err"; }
 done
