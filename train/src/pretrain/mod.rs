@@ -108,7 +108,6 @@ pub fn run<AD: AutodiffBackend>(
     };
     let ckpt_root = cfg.out.join("checkpoints");
 
-    let logger_note = |msg: String| eprintln!("{msg}");
     let resumed = match &opts.resume {
         Resume::Never => {
             if let Some(last) = checkpoint::list(&ckpt_root)?.last() {
@@ -121,8 +120,9 @@ pub fn run<AD: AutodiffBackend>(
             }
             None
         }
+        // The logger is not open yet (it needs the step to resume at): report on stderr.
         Resume::Auto => checkpoint::latest_valid(&ckpt_root, |dir, e| {
-            logger_note(format!("skipping checkpoint {}: {e:#}", dir.display()))
+            eprintln!("skipping checkpoint {}: {e:#}", dir.display())
         })?,
         Resume::From(dir) => Some((dir.clone(), checkpoint::verify(dir)?)),
     };
