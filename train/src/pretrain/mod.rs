@@ -161,25 +161,11 @@ pub fn run<AD: AutodiffBackend>(
                     if !model_sets_vocab(&cfg.model) {
                         config.vocab_size = manifest.tokenizer.vocab_size;
                     }
-                    if config.vocab_size < manifest.tokenizer.vocab_size {
-                        bail!(
-                            "{}: vocab_size {} is smaller than the data's tokenizer ({})",
-                            cfg.model.display(),
-                            config.vocab_size,
-                            manifest.tokenizer.vocab_size
-                        );
-                    }
-                    if config.max_position_embeddings < manifest.settings.seq_len {
-                        bail!(
-                            "{}: max_position_embeddings {} is shorter than the data's sequences ({})",
-                            cfg.model.display(),
-                            config.max_position_embeddings,
-                            manifest.settings.seq_len
-                        );
-                    }
                     model_ckpt::init::<AD>(&config, task, cfg.seed, device)?
                 }
             };
+            let source = cfg.init_from.as_deref().unwrap_or(&cfg.model);
+            check_fits(&model.config, &manifest, source)?;
             let state = TrainerState {
                 step: 0,
                 optimizer_steps: 0,
@@ -515,6 +501,31 @@ fn load_model<AD: AutodiffBackend>(
     )
     .with_context(|| format!("loading {}", dir.display()))?;
     Ok(model)
+}
+
+/// The data's token ids and sequence length must fit the model's tables.
+fn check_fits(
+    config: &bertkit_model::config::BertConfig,
+    manifest: &Manifest,
+    source: &Path,
+) -> Result<()> {
+    if config.vocab_size < manifest.tokenizer.vocab_size {
+        bail!(
+            "{}: vocab_size {} is smaller than the data's tokenizer ({})",
+            source.display(),
+            config.vocab_size,
+            manifest.tokenizer.vocab_size
+        );
+    }
+    if config.max_position_embeddings < manifest.settings.seq_len {
+        bail!(
+            "{}: max_position_embeddings {} is shorter than the data's sequences ({})",
+            source.display(),
+            config.max_position_embeddings,
+            manifest.settings.seq_len
+        );
+    }
+    Ok(())
 }
 
 /// Whether the model file sets `vocab_size` itself (else the data's tokenizer decides).
