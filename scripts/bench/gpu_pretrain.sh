@@ -9,15 +9,29 @@
 #    (cuBLAS through PyTorch, and burn's own matmul), next to PyTorch (HF BertForPreTraining, bf16
 #    autocast) on the same card.
 # Needs: BK (a `--features cuda` bertkit binary), DATA (a `bertkit prep --seq-len 64 --nsp` folder).
+# CubeCL autotunes every new kernel shape on first use (5-35 s each on an H100, see
+# docs/PERFORMANCE.md): LIMIT (seconds per CUDA run, default 150) bounds each run, and the tuning
+# results (CubeCL keeps them under ./target/) are packed into $OUT/cubecl-cache.tgz so that a
+# later session can unpack them before running (CUBECL_CACHE=FILE.tgz).
 set -uo pipefail
 BK=${BK:-target/release/bertkit}
 DATA=${DATA:-gpu-carry/data}
 OUT=${OUT:-/tmp/bertkit-gpu}
 mkdir -p "$OUT"
+LIMIT=${LIMIT:-150}
+# Keep what CubeCL tuned so far (everything under ./target but build outputs) for the next
+# session; called after every run, so a command stopped at its limit still leaves it.
+save_cache() {
+    (cd target 2>/dev/null && find . -maxdepth 1 -mindepth 1 ! -name release ! -name debug -print0 \
+        | tar czf "$OUT/cubecl-cache.tgz" --null -T -) 2>/dev/null
+}
+if [ -n "${CUBECL_CACHE:-}" ] && [ -f "$CUBECL_CACHE" ]; then
+    mkdir -p target && tar xzf "$CUBECL_CACHE" -C target && echo "unpacked the autotune cache $CUBECL_CACHE"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 
 sed -e 's/dropout_prob = 0.1/dropout_prob = 0.0/' configs/models/bert-mini.toml > /tmp/mini-nodrop.toml
-for run in cpu:f32:60 cuda:f32:150 cuda:bf16:120; do
+for run in cpu:f32:60 cuda:f32:$LIMIT cuda:bf16:$LIMIT; do
     IFS=: read -r dev prec limit <<< "$run"
     rm -rf "/tmp/run-$dev-$prec"
     start=$SECONDS
@@ -28,6 +42,7 @@ for run in cpu:f32:60 cuda:f32:150 cuda:bf16:120; do
         --set log.tensorboard=false > "$OUT/pretrain-$dev-$prec.log" 2>&1 \
         || { echo "pretrain $dev $prec failed:"; tail -20 "$OUT/pretrain-$dev-$prec.log"; }
     cp "/tmp/run-$dev-$prec/metrics.jsonl" "$OUT/losses-$dev-$prec.jsonl" 2>/dev/null
+    save_cache
     echo "pretrain $dev $prec: $((SECONDS - start)) s; $(grep -c . "$OUT/losses-$dev-$prec.jsonl" 2>/dev/null) records"
 done
 
@@ -37,10 +52,11 @@ for m in base:12:768:12:3072 large:24:1024:16:4096; do
     IFS=: read -r name l h a i <<< "$m"
     mm=(); [ $first = 1 ] && mm=(--matmul 8192); first=0
     start=$SECONDS
-    timeout 150 "$BK" bench-train --model "configs/models/bert-$name.toml" --device cuda \
+    timeout "$LIMIT" "$BK" bench-train --model "configs/models/bert-$name.toml" --device cuda \
         --precision bf16 --batch 64 --seq 128 --steps 10 --warmup 3 --json "${mm[@]}" \
         >> "$OUT/bench.jsonl" 2> "$OUT/bench-$name.err" || { echo "bench-train $name failed:"; tail -5 "$OUT/bench-$name.err"; }
     echo "bench-train $name: $((SECONDS - start)) s"; tail -c 300 "$OUT/bench.jsonl"; echo
+    save_cache
     timeout 90 python3 scripts/bench/pretrain_peer.py --layers "$l" --hidden "$h" --heads "$a" \
         --intermediate "$i" --batch 64 --seq 128 --threads 16 --device cuda --bf16 --steps 10 \
         --warmup 3 --json >> "$OUT/bench.jsonl" 2> "$OUT/peer-$name.err" || { echo "peer $name failed:"; tail -5 "$OUT/peer-$name.err"; }
