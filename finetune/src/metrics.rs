@@ -824,7 +824,8 @@ mod tests {
     /// scipy 1.17.1, in a scratch venv, 2026-11-26), not by hand.
     #[test]
     fn agrees_with_the_reference_packages() {
-        let cases: [(&[&str], &[(&str, usize, usize)]); 5] = [
+        type Entities<'a> = &'a [(&'a str, usize, usize)];
+        let cases: [(&[&str], Entities); 5] = [
             (&["O", "I-PER", "I-PER", "O"], &[("PER", 1, 2)]),
             (&["B-PER", "I-LOC"], &[("PER", 0, 0), ("LOC", 1, 1)]),
             (&["B-PER", "B-PER"], &[("PER", 0, 0), ("PER", 1, 1)]),
