@@ -2,6 +2,7 @@
 //! dynamic-masking loader that feeds the training loop.
 
 pub mod corpus;
+pub mod distributed;
 pub mod instances;
 pub mod loader;
 pub mod logger;
