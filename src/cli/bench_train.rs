@@ -19,7 +19,7 @@ use bertkit_train::pretrain::{train_step, StepSettings};
 use bertkit_train::rng::Rng;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use clap::Args;
 
 use super::with_backend;
@@ -70,7 +70,7 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
     type AD<B> = Autodiff<B>;
     let precision: Precision = parse("precision", &args.precision)?;
     let kind: OptimizerKind = parse("optimizer", &args.optimizer)?;
-    let mut config = read_model_config(&args.model)?;
+    let mut config = read_model_config(&args.model, args.vocab)?;
     config.vocab_size = args.vocab;
     let model = model_ckpt::init::<AD<B>>(&config, Task::Pretraining, 0, device)?;
     let mut optimizer = Optimizer::<B>::new(OptimizerConfig {
@@ -214,11 +214,7 @@ fn step_flops(
 
 /// FLOP/s of an n x n x n matmul in the precision's dtype (median of 5 after a warmup).
 fn matmul_rate<B: Backend>(n: usize, precision: Precision, device: &B::Device) -> f64 {
-    let dtype = match precision {
-        Precision::F32 => DType::F32,
-        Precision::Bf16 => DType::BF16,
-        Precision::Fp16 => DType::F16,
-    };
+    let dtype = precision.dtype();
     let a = Tensor::<B, 2>::random([n, n], Distribution::Default, device).cast(dtype);
     let b = Tensor::<B, 2>::random([n, n], Distribution::Default, device).cast(dtype);
     let mut times = Vec::new();

@@ -133,8 +133,8 @@ impl<B: Backend> Optimizer<B> {
         let mut m = BTreeMap::new();
         let mut v = BTreeMap::new();
         for (key, data) in tensors {
-            let tensor =
-                Tensor::<B, 1>::from_data(TensorData::new(data.clone(), [data.len()]), device);
+            let len = data.len();
+            let tensor = Tensor::<B, 1>::from_data(TensorData::new(data, [len]), device);
             if let Some(name) = key.strip_suffix(".exp_avg_sq") {
                 v.insert(name.to_string(), tensor);
             } else if let Some(name) = key.strip_suffix(".exp_avg") {

@@ -22,6 +22,17 @@ pub enum Precision {
     Fp16,
 }
 
+impl Precision {
+    /// The float type the forward and backward passes compute in.
+    pub fn dtype(self) -> burn::tensor::DType {
+        match self {
+            Precision::F32 => burn::tensor::DType::F32,
+            Precision::Bf16 => burn::tensor::DType::BF16,
+            Precision::Fp16 => burn::tensor::DType::F16,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PretrainConfig {
@@ -238,15 +249,33 @@ impl PretrainConfig {
 }
 
 /// Reads a model size: TOML with Hugging Face `BertConfig` field names, or a `config.json`.
-pub fn read_model_config(path: &Path) -> Result<BertConfig> {
+/// `vocab_size` is `default_vocab` (the data's tokenizer) unless the file sets it.
+pub fn read_model_config(path: &Path, default_vocab: usize) -> Result<BertConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading model config {}", path.display()))?;
-    let config: BertConfig = if path.extension().is_some_and(|e| e == "json") {
-        BertConfig::from_json(&text).map_err(anyhow::Error::msg)
+    let parsed: Result<(BertConfig, bool)> = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map_err(anyhow::Error::from)
+            .and_then(|v| {
+                let sets_vocab = v.get("vocab_size").is_some();
+                Ok((
+                    BertConfig::from_json(&text).map_err(anyhow::Error::msg)?,
+                    sets_vocab,
+                ))
+            })
     } else {
-        toml::from_str(&text).map_err(anyhow::Error::from)
+        toml::from_str::<toml::Table>(&text)
+            .map_err(anyhow::Error::from)
+            .and_then(|t| {
+                let sets_vocab = t.contains_key("vocab_size");
+                Ok((t.try_into()?, sets_vocab))
+            })
+    };
+    let (mut config, sets_vocab) =
+        parsed.with_context(|| format!("parsing model config {}", path.display()))?;
+    if !sets_vocab {
+        config.vocab_size = default_vocab;
     }
-    .with_context(|| format!("parsing model config {}", path.display()))?;
     Ok(config)
 }
 

@@ -157,10 +157,8 @@ pub fn run<AD: AutodiffBackend>(
             let model = match &cfg.init_from {
                 Some(dir) => load_model::<AD>(dir, task, cfg.seed, device)?,
                 None => {
-                    let mut config = config::read_model_config(&cfg.model)?;
-                    if !model_sets_vocab(&cfg.model) {
-                        config.vocab_size = manifest.tokenizer.vocab_size;
-                    }
+                    let config =
+                        config::read_model_config(&cfg.model, manifest.tokenizer.vocab_size)?;
                     model_ckpt::init::<AD>(&config, task, cfg.seed, device)?
                 }
             };
@@ -242,15 +240,14 @@ pub fn run<AD: AutodiffBackend>(
         last_checkpoint: None,
         final_eval: None,
     };
+    let skipped_before = state.skipped_steps;
     let mut window = Throughput::default();
     while state.step < total {
         let step = state.step;
         let batches = (0..accumulation)
             .map(|_| loader.next_batch())
             .collect::<Result<Vec<_>>>()?;
-        let counts = StepCounts::of(&batches);
         let lr = cfg.optimizer.lr * cfg.schedule.factor(step);
-        let loss_scale = state.loss_scale;
         let started = Instant::now();
         let (stepped, out) = train_step(
             model,
@@ -260,14 +257,14 @@ pub fn run<AD: AutodiffBackend>(
                 lr,
                 max_grad_norm: cfg.optimizer.max_grad_norm,
                 precision: cfg.precision,
-                loss_scale,
+                loss_scale: state.loss_scale,
                 dropout_seed: [cfg.seed, step],
                 nsp: manifest.settings.nsp,
             },
             device,
         );
         model = stepped;
-        let (stats, grad_norm, finite) = (out.stats, out.grad_norm, out.updated);
+        let (stats, grad_norm, counts) = (out.stats, out.grad_norm, out.counts);
         let tokens = batches
             .iter()
             .map(|b| b.inputs.attention_mask.iter().filter(|&&m| m != 0).count() as u64)
@@ -278,7 +275,7 @@ pub fn run<AD: AutodiffBackend>(
             counts.sequences as u64,
             tokens,
         );
-        if finite {
+        if out.updated {
             state.nonfinite_in_a_row = 0;
             state.optimizer_steps = optimizer.steps;
             if cfg.precision == Precision::Fp16 {
@@ -291,7 +288,6 @@ pub fn run<AD: AutodiffBackend>(
         } else {
             state.nonfinite_in_a_row += 1;
             state.skipped_steps += 1;
-            summary.skipped_steps += 1;
             if cfg.precision == Precision::Fp16 {
                 state.loss_scale = (state.loss_scale / 2.0).max(1.0);
                 state.good_steps = 0;
@@ -331,21 +327,15 @@ pub fn run<AD: AutodiffBackend>(
 
         if step.is_multiple_of(cfg.log.every.max(1)) || step == total {
             let (seq_s, tok_s) = window.take();
-            let mut values = vec![
-                ("loss", stats.loss()),
-                ("mlm_loss", stats.mlm_loss),
-                ("mlm_accuracy", stats.mlm_accuracy),
+            let mut values = stats.values();
+            values.extend([
                 ("lr", lr),
                 ("grad_norm", grad_norm),
                 ("sequences_per_s", seq_s),
                 ("tokens_per_s", tok_s),
                 ("loss_scale", state.loss_scale),
                 ("skipped_steps", state.skipped_steps as f64),
-            ];
-            if let (Some(l), Some(a)) = (stats.nsp_loss, stats.nsp_accuracy) {
-                values.push(("nsp_loss", l));
-                values.push(("nsp_accuracy", a));
-            }
+            ]);
             logger.record(step, "train", &values)?;
             summary.losses.push((step, stats.loss()));
             let line = format!(
@@ -366,11 +356,8 @@ pub fn run<AD: AutodiffBackend>(
         if let Some(ev) = &mut eval {
             if step.is_multiple_of(cfg.eval.every) || step == total {
                 let s = ev.run(&model.valid(), device)?;
-                let mut values = vec![("mlm_loss", s.mlm_loss), ("mlm_accuracy", s.mlm_accuracy)];
-                if let (Some(l), Some(a)) = (s.nsp_loss, s.nsp_accuracy) {
-                    values.push(("nsp_loss", l));
-                    values.push(("nsp_accuracy", a));
-                }
+                let mut values = s.values();
+                values.retain(|(name, _)| *name != "loss");
                 logger.record(step, "eval", &values)?;
                 logger.println(format!(
                     "step {step}: held-out mlm_loss {:.4} mlm_acc {:.3}",
@@ -382,11 +369,11 @@ pub fn run<AD: AutodiffBackend>(
         let every = cfg.checkpoint.every;
         if (every > 0 && step.is_multiple_of(every)) || step == total {
             check_finite(&model, step)?;
-            let tokenizer_dir = cfg.data.clone();
+            // The data folder holds the tokenizer, copied into every checkpoint.
             let dir = checkpoint::write(
                 &ckpt_root,
                 &model,
-                &tokenizer_dir,
+                &cfg.data,
                 &optimizer.to_host(),
                 &state,
                 cfg.checkpoint.keep,
@@ -396,6 +383,7 @@ pub fn run<AD: AutodiffBackend>(
     }
     logger.finish();
     summary.steps = state.step;
+    summary.skipped_steps = state.skipped_steps - skipped_before;
     Ok(summary)
 }
 
@@ -414,6 +402,8 @@ pub struct StepSettings {
 
 pub struct StepOutput {
     pub stats: StepStats,
+    /// The step's masked positions and sequences (its loss denominators).
+    pub counts: StepCounts,
     pub grad_norm: f64,
     /// False when the loss or the gradients were non-finite and the weights were left alone.
     pub updated: bool,
@@ -440,8 +430,7 @@ pub fn train_step<AD: AutodiffBackend>(
         );
         let compute = match s.precision {
             Precision::F32 => model.clone(),
-            Precision::Bf16 => cast_params(model.clone(), DType::BF16),
-            Precision::Fp16 => cast_params(model.clone(), DType::F16),
+            p => cast_params(model.clone(), p.dtype()),
         };
         let micro = objective::micro_loss(&compute, batch, counts, device);
         let loss = if s.precision == Precision::Fp16 {
@@ -477,6 +466,7 @@ pub fn train_step<AD: AutodiffBackend>(
         model,
         StepOutput {
             stats,
+            counts,
             grad_norm,
             updated,
         },
@@ -526,19 +516,6 @@ fn check_fits(
         );
     }
     Ok(())
-}
-
-/// Whether the model file sets `vocab_size` itself (else the data's tokenizer decides).
-fn model_sets_vocab(path: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return false;
-    };
-    if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str::<serde_json::Value>(&text)
-            .is_ok_and(|v| v.get("vocab_size").is_some())
-    } else {
-        toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.contains_key("vocab_size"))
-    }
 }
 
 /// A copy of the model whose parameters are cast to `dtype` inside the autodiff graph: the

@@ -68,6 +68,20 @@ impl StepStats {
     pub fn loss(&self) -> f64 {
         self.mlm_loss + self.nsp_loss.unwrap_or(0.0)
     }
+
+    /// `loss`, `mlm_loss`, `mlm_accuracy` and, with NSP, `nsp_loss` and `nsp_accuracy`, as
+    /// named metrics for the logs.
+    pub fn values(&self) -> Vec<(&'static str, f64)> {
+        let mut v = vec![
+            ("loss", self.loss()),
+            ("mlm_loss", self.mlm_loss),
+            ("mlm_accuracy", self.mlm_accuracy),
+        ];
+        if let (Some(l), Some(a)) = (self.nsp_loss, self.nsp_accuracy) {
+            v.extend([("nsp_loss", l), ("nsp_accuracy", a)]);
+        }
+        v
+    }
 }
 
 /// Cross entropy summed over rows of `logits [n, classes]` (computed in f32) and the number of
