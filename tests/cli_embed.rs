@@ -6,9 +6,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::repo;
 
 fn minilm() -> PathBuf {
     let dir = repo().join("assets/all-MiniLM-L6-v2");

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{bertkit, repo, run_ok, sotu};
+use common::{bertkit, python_script, run_ok, sotu};
 
 fn prep(out: &Path, tokenizer: &Path) -> Command {
     let mut c = bertkit();
@@ -85,20 +85,9 @@ fn vocab_then_prep_killed_and_resumed_equals_uninterrupted() {
         text,
         "Ça va? Naïve café, 1,234.56 dollars; the WAR of 1812!",
     ];
-    let script = repo().join("scripts/check_hf_vocab.py");
-    let python = std::env::var("BERTKIT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(python)
-        .arg(script)
-        .arg(&vocab)
-        .args(texts)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "check_hf_vocab.py failed (needs transformers: scripts/test.sh installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let hf: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut args = vec![vocab.as_os_str()];
+    args.extend(texts.iter().map(std::ffi::OsStr::new));
+    let hf = python_script("check_hf_vocab.py", &args, "transformers");
     assert_eq!(hf["class"], "BertTokenizer");
     for (i, t) in texts.iter().enumerate() {
         let input = bertkit_model::tokenizer::TextInput {

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{bertkit, repo, run_ok};
+use common::{bertkit, python_script, repo, run_ok};
 
 /// SOTU speeches 1900-1929 as training data and 1930-1931 held out, tokenized with a 2000-word
 /// vocabulary trained on them, at seq 64 with NSP; built once per test binary.
@@ -135,18 +135,11 @@ fn loss_falls_on_real_text_and_logs_read_back() {
         .unwrap()
         .unwrap()
         .path();
-    let python = std::env::var("BERTKIT_PYTHON").unwrap_or_else(|_| "python3".into());
-    let read = Command::new(python)
-        .arg(repo().join("scripts/check_tensorboard.py"))
-        .arg(&event)
-        .output()
-        .unwrap();
-    assert!(
-        read.status.success(),
-        "check_tensorboard.py (needs the tensorboard package: scripts/test.sh installs it): {}",
-        String::from_utf8_lossy(&read.stderr)
+    let tb = python_script(
+        "check_tensorboard.py",
+        &[event.as_os_str()],
+        "the tensorboard package",
     );
-    let tb: serde_json::Value = serde_json::from_slice(&read.stdout).unwrap();
     for name in [
         "mlm_loss",
         "mlm_accuracy",

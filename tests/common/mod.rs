@@ -19,6 +19,23 @@ pub fn bertkit() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bertkit"))
 }
 
+/// Runs `scripts/SCRIPT ARGS` with $BERTKIT_PYTHON (else python3); fails the test with its
+/// stderr and `needs` (the packages it imports) unless it succeeds; returns its stdout as JSON.
+pub fn python_script(script: &str, args: &[&std::ffi::OsStr], needs: &str) -> serde_json::Value {
+    let python = std::env::var("BERTKIT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .arg(repo().join("scripts").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed (needs {needs}: scripts/test.sh installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Runs `cmd`, fails the test with its output unless it succeeds, returns its stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
