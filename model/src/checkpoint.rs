@@ -255,24 +255,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// The hidden temporary name a file is written under before its rename into place:
-/// `.NAME.tmp-HOST-PID` next to it, unique among the processes writing into one folder, even on
-/// several machines sharing it (a SLURM array preparing data into one folder).
-pub fn temp_path(path: &Path) -> PathBuf {
+/// This machine's name, reduced to characters safe in a file name (ASCII letters, digits, `-`,
+/// `.`, `_`); `localhost` when it cannot be read.
+pub fn hostname() -> &'static str {
     static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let host = HOST.get_or_init(|| {
+    HOST.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .or_else(|| std::env::var("HOSTNAME").ok())
             .map(|h| {
                 h.trim()
                     .chars()
-                    .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
                     .collect()
             })
-            .filter(|h: &String| !h.is_empty())
-            .unwrap_or_else(|| "host".into())
-    });
+            .filter(|h: &String| !h.is_empty() && h != "." && h != "..")
+            .unwrap_or_else(|| "localhost".into())
+    })
+}
+
+/// The hidden temporary name a file is written under before its rename into place:
+/// `.NAME.tmp-HOST-PID` next to it, unique among the processes writing into one folder, even on
+/// several machines sharing it (a SLURM array preparing data into one folder).
+pub fn temp_path(path: &Path) -> PathBuf {
+    let host = hostname();
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

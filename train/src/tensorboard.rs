@@ -49,7 +49,7 @@ impl EventWriter {
             .map_or(0, |d| d.as_secs());
         let name = format!(
             "events.out.tfevents.{secs}.{}.{}.bertkit",
-            hostname(),
+            bertkit_model::checkpoint::hostname(),
             std::process::id()
         );
         let path = dir.join(name);
@@ -108,20 +108,6 @@ fn wall_time() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-fn hostname() -> String {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    // Keep the file name a single, plain path component.
-    if name.is_empty() || name.contains(['/', '\\']) {
-        "localhost".into()
-    } else {
-        name
-    }
 }
 
 /// The Event fields every record has: wall_time (1, double) and step (2, int64).
