@@ -1,5 +1,5 @@
 //! `bertkit bench-train`: the time of one pretraining step (forward, backward, global-norm
-//! clipping, optimizer update: `bertkit_train::pretrain::train_step`, the loop's own step) on a
+//! clipping, optimizer update: `bertkit_train::pretrain::pretrain_step`, the loop's own step) on a
 //! synthetic batch, the peer of scripts/bench/pretrain_peer.py (HF BertForPreTraining, same
 //! shapes). Optionally measures the device's matmul rate in the same precision, for MFU.
 
@@ -15,7 +15,8 @@ use bertkit_train::loader::Batch;
 use bertkit_train::masking::IGNORE_LABEL;
 use bertkit_train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use bertkit_train::pretrain::config::{read_model_config, Precision};
-use bertkit_train::pretrain::{train_step, StepSettings};
+use bertkit_train::pretrain::pretrain_step;
+use bertkit_train::step::{LossScale, StepSettings};
 use bertkit_train::rng::Rng;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
@@ -97,19 +98,15 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
             lr: 1e-4,
             max_grad_norm: 1.0,
             precision,
-            loss_scale: if precision == Precision::Fp16 {
-                1024.0
-            } else {
-                1.0
-            },
+            loss_scale: LossScale::new(precision, 1024.0).scale,
             dropout_seed: [0, step as u64],
-            nsp: true,
         };
-        let (next, out) = train_step(
+        let (next, out) = pretrain_step(
             model,
             &mut optimizer,
             std::slice::from_ref(&batch),
             &settings,
+            true,
             device,
         );
         model = next;

@@ -15,5 +15,6 @@ pub mod rng;
 pub mod schedule;
 pub mod sentences;
 pub mod shards;
+pub mod step;
 pub mod tensorboard;
 pub mod vocab;

@@ -12,26 +12,7 @@ use crate::masking::MaskingConfig;
 use crate::optim::OptimizerConfig;
 use crate::schedule::ScheduleConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    F32,
-    /// bf16 compute, f32 master weights and optimizer state.
-    Bf16,
-    /// fp16 compute with dynamic loss scaling, f32 master weights.
-    Fp16,
-}
-
-impl Precision {
-    /// The float type the forward and backward passes compute in.
-    pub fn dtype(self) -> burn::tensor::DType {
-        match self {
-            Precision::F32 => burn::tensor::DType::F32,
-            Precision::Bf16 => burn::tensor::DType::BF16,
-            Precision::Fp16 => burn::tensor::DType::F16,
-        }
-    }
-}
+pub use crate::step::Precision;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

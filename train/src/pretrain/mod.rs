@@ -24,25 +24,18 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bertkit_model::checkpoint::{self as model_ckpt, LoadOptions};
 use bertkit_model::heads::{Bert, Task};
-use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Tensor};
 
 use crate::loader::{Loader, LoaderConfig, Position};
 use crate::logger::Logger;
 use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::optim::{self, Optimizer};
-use crate::rng::Rng;
 use crate::shards::file_sha256;
+use crate::step::{self, max_abs_param, LossScale, StepSettings};
 use checkpoint::{RunIdentity, TrainerState};
 use config::{Precision, PretrainConfig};
 use objective::{StepCounts, StepStats};
-
-/// Stream tag of the dropout seed of a micro-batch.
-const TAG_DROPOUT: u64 = u64::from_be_bytes(*b"dropout!");
-/// fp16: double the loss scale after this many steps without overflow.
-const LOSS_SCALE_WINDOW: u64 = 2000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resume {
@@ -168,11 +161,7 @@ pub fn run<AD: AutodiffBackend>(
                 step: 0,
                 optimizer_steps: 0,
                 position: Position::default(),
-                loss_scale: if cfg.precision == Precision::Fp16 {
-                    cfg.initial_loss_scale
-                } else {
-                    1.0
-                },
+                loss_scale: LossScale::new(cfg.precision, cfg.initial_loss_scale).scale,
                 good_steps: 0,
                 nonfinite_in_a_row: 0,
                 skipped_steps: 0,
@@ -249,7 +238,7 @@ pub fn run<AD: AutodiffBackend>(
             .collect::<Result<Vec<_>>>()?;
         let lr = cfg.optimizer.lr * cfg.schedule.factor(step);
         let started = Instant::now();
-        let (stepped, out) = train_step(
+        let (stepped, out) = pretrain_step(
             model,
             &mut optimizer,
             &batches,
@@ -259,8 +248,8 @@ pub fn run<AD: AutodiffBackend>(
                 precision: cfg.precision,
                 loss_scale: state.loss_scale,
                 dropout_seed: [cfg.seed, step],
-                nsp: manifest.settings.nsp,
             },
+            manifest.settings.nsp,
             device,
         );
         model = stepped;
@@ -275,23 +264,18 @@ pub fn run<AD: AutodiffBackend>(
             counts.sequences as u64,
             tokens,
         );
+        let mut scale = LossScale {
+            scale: state.loss_scale,
+            good_steps: state.good_steps,
+        };
+        scale.update(cfg.precision, out.updated);
+        (state.loss_scale, state.good_steps) = (scale.scale, scale.good_steps);
         if out.updated {
             state.nonfinite_in_a_row = 0;
             state.optimizer_steps = optimizer.steps;
-            if cfg.precision == Precision::Fp16 {
-                state.good_steps += 1;
-                if state.good_steps >= LOSS_SCALE_WINDOW {
-                    state.loss_scale *= 2.0;
-                    state.good_steps = 0;
-                }
-            }
         } else {
             state.nonfinite_in_a_row += 1;
             state.skipped_steps += 1;
-            if cfg.precision == Precision::Fp16 {
-                state.loss_scale = (state.loss_scale / 2.0).max(1.0);
-                state.good_steps = 0;
-            }
             logger.println(format!(
                 "step {}: non-finite {} (loss {:.4}, grad norm {grad_norm}); step skipped ({} in a row, {} in all){}",
                 step + 1,
@@ -387,90 +371,39 @@ pub fn run<AD: AutodiffBackend>(
     Ok(summary)
 }
 
-/// What one optimizer step needs besides the model, optimizer and batches.
-#[derive(Debug, Clone, Copy)]
-pub struct StepSettings {
-    pub lr: f64,
-    pub max_grad_norm: f64,
-    pub precision: Precision,
-    /// fp16: the loss is multiplied by it before backward and the gradients divided after.
-    pub loss_scale: f64,
-    /// (run seed, step): micro-batch `i` seeds dropout with `derive(seed, TAG, step, i)`.
-    pub dropout_seed: [u64; 2],
-    pub nsp: bool,
+/// One optimizer step over `batches` (the micro-batches of the step) with the pretraining
+/// objective: the shared [`step::train_step`] plus the step's counts and MLM/NSP statistics.
+pub fn pretrain_step<AD: AutodiffBackend>(
+    model: Bert<AD>,
+    optimizer: &mut Optimizer<AD::InnerBackend>,
+    batches: &[crate::loader::Batch],
+    s: &StepSettings,
+    nsp: bool,
+    device: &AD::Device,
+) -> (Bert<AD>, PretrainStep) {
+    let counts = StepCounts::of(batches);
+    let (model, out) = step::train_step(model, optimizer, batches.len(), s, device, |m, i| {
+        objective::micro_loss(m, &batches[i], counts, device)
+    });
+    let stats = StepStats::from_sums(&out.sums, counts, nsp);
+    (
+        model,
+        PretrainStep {
+            stats,
+            counts,
+            grad_norm: out.grad_norm,
+            updated: out.updated,
+        },
+    )
 }
 
-pub struct StepOutput {
+pub struct PretrainStep {
     pub stats: StepStats,
     /// The step's masked positions and sequences (its loss denominators).
     pub counts: StepCounts,
     pub grad_norm: f64,
     /// False when the loss or the gradients were non-finite and the weights were left alone.
     pub updated: bool,
-}
-
-/// One optimizer step over `batches` (the micro-batches of the step): forward and backward of
-/// each in the step's precision, gradients accumulated, the global norm, then (if finite) the
-/// clipped update. The model's parameters stay f32; bf16/fp16 casts happen inside the graph.
-pub fn train_step<AD: AutodiffBackend>(
-    model: Bert<AD>,
-    optimizer: &mut Optimizer<AD::InnerBackend>,
-    batches: &[crate::loader::Batch],
-    s: &StepSettings,
-    device: &AD::Device,
-) -> (Bert<AD>, StepOutput) {
-    let counts = StepCounts::of(batches);
-    let mut accumulator = GradientsAccumulator::<Bert<AD>>::new();
-    let mut sums: Option<Tensor<AD::InnerBackend, 1>> = None;
-    for (i, batch) in batches.iter().enumerate() {
-        let [seed, step] = s.dropout_seed;
-        AD::seed(
-            device,
-            Rng::derive(&[seed, TAG_DROPOUT, step, i as u64]).next_u64(),
-        );
-        let compute = match s.precision {
-            Precision::F32 => model.clone(),
-            p => cast_params(model.clone(), p.dtype()),
-        };
-        let micro = objective::micro_loss(&compute, batch, counts, device);
-        let loss = if s.precision == Precision::Fp16 {
-            micro.loss * s.loss_scale
-        } else {
-            micro.loss
-        };
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        accumulator.accumulate(&model, grads);
-        let stats = micro.stats.inner();
-        sums = Some(match sums {
-            Some(t) => t + stats,
-            None => stats,
-        });
-    }
-    let mut grads = accumulator.grads();
-    if s.precision == Precision::Fp16 {
-        optim::scale_grads(&model, &mut grads, 1.0 / s.loss_scale);
-    }
-    let sums: Vec<f32> = sums
-        .map(|t| bertkit_model::nn::to_host(t).data)
-        .unwrap_or_else(|| vec![0.0; 4]);
-    let stats = StepStats::from_sums(&sums, counts, s.nsp);
-    let grad_norm = optim::global_grad_norm(&model, &grads);
-    let updated = grad_norm.is_finite() && stats.loss().is_finite();
-    let model = if updated {
-        let clip = optim::clip_factor(grad_norm, s.max_grad_norm);
-        optimizer.step(s.lr, clip, model, &mut grads)
-    } else {
-        model
-    };
-    (
-        model,
-        StepOutput {
-            stats,
-            counts,
-            grad_norm,
-            updated,
-        },
-    )
 }
 
 /// Loads a checkpoint or model folder for `task` (heads the folder lacks start fresh).
@@ -518,19 +451,6 @@ fn check_fits(
     Ok(())
 }
 
-/// A copy of the model whose parameters are cast to `dtype` inside the autodiff graph: the
-/// forward pass computes in `dtype` and the gradients reach the f32 parameters of `model`.
-fn cast_params<B: Backend, M: Module<B>>(model: M, dtype: DType) -> M {
-    struct Cast(DType);
-    impl<B: Backend> ModuleMapper<B> for Cast {
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-            let (id, tensor, mapper) = param.consume();
-            Param::from_mapped_value(id, tensor.cast(self.0), mapper)
-        }
-    }
-    model.map(&mut Cast(dtype))
-}
-
 /// Refuses to checkpoint a model with a non-finite parameter.
 fn check_finite<AD: AutodiffBackend>(model: &Bert<AD>, step: u64) -> Result<()> {
     let max = max_abs_param(model);
@@ -538,33 +458,6 @@ fn check_finite<AD: AutodiffBackend>(model: &Bert<AD>, step: u64) -> Result<()> 
         bail!("step {step}: the model has non-finite parameters (max |p| = {max}); not checkpointing it");
     }
     Ok(())
-}
-
-/// The largest absolute parameter value (NaN if any is NaN; one read back).
-fn max_abs_param<B: Backend, M: Module<B>>(model: &M) -> f64 {
-    struct MaxAbs<B: Backend>(Vec<Tensor<B, 1>>);
-    impl<B: Backend> burn::module::ModuleVisitor<B> for MaxAbs<B> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let p = param.val();
-            // NaN does not win a max, so each tensor also reports whether it has one.
-            self.0.push(p.clone().is_nan().any().float().reshape([1]));
-            self.0.push(p.abs().max().reshape([1]));
-        }
-    }
-    let mut v = MaxAbs::<B>(Vec::new());
-    model.visit(&mut v);
-    if v.0.is_empty() {
-        return 0.0;
-    }
-    let all = bertkit_model::nn::to_host(Tensor::cat(v.0, 0)).data;
-    let mut max = 0.0f64;
-    for pair in all.chunks(2) {
-        if pair[0] != 0.0 {
-            return f64::NAN;
-        }
-        max = max.max(pair[1] as f64);
-    }
-    max
 }
 
 /// Training throughput between two logs: sequences and tokens over the time spent in the

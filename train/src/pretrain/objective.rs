@@ -12,6 +12,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::loader::Batch;
 use crate::masking::IGNORE_LABEL;
+use crate::step::MicroLoss;
 
 /// The denominators of one optimizer step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,14 +33,6 @@ impl StepCounts {
             sequences: batches.iter().map(|b| b.inputs.batch_size).sum(),
         }
     }
-}
-
-/// One micro-batch's contribution: the loss to differentiate and the summed statistics.
-pub struct MicroLoss<B: Backend> {
-    /// `mlm_sum / masked + nsp_sum / sequences` of the step.
-    pub loss: Tensor<B, 1>,
-    /// `[mlm loss sum, mlm correct, nsp loss sum, nsp correct]`, detached, summed over positions.
-    pub stats: Tensor<B, 1>,
 }
 
 /// Summed statistics of a whole step, read back once.

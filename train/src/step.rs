@@ -1,0 +1,233 @@
+//! One optimizer step, shared by pretraining and fine-tuning: forward and backward of each
+//! micro-batch in the run's precision (dropout seeded per micro-batch), gradients accumulated,
+//! the global gradient norm, then, when the loss and the norm are finite, clipping and the
+//! optimizer update. What the loss is comes from the caller (an objective per task).
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use bertkit_model::heads::Bert;
+
+use crate::optim::{self, Optimizer};
+use crate::rng::Rng;
+
+/// Stream tag of the dropout seed of a micro-batch.
+const TAG_DROPOUT: u64 = u64::from_be_bytes(*b"dropout!");
+/// fp16: double the loss scale after this many steps without overflow.
+pub const LOSS_SCALE_WINDOW: u64 = 2000;
+
+/// The float type a run computes in; parameters and optimizer state stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    /// bf16 compute, f32 master weights and optimizer state.
+    Bf16,
+    /// fp16 compute with dynamic loss scaling, f32 master weights.
+    Fp16,
+}
+
+impl Precision {
+    /// The float type the forward and backward passes compute in.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::Fp16 => DType::F16,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "f16" | "fp16" => Ok(Precision::Fp16),
+            _ => Err(format!(
+                "unknown precision {s:?}; expected f32, bf16 or fp16"
+            )),
+        }
+    }
+}
+
+/// fp16's dynamic loss scale: halved on overflow, doubled after [`LOSS_SCALE_WINDOW`] good
+/// steps. Other precisions keep 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossScale {
+    pub scale: f64,
+    pub good_steps: u64,
+}
+
+impl LossScale {
+    pub fn new(precision: Precision, initial: f64) -> LossScale {
+        LossScale {
+            scale: if precision == Precision::Fp16 {
+                initial
+            } else {
+                1.0
+            },
+            good_steps: 0,
+        }
+    }
+
+    /// After a step: `updated` is false when it overflowed.
+    pub fn update(&mut self, precision: Precision, updated: bool) {
+        if precision != Precision::Fp16 {
+            return;
+        }
+        if updated {
+            self.good_steps += 1;
+            if self.good_steps >= LOSS_SCALE_WINDOW {
+                self.scale *= 2.0;
+                self.good_steps = 0;
+            }
+        } else {
+            self.scale = (self.scale / 2.0).max(1.0);
+            self.good_steps = 0;
+        }
+    }
+}
+
+/// What one optimizer step needs besides the model, the optimizer and the objective.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSettings {
+    pub lr: f64,
+    pub max_grad_norm: f64,
+    pub precision: Precision,
+    /// fp16: the loss is multiplied by it before backward and the gradients divided after.
+    pub loss_scale: f64,
+    /// (run seed, step): micro-batch `i` seeds dropout with `derive(seed, TAG, step, i)`.
+    pub dropout_seed: [u64; 2],
+}
+
+/// One micro-batch's contribution: the loss to differentiate (already divided by the step's
+/// denominators, so the micro-batch losses add up to the step's loss) and statistics the
+/// objective sums over the step (detached; any length, the same for every micro-batch).
+pub struct MicroLoss<B: Backend> {
+    pub loss: Tensor<B, 1>,
+    pub stats: Tensor<B, 1>,
+}
+
+pub struct StepOutput {
+    /// The step's loss (the sum of the micro-batch losses).
+    pub loss: f64,
+    /// The micro-batches' `stats`, summed.
+    pub sums: Vec<f32>,
+    pub grad_norm: f64,
+    /// False when the loss or the gradients were non-finite and the weights were left alone.
+    pub updated: bool,
+}
+
+/// One optimizer step over `micro_batches` micro-batches; `micro_loss(model, i)` computes the
+/// forward pass and loss of micro-batch `i` with `model` (its parameters cast to the step's
+/// precision inside the autodiff graph, so the gradients land on the f32 parameters).
+pub fn train_step<AD, F>(
+    model: Bert<AD>,
+    optimizer: &mut Optimizer<AD::InnerBackend>,
+    micro_batches: usize,
+    s: &StepSettings,
+    device: &AD::Device,
+    mut micro_loss: F,
+) -> (Bert<AD>, StepOutput)
+where
+    AD: AutodiffBackend,
+    F: FnMut(&Bert<AD>, usize) -> MicroLoss<AD>,
+{
+    let mut accumulator = GradientsAccumulator::<Bert<AD>>::new();
+    let mut sums: Option<Tensor<AD::InnerBackend, 1>> = None;
+    for i in 0..micro_batches {
+        let [seed, step] = s.dropout_seed;
+        AD::seed(
+            device,
+            Rng::derive(&[seed, TAG_DROPOUT, step, i as u64]).next_u64(),
+        );
+        let compute = match s.precision {
+            Precision::F32 => model.clone(),
+            p => cast_params(model.clone(), p.dtype()),
+        };
+        let micro = micro_loss(&compute, i);
+        let value = micro.loss.clone().detach().inner().cast(DType::F32);
+        let loss = if s.precision == Precision::Fp16 {
+            micro.loss * s.loss_scale
+        } else {
+            micro.loss
+        };
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        accumulator.accumulate(&model, grads);
+        let stats = Tensor::cat(vec![value, micro.stats.inner().cast(DType::F32)], 0);
+        sums = Some(match sums {
+            Some(t) => t + stats,
+            None => stats,
+        });
+    }
+    let mut grads = accumulator.grads();
+    if s.precision == Precision::Fp16 {
+        optim::scale_grads(&model, &mut grads, 1.0 / s.loss_scale);
+    }
+    let mut sums: Vec<f32> = sums
+        .map(|t| bertkit_model::nn::to_host(t).data)
+        .unwrap_or_else(|| vec![0.0]);
+    let loss = sums.remove(0) as f64;
+    let grad_norm = optim::global_grad_norm(&model, &grads);
+    let updated = grad_norm.is_finite() && loss.is_finite();
+    let model = if updated {
+        let clip = optim::clip_factor(grad_norm, s.max_grad_norm);
+        optimizer.step(s.lr, clip, model, &mut grads)
+    } else {
+        model
+    };
+    (
+        model,
+        StepOutput {
+            loss,
+            sums,
+            grad_norm,
+            updated,
+        },
+    )
+}
+
+/// A copy of the model whose parameters are cast to `dtype` inside the autodiff graph: the
+/// forward pass computes in `dtype` and the gradients reach the f32 parameters of `model`.
+pub fn cast_params<B: Backend, M: Module<B>>(model: M, dtype: DType) -> M {
+    struct Cast(DType);
+    impl<B: Backend> ModuleMapper<B> for Cast {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, tensor, mapper) = param.consume();
+            Param::from_mapped_value(id, tensor.cast(self.0), mapper)
+        }
+    }
+    model.map(&mut Cast(dtype))
+}
+
+/// The largest absolute parameter value (NaN if any is NaN; one read back).
+pub fn max_abs_param<B: Backend, M: Module<B>>(model: &M) -> f64 {
+    struct MaxAbs<B: Backend>(Vec<Tensor<B, 1>>);
+    impl<B: Backend> burn::module::ModuleVisitor<B> for MaxAbs<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let p = param.val();
+            // NaN does not win a max, so each tensor also reports whether it has one.
+            self.0.push(p.clone().is_nan().any().float().reshape([1]));
+            self.0.push(p.abs().max().reshape([1]));
+        }
+    }
+    let mut v = MaxAbs::<B>(Vec::new());
+    model.visit(&mut v);
+    if v.0.is_empty() {
+        return 0.0;
+    }
+    let all = bertkit_model::nn::to_host(Tensor::cat(v.0, 0)).data;
+    let mut max = 0.0f64;
+    for pair in all.chunks(2) {
+        if pair[0] != 0.0 {
+            return f64::NAN;
+        }
+        max = max.max(pair[1] as f64);
+    }
+    max
+}
