@@ -36,6 +36,13 @@ enum Command {
     Prep(cli::prep::PrepArgs),
     /// Pretrain BERT (MLM + NSP) from a recipe: LAMB/AdamW, accumulation, checkpoints, resume.
     Pretrain(cli::pretrain::PretrainArgs),
+    /// Fine-tune a model on a task: classify (GLUE, CSV/TSV/JSONL/parquet), ner (CoNLL,
+    /// JSONL), qa (SQuAD v1.1/v2.0).
+    Finetune(cli::finetune::FinetuneArgs),
+    /// Evaluate a fine-tuned model on labelled data with the task's metrics.
+    Eval(cli::finetune::EvalArgs),
+    /// Predict with a fine-tuned model: JSONL in, JSONL out.
+    Predict(cli::finetune::PredictArgs),
     /// Time one pretraining step on a synthetic batch (the peer of
     /// scripts/bench/pretrain_peer.py), optionally with the device's matmul rate for MFU.
     BenchTrain(cli::bench_train::BenchTrainArgs),
@@ -70,6 +77,9 @@ fn main() -> ExitCode {
         Command::Vocab(args) => cli::vocab::run(&args),
         Command::Prep(args) => cli::prep::run(&args),
         Command::Pretrain(args) => cli::pretrain::run(&args),
+        Command::Finetune(args) => cli::finetune::finetune(&args),
+        Command::Eval(args) => cli::finetune::eval(&args),
+        Command::Predict(args) => cli::finetune::predict(&args),
         Command::BenchTrain(args) => cli::bench_train::run(&args),
         Command::Quickstart { out, device } => cli::quickstart::run(&out, device),
     };

@@ -1,5 +1,9 @@
-//! bertkit-finetune: fine-tuning on downstream tasks. So far: the evaluation metrics of GLUE,
-//! SQuAD and CoNLL-style NER (`metrics`), matching sklearn/scipy, the official SQuAD script and
-//! seqeval; the tasks, readers and the `finetune`/`eval`/`predict` commands come with their issue.
+//! bertkit-finetune: fine-tuning on downstream tasks.
 
+pub mod data;
 pub mod metrics;
+pub mod qa;
+pub mod run;
+pub mod spec;
+pub mod tasks;
+pub mod trainer;

@@ -113,7 +113,25 @@ pub fn load<B: Backend>(
 ) -> Result<(Bert<B>, LoadReport)> {
     let dir = model_dir(path);
     let (config, saved_task) = read_config(&dir)?;
-    let task = options.task.unwrap_or(saved_task);
+    load_with_config(
+        &dir,
+        config,
+        options.task.unwrap_or(saved_task),
+        options,
+        device,
+    )
+}
+
+/// Loads the weights of the model folder `dir` into a model built from `config` for `task`
+/// (a fine-tuning run sets the labels of a new head in `config` first).
+pub fn load_with_config<B: Backend>(
+    dir: &Path,
+    config: BertConfig,
+    task: Task,
+    options: &LoadOptions,
+    device: &B::Device,
+) -> Result<(Bert<B>, LoadReport)> {
+    let dir = model_dir(dir);
     let safetensors = dir.join(WEIGHTS_FILE);
     let pytorch = dir.join(PYTORCH_WEIGHTS_FILE);
     let mut src = if safetensors.exists() {

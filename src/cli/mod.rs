@@ -3,6 +3,7 @@
 pub mod bench_train;
 pub mod convert;
 pub mod embed;
+pub mod finetune;
 pub mod info;
 pub mod prep;
 pub mod pretrain;

@@ -1,0 +1,521 @@
+//! `bertkit finetune`, `eval` and `predict`: read a task's data, build the model with the
+//! task's head, train (see [`crate::trainer`]), evaluate, predict.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bertkit_model::checkpoint::{self as model_ckpt, Layout, LoadOptions};
+use bertkit_model::config::ProblemType;
+use bertkit_model::heads::Bert;
+use bertkit_model::tokenizer::BertTokenizer;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use serde_json::{json, Value};
+
+use crate::data::ner::{read_ner, NerSentence};
+use crate::data::squad::QaExample;
+use crate::data::{ReadOptions, Skipped};
+use crate::spec::{TaskKind, TaskSpec};
+use crate::tasks::{self, classify, ner, qa, Feature, Logits};
+use crate::trainer::{self, Evaluation, TrainSettings, TrainSummary};
+
+pub const METRICS_FILE: &str = "metrics.json";
+
+/// A data file read and encoded for one task.
+pub enum TaskData {
+    Classify {
+        examples: Vec<classify::Example>,
+        features: Vec<Feature>,
+    },
+    Ner {
+        sentences: Vec<NerSentence>,
+        encoded: ner::Encoded,
+    },
+    Qa {
+        examples: Vec<QaExample>,
+        encoded: qa::Encoded,
+    },
+}
+
+impl TaskData {
+    pub fn features(&self) -> &[Feature] {
+        match self {
+            TaskData::Classify { features, .. } => features,
+            TaskData::Ner { encoded, .. } => &encoded.features,
+            TaskData::Qa { encoded, .. } => &encoded.features,
+        }
+    }
+
+    /// Examples read (QA: questions; a question may have several features).
+    pub fn examples(&self) -> usize {
+        match self {
+            TaskData::Classify { features, .. } => features.len(),
+            TaskData::Ner { encoded, .. } => encoded.kept.len(),
+            TaskData::Qa { examples, .. } => examples.len(),
+        }
+    }
+}
+
+/// What reading a file needs besides the spec and labels.
+#[derive(Debug, Clone)]
+pub struct DataOptions {
+    pub read: ReadOptions,
+    /// Use only the first N examples.
+    pub limit: Option<usize>,
+    /// Read and encode the labels (training, evaluation) or not (prediction).
+    pub with_targets: bool,
+}
+
+/// Reads and encodes `path` for `spec`.
+pub fn load_data(
+    spec: &TaskSpec,
+    labels: &[String],
+    tokenizer: &BertTokenizer,
+    path: &Path,
+    o: &DataOptions,
+) -> Result<(TaskData, Skipped)> {
+    let skip = o.read.skip_invalid;
+    let data = match spec.task {
+        TaskKind::Classify => {
+            let c = classify_spec(spec)?;
+            let (mut examples, mut skipped) = classify::read(path, c, &o.read, o.with_targets)?;
+            truncate(&mut examples, o.limit);
+            let (features, kept) = classify::features(
+                tokenizer,
+                &examples,
+                labels,
+                c,
+                spec.max_seq_length,
+                o.with_targets,
+                skip,
+                &mut skipped,
+            )?;
+            let examples = kept.iter().map(|&i| examples[i].clone()).collect();
+            let features = features
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| Feature { example: i, ..f })
+                .collect();
+            (TaskData::Classify { examples, features }, skipped)
+        }
+        TaskKind::Ner => {
+            let n = spec
+                .ner
+                .as_ref()
+                .context("finetune.json has no ner settings")?;
+            let (mut sentences, mut skipped) =
+                read_ner(path, &o.read, &n.tokens_column, &n.tags_column)?;
+            truncate(&mut sentences, o.limit);
+            if o.with_targets {
+                if let Some(s) = sentences.iter().find(|s| s.tags.is_empty()) {
+                    bail!(
+                        "{}: no tags (column {:?}); training and evaluation need them",
+                        s.location,
+                        n.tags_column
+                    );
+                }
+            }
+            let encoded = ner::features(
+                tokenizer,
+                &sentences,
+                labels,
+                spec.max_seq_length,
+                o.with_targets,
+                skip,
+                &mut skipped,
+            )?;
+            (TaskData::Ner { sentences, encoded }, skipped)
+        }
+        TaskKind::Qa => {
+            let q = spec
+                .qa
+                .as_ref()
+                .context("finetune.json has no qa settings")?;
+            let (mut examples, skipped, _) = crate::data::squad::read_qa(path, &o.read)?;
+            truncate(&mut examples, o.limit);
+            if o.with_targets && !q.version_2 {
+                if let Some(e) = examples.iter().find(|e| e.answers.is_empty()) {
+                    bail!(
+                        "{}: the question has no answer; SQuAD v1.1 training and evaluation need \
+                         one (pass --version-2 for data with unanswerable questions)",
+                        e.location
+                    );
+                }
+            }
+            let encoded =
+                qa::features(tokenizer, &examples, q, spec.max_seq_length, o.with_targets)?;
+            (TaskData::Qa { examples, encoded }, skipped)
+        }
+    };
+    if data.0.features().is_empty() {
+        bail!("{}: no usable examples", path.display());
+    }
+    Ok(data)
+}
+
+fn truncate<T>(v: &mut Vec<T>, limit: Option<usize>) {
+    if let Some(n) = limit {
+        v.truncate(n);
+    }
+}
+
+fn classify_spec(spec: &TaskSpec) -> Result<&crate::spec::ClassifySpec> {
+    spec.classify
+        .as_ref()
+        .context("finetune.json has no classify settings")
+}
+
+/// The task's metrics of `logits` on `data` (main metric first).
+pub fn evaluate_logits(
+    spec: &TaskSpec,
+    labels: &[String],
+    data: &TaskData,
+    logits: &Logits,
+) -> Result<Vec<(String, f64)>> {
+    match data {
+        TaskData::Classify { features, .. } => {
+            classify::evaluate(features, logits, classify_spec(spec)?)
+        }
+        TaskData::Ner { sentences, encoded } => {
+            let n = spec.ner.as_ref().context("no ner settings")?;
+            ner::evaluate(sentences, encoded, logits, labels, n.scheme)
+        }
+        TaskData::Qa { examples, encoded } => {
+            let q = spec.qa.as_ref().context("no qa settings")?;
+            qa::evaluate(examples, encoded, logits, q)
+        }
+    }
+}
+
+/// One JSON object per example: the input's fields and the prediction.
+pub fn prediction_json(
+    spec: &TaskSpec,
+    labels: &[String],
+    data: &TaskData,
+    logits: &Logits,
+    problem: ProblemType,
+) -> Result<Vec<Value>> {
+    Ok(match data {
+        TaskData::Classify { examples, .. } => {
+            let preds = classify::predictions(logits, labels, problem);
+            examples
+                .iter()
+                .zip(preds)
+                .map(|(e, mut p)| {
+                    if let Value::Object(m) = &mut p {
+                        m.insert("text".into(), json!(e.text));
+                        if let Some(pair) = &e.pair {
+                            m.insert("text_pair".into(), json!(pair));
+                        }
+                    }
+                    p
+                })
+                .collect()
+        }
+        TaskData::Ner { sentences, encoded } => {
+            let n = spec.ner.as_ref().context("no ner settings")?;
+            ner::predictions(sentences, encoded, logits, labels, n.scheme)
+        }
+        TaskData::Qa { examples, encoded } => {
+            let q = spec.qa.as_ref().context("no qa settings")?;
+            qa::predictions(examples, encoded, logits, q)
+        }
+    })
+}
+
+pub struct FinetuneOptions {
+    pub model: PathBuf,
+    pub train: PathBuf,
+    pub validation: PathBuf,
+    pub out: PathBuf,
+    pub spec: TaskSpec,
+    pub read: ReadOptions,
+    pub max_train_examples: Option<usize>,
+    pub max_eval_examples: Option<usize>,
+    pub settings: TrainSettings,
+    pub eval_batch_size: usize,
+    /// Replace a model already in `out`.
+    pub overwrite: bool,
+}
+
+pub struct FinetuneResult {
+    pub summary: TrainSummary,
+    pub labels: Vec<String>,
+    pub train_examples: usize,
+    pub skipped: usize,
+}
+
+/// Fine-tunes `o.model` on `o.train`; `o.out` receives the best model (by the main validation
+/// metric), `finetune.json`, `metrics.json`, `metrics.jsonl` and TensorBoard logs.
+pub fn finetune<AD: AutodiffBackend>(
+    o: &FinetuneOptions,
+    device: &AD::Device,
+) -> Result<FinetuneResult> {
+    if o.out.join(model_ckpt::CONFIG_FILE).exists() && !o.overwrite {
+        bail!(
+            "{} already holds a model; choose another --out or pass --overwrite",
+            o.out.display()
+        );
+    }
+    let model_dir = model_ckpt::model_dir(&o.model);
+    let tokenizer = BertTokenizer::from_dir(&model_dir)?;
+    let (mut config, _) = model_ckpt::read_config(&model_dir)?;
+    let mut spec = o.spec.clone();
+    if spec.max_seq_length > config.max_position_embeddings {
+        bail!(
+            "--max-seq-length {} is longer than the model's max_position_embeddings ({})",
+            spec.max_seq_length,
+            config.max_position_embeddings
+        );
+    }
+
+    // Labels come from the training data (read once without targets to collect them).
+    let labels: Vec<String> = match spec.task {
+        TaskKind::Classify => {
+            let c = spec.classify.as_mut().context("classify settings")?;
+            let (mut examples, _) = classify::read(&o.train, c, &o.read, true)?;
+            truncate(&mut examples, o.max_train_examples);
+            if let Some(task) = classify::glue(c)? {
+                if task.regression {
+                    c.problem_type = ProblemType::Regression;
+                }
+            }
+            classify::label_list(&examples, c)?
+        }
+        TaskKind::Ner => {
+            let n = spec.ner.as_ref().context("ner settings")?;
+            let (mut sentences, _) = read_ner(&o.train, &o.read, &n.tokens_column, &n.tags_column)?;
+            truncate(&mut sentences, o.max_train_examples);
+            ner::label_list(&sentences)
+        }
+        TaskKind::Qa => {
+            // SQuAD v2.0 data (a version "v2.0" file, or unanswerable questions) turns on the
+            // no-answer prediction.
+            let (_, _, v2) = crate::data::squad::read_qa(&o.train, &o.read)?;
+            if let Some(q) = spec.qa.as_mut() {
+                q.version_2 |= v2;
+            }
+            Vec::new()
+        }
+    };
+    if spec.task != TaskKind::Qa {
+        config.set_labels(&labels);
+    }
+    if let Some(c) = &spec.classify {
+        config.problem_type = Some(c.problem_type);
+    }
+    let train_opts = DataOptions {
+        read: o.read.clone(),
+        limit: o.max_train_examples,
+        with_targets: true,
+    };
+    let eval_opts = DataOptions {
+        limit: o.max_eval_examples,
+        ..train_opts.clone()
+    };
+    let (train, train_skipped) = load_data(&spec, &labels, &tokenizer, &o.train, &train_opts)
+        .with_context(|| format!("training data {}", o.train.display()))?;
+    let (validation, eval_skipped) =
+        load_data(&spec, &labels, &tokenizer, &o.validation, &eval_opts)
+            .with_context(|| format!("validation data {}", o.validation.display()))?;
+    for (name, s) in [("training", &train_skipped), ("validation", &eval_skipped)] {
+        if s.count > 0 {
+            eprintln!(
+                "skipped {} invalid {name} rows, e.g. {}",
+                s.count,
+                s.first.join("; ")
+            );
+        }
+    }
+
+    let (model, report) = model_ckpt::load_with_config::<AD>(
+        &model_dir,
+        config,
+        spec.task.model_task(),
+        &LoadOptions {
+            task: Some(spec.task.model_task()),
+            allow_head_mismatch: true,
+            seed: o.settings.seed,
+        },
+        device,
+    )
+    .with_context(|| format!("loading {}", model_dir.display()))?;
+    if !report.fresh.is_empty() {
+        eprintln!("new parameters (initialized): {}", report.fresh.join(", "));
+    }
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let num_labels = labels.len().max(1);
+    let pad_id = tokenizer.pad_id();
+    let eval_features = validation.features().to_vec();
+    let summary = trainer::train(
+        model,
+        train.features(),
+        num_labels,
+        pad_id,
+        &o.settings,
+        &o.out,
+        device,
+        |m: &Bert<AD::InnerBackend>, epoch, step| {
+            let logits =
+                tasks::predict_logits(m, &eval_features, o.eval_batch_size, pad_id, device);
+            Ok(Evaluation {
+                epoch,
+                step,
+                metrics: evaluate_logits(&spec, &labels, &validation, &logits)?,
+            })
+        },
+        |m, _eval| {
+            model_ckpt::save(m, &o.out, Some(&model_dir), Layout::Bertkit)?;
+            spec.write(&o.out)
+        },
+    )?;
+    let metrics = json!({
+        "task": spec.task,
+        "best": summary.best.as_ref().map(Evaluation::to_json),
+        "evaluations": summary.evaluations.iter().map(Evaluation::to_json).collect::<Vec<_>>(),
+        "train": {
+            "examples": train.examples(),
+            "features": train.features().len(),
+            "steps": summary.steps,
+            "sequences_per_s": summary.sequences_per_s,
+            "stopped_early": summary.stopped_early,
+            "skipped_invalid": train_skipped.count,
+        },
+        "validation": {
+            "examples": validation.examples(),
+            "skipped_invalid": eval_skipped.count,
+        },
+    });
+    model_ckpt::write_atomic(
+        &o.out.join(METRICS_FILE),
+        serde_json::to_string_pretty(&metrics)?.as_bytes(),
+    )?;
+    Ok(FinetuneResult {
+        summary,
+        labels,
+        train_examples: train.examples(),
+        skipped: train_skipped.count + eval_skipped.count,
+    })
+}
+
+/// A fine-tuned model folder with what `eval`/`predict` need.
+pub struct Finetuned<B: Backend> {
+    pub model: Bert<B>,
+    pub tokenizer: BertTokenizer,
+    pub spec: TaskSpec,
+    pub labels: Vec<String>,
+    pub problem: ProblemType,
+}
+
+/// Loads a model folder written by `bertkit finetune` (or any folder with a task head, given
+/// `spec` for reading data).
+pub fn open<B: Backend>(
+    dir: &Path,
+    spec: Option<TaskSpec>,
+    device: &B::Device,
+) -> Result<Finetuned<B>> {
+    let dir = model_ckpt::model_dir(dir);
+    let spec = match (spec, TaskSpec::read(&dir)?) {
+        (Some(s), _) => s,
+        (None, Some(s)) => s,
+        (None, None) => bail!(
+            "{} has no {} (not written by `bertkit finetune`): pass --task and the data options",
+            dir.display(),
+            crate::spec::SPEC_FILE
+        ),
+    };
+    let (model, _) = model_ckpt::load::<B>(
+        &dir,
+        &LoadOptions {
+            task: Some(spec.task.model_task()),
+            allow_head_mismatch: false,
+            seed: 0,
+        },
+        device,
+    )
+    .with_context(|| format!("loading {}", dir.display()))?;
+    let tokenizer = BertTokenizer::from_dir(&dir)?;
+    let labels = model.config.labels();
+    let problem = model
+        .config
+        .problem_type
+        .unwrap_or(ProblemType::SingleLabelClassification);
+    Ok(Finetuned {
+        model,
+        tokenizer,
+        spec,
+        labels,
+        problem,
+    })
+}
+
+/// `bertkit eval`: the task's metrics of the model on `data`.
+pub fn evaluate<B: Backend>(
+    f: &Finetuned<B>,
+    data: &Path,
+    read: &ReadOptions,
+    limit: Option<usize>,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<(Vec<(String, f64)>, usize)> {
+    let (d, _) = load_data(
+        &f.spec,
+        &f.labels,
+        &f.tokenizer,
+        data,
+        &DataOptions {
+            read: read.clone(),
+            limit,
+            with_targets: true,
+        },
+    )?;
+    let logits = tasks::predict_logits(
+        &f.model,
+        d.features(),
+        batch_size,
+        f.tokenizer.pad_id(),
+        device,
+    );
+    Ok((
+        evaluate_logits(&f.spec, &f.labels, &d, &logits)?,
+        d.examples(),
+    ))
+}
+
+/// `bertkit predict`: one JSON line per input example into `output` (written to a temporary
+/// file and renamed, so a failed run leaves no partial output).
+pub fn predict<B: Backend>(
+    f: &Finetuned<B>,
+    input: &Path,
+    output: &Path,
+    read: &ReadOptions,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<usize> {
+    let (d, _) = load_data(
+        &f.spec,
+        &f.labels,
+        &f.tokenizer,
+        input,
+        &DataOptions {
+            read: read.clone(),
+            limit: None,
+            with_targets: false,
+        },
+    )?;
+    let logits = tasks::predict_logits(
+        &f.model,
+        d.features(),
+        batch_size,
+        f.tokenizer.pad_id(),
+        device,
+    );
+    let rows = prediction_json(&f.spec, &f.labels, &d, &logits, f.problem)?;
+    let mut buf = Vec::new();
+    for r in &rows {
+        serde_json::to_writer(&mut buf, r)?;
+        buf.write_all(b"\n")?;
+    }
+    model_ckpt::write_atomic(output, &buf)?;
+    Ok(rows.len())
+}

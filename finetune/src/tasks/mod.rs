@@ -1,0 +1,297 @@
+//! What the three fine-tuning tasks share: a [`Feature`] (one model input with its training
+//! target), padding features into a batch, the loss of a micro-batch, and the logits read back
+//! for evaluation and prediction. Each task's own module turns its data into features and its
+//! logits into predictions and metrics.
+
+pub mod classify;
+pub mod ner;
+pub mod qa;
+
+use bertkit_model::heads::{Bert, BertOutput};
+use bertkit_model::tokenizer::Batch;
+use bertkit_train::step::MicroLoss;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+
+/// Token labels that the loss ignores (HF's `-100`: special tokens, padding, and every word
+/// piece after a word's first).
+pub const IGNORE: i64 = -100;
+
+/// One model input: token ids and type ids (special tokens added, unpadded) and its target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Feature {
+    /// Index of the example it came from (QA: several windows per example).
+    pub example: usize,
+    pub input_ids: Vec<u32>,
+    pub token_type_ids: Vec<u32>,
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// Prediction only.
+    None,
+    /// Single-label classification: the class id.
+    Class(usize),
+    /// Multi-label classification: 0/1 per label.
+    MultiHot(Vec<f32>),
+    /// Regression.
+    Value(f32),
+    /// Token classification: a label id per token, [`IGNORE`] where there is none.
+    Tokens(Vec<i64>),
+    /// Question answering: start and end token (0 = `[CLS]` = no answer in this window).
+    Span { start: usize, end: usize },
+}
+
+/// The share of the step's loss a micro-batch's targets make up: the loss of a micro-batch is
+/// its sum divided by the step's units, so accumulation does not change the gradient.
+pub fn loss_units(features: &[&Feature], num_labels: usize) -> usize {
+    features
+        .iter()
+        .map(|f| match &f.target {
+            Target::None => 0,
+            Target::Class(_) | Target::Value(_) | Target::Span { .. } => 1,
+            Target::MultiHot(_) => num_labels,
+            Target::Tokens(t) => t.iter().filter(|&&l| l != IGNORE).count(),
+        })
+        .sum()
+}
+
+/// Pads `features` to the longest one.
+pub fn pad(features: &[&Feature], pad_id: u32) -> Batch {
+    let seqs: Vec<(Vec<u32>, Vec<u32>)> = features
+        .iter()
+        .map(|f| (f.input_ids.clone(), f.token_type_ids.clone()))
+        .collect();
+    Batch::pad(&seqs, pad_id)
+}
+
+/// The forward pass of a padded batch.
+pub fn forward<B: Backend>(model: &Bert<B>, batch: &Batch, device: &B::Device) -> BertOutput<B> {
+    model.forward(&batch.to_input::<B>(device))
+}
+
+fn f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    if t.dtype() == DType::F32 {
+        t
+    } else {
+        t.cast(DType::F32)
+    }
+}
+
+/// Summed cross entropy of `logits [n, classes]` against `labels` and the number of rows whose
+/// argmax is the label.
+fn cross_entropy_sum<B: Backend>(
+    logits: Tensor<B, 2>,
+    labels: Vec<i64>,
+    device: &B::Device,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let n = labels.len();
+    let labels =
+        Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [n]), device).reshape([n, 1]);
+    let logits = f32(logits);
+    let correct = logits
+        .clone()
+        .detach()
+        .argmax(1)
+        .equal(labels.clone())
+        .float()
+        .sum();
+    let nll = log_softmax(logits, 1).gather(1, labels).sum().neg();
+    (nll, correct)
+}
+
+/// Forward pass and loss of one micro-batch: the sum over its targets divided by `units` (the
+/// step's [`loss_units`]). Losses as Hugging Face's heads compute them: cross entropy
+/// (single-label, tokens), binary cross entropy with logits (multi-label), mean squared error
+/// (regression), and the mean of the start and end cross entropies (QA). `stats` is
+/// `[correct predictions]` (argmax = label; multi-label: every label right; QA: start and end
+/// both right).
+pub fn micro_loss<B: Backend>(
+    model: &Bert<B>,
+    features: &[&Feature],
+    units: usize,
+    pad_id: u32,
+    device: &B::Device,
+) -> MicroLoss<B> {
+    let batch = pad(features, pad_id);
+    let out = forward(model, &batch, device);
+    let zero = || Tensor::<B, 1>::zeros([1], device);
+    let (b, t) = (batch.batch_size, batch.seq_len);
+    let (sum, correct) = match features.first().map(|f| &f.target) {
+        Some(Target::Class(_)) => {
+            let labels = features
+                .iter()
+                .map(|f| match f.target {
+                    Target::Class(c) => c as i64,
+                    _ => 0,
+                })
+                .collect();
+            let logits = out.sequence_logits.expect("a sequence classification head");
+            cross_entropy_sum(logits, labels, device)
+        }
+        Some(Target::MultiHot(first)) => {
+            let l = first.len();
+            let mut targets = Vec::with_capacity(b * l);
+            for f in features {
+                match &f.target {
+                    Target::MultiHot(v) => targets.extend_from_slice(v),
+                    _ => targets.extend(std::iter::repeat_n(0.0, l)),
+                }
+            }
+            let y = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, l]), device);
+            let x = f32(out.sequence_logits.expect("a sequence classification head"));
+            // max(x, 0) - x*y + log(1 + exp(-|x|)), as torch's BCEWithLogitsLoss.
+            let loss = x.clone().clamp_min(0.0) - x.clone() * y.clone()
+                + x.clone().abs().neg().exp().log1p();
+            let predicted = x.detach().greater_elem(0.0).float();
+            let wrong = (predicted - y).abs().sum_dim(1);
+            let correct = wrong.equal_elem(0.0).float().sum();
+            (loss.sum(), correct)
+        }
+        Some(Target::Value(_)) => {
+            let targets: Vec<f32> = features
+                .iter()
+                .map(|f| match f.target {
+                    Target::Value(v) => v,
+                    _ => 0.0,
+                })
+                .collect();
+            let y = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, 1]), device);
+            let x = f32(out.sequence_logits.expect("a sequence classification head"));
+            ((x - y).powi_scalar(2).sum(), zero())
+        }
+        Some(Target::Tokens(_)) => {
+            let mut positions = Vec::new();
+            let mut labels = Vec::new();
+            for (i, f) in features.iter().enumerate() {
+                if let Target::Tokens(tags) = &f.target {
+                    for (j, &l) in tags.iter().enumerate().take(t) {
+                        if l != IGNORE {
+                            positions.push((i * t + j) as i64);
+                            labels.push(l);
+                        }
+                    }
+                }
+            }
+            let logits = out.token_logits.expect("a token classification head");
+            let n_labels = logits.dims()[2];
+            if positions.is_empty() {
+                (zero(), zero())
+            } else {
+                let n = positions.len();
+                let index = Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), device);
+                let selected = logits.reshape([b * t, n_labels]).select(0, index);
+                cross_entropy_sum(selected, labels, device)
+            }
+        }
+        Some(Target::Span { .. }) => {
+            let (starts, ends): (Vec<i64>, Vec<i64>) = features
+                .iter()
+                .map(|f| match f.target {
+                    Target::Span { start, end } => (start as i64, end as i64),
+                    _ => (0, 0),
+                })
+                .unzip();
+            let start_logits = out.start_logits.expect("a question answering head");
+            let end_logits = out.end_logits.expect("a question answering head");
+            let (s_sum, s_ok) = cross_entropy_sum(start_logits.clone(), starts.clone(), device);
+            let (e_sum, e_ok) = cross_entropy_sum(end_logits.clone(), ends.clone(), device);
+            // Both right: count rows where start and end argmax match.
+            let both = {
+                let st = Tensor::<B, 1, Int>::from_data(TensorData::new(starts, [b]), device);
+                let en = Tensor::<B, 1, Int>::from_data(TensorData::new(ends, [b]), device);
+                let s_hit = start_logits.detach().argmax(1).reshape([b]).equal(st);
+                let e_hit = end_logits.detach().argmax(1).reshape([b]).equal(en);
+                s_hit.int().add(e_hit.int()).equal_elem(2).float().sum()
+            };
+            let _ = (s_ok, e_ok);
+            ((s_sum + e_sum) / 2.0, both)
+        }
+        Some(Target::None) | None => (zero(), zero()),
+    };
+    let loss = sum / units.max(1) as f64;
+    MicroLoss {
+        loss,
+        stats: correct.reshape([1]),
+    }
+}
+
+/// The logits of a padded batch read back, per feature, trimmed to its unpadded length.
+#[derive(Debug, Clone)]
+pub enum Logits {
+    /// `[labels]` per feature.
+    Sequence(Vec<Vec<f32>>),
+    /// `[tokens][labels]` per feature.
+    Tokens(Vec<Vec<Vec<f32>>>),
+    /// (start, end) `[tokens]` per feature.
+    Spans(Vec<(Vec<f32>, Vec<f32>)>),
+}
+
+/// Runs `features` through `model` (inference) in batches of `batch_size` and reads back the
+/// task's logits.
+pub fn predict_logits<B: Backend>(
+    model: &Bert<B>,
+    features: &[Feature],
+    batch_size: usize,
+    pad_id: u32,
+    device: &B::Device,
+) -> Logits {
+    let mut seq = Vec::new();
+    let mut tok = Vec::new();
+    let mut spans = Vec::new();
+    for chunk in features.chunks(batch_size.max(1)) {
+        let refs: Vec<&Feature> = chunk.iter().collect();
+        let batch = pad(&refs, pad_id);
+        let out = forward(model, &batch, device);
+        let t = batch.seq_len;
+        if let Some(logits) = out.sequence_logits {
+            let l = logits.dims()[1];
+            let host = bertkit_model::nn::to_host(f32(logits)).data;
+            seq.extend(host.chunks(l).map(|c| c.to_vec()));
+        } else if let Some(logits) = out.token_logits {
+            let l = logits.dims()[2];
+            let host = bertkit_model::nn::to_host(f32(logits)).data;
+            for (i, f) in chunk.iter().enumerate() {
+                let rows = (0..f.input_ids.len())
+                    .map(|j| host[(i * t + j) * l..(i * t + j + 1) * l].to_vec())
+                    .collect();
+                tok.push(rows);
+            }
+        } else if let (Some(s), Some(e)) = (out.start_logits, out.end_logits) {
+            let s = bertkit_model::nn::to_host(f32(s)).data;
+            let e = bertkit_model::nn::to_host(f32(e)).data;
+            for (i, f) in chunk.iter().enumerate() {
+                let n = f.input_ids.len();
+                spans.push((s[i * t..i * t + n].to_vec(), e[i * t..i * t + n].to_vec()));
+            }
+        }
+    }
+    if !tok.is_empty() {
+        Logits::Tokens(tok)
+    } else if !spans.is_empty() {
+        Logits::Spans(spans)
+    } else {
+        Logits::Sequence(seq)
+    }
+}
+
+/// Softmax of one row of logits.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+/// Index of the largest value (the first on ties).
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best
+}

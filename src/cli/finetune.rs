@@ -1,0 +1,459 @@
+//! `bertkit finetune`, `bertkit eval`, `bertkit predict`. The work is in `bertkit_finetune`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use bertkit_finetune::data::{Format, ReadOptions};
+use bertkit_finetune::run::{self, FinetuneOptions};
+use bertkit_finetune::spec::{ClassifySpec, NerSpec, QaSpec, TagScheme, TaskKind, TaskSpec};
+use bertkit_finetune::trainer::TrainSettings;
+use bertkit_model::backend::DeviceSpec;
+use bertkit_model::config::ProblemType;
+use bertkit_train::step::Precision;
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use clap::Args;
+
+use super::with_backend;
+
+/// How to read a task's data (saved in the model's finetune.json by `finetune`; `eval` and
+/// `predict` use the saved values unless given here).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TaskArgs {
+    /// classify, ner or qa.
+    #[arg(long)]
+    pub task: Option<TaskKind>,
+    /// csv, tsv, jsonl, parquet, conll or squad (default: from the file extension).
+    #[arg(long)]
+    pub format: Option<Format>,
+    /// classify: one of the nine GLUE tasks, read from its official TSV files (cola, sst2,
+    /// mrpc, qqp, stsb, mnli, qnli, rte, wnli) with its official metrics.
+    #[arg(long)]
+    pub glue: Option<String>,
+    /// classify: the text column [default: text].
+    #[arg(long)]
+    pub text_column: Option<String>,
+    /// classify: the second text of sentence pairs.
+    #[arg(long)]
+    pub text_pair_column: Option<String>,
+    /// classify: the label column [default: label].
+    #[arg(long)]
+    pub label_column: Option<String>,
+    /// classify: single-label, multi-label or regression [default: from the labels: lists are
+    /// multi-label, non-integer numbers regression].
+    #[arg(long)]
+    pub problem_type: Option<String>,
+    /// classify, multi-label: separator of labels written in one text cell [default: ,].
+    #[arg(long)]
+    pub label_separator: Option<String>,
+    /// ner: the words column of table formats [default: tokens].
+    #[arg(long)]
+    pub tokens_column: Option<String>,
+    /// ner: the tags column of table formats [default: tags].
+    #[arg(long)]
+    pub tags_column: Option<String>,
+    /// ner: iob2 (BIO) or iob1 [default: iob2].
+    #[arg(long)]
+    pub tag_scheme: Option<String>,
+    /// Tokens per input, special tokens included [default: 128; qa 384].
+    #[arg(long)]
+    pub max_seq_length: Option<usize>,
+    /// qa: overlap in tokens between the windows of a long context [default: 128].
+    #[arg(long)]
+    pub doc_stride: Option<usize>,
+    /// qa: question tokens kept [default: 64].
+    #[arg(long)]
+    pub max_query_length: Option<usize>,
+    /// qa: candidate spans considered per question [default: 20].
+    #[arg(long)]
+    pub n_best: Option<usize>,
+    /// qa: the longest answer in tokens [default: 30].
+    #[arg(long)]
+    pub max_answer_length: Option<usize>,
+    /// qa: SQuAD v2.0 (questions may have no answer).
+    #[arg(long)]
+    pub version_2: bool,
+    /// qa v2: answer "" when the null score beats the best span by more than this [default: 0].
+    #[arg(long)]
+    pub null_score_diff_threshold: Option<f32>,
+    /// Skip malformed rows, empty texts, unknown labels and answers not in their context
+    /// (counted and reported) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+fn parse_problem(s: &str) -> Result<ProblemType> {
+    Ok(match s {
+        "single-label" | "single_label_classification" => ProblemType::SingleLabelClassification,
+        "multi-label" | "multi_label_classification" => ProblemType::MultiLabelClassification,
+        "regression" => ProblemType::Regression,
+        _ => bail!("--problem-type {s:?}: expected single-label, multi-label or regression"),
+    })
+}
+
+fn parse_scheme(s: &str) -> Result<TagScheme> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "iob2" | "bio" => TagScheme::Iob2,
+        "iob1" => TagScheme::Iob1,
+        _ => bail!("--tag-scheme {s:?}: expected iob2 (bio) or iob1"),
+    })
+}
+
+impl TaskArgs {
+    fn read_options(&self) -> ReadOptions {
+        ReadOptions {
+            format: self.format,
+            skip_invalid: self.skip_invalid,
+        }
+    }
+
+    /// The spec these options describe, on top of `base` (a saved spec) when given.
+    pub fn spec(&self, base: Option<TaskSpec>) -> Result<TaskSpec> {
+        let task = match (self.task, &base) {
+            (Some(t), _) => t,
+            (None, Some(b)) => b.task,
+            (None, None) => bail!("--task is required (classify, ner or qa)"),
+        };
+        let base = base.filter(|b| b.task == task);
+        let max_seq_length = self
+            .max_seq_length
+            .or(base.as_ref().map(|b| b.max_seq_length))
+            .unwrap_or(if task == TaskKind::Qa { 384 } else { 128 });
+        let mut spec = TaskSpec {
+            task,
+            max_seq_length,
+            classify: None,
+            ner: None,
+            qa: None,
+        };
+        match task {
+            TaskKind::Classify => {
+                let b = base.and_then(|b| b.classify);
+                let glue = self
+                    .glue
+                    .clone()
+                    .or(b.as_ref().and_then(|b| b.glue.clone()));
+                let g = glue
+                    .as_deref()
+                    .map(bertkit_finetune::data::glue::glue_task)
+                    .transpose()?;
+                let pick = |given: &Option<String>,
+                            saved: Option<String>,
+                            glue: Option<&str>,
+                            default: &str| {
+                    given
+                        .clone()
+                        .or(glue.map(str::to_string))
+                        .or(saved)
+                        .unwrap_or_else(|| default.to_string())
+                };
+                let problem_type = match &self.problem_type {
+                    Some(p) => parse_problem(p)?,
+                    None => match (&b, g) {
+                        (_, Some(t)) if t.regression => ProblemType::Regression,
+                        (_, Some(_)) => ProblemType::SingleLabelClassification,
+                        (Some(b), None) => b.problem_type,
+                        // Decided from the training labels (see `resolve_problem_type`).
+                        (None, None) => ProblemType::SingleLabelClassification,
+                    },
+                };
+                spec.classify = Some(ClassifySpec {
+                    text_column: pick(
+                        &self.text_column,
+                        b.as_ref().map(|b| b.text_column.clone()),
+                        g.map(|t| t.text),
+                        "text",
+                    ),
+                    text_pair_column: self
+                        .text_pair_column
+                        .clone()
+                        .or(g.and_then(|t| t.pair.map(str::to_string)))
+                        .or(b.as_ref().and_then(|b| b.text_pair_column.clone())),
+                    label_column: pick(
+                        &self.label_column,
+                        b.as_ref().map(|b| b.label_column.clone()),
+                        g.map(|t| t.label),
+                        "label",
+                    ),
+                    problem_type,
+                    label_separator: self
+                        .label_separator
+                        .clone()
+                        .or(b.as_ref().map(|b| b.label_separator.clone()))
+                        .unwrap_or_else(|| ",".into()),
+                    glue,
+                });
+            }
+            TaskKind::Ner => {
+                let b = base.and_then(|b| b.ner);
+                spec.ner = Some(NerSpec {
+                    tokens_column: self
+                        .tokens_column
+                        .clone()
+                        .or(b.as_ref().map(|b| b.tokens_column.clone()))
+                        .unwrap_or_else(|| "tokens".into()),
+                    tags_column: self
+                        .tags_column
+                        .clone()
+                        .or(b.as_ref().map(|b| b.tags_column.clone()))
+                        .unwrap_or_else(|| "tags".into()),
+                    scheme: match &self.tag_scheme {
+                        Some(s) => parse_scheme(s)?,
+                        None => b.map(|b| b.scheme).unwrap_or(TagScheme::Iob2),
+                    },
+                });
+            }
+            TaskKind::Qa => {
+                let b = base.and_then(|b| b.qa);
+                spec.qa = Some(QaSpec {
+                    doc_stride: self
+                        .doc_stride
+                        .or(b.as_ref().map(|b| b.doc_stride))
+                        .unwrap_or(128),
+                    max_query_length: self
+                        .max_query_length
+                        .or(b.as_ref().map(|b| b.max_query_length))
+                        .unwrap_or(64),
+                    n_best: self.n_best.or(b.as_ref().map(|b| b.n_best)).unwrap_or(20),
+                    max_answer_length: self
+                        .max_answer_length
+                        .or(b.as_ref().map(|b| b.max_answer_length))
+                        .unwrap_or(30),
+                    version_2: self.version_2 || b.as_ref().is_some_and(|b| b.version_2),
+                    null_score_diff_threshold: self
+                        .null_score_diff_threshold
+                        .or(b.as_ref().map(|b| b.null_score_diff_threshold))
+                        .unwrap_or(0.0),
+                });
+            }
+        }
+        Ok(spec)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    pub data: TaskArgs,
+    /// The model to start from: a bertkit checkpoint or a Hugging Face folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub train: PathBuf,
+    #[arg(long)]
+    pub validation: PathBuf,
+    /// The output folder: the best model, finetune.json, metrics.json, metrics.jsonl, tensorboard/.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (the schedule ends there).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    pub accumulation: usize,
+    #[arg(long, default_value_t = 5e-5)]
+    pub lr: f64,
+    /// Linear warmup over this fraction of the steps, then linear decay to 0.
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.01)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Stop after this many epochs without improvement of the main validation metric.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// f32, bf16 or fp16 (dynamic loss scaling).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+    /// Use only the first N training examples.
+    #[arg(long)]
+    pub max_train_examples: Option<usize>,
+    /// Use only the first N validation examples.
+    #[arg(long)]
+    pub max_eval_examples: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub eval_batch_size: usize,
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// Also write TensorBoard event files (out/tensorboard/).
+    #[arg(long)]
+    pub tensorboard: bool,
+    /// Replace a model already in --out.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+pub fn finetune(args: &FinetuneArgs) -> Result<()> {
+    with_backend!(args.device, finetune_on(args))
+}
+
+fn finetune_on<B: Backend>(device: &B::Device, args: &FinetuneArgs) -> Result<()> {
+    let mut spec = args.data.spec(None)?;
+    if let (Some(c), None, None) = (&mut spec.classify, &args.data.problem_type, &args.data.glue) {
+        // Decide single-label / multi-label / regression from the training labels.
+        let (examples, _) = bertkit_finetune::tasks::classify::read(
+            &args.train,
+            c,
+            &args.data.read_options(),
+            true,
+        )?;
+        c.problem_type = bertkit_finetune::tasks::classify::detect_problem_type(&examples);
+    }
+    let o = FinetuneOptions {
+        model: args.model.clone(),
+        train: args.train.clone(),
+        validation: args.validation.clone(),
+        out: args.out.clone(),
+        spec,
+        read: args.data.read_options(),
+        max_train_examples: args.max_train_examples,
+        max_eval_examples: args.max_eval_examples,
+        settings: TrainSettings {
+            epochs: args.epochs,
+            max_steps: args.max_steps,
+            batch_size: args.batch_size,
+            accumulation: args.accumulation,
+            lr: args.lr,
+            warmup_ratio: args.warmup_ratio,
+            weight_decay: args.weight_decay,
+            adam_eps: 1e-8,
+            max_grad_norm: args.max_grad_norm,
+            seed: args.seed,
+            patience: args.patience,
+            precision: args.precision,
+            log_every: args.log_every,
+            tensorboard: args.tensorboard,
+            progress_bar: std::io::stderr().is_terminal(),
+        },
+        eval_batch_size: args.eval_batch_size,
+        overwrite: args.overwrite,
+    };
+    let r = run::finetune::<Autodiff<B>>(&o, device)?;
+    let best = r.summary.best.as_ref();
+    println!(
+        "fine-tuned {} steps on {} examples ({:.1} sequences/s){}",
+        r.summary.steps,
+        r.train_examples,
+        r.summary.sequences_per_s,
+        if r.summary.stopped_early {
+            ", stopped early"
+        } else {
+            ""
+        }
+    );
+    if let Some(b) = best {
+        println!(
+            "best (epoch {}, step {}): {}",
+            b.epoch,
+            b.step,
+            b.metrics
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!("model: {}", args.out.display());
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub data_args: TaskArgs,
+    /// A model folder written by `bertkit finetune`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Labelled data to evaluate on.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Use only the first N examples.
+    #[arg(long)]
+    pub max_examples: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Also write the metrics to this JSON file.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    with_backend!(args.device, eval_on(args))
+}
+
+fn eval_on<B: Backend>(device: &B::Device, args: &EvalArgs) -> Result<()> {
+    let saved = bertkit_finetune::spec::TaskSpec::read(&args.model)?;
+    let spec = args.data_args.spec(saved)?;
+    let f = run::open::<B>(&args.model, Some(spec), device)?;
+    let (metrics, n) = run::evaluate(
+        &f,
+        &args.data,
+        &args.data_args.read_options(),
+        args.max_examples,
+        args.batch_size,
+        device,
+    )?;
+    let mut obj = serde_json::Map::new();
+    obj.insert("examples".into(), n.into());
+    for (k, v) in &metrics {
+        obj.insert(k.clone(), serde_json::json!(v));
+    }
+    let text = serde_json::to_string_pretty(&serde_json::Value::Object(obj))?;
+    println!("{text}");
+    if let Some(path) = &args.output {
+        bertkit_model::checkpoint::write_atomic(path, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub data_args: TaskArgs,
+    /// A model folder written by `bertkit finetune`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Inputs: classify {"text", "text_pair"?}; ner {"tokens": [...]}; qa {"question",
+    /// "context"} (JSONL, or any format `--format` reads).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// JSONL out: the input's text with label/score/scores, tags/entities, or the answer span.
+    #[arg(long)]
+    pub output: PathBuf,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+pub fn predict(args: &PredictArgs) -> Result<()> {
+    with_backend!(args.device, predict_on(args))
+}
+
+fn predict_on<B: Backend>(device: &B::Device, args: &PredictArgs) -> Result<()> {
+    let saved = bertkit_finetune::spec::TaskSpec::read(&args.model)?;
+    let spec = args.data_args.spec(saved)?;
+    let f = run::open::<B>(&args.model, Some(spec), device)?;
+    let n = run::predict(
+        &f,
+        &args.input,
+        &args.output,
+        &args.data_args.read_options(),
+        args.batch_size,
+        device,
+    )?;
+    println!("{n} predictions written to {}", args.output.display());
+    Ok(())
+}
