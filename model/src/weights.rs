@@ -161,7 +161,8 @@ impl ParamSource {
         Ok(())
     }
 
-    /// Lets parameters under `prefix` be initialized fresh when absent and left unused when present.
+    /// Lets parameters under `prefix` be initialized fresh when absent or of another shape, and
+    /// left unused when present.
     pub fn allow_fresh(&mut self, prefix: &str) {
         self.flexible_prefixes.push(prefix.to_string());
     }
@@ -187,6 +188,14 @@ impl ParamSource {
             self.used.insert(name.to_string());
             if t.shape == shape {
                 return t.clone();
+            }
+            if self.is_flexible(name) {
+                // A head for other labels (fine-tuning a fine-tuned model on a new task).
+                self.fresh.push(format!(
+                    "{name} (checkpoint has {:?}, new head {shape:?})",
+                    t.shape
+                ));
+                return self.init(shape, init);
             }
             self.mismatched.push(format!(
                 "{name}: checkpoint has {:?}, model expects {shape:?}",

@@ -299,6 +299,12 @@ pub fn finetune(args: &FinetuneArgs) -> Result<()> {
 
 fn finetune_on<B: Backend>(device: &B::Device, args: &FinetuneArgs) -> Result<()> {
     let mut spec = args.data.spec(None)?;
+    if args.data.max_seq_length.is_none() {
+        // The default length, unless the model's position table is shorter.
+        let dir = bertkit_model::checkpoint::model_dir(&args.model);
+        let (config, _) = bertkit_model::checkpoint::read_config(&dir)?;
+        spec.max_seq_length = spec.max_seq_length.min(config.max_position_embeddings);
+    }
     if let (Some(c), None, None) = (&mut spec.classify, &args.data.problem_type, &args.data.glue) {
         // Decide single-label / multi-label / regression from the training labels.
         let (examples, _) = bertkit_finetune::tasks::classify::read(
