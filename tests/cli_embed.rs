@@ -255,6 +255,7 @@ fn quickstart_runs_every_stage() {
         "[6] bertkit info",
         "[7] bertkit embed",
         "[8] bertkit convert",
+        "[9] bertkit finetune",
     ] {
         assert!(out.contains(stage), "missing {stage}: {out}");
     }
@@ -278,4 +279,11 @@ fn quickstart_runs_every_stage() {
     assert_eq!(losses.len(), 6, "{losses:?}");
     assert!(losses[5] < losses[0] - 1.0, "{losses:?}");
     assert!(dir.path().join("hf/model.safetensors").exists());
+    // The fine-tuned classifier learned the built-in task.
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("finetuned/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(m["best"]["accuracy"].as_f64().unwrap() >= 0.9, "{m}");
+    assert!(out.contains("validation accuracy"), "{out}");
 }

@@ -239,6 +239,7 @@ fn target(
 /// Tokenizes the examples (longest-first truncation to `max_seq_length`, as HF run_glue) with
 /// their targets (`Target::None` when `with_targets` is false). Unknown labels are errors
 /// naming the row, or skipped and counted with `skip_invalid`.
+#[allow(clippy::too_many_arguments)]
 pub fn features(
     tokenizer: &BertTokenizer,
     examples: &[Example],
