@@ -150,6 +150,8 @@ where
     };
     let mut scale = LossScale::new(s.precision, 65536.0);
     let (mut busy, mut sequences) = (0.0f64, 0u64);
+    // Since the last log: step time, sequences and non-padding tokens.
+    let (mut w_busy, mut w_seqs, mut w_tokens) = (0.0f64, 0u64, 0u64);
     let mut since_best = 0usize;
     let mut step = 0u64;
     'epochs: for epoch in 1..=epochs {
@@ -183,8 +185,12 @@ where
                 |m, i| tasks::micro_loss(m, &group[i], units, pad_id, device),
             );
             model = next;
-            busy += started.elapsed().as_secs_f64();
+            let secs = started.elapsed().as_secs_f64();
+            busy += secs;
             sequences += all.len() as u64;
+            w_busy += secs;
+            w_seqs += all.len() as u64;
+            w_tokens += all.iter().map(|f| f.input_ids.len() as u64).sum::<u64>();
             scale.update(s.precision, o.updated);
             if !o.updated {
                 logger.println(format!(
@@ -199,7 +205,9 @@ where
             logged += 1;
             if step.is_multiple_of(s.log_every.max(1)) || step == total {
                 let loss = loss_sum / logged.max(1) as f64;
-                let rate = sequences as f64 / busy.max(1e-9);
+                let rate = w_seqs as f64 / w_busy.max(1e-9);
+                let tokens_per_s = w_tokens as f64 / w_busy.max(1e-9);
+                (w_busy, w_seqs, w_tokens) = (0.0, 0, 0);
                 logger.record(
                     step,
                     "train",
@@ -209,6 +217,7 @@ where
                         ("grad_norm", o.grad_norm),
                         ("epoch", epoch as f64),
                         ("sequences_per_s", rate),
+                        ("tokens_per_s", tokens_per_s),
                     ],
                 )?;
                 summary.losses.push((step, loss));

@@ -387,14 +387,15 @@ pub fn evaluate(
 }
 
 /// One JSON prediction per row of logits: `label`, `score` and `scores` (softmax per label);
-/// multi-label: `labels` (sigmoid > 0.5) and `scores` (sigmoid); regression: `value`.
+/// multi-label: `labels` (sigmoid > 0.5) and `scores` (sigmoid); regression: `value`; and the
+/// raw `logits`.
 pub fn predictions(logits: &Logits, labels: &[String], problem: ProblemType) -> Vec<Value> {
     let Logits::Sequence(rows) = logits else {
         return Vec::new();
     };
     rows.iter()
         .map(|r| match problem {
-            ProblemType::Regression => json!({ "value": r[0] }),
+            ProblemType::Regression => json!({ "value": r[0], "logits": r }),
             ProblemType::MultiLabelClassification => {
                 let probs: Vec<f32> = r.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect();
                 let chosen: Vec<&String> = labels
@@ -404,7 +405,7 @@ pub fn predictions(logits: &Logits, labels: &[String], problem: ProblemType) -> 
                     .map(|(l, _)| l)
                     .collect();
                 let scores: BTreeMap<&String, f32> = labels.iter().zip(probs).collect();
-                json!({ "labels": chosen, "scores": scores })
+                json!({ "labels": chosen, "scores": scores, "logits": r })
             }
             ProblemType::SingleLabelClassification => {
                 let probs = softmax(r);
@@ -415,6 +416,7 @@ pub fn predictions(logits: &Logits, labels: &[String], problem: ProblemType) -> 
                     "label": labels.get(best).cloned().unwrap_or_else(|| format!("LABEL_{best}")),
                     "score": probs[best],
                     "scores": scores,
+                    "logits": r,
                 })
             }
         })
