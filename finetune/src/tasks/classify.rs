@@ -29,7 +29,8 @@ pub fn glue(spec: &ClassifySpec) -> Result<Option<&'static GlueTask>> {
     spec.glue.as_deref().map(glue_task).transpose()
 }
 
-/// Reads the examples of a file. `need_labels`: a row without a label is an error.
+/// Reads the examples of a file. `need_labels`: a row without a label is an error (else the
+/// file holds inputs to predict on, whose texts may also be in `text` / `text_pair`).
 pub fn read(
     path: &Path,
     spec: &ClassifySpec,
@@ -40,6 +41,16 @@ pub fn read(
         Some(task) => read_glue(path, task, opts)?,
         None => read_table(path, opts)?,
     };
+    // Inputs to predict on may name their texts `text` and `text_pair` whatever the training
+    // files called them.
+    let mut spec = spec.clone();
+    if !need_labels && !table.has_column(&spec.text_column) && table.has_column("text") {
+        spec.text_column = "text".into();
+        if spec.text_pair_column.is_some() {
+            spec.text_pair_column = Some("text_pair".into());
+        }
+    }
+    let spec = &spec;
     let mut skipped = table.skipped;
     let mut out = Vec::with_capacity(table.rows.len());
     for column in [Some(&spec.text_column), spec.text_pair_column.as_ref()]
