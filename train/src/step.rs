@@ -5,8 +5,9 @@
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use bertkit_model::heads::Bert;
@@ -190,6 +191,30 @@ where
             updated,
         },
     )
+}
+
+/// Cross entropy summed over rows of `logits [n, classes]` (computed in f32) and the number of
+/// rows whose argmax is the label.
+pub fn cross_entropy_sum<B: Backend>(
+    logits: Tensor<B, 2>,
+    labels: Tensor<B, 1, Int>,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let logits = if logits.dtype() == DType::F32 {
+        logits
+    } else {
+        logits.cast(DType::F32)
+    };
+    let n = labels.dims()[0];
+    let labels = labels.reshape([n, 1]);
+    let correct = logits
+        .clone()
+        .detach()
+        .argmax(1)
+        .equal(labels.clone())
+        .float()
+        .sum();
+    let nll = log_softmax(logits, 1).gather(1, labels).sum().neg();
+    (nll, correct)
 }
 
 /// A copy of the model whose parameters are cast to `dtype` inside the autodiff graph: the

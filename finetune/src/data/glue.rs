@@ -262,19 +262,8 @@ pub fn read_glue(path: &Path, task: &GlueTask, opts: &ReadOptions) -> Result<Tab
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::temp_file;
+    use super::super::tests::{opts, skipping, temp_file};
     use super::*;
-
-    fn opts() -> ReadOptions {
-        ReadOptions::default()
-    }
-
-    fn skipping() -> ReadOptions {
-        ReadOptions {
-            format: None,
-            skip_invalid: true,
-        }
-    }
 
     #[test]
     fn task_lookup() {

@@ -840,11 +840,11 @@ pub(crate) mod tests {
         (dir, path)
     }
 
-    fn opts() -> ReadOptions {
+    pub(super) fn opts() -> ReadOptions {
         ReadOptions::default()
     }
 
-    fn skipping() -> ReadOptions {
+    pub(super) fn skipping() -> ReadOptions {
         ReadOptions {
             format: None,
             skip_invalid: true,

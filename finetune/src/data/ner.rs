@@ -229,20 +229,9 @@ fn read_conll(path: &Path, skip_invalid: bool) -> Result<(Vec<NerSentence>, Skip
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{temp_file, write_parquet};
+    use super::super::tests::{opts, skipping, temp_file, write_parquet};
     use super::*;
     use std::sync::Arc;
-
-    fn opts() -> ReadOptions {
-        ReadOptions::default()
-    }
-
-    fn skipping() -> ReadOptions {
-        ReadOptions {
-            format: None,
-            skip_invalid: true,
-        }
-    }
 
     // The first lines of allennlp's CoNLL-2003 fixture (tab-separated).
     const CONLL: &str = "-DOCSTART- -X- -X- O\n\nU.N.\tNNP\tI-NP\tI-ORG\nofficial\tNN\tI-NP\tO\nEkeus\tNNP\tI-NP\tI-PER\nheads\tVBZ\tI-VP\tO\nfor\tIN\tI-PP\tO\nBaghdad\tNNP\tI-NP\tI-LOC\n.\t.\tO\tO\n\n-DOCSTART- -X- -X- O\n\nAI2\tNNP\tI-NP\tI-ORG\nengineer\tNN\tI-NP\tO\nJoel\tNNP\tI-NP\tI-PER\nlives\tVBZ\tI-VP\tO\nin\tIN\tI-PP\tO\nSeattle\tNNP\tI-NP\tI-LOC\n.\t.\tO\tO\n";

@@ -433,20 +433,9 @@ fn row_example(row: &Row, text_cells: bool, index: usize) -> Result<QaExample, S
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{temp_file, write_parquet};
+    use super::super::tests::{opts, skipping, temp_file, write_parquet};
     use super::*;
     use std::sync::Arc;
-
-    fn opts() -> ReadOptions {
-        ReadOptions::default()
-    }
-
-    fn skipping() -> ReadOptions {
-        ReadOptions {
-            format: None,
-            skip_invalid: true,
-        }
-    }
 
     const CONTEXT: &str = "Architecturally, the school has a Catholic character. Atop the Main Building's gold dome is a golden statue of the Virgin Mary. Immediately in front of the Main Building and facing it, is a copper statue of Christ with arms upraised with the legend \"Venite Ad Me Omnes\". Next to the Main Building is the Basilica of the Sacred Heart. Immediately behind the basilica is the Grotto, a Marian place of prayer and reflection. It is a replica of the grotto at Lourdes, France where the Virgin Mary reputedly appeared to Saint Bernadette Soubirous in 1858. At the end of the main drive (and in a direct line that connects through 3 statues and the Gold Dome), is a simple, modern stone statue of Mary.";
 

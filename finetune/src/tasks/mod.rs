@@ -10,7 +10,6 @@ pub mod qa;
 use bertkit_model::heads::{Bert, BertOutput};
 use bertkit_model::tokenizer::Batch;
 use bertkit_train::step::MicroLoss;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
@@ -80,26 +79,15 @@ fn f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
     }
 }
 
-/// Summed cross entropy of `logits [n, classes]` against `labels` and the number of rows whose
-/// argmax is the label.
+/// [`bertkit_train::step::cross_entropy_sum`] with the labels given as a list.
 fn cross_entropy_sum<B: Backend>(
     logits: Tensor<B, 2>,
     labels: Vec<i64>,
     device: &B::Device,
 ) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let n = labels.len();
-    let labels =
-        Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [n]), device).reshape([n, 1]);
-    let logits = f32(logits);
-    let correct = logits
-        .clone()
-        .detach()
-        .argmax(1)
-        .equal(labels.clone())
-        .float()
-        .sum();
-    let nll = log_softmax(logits, 1).gather(1, labels).sum().neg();
-    (nll, correct)
+    let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [n]), device);
+    bertkit_train::step::cross_entropy_sum(logits, labels)
 }
 
 /// Forward pass and loss of one micro-batch: the sum over its targets divided by `units` (the

@@ -6,13 +6,12 @@
 //! loss however the step is split into micro-batches and ranks.
 
 use bertkit_model::heads::Bert;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::loader::Batch;
 use crate::masking::IGNORE_LABEL;
-use crate::step::MicroLoss;
+use crate::step::{cross_entropy_sum, MicroLoss};
 
 /// The denominators of one optimizer step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,30 +74,6 @@ impl StepStats {
         }
         v
     }
-}
-
-/// Cross entropy summed over rows of `logits [n, classes]` (computed in f32) and the number of
-/// rows whose argmax is the label.
-fn cross_entropy_sum<B: Backend>(
-    logits: Tensor<B, 2>,
-    labels: Tensor<B, 1, Int>,
-) -> (Tensor<B, 1>, Tensor<B, 1>) {
-    let logits = if logits.dtype() == DType::F32 {
-        logits
-    } else {
-        logits.cast(DType::F32)
-    };
-    let n = labels.dims()[0];
-    let labels = labels.reshape([n, 1]);
-    let correct = logits
-        .clone()
-        .detach()
-        .argmax(1)
-        .equal(labels.clone())
-        .float()
-        .sum();
-    let nll = log_softmax(logits, 1).gather(1, labels).sum().neg();
-    (nll, correct)
 }
 
 /// Forward pass and loss of one micro-batch. `model` must have the MLM head (and the NSP head
