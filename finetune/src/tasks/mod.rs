@@ -90,6 +90,12 @@ fn cross_entropy_sum<B: Backend>(
     bertkit_train::step::cross_entropy_sum(logits, labels)
 }
 
+/// Binary cross entropy of logits `x` against 0/1 targets `y`, summed: the stable form
+/// `max(x, 0) - x*y + log(1 + exp(-|x|))` of torch's `BCEWithLogitsLoss`.
+fn bce_with_logits_sum<B: Backend>(x: Tensor<B, 2>, y: Tensor<B, 2>) -> Tensor<B, 1> {
+    (x.clone().clamp_min(0.0) - x.clone() * y + x.abs().neg().exp().log1p()).sum()
+}
+
 /// Forward pass and loss of one micro-batch: the sum over its targets divided by `units` (the
 /// step's [`loss_units`]). Losses as Hugging Face's heads compute them: cross entropy
 /// (single-label, tokens), binary cross entropy with logits (multi-label), mean squared error
@@ -130,13 +136,11 @@ pub fn micro_loss<B: Backend>(
             }
             let y = Tensor::<B, 2>::from_data(TensorData::new(targets, [b, l]), device);
             let x = f32(out.sequence_logits.expect("a sequence classification head"));
-            // max(x, 0) - x*y + log(1 + exp(-|x|)), as torch's BCEWithLogitsLoss.
-            let loss = x.clone().clamp_min(0.0) - x.clone() * y.clone()
-                + x.clone().abs().neg().exp().log1p();
+            let loss = bce_with_logits_sum(x.clone(), y.clone());
             let predicted = x.detach().greater_elem(0.0).float();
             let wrong = (predicted - y).abs().sum_dim(1);
             let correct = wrong.equal_elem(0.0).float().sum();
-            (loss.sum(), correct)
+            (loss, correct)
         }
         Some(Target::Value(_)) => {
             let targets: Vec<f32> = features
@@ -282,4 +286,53 @@ pub fn argmax(values: &[f32]) -> usize {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bertkit_model::backend::Cpu;
+
+    #[test]
+    fn bce_with_logits_matches_the_definition() {
+        let device = Default::default();
+        let xs = [2.0f32, -1.0, 0.0, 30.0, -30.0, 0.5];
+        let ys = [1.0f32, 1.0, 0.0, 0.0, 0.0, 1.0];
+        let x = Tensor::<Cpu, 2>::from_data(TensorData::new(xs.to_vec(), [2, 3]), &device);
+        let y = Tensor::<Cpu, 2>::from_data(TensorData::new(ys.to_vec(), [2, 3]), &device);
+        let got = bertkit_model::nn::to_host(bce_with_logits_sum(x, y)).data[0] as f64;
+        // -[y log s(x) + (1-y) log(1-s(x))], with log(1-s(30)) = -30 - log(1+e^-30).
+        let expected: f64 = xs
+            .iter()
+            .zip(ys)
+            .map(|(&x, y)| {
+                let x = x as f64;
+                let log_s = -(1.0 + (-x).exp()).ln();
+                let log_1ms = -x - (1.0 + (-x).exp()).ln();
+                -(y as f64 * log_s + (1.0 - y as f64) * log_1ms)
+            })
+            .sum();
+        assert!((got - expected).abs() < 1e-4, "{got} vs {expected}");
+        assert!((expected - 30.0).abs() < 5.0, "30 dominates: {expected}");
+    }
+
+    #[test]
+    fn loss_units_count_what_each_target_averages_over() {
+        let f = |target| Feature {
+            example: 0,
+            input_ids: vec![101, 7, 102],
+            token_type_ids: vec![0; 3],
+            target,
+        };
+        let feats = [
+            f(Target::Tokens(vec![IGNORE, 3, IGNORE])),
+            f(Target::Tokens(vec![IGNORE, 1, 2])),
+        ];
+        let refs: Vec<&Feature> = feats.iter().collect();
+        assert_eq!(loss_units(&refs, 5), 3);
+        let hot = [f(Target::MultiHot(vec![1.0, 0.0, 1.0]))];
+        assert_eq!(loss_units(&hot.iter().collect::<Vec<_>>(), 3), 3);
+        let spans = [f(Target::Span { start: 1, end: 1 }), f(Target::Class(0))];
+        assert_eq!(loss_units(&spans.iter().collect::<Vec<_>>(), 2), 2);
+    }
 }
