@@ -46,6 +46,9 @@ enum Command {
     /// Time one pretraining step on a synthetic batch (the peer of
     /// scripts/bench/pretrain_peer.py), optionally with the device's matmul rate for MFU.
     BenchTrain(cli::bench_train::BenchTrainArgs),
+    /// Start the local ranks of a data-parallel job, like torchrun: `bertkit launch
+    /// --nproc-per-node 2 -- bertkit pretrain ...`.
+    Launch(cli::launch::LaunchArgs),
     /// Run every stage that exists on a small built-in corpus, in a few minutes on a laptop.
     Quickstart {
         /// Where to write the corpus, vocabulary and models.
@@ -81,6 +84,11 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::finetune::eval(&args),
         Command::Predict(args) => cli::finetune::predict(&args),
         Command::BenchTrain(args) => cli::bench_train::run(&args),
+        // The launcher exits with the failing rank's status.
+        Command::Launch(args) => match cli::launch::run(&args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         Command::Quickstart { out, device } => cli::quickstart::run(&out, device),
     };
     match result {

@@ -5,6 +5,7 @@ pub mod convert;
 pub mod embed;
 pub mod finetune;
 pub mod info;
+pub mod launch;
 pub mod prep;
 pub mod pretrain;
 pub mod quickstart;
