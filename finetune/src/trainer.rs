@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use bertkit_model::heads::Bert;
+use bertkit_train::distributed::ProcessGroup;
 use bertkit_train::logger::Logger;
 use bertkit_train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use bertkit_train::rng::Rng;
@@ -181,9 +182,10 @@ where
                     loss_scale: scale.scale,
                     dropout_seed: [s.seed, step],
                 },
+                &mut ProcessGroup::single(),
                 device,
                 |m, i| tasks::micro_loss(m, &group[i], units, pad_id, device),
-            );
+            )?;
             model = next;
             let secs = started.elapsed().as_secs_f64();
             busy += secs;

@@ -11,6 +11,7 @@ use bertkit_model::backend::DeviceSpec;
 use bertkit_model::checkpoint as model_ckpt;
 use bertkit_model::heads::Task;
 use bertkit_model::tokenizer::Batch as InputBatch;
+use bertkit_train::distributed::ProcessGroup;
 use bertkit_train::loader::Batch;
 use bertkit_train::masking::IGNORE_LABEL;
 use bertkit_train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
@@ -107,8 +108,9 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
             std::slice::from_ref(&batch),
             &settings,
             true,
+            &mut ProcessGroup::single(),
             device,
-        );
+        )?;
         model = next;
         AD::<B>::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
         if step >= args.warmup {

@@ -1,10 +1,15 @@
 //! `bertkit pretrain`: run a pretraining recipe. The loop is `bertkit_train::pretrain`.
+//!
+//! Under `bertkit launch`, torchrun or srun (RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS set),
+//! the process first joins the job's rendezvous and trains as one data-parallel rank; a recipe
+//! with `device = "cuda"` then uses GPU `LOCAL_RANK`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bertkit_model::backend::DeviceSpec;
+use bertkit_train::distributed::{CollectiveBackend, ProcessEnv, ProcessGroup};
 use bertkit_train::pretrain::config::PretrainConfig;
 use bertkit_train::pretrain::{self, Resume, RunOptions, RunSummary};
 use burn::backend::Autodiff;
@@ -32,16 +37,35 @@ pub struct PretrainArgs {
 
 pub fn run(args: &PretrainArgs) -> Result<()> {
     let cfg = PretrainConfig::load(&args.config, &args.set)?;
+    let env = ProcessEnv::from_env()?;
     let device = match args.device {
         Some(d) => d,
+        // Each rank of a node takes its own GPU.
+        None if cfg.device.trim() == "cuda" => DeviceSpec::Cuda(env.local_rank),
         None => cfg.device.parse().map_err(anyhow::Error::msg)?,
     };
+    let use_nccl = match cfg.distributed.backend {
+        CollectiveBackend::Auto => matches!(device, DeviceSpec::Cuda(_)),
+        CollectiveBackend::Tcp => false,
+        CollectiveBackend::Nccl => true,
+    };
+    let mut group = ProcessGroup::join(&env, &cfg.distributed, &config_hash(&cfg)?, use_nccl)
+        .with_context(|| format!("rank {} of {} ({})", env.rank, env.world_size, env.source))?;
     let opts = RunOptions {
         resume: args.resume.clone(),
-        progress_bar: std::io::stderr().is_terminal(),
+        progress_bar: std::io::stderr().is_terminal() && group.is_main(),
     };
-    let summary = with_backend!(device, run_on(&cfg, &opts))?;
-    print_summary(&summary);
+    let summary = match with_backend!(device, run_on(&cfg, &opts, &mut group)) {
+        Ok(s) => s,
+        Err(e) => {
+            // The other ranks stop at their next collective and name this one.
+            group.abort(&format!("{e:#}"));
+            return Err(e);
+        }
+    };
+    if group.is_main() {
+        print_summary(&summary);
+    }
     Ok(())
 }
 
@@ -49,8 +73,18 @@ fn run_on<B: Backend>(
     device: &B::Device,
     cfg: &PretrainConfig,
     opts: &RunOptions,
+    group: &mut ProcessGroup,
 ) -> Result<RunSummary> {
-    pretrain::run::<Autodiff<B>>(cfg, opts, device)
+    pretrain::run::<Autodiff<B>>(cfg, opts, group, device)
+}
+
+/// What every rank must agree on: the resolved recipe and the bertkit version.
+fn config_hash(cfg: &PretrainConfig) -> Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(serde_json::to_vec(cfg)?);
+    Ok(format!("{:x}", h.finalize()))
 }
 
 pub fn print_summary(s: &RunSummary) {

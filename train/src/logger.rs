@@ -14,8 +14,8 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const TENSORBOARD_DIR: &str = "tensorboard";
 
 pub struct Logger {
-    jsonl: std::io::BufWriter<std::fs::File>,
-    jsonl_path: PathBuf,
+    /// None for a logger that reports nothing (ranks other than 0).
+    jsonl: Option<(std::io::BufWriter<std::fs::File>, PathBuf)>,
     tensorboard: Option<EventWriter>,
     bar: ProgressBar,
 }
@@ -73,16 +73,27 @@ impl Logger {
         bar.reset_eta();
         bar.enable_steady_tick(Duration::from_millis(500));
         Ok(Logger {
-            jsonl: std::io::BufWriter::new(file),
-            jsonl_path,
+            jsonl: Some((std::io::BufWriter::new(file), jsonl_path)),
             tensorboard,
             bar,
         })
     }
 
+    /// A logger that writes and prints nothing: data-parallel ranks other than 0.
+    pub fn silent() -> Logger {
+        Logger {
+            jsonl: None,
+            tensorboard: None,
+            bar: ProgressBar::hidden(),
+        }
+    }
+
     /// One record: `{"step": S, "split": "train", NAME: VALUE, ...}` in metrics.jsonl and
     /// `SPLIT/NAME` scalars in TensorBoard.
     pub fn record(&mut self, step: u64, split: &str, values: &[(&str, f64)]) -> Result<()> {
+        let Some((jsonl, jsonl_path)) = &mut self.jsonl else {
+            return Ok(());
+        };
         let mut obj = serde_json::Map::new();
         obj.insert("step".into(), step.into());
         obj.insert("split".into(), split.into());
@@ -95,9 +106,9 @@ impl Logger {
                 tb.add_scalar(&format!("{split}/{name}"), *v as f32, step)?;
             }
         }
-        writeln!(self.jsonl, "{}", serde_json::Value::Object(obj))
-            .and_then(|_| self.jsonl.flush())
-            .with_context(|| format!("writing {}", self.jsonl_path.display()))?;
+        writeln!(jsonl, "{}", serde_json::Value::Object(obj))
+            .and_then(|_| jsonl.flush())
+            .with_context(|| format!("writing {}", jsonl_path.display()))?;
         if let Some(tb) = &mut self.tensorboard {
             tb.flush()?;
         }
@@ -111,6 +122,9 @@ impl Logger {
 
     /// A line above the progress bar (stderr).
     pub fn println(&self, line: impl AsRef<str>) {
+        if self.jsonl.is_none() {
+            return;
+        }
         if self.bar.is_hidden() {
             eprintln!("{}", line.as_ref());
         } else {

@@ -10,8 +10,10 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
+use anyhow::Result;
 use bertkit_model::heads::Bert;
 
+use crate::distributed::{grads, ProcessGroup};
 use crate::optim::{self, Optimizer};
 use crate::rng::Rng;
 
@@ -124,17 +126,24 @@ pub struct StepOutput {
     pub updated: bool,
 }
 
-/// One optimizer step over `micro_batches` micro-batches; `micro_loss(model, i)` computes the
-/// forward pass and loss of micro-batch `i` with `model` (its parameters cast to the step's
-/// precision inside the autodiff graph, so the gradients land on the f32 parameters).
+/// One optimizer step over this rank's `micro_batches` micro-batches; `micro_loss(model, i)`
+/// computes the forward pass and loss of micro-batch `i` with `model` (its parameters cast to
+/// the step's precision inside the autodiff graph, so the gradients land on the f32
+/// parameters).
+///
+/// With several ranks, the micro-batch losses must already be divided by the denominators of
+/// the whole step on all ranks: the gradients and the statistics are then summed over the
+/// ranks (once per step, after the last backward), so every rank sees the step's gradient,
+/// norm and loss and makes the same update. Only the collectives can fail.
 pub fn train_step<AD, F>(
     model: Bert<AD>,
     optimizer: &mut Optimizer<AD::InnerBackend>,
     micro_batches: usize,
     s: &StepSettings,
+    group: &mut ProcessGroup,
     device: &AD::Device,
     mut micro_loss: F,
-) -> (Bert<AD>, StepOutput)
+) -> Result<(Bert<AD>, StepOutput)>
 where
     AD: AutodiffBackend,
     F: FnMut(&Bert<AD>, usize) -> MicroLoss<AD>,
@@ -143,9 +152,11 @@ where
     let mut sums: Option<Tensor<AD::InnerBackend, 1>> = None;
     for i in 0..micro_batches {
         let [seed, step] = s.dropout_seed;
+        // Each rank's micro-batches draw their own dropout (rank 0's as a single process's).
+        let index = (group.rank * micro_batches + i) as u64;
         AD::seed(
             device,
-            Rng::derive(&[seed, TAG_DROPOUT, step, i as u64]).next_u64(),
+            Rng::derive(&[seed, TAG_DROPOUT, step, index]).next_u64(),
         );
         let compute = match s.precision {
             Precision::F32 => model.clone(),
@@ -173,6 +184,8 @@ where
     let mut sums: Vec<f32> = sums
         .map(|t| bertkit_model::nn::to_host(t).data)
         .unwrap_or_else(|| vec![0.0]);
+    grads::all_reduce_grads(&model, &mut grads, group)?;
+    group.all_reduce_f32(&mut sums)?;
     let loss = sums.remove(0) as f64;
     let grad_norm = optim::global_grad_norm(&model, &grads);
     let updated = grad_norm.is_finite() && loss.is_finite();
@@ -182,7 +195,7 @@ where
     } else {
         model
     };
-    (
+    Ok((
         model,
         StepOutput {
             loss,
@@ -190,7 +203,7 @@ where
             grad_norm,
             updated,
         },
-    )
+    ))
 }
 
 /// Cross entropy summed over rows of `logits [n, classes]` (computed in f32) and the number of

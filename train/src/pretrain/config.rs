@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use bertkit_model::config::BertConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::distributed::DistributedSettings;
 use crate::masking::MaskingConfig;
 use crate::optim::OptimizerConfig;
 use crate::schedule::ScheduleConfig;
@@ -53,6 +54,9 @@ pub struct PretrainConfig {
     /// fp16: the initial loss scale (then halved on overflow, doubled after 2000 good steps).
     #[serde(default = "default_loss_scale")]
     pub initial_loss_scale: f64,
+    /// Several processes: timeouts and the collective backend.
+    #[serde(default)]
+    pub distributed: DistributedSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

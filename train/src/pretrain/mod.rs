@@ -13,6 +13,12 @@
 //! Checkpoints hold the model, the optimizer, the counters and the loader's position, so a
 //! resumed run continues bit for bit (on the CPU) where the interrupted one stopped, and seeking
 //! the loader is O(1).
+//!
+//! Data parallel: each rank reads its slice of every global batch, the step's denominators,
+//! gradients and statistics are summed over the ranks (see [`step::train_step`]), so `n`
+//! ranks of batch `b` make the updates of one rank of batch `n b`. Rank 0 chooses the
+//! checkpoint to resume from, broadcasts its initial weights, and alone writes checkpoints,
+//! logs and held-out evaluations.
 
 pub mod checkpoint;
 pub mod config;
@@ -27,6 +33,7 @@ use bertkit_model::heads::{Bert, Task};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
+use crate::distributed::{grads::broadcast_params, ProcessGroup};
 use crate::loader::{Loader, LoaderConfig, Position};
 use crate::logger::Logger;
 use crate::manifest::{Manifest, MANIFEST_FILE};
@@ -77,13 +84,15 @@ pub struct RunSummary {
     pub final_eval: Option<StepStats>,
 }
 
-/// Runs a recipe on `device` with the autodiff backend `AD`.
+/// Runs a recipe on `device` with the autodiff backend `AD`, as one rank of `group`.
 pub fn run<AD: AutodiffBackend>(
     cfg: &PretrainConfig,
     opts: &RunOptions,
+    group: &mut ProcessGroup,
     device: &AD::Device,
 ) -> Result<RunSummary> {
-    let world_size = 1;
+    let world_size = group.world_size;
+    let main = group.is_main();
     let accumulation = cfg.accumulation(world_size)?;
     let manifest = Manifest::read(&cfg.data)?;
     let (_, data_sha) = file_sha256(&cfg.data.join(MANIFEST_FILE))?;
@@ -101,7 +110,9 @@ pub fn run<AD: AutodiffBackend>(
     };
     let ckpt_root = cfg.out.join("checkpoints");
 
-    let resumed = match &opts.resume {
+    // Rank 0 chooses; the others verify the same folder (the run folder is shared).
+    let chosen = match &opts.resume {
+        _ if !main => None,
         Resume::Never => {
             if let Some(last) = checkpoint::list(&ckpt_root)?.last() {
                 bail!(
@@ -119,8 +130,10 @@ pub fn run<AD: AutodiffBackend>(
         })?,
         Resume::From(dir) => Some((dir.clone(), checkpoint::verify(dir)?)),
     };
-
-    checkpoint::remove_unfinished(&ckpt_root)?;
+    let resumed = agree_on_checkpoint(chosen, group)?;
+    if main {
+        checkpoint::remove_unfinished(&ckpt_root)?;
+    }
     let mut optimizer = Optimizer::<AD::InnerBackend>::new(cfg.optimizer.clone());
     let (mut model, mut state) = match &resumed {
         Some((dir, state)) => {
@@ -157,6 +170,7 @@ pub fn run<AD: AutodiffBackend>(
             };
             let source = cfg.init_from.as_deref().unwrap_or(&cfg.model);
             check_fits(&model.config, &manifest, source)?;
+            let model = broadcast_params(model, group)?;
             let state = TrainerState {
                 step: 0,
                 optimizer_steps: 0,
@@ -177,7 +191,7 @@ pub fn run<AD: AutodiffBackend>(
         &cfg.data,
         LoaderConfig {
             batch_size: cfg.batch.micro,
-            rank: 0,
+            rank: group.rank,
             world_size,
             seed: cfg.seed,
             shuffle: true,
@@ -189,22 +203,26 @@ pub fn run<AD: AutodiffBackend>(
     )?;
     loader.seek(state.position)?;
     let mut eval = match &cfg.eval_data {
-        Some(dir) if cfg.eval.every > 0 => Some(Evaluator::open(dir, cfg, &manifest)?),
+        Some(dir) if cfg.eval.every > 0 && main => Some(Evaluator::open(dir, cfg, &manifest)?),
         _ => None,
     };
 
     let total = cfg.schedule.steps;
-    let mut logger = Logger::open(
-        &cfg.out,
-        cfg.log.tensorboard,
-        total,
-        state.step,
-        opts.progress_bar,
-    )?;
+    let mut logger = if main {
+        Logger::open(
+            &cfg.out,
+            cfg.log.tensorboard,
+            total,
+            state.step,
+            opts.progress_bar,
+        )?
+    } else {
+        Logger::silent()
+    };
     let params = model.num_params();
     logger.println(format!(
         "pretraining {} ({} parameters, {} layers, hidden {}) on {} for {total} steps of {} \
-         sequences ({} x {accumulation} accumulation), {:?}, {:?} + {:?} schedule{}",
+         sequences ({} x {accumulation} accumulation{}), {:?}, {:?} + {:?} schedule{}",
         task.architecture(),
         params,
         model.config.num_hidden_layers,
@@ -212,6 +230,11 @@ pub fn run<AD: AutodiffBackend>(
         AD::name(device),
         cfg.batch.global,
         cfg.batch.micro,
+        if world_size > 1 {
+            format!(" x {world_size} ranks, {}", group.backend_name())
+        } else {
+            String::new()
+        },
         cfg.precision,
         cfg.optimizer.name,
         cfg.schedule.name,
@@ -250,14 +273,11 @@ pub fn run<AD: AutodiffBackend>(
                 dropout_seed: [cfg.seed, step],
             },
             manifest.settings.nsp,
+            group,
             device,
-        );
+        )?;
         model = stepped;
-        let (stats, grad_norm, counts) = (out.stats, out.grad_norm, out.counts);
-        let tokens = batches
-            .iter()
-            .map(|b| b.inputs.attention_mask.iter().filter(|&&m| m != 0).count() as u64)
-            .sum::<u64>();
+        let (stats, grad_norm, counts, tokens) = (out.stats, out.grad_norm, out.counts, out.tokens);
         state.tokens += tokens;
         window.add(
             started.elapsed().as_secs_f64(),
@@ -351,7 +371,7 @@ pub fn run<AD: AutodiffBackend>(
             }
         }
         let every = cfg.checkpoint.every;
-        if (every > 0 && step.is_multiple_of(every)) || step == total {
+        if main && ((every > 0 && step.is_multiple_of(every)) || step == total) {
             check_finite(&model, step)?;
             // The data folder holds the tokenizer, copied into every checkpoint.
             let dir = checkpoint::write(
@@ -371,36 +391,82 @@ pub fn run<AD: AutodiffBackend>(
     Ok(summary)
 }
 
-/// One optimizer step over `batches` (the micro-batches of the step) with the pretraining
-/// objective: the shared [`step::train_step`] plus the step's counts and MLM/NSP statistics.
+/// One optimizer step over `batches` (this rank's micro-batches of the step) with the
+/// pretraining objective: the step's counts summed over the ranks, then the shared
+/// [`step::train_step`], and the MLM/NSP statistics.
 pub fn pretrain_step<AD: AutodiffBackend>(
     model: Bert<AD>,
     optimizer: &mut Optimizer<AD::InnerBackend>,
     batches: &[crate::loader::Batch],
     s: &StepSettings,
     nsp: bool,
+    group: &mut ProcessGroup,
     device: &AD::Device,
-) -> (Bert<AD>, PretrainStep) {
-    let counts = StepCounts::of(batches);
-    let (model, out) = step::train_step(model, optimizer, batches.len(), s, device, |m, i| {
-        objective::micro_loss(m, &batches[i], counts, device)
-    });
+) -> Result<(Bert<AD>, PretrainStep)> {
+    let local = StepCounts::of(batches);
+    let tokens = batches
+        .iter()
+        .map(|b| b.inputs.attention_mask.iter().filter(|&&m| m != 0).count())
+        .sum::<usize>();
+    let mut all = [local.masked as f64, local.sequences as f64, tokens as f64];
+    group.all_reduce_f64(&mut all)?;
+    let counts = StepCounts {
+        masked: all[0] as usize,
+        sequences: all[1] as usize,
+    };
+    let (model, out) =
+        step::train_step(model, optimizer, batches.len(), s, group, device, |m, i| {
+            objective::micro_loss(m, &batches[i], counts, device)
+        })?;
     let stats = StepStats::from_sums(&out.sums, counts, nsp);
-    (
+    Ok((
         model,
         PretrainStep {
             stats,
             counts,
+            tokens: all[2] as u64,
             grad_norm: out.grad_norm,
             updated: out.updated,
         },
-    )
+    ))
+}
+
+/// Every rank resumes from the checkpoint rank 0 chose (`None`: a fresh start), verified
+/// again by each rank.
+fn agree_on_checkpoint(
+    chosen: Option<(PathBuf, TrainerState)>,
+    group: &mut ProcessGroup,
+) -> Result<Option<(PathBuf, TrainerState)>> {
+    if group.world_size == 1 {
+        return Ok(chosen);
+    }
+    let mut path = chosen
+        .as_ref()
+        .map(|(dir, _)| dir.to_string_lossy().into_owned().into_bytes())
+        .unwrap_or_default();
+    group.broadcast(&mut path)?;
+    if group.is_main() {
+        return Ok(chosen);
+    }
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let dir = PathBuf::from(String::from_utf8_lossy(&path).into_owned());
+    let state = checkpoint::verify(&dir).with_context(|| {
+        format!(
+            "rank 0 resumes from {} but this rank cannot read it (is the run folder on a              file system every node shares?)",
+            dir.display()
+        )
+    })?;
+    Ok(Some((dir, state)))
 }
 
 pub struct PretrainStep {
     pub stats: StepStats,
-    /// The step's masked positions and sequences (its loss denominators).
+    /// The step's masked positions and sequences on all ranks (its loss denominators).
     pub counts: StepCounts,
+    /// Non-padding tokens of the step on all ranks.
+    pub tokens: u64,
     pub grad_norm: f64,
     /// False when the loss or the gradients were non-finite and the weights were left alone.
     pub updated: bool,

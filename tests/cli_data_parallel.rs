@@ -1,0 +1,343 @@
+//! Data-parallel pretraining through the binary, ranks as real processes on this machine
+//! talking over the TCP ring: 2 ranks of batch b make the updates of 1 rank of batch 2b (and of
+//! 1 rank of batch b with 2 accumulation steps); a 2-rank run resumes exactly; a rank that dies
+//! or never joins is named by the others within the timeout.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{bertkit, repo, run_ok};
+
+/// Ten State of the Union speeches (1900-1909), a 1000-word vocabulary, seq 64 with NSP; and
+/// a copy of BERT-tiny without dropout, so that runs split differently draw nothing different.
+fn data() -> &'static (PathBuf, PathBuf) {
+    static DATA: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    DATA.get_or_init(|| {
+        let root = tempfile::tempdir().unwrap().keep();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(common::sotu())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("190"))
+            .collect();
+        files.sort();
+        let tok = root.join("tok");
+        run_ok(
+            bertkit()
+                .args(["vocab", "--vocab-size", "1000", "--lowercase", "--input"])
+                .args(&files)
+                .arg("--out")
+                .arg(&tok),
+        );
+        run_ok(
+            bertkit()
+                .args(["prep", "--nsp", "--seq-len", "64", "--quiet", "--input"])
+                .args(&files)
+                .arg("--tokenizer")
+                .arg(&tok)
+                .arg("--out")
+                .arg(root.join("train")),
+        );
+        let model = std::fs::read_to_string(repo().join("configs/models/bert-tiny.toml"))
+            .unwrap()
+            .replace("hidden_dropout_prob = 0.1", "hidden_dropout_prob = 0.0")
+            .replace(
+                "attention_probs_dropout_prob = 0.1",
+                "attention_probs_dropout_prob = 0.0",
+            );
+        assert!(!model.contains("dropout_prob = 0.1"), "{model}");
+        std::fs::write(root.join("tiny-no-dropout.toml"), model).unwrap();
+        (root.join("train"), root.join("tiny-no-dropout.toml"))
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The arguments of `bertkit pretrain` with the CPU recipe on [`data`] into `out`.
+fn pretrain_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let (train, model) = data();
+    let mut args = vec![
+        "pretrain".to_string(),
+        "--config".into(),
+        repo()
+            .join("configs/pretrain/cpu-tiny.toml")
+            .display()
+            .to_string(),
+    ];
+    let sets = [
+        format!("data={:?}", train.display().to_string()),
+        format!("model={:?}", model.display().to_string()),
+        format!("out={:?}", out.display().to_string()),
+        "eval.every=0".into(),
+        "log.every=1".into(),
+        "log.tensorboard=false".into(),
+        "distributed.timeout_s=30".into(),
+        "distributed.rendezvous_timeout_s=60".into(),
+    ];
+    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    args
+}
+
+/// Rank `rank` of `world` as torchrun would start it.
+fn rank(rank: usize, world: usize, port: u16, args: &[String]) -> Command {
+    let mut c = bertkit();
+    c.args(args)
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn spawn_ranks(world: usize, args: &[String]) -> Vec<Child> {
+    let port = free_port();
+    (0..world)
+        .map(|r| rank(r, world, port, args).spawn().unwrap())
+        .collect()
+}
+
+fn wait_all(children: Vec<Child>) -> Vec<Output> {
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
+fn assert_ok(outputs: &[Output]) {
+    for (r, o) in outputs.iter().enumerate() {
+        assert!(
+            o.status.success(),
+            "rank {r} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+/// Every tensor of `model.safetensors` in two checkpoints: the largest difference.
+fn max_weight_diff(a: &Path, b: &Path) -> f32 {
+    let (fa, fb) = (
+        std::fs::read(a.join("model.safetensors")).unwrap(),
+        std::fs::read(b.join("model.safetensors")).unwrap(),
+    );
+    let (ta, tb) = (
+        safetensors::SafeTensors::deserialize(&fa).unwrap(),
+        safetensors::SafeTensors::deserialize(&fb).unwrap(),
+    );
+    let mut names = ta.names();
+    names.sort();
+    assert_eq!(names.len(), tb.names().len());
+    let floats = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let mut max = 0f32;
+    for name in names {
+        let (x, y) = (ta.tensor(name).unwrap(), tb.tensor(name).unwrap());
+        assert_eq!(x.shape(), y.shape(), "{name}");
+        for (p, q) in floats(x.data()).iter().zip(floats(y.data())) {
+            max = max.max((p - q).abs());
+        }
+    }
+    max
+}
+
+const STEPS: &str = "schedule.steps=6";
+
+#[test]
+fn two_ranks_make_the_updates_of_one_rank_with_twice_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let final_step = |name: &str| dir.path().join(name).join("checkpoints/step-00000006");
+    // 2 ranks x batch 8 (through the launcher), 1 rank x batch 16, 1 rank x 2 x batch 8.
+    let two = pretrain_args(
+        &dir.path().join("two"),
+        &[STEPS, "batch.global=16", "batch.micro=8"],
+    );
+    let port = free_port().to_string();
+    let out = run_ok(
+        bertkit()
+            .args([
+                "launch",
+                "--nproc-per-node",
+                "2",
+                "--master-port",
+                &port,
+                "--",
+            ])
+            .arg(env!("CARGO_BIN_EXE_bertkit"))
+            .args(&two),
+    );
+    assert!(out.contains("[rank 0] pretrain: 6 steps"), "{out}");
+    run_ok(bertkit().args(pretrain_args(
+        &dir.path().join("big"),
+        &[STEPS, "batch.global=16", "batch.micro=16"],
+    )));
+    run_ok(bertkit().args(pretrain_args(
+        &dir.path().join("accum"),
+        &[STEPS, "batch.global=16", "batch.micro=8"],
+    )));
+    let (two, big, accum) = (final_step("two"), final_step("big"), final_step("accum"));
+    let d_big = max_weight_diff(&two, &big);
+    let d_accum = max_weight_diff(&two, &accum);
+    eprintln!("max |w| difference after 6 steps: vs batch 16 {d_big:e}, vs 2 x 8 {d_accum:e}");
+    assert!(d_big <= 1e-6, "2 ranks vs 1 rank batch 16: {d_big}");
+    assert!(d_accum <= 1e-6, "2 ranks vs 1 rank 2 x 8: {d_accum}");
+    // The runs really trained (runs that changed nothing would also agree): the weights
+    // moved between step 1 and step 6.
+    let one = dir.path().join("one");
+    run_ok(bertkit().args(pretrain_args(
+        &one,
+        &["schedule.steps=1", "batch.global=16", "batch.micro=16"],
+    )));
+    assert!(max_weight_diff(&two, &one.join("checkpoints/step-00000001")) > 1e-3);
+    // Only rank 0 wrote logs: one record per step.
+    let records = std::fs::read_to_string(dir.path().join("two/metrics.jsonl")).unwrap();
+    assert_eq!(records.lines().count(), 6, "{records}");
+}
+
+#[test]
+fn a_two_rank_run_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = [
+        "schedule.steps=8",
+        "batch.global=16",
+        "batch.micro=4",
+        "checkpoint.every=4",
+        "checkpoint.keep=2",
+    ];
+    let a = dir.path().join("a");
+    assert_ok(&wait_all(spawn_ranks(2, &pretrain_args(&a, &settings))));
+    // Resume a second run from the first one's step-4 checkpoint (as after a crash there).
+    let b = dir.path().join("b");
+    let from = a.join("checkpoints/step-00000004");
+    let to = b.join("checkpoints/step-00000004");
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(&from).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+    let mut args = pretrain_args(&b, &settings);
+    args.extend(["--resume".into(), "auto".into()]);
+    let outputs = wait_all(spawn_ranks(2, &args));
+    assert_ok(&outputs);
+    assert!(String::from_utf8_lossy(&outputs[0].stdout).contains("resumed from"));
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        let (x, y) = (
+            std::fs::read(a.join("checkpoints/step-00000008").join(f)).unwrap(),
+            std::fs::read(b.join("checkpoints/step-00000008").join(f)).unwrap(),
+        );
+        assert!(x == y, "{f} differs after a 2-rank resume");
+    }
+}
+
+#[test]
+fn a_killed_rank_is_named_by_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let args = pretrain_args(
+        &out,
+        &[
+            "schedule.steps=100000",
+            "checkpoint.every=0",
+            "distributed.timeout_s=20",
+        ],
+    );
+    let mut children = spawn_ranks(2, &args);
+    let start = Instant::now();
+    // Wait until training is under way (rank 0 logs every step).
+    loop {
+        let steps = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if steps >= 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    children[1].kill().unwrap();
+    let killed = Instant::now();
+    let rank0 = children.remove(0).wait_with_output().unwrap();
+    let _ = children.remove(0).wait();
+    let stderr = String::from_utf8_lossy(&rank0.stderr);
+    assert!(!rank0.status.success());
+    assert!(killed.elapsed() < Duration::from_secs(20), "{stderr}");
+    assert!(
+        stderr.contains("rank 1 (") && stderr.contains("exited or was killed"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_rank_that_never_joins_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = pretrain_args(
+        &dir.path().join("run"),
+        &[STEPS, "distributed.rendezvous_timeout_s=2"],
+    );
+    // Ranks 0 and 2 of 3 start; rank 1 never does.
+    let port = free_port();
+    let started = Instant::now();
+    let children = vec![
+        rank(0, 3, port, &args).spawn().unwrap(),
+        rank(2, 3, port, &args).spawn().unwrap(),
+    ];
+    let outputs = wait_all(children);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    for o in &outputs {
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(
+            stderr.contains("rank 1 of 3 did not join within 2 s"),
+            "{stderr}"
+        );
+    }
+    // Nothing was written.
+    assert!(!dir.path().join("run").exists());
+}
+
+#[test]
+fn ranks_with_different_recipes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let port = free_port();
+    let children = vec![
+        rank(0, 2, port, &pretrain_args(&out, &[STEPS]))
+            .spawn()
+            .unwrap(),
+        rank(
+            1,
+            2,
+            port,
+            &pretrain_args(&out, &[STEPS, "optimizer.lr=0.5"]),
+        )
+        .spawn()
+        .unwrap(),
+    ];
+    for o in wait_all(children) {
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(
+            stderr.contains("rank 1 (") && stderr.contains("another recipe"),
+            "{stderr}"
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! NCCL all-reduce through cudarc (libnccl is loaded at run time, like the rest of CUDA).
+//!
+//! Rank 0 creates the unique id; the rendezvous carries it to the others; each rank makes a
+//! communicator on GPU `LOCAL_RANK`. The gradients arrive here as one host buffer (see
+//! `grads`), are copied to the GPU in pieces of [`PIECE`] values, summed by `ncclAllReduce`, and
+//! copied back. A watchdog aborts the communicator when a piece takes longer than the
+//! timeout (a rank died or hangs), so the wait ends with an error instead of a hang.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::{CudaContext, CudaStream, DevicePtrMut};
+use cudarc::nccl::{result, sys};
+
+/// Values per NCCL call (256 MB of f32).
+const PIECE: usize = 64 << 20;
+
+pub struct Nccl {
+    comm: sys::ncclComm_t,
+    stream: Arc<CudaStream>,
+    rank: usize,
+    timeout: Duration,
+    /// Set when the watchdog aborted the communicator (it must not be aborted twice).
+    aborted: std::cell::Cell<bool>,
+}
+
+// The communicator is used by one thread at a time (the training loop's).
+unsafe impl Send for Nccl {}
+
+/// A new NCCL unique id, as bytes for the rendezvous.
+pub fn unique_id() -> Result<Vec<u8>> {
+    let id = result::get_uniqueid().map_err(|e| anyhow!("ncclGetUniqueId: {e:?}"))?;
+    Ok(id.internal.iter().map(|&c| c as u8).collect())
+}
+
+impl Nccl {
+    pub fn new(
+        local_rank: usize,
+        rank: usize,
+        world_size: usize,
+        id: &[u8],
+        timeout: Duration,
+    ) -> Result<Nccl> {
+        let mut unique = sys::ncclUniqueId { internal: [0; 128] };
+        if id.len() != unique.internal.len() {
+            bail!(
+                "the NCCL unique id from rank 0 has {} bytes, not 128",
+                id.len()
+            );
+        }
+        for (d, &s) in unique.internal.iter_mut().zip(id) {
+            *d = s as _;
+        }
+        let ctx = CudaContext::new(local_rank)
+            .with_context(|| format!("opening GPU {local_rank} (LOCAL_RANK) for NCCL"))?;
+        let stream = ctx.default_stream();
+        let mut comm = std::mem::MaybeUninit::uninit();
+        // SAFETY: `comm` is written by ncclCommInitRank before it is read; the id came from
+        // ncclGetUniqueId on rank 0 and every rank passes the same world size.
+        let comm = unsafe {
+            result::comm_init_rank(comm.as_mut_ptr(), world_size as i32, unique, rank as i32)
+                .map_err(|e| anyhow!("ncclCommInitRank (rank {rank} of {world_size}): {e:?}"))?;
+            comm.assume_init()
+        };
+        Ok(Nccl {
+            comm,
+            stream,
+            rank,
+            timeout,
+            aborted: std::cell::Cell::new(false),
+        })
+    }
+
+    pub fn all_reduce_f32(&self, data: &mut [f32]) -> Result<()> {
+        if self.aborted.get() {
+            bail!("rank {}: an earlier NCCL all-reduce timed out", self.rank);
+        }
+        for piece in data.chunks_mut(PIECE) {
+            let mut buf = self
+                .stream
+                .clone_htod(piece)
+                .context("copying gradients to the GPU for NCCL")?;
+            {
+                let (ptr, _sync) = buf.device_ptr_mut(&self.stream);
+                // SAFETY: `ptr` is a device buffer of `piece.len()` f32 on this stream.
+                unsafe {
+                    result::all_reduce(
+                        ptr as *const _,
+                        ptr as *mut _,
+                        piece.len(),
+                        sys::ncclDataType_t::ncclFloat32,
+                        sys::ncclRedOp_t::ncclSum,
+                        self.comm,
+                        self.stream.cu_stream() as _,
+                    )
+                    .map_err(|e| anyhow!("ncclAllReduce: {e:?}"))?;
+                }
+            }
+            self.watched(|| {
+                self.stream
+                    .memcpy_dtoh(&buf, piece)
+                    .context("copying all-reduced gradients back from the GPU")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Runs `wait` (which blocks on the stream) under a watchdog that aborts the communicator
+    /// after the timeout, which makes the pending NCCL kernel and so `wait` return.
+    fn watched<T>(&self, wait: impl FnOnce() -> Result<T>) -> Result<T> {
+        let (done, finished) = mpsc::channel::<()>();
+        let comm = self.comm as usize;
+        let timeout = self.timeout;
+        let watchdog = std::thread::spawn(move || {
+            if finished.recv_timeout(timeout).is_err() {
+                // SAFETY: the communicator is alive until `Nccl` is dropped, which cannot
+                // happen while `watched` runs.
+                unsafe {
+                    let _ = result::comm_abort(comm as sys::ncclComm_t);
+                }
+                return true;
+            }
+            false
+        });
+        let out = wait();
+        let _ = done.send(());
+        let aborted = watchdog.join().unwrap_or(false);
+        if aborted {
+            self.aborted.set(true);
+            bail!(
+                "rank {}: NCCL all-reduce did not finish within {} s (distributed.timeout_s); \
+                 another rank died or hangs (see its log or bertkit launch's report)",
+                self.rank,
+                timeout.as_secs_f64()
+            );
+        }
+        out
+    }
+}
+
+impl Drop for Nccl {
+    fn drop(&mut self) {
+        if self.aborted.get() {
+            return;
+        }
+        // SAFETY: created by ncclCommInitRank and not used after this.
+        unsafe {
+            let _ = result::comm_abort(self.comm);
+        }
+    }
+}

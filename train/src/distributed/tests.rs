@@ -1,0 +1,236 @@
+//! The rendezvous and the ring with ranks as threads of one test process.
+
+use std::net::TcpListener;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn env(rank: usize, world_size: usize, port: u16) -> ProcessEnv {
+    ProcessEnv {
+        rank,
+        world_size,
+        local_rank: rank,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        source: "torchrun",
+    }
+}
+
+fn settings(timeout_s: f64, rendezvous_timeout_s: f64) -> DistributedSettings {
+    DistributedSettings {
+        timeout_s,
+        rendezvous_timeout_s,
+        backend: CollectiveBackend::Tcp,
+    }
+}
+
+/// Runs `f(rank, group)` on `n` ranks (threads); returns each rank's result.
+fn on_ranks<T: Send + 'static>(
+    n: usize,
+    s: DistributedSettings,
+    hash: impl Fn(usize) -> String,
+    f: impl Fn(usize, Result<ProcessGroup>) -> T + Send + Sync + Clone + 'static,
+) -> Vec<T> {
+    let port = free_port();
+    let handles: Vec<_> = (0..n)
+        .map(|r| {
+            let (f, s, h) = (f.clone(), s.clone(), hash(r));
+            thread::spawn(move || f(r, ProcessGroup::join(&env(r, n, port), &s, &h, false)))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("rank thread"))
+        .collect()
+}
+
+#[test]
+fn ring_all_reduce_broadcast_and_barrier_agree_on_every_rank() {
+    let results = on_ranks(
+        3,
+        settings(20.0, 20.0),
+        |_| "same".into(),
+        |r, group| {
+            let mut g = group.expect("join");
+            assert_eq!((g.rank, g.world_size), (r, 3));
+            let mut outs = Vec::new();
+            // Lengths below, at and above the rank count, and empty.
+            for len in [0usize, 1, 2, 3, 10, 1001] {
+                let mut v: Vec<f32> = (0..len).map(|i| (i * 10 + r) as f32).collect();
+                g.all_reduce_f32(&mut v).expect("all-reduce");
+                outs.push(v);
+            }
+            let mut counts = vec![r as f64 + 0.5, 1e15];
+            g.all_reduce_f64(&mut counts).expect("f64 all-reduce");
+            g.barrier().expect("barrier");
+            // 20 MB: several broadcast chunks.
+            let mut big = if r == 0 {
+                (0..20_000_000u32).map(|i| (i % 251) as u8).collect()
+            } else {
+                vec![7u8; 3]
+            };
+            g.broadcast(&mut big).expect("broadcast");
+            let mut empty = if r == 0 { Vec::new() } else { vec![1u8] };
+            g.broadcast(&mut empty).expect("empty broadcast");
+            (outs, counts, big, empty)
+        },
+    );
+    for (outs, counts, big, empty) in &results {
+        for v in outs {
+            let want: Vec<f32> = (0..v.len()).map(|i| (i * 30 + 3) as f32).collect();
+            assert_eq!(v, &want);
+        }
+        assert_eq!(counts, &vec![4.5, 3e15]);
+        assert_eq!(big.len(), 20_000_000);
+        assert!(big.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        assert!(empty.is_empty());
+    }
+}
+
+#[test]
+fn a_rank_that_never_joins_is_named() {
+    let port = free_port();
+    let started = Instant::now();
+    let ranks: Vec<_> = [0usize, 1]
+        .into_iter()
+        .map(|r| {
+            thread::spawn(move || {
+                ProcessGroup::join(&env(r, 3, port), &settings(5.0, 1.0), "h", false)
+                    .err()
+                    .map(|e| format!("{e:#}"))
+            })
+        })
+        .collect();
+    let errors: Vec<String> = ranks
+        .into_iter()
+        .map(|h| h.join().unwrap().expect("the rendezvous must fail"))
+        .collect();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        errors[0].contains("rank 2 of 3 did not join within 1 s"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[0].contains("joined: rank 0"), "{}", errors[0]);
+    assert!(
+        errors[1].contains("refused by rank 0") && errors[1].contains("rank 2 of 3"),
+        "{}",
+        errors[1]
+    );
+}
+
+#[test]
+fn another_recipe_is_refused_naming_the_rank() {
+    let errors = on_ranks(
+        3,
+        settings(5.0, 10.0),
+        |r| {
+            if r == 2 {
+                "other".into()
+            } else {
+                "same".into()
+            }
+        },
+        |_, g| g.err().map(|e| format!("{e:#}")),
+    );
+    let e0 = errors[0].as_deref().expect("rank 0 refuses");
+    assert!(
+        e0.contains("rank 2 (") && e0.contains("another recipe"),
+        "{e0}"
+    );
+    assert!(errors[2]
+        .as_deref()
+        .is_some_and(|e| e.contains("another recipe")));
+}
+
+#[test]
+fn a_rank_that_exits_is_named_by_the_others() {
+    let errors = on_ranks(
+        3,
+        settings(30.0, 20.0),
+        |_| "h".into(),
+        |r, g| {
+            let mut g = g.expect("join");
+            let mut v = vec![1.0f32; 100];
+            g.all_reduce_f32(&mut v).expect("first all-reduce");
+            if r == 1 {
+                drop(g); // closes its connections, as a killed process would
+                return None;
+            }
+            let started = Instant::now();
+            let e = g.all_reduce_f32(&mut v).expect_err("rank 1 is gone");
+            assert!(started.elapsed() < Duration::from_secs(10));
+            // Further collectives fail at once.
+            assert!(g.barrier().is_err());
+            Some(format!("{e:#}"))
+        },
+    );
+    for r in [0, 2] {
+        let e = errors[r].as_deref().unwrap();
+        assert!(
+            e.contains("rank 1 (") && e.contains("exited or was killed"),
+            "rank {r}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_silent_rank_is_named_after_the_timeout() {
+    let errors = on_ranks(
+        3,
+        settings(1.0, 20.0),
+        |_| "h".into(),
+        |r, g| {
+            let mut g = g.expect("join");
+            if r == 1 {
+                // Alive but stuck: keeps its connections open and never joins the all-reduce.
+                thread::sleep(Duration::from_secs(4));
+                return None;
+            }
+            let started = Instant::now();
+            let e = g
+                .all_reduce_f32(&mut [1.0f32; 10])
+                .expect_err("rank 1 is stuck");
+            assert!(started.elapsed() < Duration::from_secs(4));
+            Some(format!("{e:#}"))
+        },
+    );
+    let e2 = errors[2].as_deref().unwrap();
+    assert!(
+        e2.contains("no data from rank 1 (") && e2.contains("for 1 s"),
+        "{e2}"
+    );
+    // Rank 0 waits on rank 2, which passes on that rank 1 failed.
+    let e0 = errors[0].as_deref().unwrap();
+    assert!(e0.contains("rank 1 ("), "{e0}");
+}
+
+#[test]
+fn an_abort_reaches_the_others_with_its_message() {
+    let errors = on_ranks(
+        2,
+        settings(30.0, 20.0),
+        |_| "h".into(),
+        |r, g| {
+            let mut g = g.expect("join");
+            if r == 1 {
+                g.abort("data shard 7 is corrupt");
+                return None;
+            }
+            Some(format!("{:#}", g.barrier().expect_err("rank 1 aborted")))
+        },
+    );
+    let e = errors[0].as_deref().unwrap();
+    assert!(
+        e.contains("rank 1 (") && e.contains("data shard 7 is corrupt"),
+        "{e}"
+    );
+}
