@@ -46,6 +46,9 @@ enum Command {
     /// Time one pretraining step on a synthetic batch (the peer of
     /// scripts/bench/pretrain_peer.py), optionally with the device's matmul rate for MFU.
     BenchTrain(cli::bench_train::BenchTrainArgs),
+    /// All-reduce bandwidth of a data-parallel job (run it under `bertkit launch` or srun),
+    /// as nccl-tests reports it.
+    BenchAllreduce(cli::bench_allreduce::BenchAllreduceArgs),
     /// Start the local ranks of a data-parallel job, like torchrun: `bertkit launch
     /// --nproc-per-node 2 -- bertkit pretrain ...`.
     Launch(cli::launch::LaunchArgs),
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => cli::finetune::eval(&args),
         Command::Predict(args) => cli::finetune::predict(&args),
         Command::BenchTrain(args) => cli::bench_train::run(&args),
+        Command::BenchAllreduce(args) => cli::bench_allreduce::run(&args),
         // The launcher exits with the failing rank's status.
         Command::Launch(args) => match cli::launch::run(&args) {
             Ok(code) => return ExitCode::from(code),

@@ -256,6 +256,7 @@ fn quickstart_runs_every_stage() {
         "[7] bertkit embed",
         "[8] bertkit convert",
         "[9] bertkit finetune",
+        "[10] bertkit launch",
     ] {
         assert!(out.contains(stage), "missing {stage}: {out}");
     }
@@ -286,4 +287,9 @@ fn quickstart_runs_every_stage() {
     .unwrap();
     assert!(m["best"]["accuracy"].as_f64().unwrap() >= 0.9, "{m}");
     assert!(out.contains("validation accuracy"), "{out}");
+    // Two ranks trained 20 steps; rank 0 alone logged them.
+    assert!(out.contains("[rank 0] pretrain: 20 steps"), "{out}");
+    let records =
+        std::fs::read_to_string(dir.path().join("pretrain-2-ranks/metrics.jsonl")).unwrap();
+    assert_eq!(records.lines().count(), 4, "{records}");
 }

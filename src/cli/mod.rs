@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod bench_allreduce;
 pub mod bench_train;
 pub mod convert;
 pub mod embed;

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use bertkit_model::backend::DeviceSpec;
 use bertkit_model::checkpoint::{self, LoadOptions};
 use bertkit_model::{BertTokenizer, Task};
@@ -374,6 +374,45 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         metrics["best"]["accuracy"].as_f64().unwrap_or(f64::NAN),
         rows.len() - split
     );
+
+    stage(
+        10,
+        "bertkit launch --nproc-per-node 2 -- bertkit pretrain (data parallel, TCP ring)",
+    );
+    // The same recipe for 20 steps on two processes of 8 sequences each.
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port")?
+        .port();
+    let parallel_dir = out.join("pretrain-2-ranks");
+    if parallel_dir.exists() {
+        std::fs::remove_dir_all(&parallel_dir)
+            .with_context(|| format!("{}", parallel_dir.display()))?;
+    }
+    let launched = std::process::Command::new(&exe)
+        .args(["launch", "--nproc-per-node", "2", "--master-port"])
+        .arg(port.to_string())
+        .arg("--")
+        .arg(&exe)
+        .args(["pretrain", "--config"])
+        .arg(&recipe)
+        .args(["--set", "batch.micro=8", "--set", "schedule.steps=20"])
+        .args(["--set", "log.every=5", "--set"])
+        .arg(format!("out={:?}", parallel_dir.display().to_string()))
+        .output()
+        .context("running bertkit launch")?;
+    let stdout = String::from_utf8_lossy(&launched.stdout);
+    if !launched.status.success() {
+        bail!(
+            "bertkit launch failed: {}{}",
+            stdout,
+            String::from_utf8_lossy(&launched.stderr)
+        );
+    }
+    for line in stdout.lines().filter(|l| l.contains("pretrain:")) {
+        println!("    {line}");
+    }
 
     println!(
         "\nquickstart done in {:.1} s; everything is in {}",
