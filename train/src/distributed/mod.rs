@@ -126,7 +126,14 @@ impl ProcessGroup {
             }
         })?;
         #[cfg(feature = "cuda")]
+        let mut joined = joined;
+        #[cfg(feature = "cuda")]
         let nccl = if use_nccl && env.world_size > 1 {
+            // ncclCommInitRank waits for every rank without a timeout: meet on the ring first,
+            // so a rank that died since the rendezvous is named instead of hanging the others.
+            if let Some(ring) = &mut joined.ring {
+                ring.barrier()?;
+            }
             Some(nccl::Nccl::new(
                 env.local_rank,
                 env.rank,
