@@ -21,6 +21,9 @@ use super::wire::{self, Element, Kind, ReadError};
 /// Broadcast chunk size: small enough to pipeline, large enough to amortize the frame.
 const BROADCAST_CHUNK: usize = 8 << 20;
 
+/// How long a rank that timed out still listens for a diagnosis from upstream.
+const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
+
 pub struct Ring {
     rank: usize,
     world_size: usize,
@@ -220,15 +223,9 @@ impl Ring {
                     origin: pred,
                     message: "it gave up".into(),
                 });
-                if self.succ() != abort.origin {
-                    self.pass_abort(abort.origin, &abort.message);
-                }
-                let message = format!(
-                    "{} failed: {} (during {what} here)",
-                    self.names[abort.origin], abort.message
-                );
-                self.failed = Some(message.clone());
-                Err(anyhow!(message))
+                let here = self.adopt(abort, &what);
+                // A rank upstream may still pass on who failed first.
+                Err(self.upstream_diagnosis(&what).unwrap_or(here))
             }
             Ok((kind, seq)) => Err(self.fail(
                 pred,
@@ -246,20 +243,63 @@ impl Ring {
                     self.names[pred]
                 ),
             )),
-            Err(ReadError::TimedOut) => Err(self.fail(
-                pred,
-                format!(
-                    "no data from {} for {} s during {what}: it, or a rank before it in the ring, \
-                     is stuck or gone (distributed.timeout_s)",
-                    self.names[pred],
-                    self.timeout.as_secs_f64()
-                ),
-            )),
+            Err(ReadError::TimedOut) => {
+                let here = self.fail(
+                    pred,
+                    format!(
+                        "no data from {} for {} s during {what}: it, or a rank before it in the \
+                         ring, is stuck or gone (distributed.timeout_s)",
+                        self.names[pred],
+                        self.timeout.as_secs_f64()
+                    ),
+                );
+                Err(self.upstream_diagnosis(&what).unwrap_or(here))
+            }
             Err(e) => Err(self.fail(
                 pred,
                 format!("reading from {} during {what}: {e}", self.names[pred]),
             )),
         }
+    }
+
+    /// After a timeout or an abort. When one rank is stuck, every rank downstream of it times out at about
+    /// the same moment, and each would name its own predecessor. Each has just told its
+    /// successor whom it blames; a rank whose predecessor speaks now proves that predecessor
+    /// alive, so it adopts the blame passed down (and passes it on). Listening for a grace
+    /// period lets the blame of the rank right after the stuck one travel the whole chain.
+    fn upstream_diagnosis(&mut self, what: &str) -> Option<anyhow::Error> {
+        let grace = self.timeout.min(TIMEOUT_GRACE);
+        let _ = self.recv.set_read_timeout(Some(grace));
+        let deadline = std::time::Instant::now() + grace;
+        let mut adopted = None;
+        let mut buf = Vec::new();
+        for _ in 0..self.world_size {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || self.recv.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            let Ok((Kind::Abort, _)) = wire::read_frame_into(&mut self.recv, &mut buf) else {
+                break;
+            };
+            let Ok(abort) = serde_json::from_slice::<Abort>(&buf) else {
+                break;
+            };
+            adopted = Some(self.adopt(abort, what));
+        }
+        adopted
+    }
+
+    /// Takes on the failure `abort` reports, and passes it on.
+    fn adopt(&mut self, abort: Abort, what: &str) -> anyhow::Error {
+        if self.succ() != abort.origin {
+            self.pass_abort(abort.origin, &abort.message);
+        }
+        let message = format!(
+            "{} failed: {} (during {what} here)",
+            self.names[abort.origin], abort.message
+        );
+        self.failed = Some(message.clone());
+        anyhow!(message)
     }
 
     fn send_failed(&mut self, e: std::io::Error) -> anyhow::Error {
