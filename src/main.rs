@@ -30,6 +30,11 @@ enum Command {
     },
     /// Convert a model between the bertkit checkpoint and the Hugging Face layout.
     Convert(cli::convert::ConvertArgs),
+    /// Export a model: an optimized, self-checking inference plan (parity against the
+    /// checkpoint, tuned for this machine), ONNX, or the Hugging Face layout.
+    Export(cli::export::ExportArgs),
+    /// Time a plan on a synthetic batch (the peer of scripts/bench/plan_peer.py).
+    BenchPlan(cli::export::BenchPlanArgs),
     /// Train a WordPiece vocabulary (tokenizer.json + vocab.txt) on a corpus.
     Vocab(cli::vocab::VocabArgs),
     /// Turn a corpus into tokenized pretraining shards (parquet) with a manifest.
@@ -80,6 +85,8 @@ fn main() -> ExitCode {
         Command::Embed(args) => cli::embed::run(&args),
         Command::Info { dir } => cli::info::run(&dir),
         Command::Convert(args) => cli::convert::run(&args),
+        Command::Export(args) => cli::export::run(&args),
+        Command::BenchPlan(args) => cli::export::bench(&args),
         Command::Vocab(args) => cli::vocab::run(&args),
         Command::Prep(args) => cli::prep::run(&args),
         Command::Pretrain(args) => cli::pretrain::run(&args),

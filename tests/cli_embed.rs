@@ -257,6 +257,7 @@ fn quickstart_runs_every_stage() {
         "[8] bertkit convert",
         "[9] bertkit finetune",
         "[10] bertkit launch",
+        "[11] bertkit export",
     ] {
         assert!(out.contains(stage), "missing {stage}: {out}");
     }
@@ -292,4 +293,16 @@ fn quickstart_runs_every_stage() {
     let records =
         std::fs::read_to_string(dir.path().join("pretrain-2-ranks/metrics.jsonl")).unwrap();
     assert_eq!(records.lines().count(), 4, "{records}");
+    // The int8 plan of the classifier passed its parity check and labels new sentences.
+    assert!(out.contains("parity passed"), "{out}");
+    assert!(
+        out.contains("\"the old sailor watched the red boat at dawn.\" -> water"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\"a dog followed the long road in the rain.\" -> land"),
+        "{out}"
+    );
+    let meta = bertkit_runtime::PlanMeta::read(&dir.path().join("finetuned-int8.plan")).unwrap();
+    assert_eq!(meta.precision, bertkit_runtime::Precision::Int8);
 }

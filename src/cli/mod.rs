@@ -4,6 +4,7 @@ pub mod bench_allreduce;
 pub mod bench_train;
 pub mod convert;
 pub mod embed;
+pub mod export;
 pub mod finetune;
 pub mod info;
 pub mod launch;

@@ -414,6 +414,44 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         println!("    {line}");
     }
 
+    stage(
+        11,
+        "bertkit export (the fine-tuned classifier -> an int8 plan, checked against it)",
+    );
+    let plan_dir = out.join("finetuned-int8.plan");
+    super::export::run(&super::export::ExportArgs {
+        model: finetuned.clone(),
+        out: plan_dir.clone(),
+        format: super::export::ExportFormat::Plan,
+        precision: bertkit_runtime::Precision::Int8,
+        target: bertkit_runtime::Target::Cpu,
+        max_batch: 32,
+        seq_buckets: vec![32],
+        calibration: Some(validation.clone()),
+        pooling: None,
+        normalize: None,
+        max_length: Some(32),
+        overwrite: true,
+        allow_parity_failure: false,
+        no_tune: false,
+    })?;
+    let runtime = bertkit_runtime::Runtime::load(&plan_dir, &Default::default())?;
+    let examples = [
+        "the old sailor watched the red boat at dawn.",
+        "a dog followed the long road in the rain.",
+    ];
+    let inputs: Vec<_> = examples
+        .iter()
+        .map(|t| bertkit_model::TextInput::single(*t))
+        .collect();
+    for (text, o) in examples.iter().zip(runtime.run_texts(&inputs)?) {
+        let best = (0..o.width)
+            .max_by(|&a, &b| o.data[a].total_cmp(&o.data[b]))
+            .unwrap_or(0);
+        let label = runtime.meta.labels.get(best).cloned().unwrap_or_default();
+        println!("    plan says {text:?} -> {label}");
+    }
+
     println!(
         "\nquickstart done in {:.1} s; everything is in {}",
         start.elapsed().as_secs_f64(),

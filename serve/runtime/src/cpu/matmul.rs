@@ -1,0 +1,482 @@
+//! The linear layers: `out[m, n] (+)= x[m, k] · W` in f32 through the `gemm` crate (weights
+//! pre-transposed to `[in, out]`), or in int8 with a kernel of our own: weights quantized per
+//! output channel to 7 bits (`[out, in]`, so both operands are read along k), activations per
+//! row to 8 bits at run time (asymmetric: the row's [min, max] onto 0..=255, which keeps twice
+//! the resolution for GELU outputs, nearly all positive), products summed exactly in i32 with
+//! AVX2 `vpmaddubsw`: `Σ x·w ≈ s_w · (s_x · Σ q_x·q_w + min_x · Σ q_w)`.
+//!
+//! 7-bit weights (as ONNX Runtime's `reduce_range`) keep `vpmaddubsw`'s pairwise i16 sums from
+//! saturating: 255 · 63 · 2 < 32767.
+
+use rayon::prelude::*;
+
+/// Largest quantized weight magnitude (7 bits).
+pub const WEIGHT_QMAX: f32 = 63.0;
+/// Activation levels (8 bits, unsigned).
+const ACT_LEVELS: f32 = 255.0;
+/// k is padded to a multiple of this (one AVX2 register of bytes).
+const K_BLOCK: usize = 32;
+
+pub enum Weight {
+    /// `[k, n]` row-major.
+    F32 { w: Vec<f32>, k: usize, n: usize },
+    /// `[n, k_pad]` row-major, zero padded; `scale[j]` per output channel; `colsum[j]` is the
+    /// sum of channel j's quantized weights (adds back the activations' offset).
+    Int8 {
+        w: Vec<i8>,
+        scale: Vec<f32>,
+        colsum: Vec<i32>,
+        k: usize,
+        k_pad: usize,
+        n: usize,
+    },
+}
+
+pub struct Linear {
+    pub weight: Weight,
+    pub bias: Vec<f32>,
+}
+
+/// Quantizes PyTorch's `[out, in]` weight per output channel to 7 bits; returns the values and
+/// the scales (`w ≈ q · scale`).
+pub fn quantize_weight(w_out_in: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; n * k];
+    let mut scales = vec![0f32; n];
+    for j in 0..n {
+        let row = &w_out_in[j * k..(j + 1) * k];
+        let max = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = if max > 0.0 { max / WEIGHT_QMAX } else { 1.0 };
+        scales[j] = scale;
+        for (d, v) in q[j * k..(j + 1) * k].iter_mut().zip(row) {
+            *d = (v / scale).round().clamp(-WEIGHT_QMAX, WEIGHT_QMAX) as i8;
+        }
+    }
+    (q, scales)
+}
+
+impl Weight {
+    pub fn in_features(&self) -> usize {
+        match self {
+            Weight::F32 { k, .. } | Weight::Int8 { k, .. } => *k,
+        }
+    }
+
+    pub fn out_features(&self) -> usize {
+        match self {
+            Weight::F32 { n, .. } | Weight::Int8 { n, .. } => *n,
+        }
+    }
+
+    /// From quantized `[n, k]` values and their scales.
+    pub fn int8(q: &[i8], scale: Vec<f32>, n: usize, k: usize) -> Weight {
+        let k_pad = k.div_ceil(K_BLOCK) * K_BLOCK;
+        let mut w = vec![0i8; n * k_pad];
+        let mut colsum = vec![0i32; n];
+        for j in 0..n {
+            let src = &q[j * k..(j + 1) * k];
+            w[j * k_pad..j * k_pad + k].copy_from_slice(src);
+            colsum[j] = src.iter().map(|&v| v as i32).sum();
+        }
+        Weight::Int8 {
+            w,
+            scale,
+            colsum,
+            k,
+            k_pad,
+            n,
+        }
+    }
+
+    /// The same int8 weights dequantized to f32 `[k, n]` (the "int8 storage, f32 compute"
+    /// variant the tuner may pick).
+    pub fn dequantized(&self) -> Weight {
+        match self {
+            Weight::F32 { w, k, n } => Weight::F32 {
+                w: w.clone(),
+                k: *k,
+                n: *n,
+            },
+            Weight::Int8 {
+                w,
+                scale,
+                k,
+                k_pad,
+                n,
+                ..
+            } => {
+                let mut out = vec![0f32; k * n];
+                for j in 0..*n {
+                    for i in 0..*k {
+                        out[i * n + j] = w[j * k_pad + i] as f32 * scale[j];
+                    }
+                }
+                Weight::F32 {
+                    w: out,
+                    k: *k,
+                    n: *n,
+                }
+            }
+        }
+    }
+}
+
+impl Linear {
+    /// `out[m, n] += x[m, k] · W`, `out` already holding the bias (and a residual).
+    pub fn accumulate(&self, x: &[f32], m: usize, out: &mut [f32], threads: usize) {
+        match &self.weight {
+            Weight::F32 { w, k, n } => {
+                debug_assert!(x.len() >= m * k && out.len() >= m * n && w.len() == k * n);
+                let parallelism = if threads > 1 && m * k * n > 1 << 16 {
+                    gemm::Parallelism::Rayon(threads)
+                } else {
+                    gemm::Parallelism::None
+                };
+                // SAFETY: the slices hold m×k, k×n and m×n values with the strides given.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        *n,
+                        *k,
+                        out.as_mut_ptr(),
+                        1,
+                        *n as isize,
+                        true,
+                        x.as_ptr(),
+                        1,
+                        *k as isize,
+                        w.as_ptr(),
+                        1,
+                        *n as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    )
+                }
+            }
+            Weight::Int8 {
+                w,
+                scale,
+                colsum,
+                k,
+                k_pad,
+                n,
+            } => {
+                let (k, k_pad, n) = (*k, *k_pad, *n);
+                // Rows in blocks: each thread quantizes its rows and runs them against all of W.
+                let rows = m.div_ceil(threads.max(1)).clamp(1, 64);
+                let work = |(block, out): (usize, &mut [f32])| {
+                    let r0 = block * rows;
+                    let nr = out.len() / n;
+                    // Padding is 0: it meets zero weights.
+                    let mut qa = vec![0u8; nr * k_pad];
+                    let mut sa = vec![(0f32, 0f32); nr];
+                    for r in 0..nr {
+                        sa[r] = quantize_row(
+                            &x[(r0 + r) * k..(r0 + r + 1) * k],
+                            &mut qa[r * k_pad..r * k_pad + k],
+                        );
+                    }
+                    int8_block(&qa, &sa, nr, w, scale, colsum, k_pad, n, out);
+                };
+                if threads > 1 && m > rows {
+                    out[..m * n]
+                        .par_chunks_mut(rows * n)
+                        .enumerate()
+                        .for_each(work);
+                } else {
+                    out[..m * n].chunks_mut(rows * n).enumerate().for_each(work);
+                }
+            }
+        }
+    }
+}
+
+/// Quantizes one activation row to u8 `q` with `x ≈ scale · q + min`; returns (scale, min).
+fn quantize_row(x: &[f32], q: &mut [u8]) -> (f32, f32) {
+    #[inline(always)]
+    fn generic(x: &[f32], q: &mut [u8]) -> (f32, f32) {
+        let (mut hi, mut lo) = ([f32::MIN; 8], [f32::MAX; 8]);
+        let chunks = x.chunks_exact(8);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for i in 0..8 {
+                hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
+                lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
+            }
+        }
+        let max = hi.iter().chain(rest).fold(f32::MIN, |m, &v| m.max(v));
+        let min = lo.iter().chain(rest).fold(f32::MAX, |m, &v| m.min(v));
+        let scale = if max > min {
+            (max - min) / ACT_LEVELS
+        } else {
+            1.0
+        };
+        let inv = 1.0 / scale;
+        // Adding 1.5·2^23 leaves round-to-nearest-even((v - min)·inv) in the low bits of the
+        // mantissa (it lies in 0..=255 by construction): a vectorizable float-to-int rounding.
+        const MAGIC: f32 = 12_582_912.0;
+        for (d, v) in q.iter_mut().zip(x) {
+            *d = ((v - min) * inv + MAGIC).to_bits() as u8;
+        }
+        (scale, min)
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(x: &[f32], q: &mut [u8]) -> (f32, f32) {
+            generic(x, q)
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features `avx2` was compiled for.
+            return unsafe { avx2(x, q) };
+        }
+    }
+    generic(x, q)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn int8_block(
+    qa: &[u8],
+    sa: &[(f32, f32)],
+    nr: usize,
+    w: &[i8],
+    scale: &[f32],
+    colsum: &[i32],
+    k_pad: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let write = |out: &mut [f32], r: usize, j: usize, dot: i32| {
+        let (s, min) = sa[r];
+        out[r * n + j] += scale[j] * (s * dot as f32 + min * colsum[j] as f32);
+    };
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        let mut j = 0;
+        while j + 4 <= n {
+            let mut r = 0;
+            while r + 2 <= nr {
+                // SAFETY: rows r, r+1 of qa and rows j..j+4 of w hold k_pad bytes each, and
+                // k_pad is a multiple of 32; out rows r, r+1 hold n ≥ j+4 values; the CPU has
+                // AVX2.
+                unsafe {
+                    avx2::tile_2x4(
+                        qa.as_ptr().add(r * k_pad),
+                        qa.as_ptr().add((r + 1) * k_pad),
+                        w.as_ptr().add(j * k_pad),
+                        k_pad,
+                        &colsum[j..j + 4],
+                        [sa[r], sa[r + 1]],
+                        &scale[j..j + 4],
+                        out.as_mut_ptr().add(r * n + j),
+                        n,
+                    )
+                };
+                r += 2;
+            }
+            for r in r..nr {
+                for c in j..j + 4 {
+                    write(
+                        out,
+                        r,
+                        c,
+                        dot_scalar(&qa[r * k_pad..][..k_pad], &w[c * k_pad..][..k_pad]),
+                    );
+                }
+            }
+            j += 4;
+        }
+        for r in 0..nr {
+            for c in j..n {
+                write(
+                    out,
+                    r,
+                    c,
+                    dot_scalar(&qa[r * k_pad..][..k_pad], &w[c * k_pad..][..k_pad]),
+                );
+            }
+        }
+        return;
+    }
+    for r in 0..nr {
+        for c in 0..n {
+            write(
+                out,
+                r,
+                c,
+                dot_scalar(&qa[r * k_pad..][..k_pad], &w[c * k_pad..][..k_pad]),
+            );
+        }
+    }
+}
+
+fn dot_scalar(a: &[u8], w: &[i8]) -> i32 {
+    a.iter().zip(w).map(|(&a, &w)| a as i32 * w as i32).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Dot products of 2 activation rows (u8) with 4 weight rows (i8, `k_pad` apart), turned
+    /// into `out[r][c] += scale[c] · (s_r · dot + min_r · colsum[c])` where `rows[r]` is
+    /// `(s_r, min_r)` (`out` rows `n` apart).
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn tile_2x4(
+        a0: *const u8,
+        a1: *const u8,
+        w: *const i8,
+        k_pad: usize,
+        colsum: &[i32],
+        rows: [(f32, f32); 2],
+        scale: &[f32],
+        out: *mut f32,
+        n: usize,
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); 4]; 2];
+        let mut k = 0;
+        while k < k_pad {
+            let va0 = _mm256_loadu_si256(a0.add(k) as *const __m256i);
+            let va1 = _mm256_loadu_si256(a1.add(k) as *const __m256i);
+            #[allow(clippy::needless_range_loop)] // c indexes both rows of acc and w
+            for c in 0..4 {
+                let vw = _mm256_loadu_si256(w.add(c * k_pad + k) as *const __m256i);
+                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(va0, vw), ones);
+                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(va1, vw), ones);
+                acc[0][c] = _mm256_add_epi32(acc[0][c], p0);
+                acc[1][c] = _mm256_add_epi32(acc[1][c], p1);
+            }
+            k += 32;
+        }
+        let sums_w = _mm_cvtepi32_ps(_mm_loadu_si128(colsum.as_ptr() as *const __m128i));
+        let scales = _mm_loadu_ps(scale.as_ptr());
+        for r in 0..2 {
+            // Four horizontal sums at once: lanes [c0, c1, c2, c3].
+            let t0 = _mm256_hadd_epi32(acc[r][0], acc[r][1]);
+            let t1 = _mm256_hadd_epi32(acc[r][2], acc[r][3]);
+            let t = _mm256_hadd_epi32(t0, t1);
+            let sums = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+            let (s, min) = rows[r];
+            let v = _mm_add_ps(
+                _mm_mul_ps(_mm_cvtepi32_ps(sums), _mm_set1_ps(s)),
+                _mm_mul_ps(sums_w, _mm_set1_ps(min)),
+            );
+            let dst = out.add(r * n);
+            _mm_storeu_ps(dst, _mm_add_ps(_mm_loadu_ps(dst), _mm_mul_ps(v, scales)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn reference(x: &[f32], w_out_in: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|t| x[i * k + t] * w_out_in[j * k + t]).sum();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn f32_and_int8_match_the_product() {
+        let mut seed = 7;
+        // Odd sizes exercise the remainders (rows, columns, k not a multiple of 32).
+        for (m, k, n, threads) in [
+            (5, 37, 11, 1),
+            (67, 96, 13, 2),
+            (2, 384, 8, 2),
+            (1, 8, 1, 1),
+        ] {
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+            let want = reference(&x, &w, m, k, n);
+            let mut w_in_out = vec![0f32; k * n];
+            for j in 0..n {
+                for i in 0..k {
+                    w_in_out[i * n + j] = w[j * k + i];
+                }
+            }
+            let f = Linear {
+                weight: Weight::F32 { w: w_in_out, k, n },
+                bias: vec![],
+            };
+            let mut out = vec![1f32; m * n];
+            f.accumulate(&x, m, &mut out, threads);
+            for (a, b) in out.iter().zip(&want) {
+                assert!((a - 1.0 - b).abs() < 1e-4, "f32 {m}x{k}x{n}");
+            }
+            let (q, s) = quantize_weight(&w, n, k);
+            let int8 = Linear {
+                weight: Weight::int8(&q, s, n, k),
+                bias: vec![],
+            };
+            let mut out = vec![1f32; m * n];
+            int8.accumulate(&x, m, &mut out, threads);
+            // Error bound: half a step of each operand's quantization, summed over k.
+            let bound = k as f32 * (1.0 / WEIGHT_QMAX + 2.0 / ACT_LEVELS) * 0.5 + 1e-3;
+            let mut worst = 0f32;
+            for (a, b) in out.iter().zip(&want) {
+                worst = worst.max((a - 1.0 - b).abs());
+            }
+            assert!(worst < bound, "int8 {m}x{k}x{n}: {worst} vs {bound}");
+            // The dequantized variant computes the same quantized weights in f32.
+            let deq = Linear {
+                weight: int8.weight.dequantized(),
+                bias: vec![],
+            };
+            let mut out2 = vec![1f32; m * n];
+            deq.accumulate(&x, m, &mut out2, threads);
+            let worst2 = out2
+                .iter()
+                .zip(&want)
+                .fold(0f32, |w, (a, b)| w.max((a - 1.0 - b).abs()));
+            assert!(worst2 < bound, "dequantized {worst2}");
+        }
+    }
+
+    #[test]
+    fn int8_products_are_exact_in_integers() {
+        // Values on the quantization grid: the kernel must reproduce them exactly.
+        let (m, k, n) = (3, 64, 5);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 255) as f32) - 127.0)
+            .collect();
+        let mut w: Vec<f32> = (0..n * k).map(|i| ((i * 11 % 127) as f32) - 63.0).collect();
+        let mut x = x;
+        // Each row spans exactly 255 (scale 1, integer offset).
+        for r in 0..m {
+            x[r * k] = -127.0;
+            x[r * k + 1] = 128.0;
+        }
+        for j in 0..n {
+            w[j * k] = 63.0;
+        }
+        let want = reference(&x, &w, m, k, n);
+        let (q, s) = quantize_weight(&w, n, k);
+        let lin = Linear {
+            weight: Weight::int8(&q, s, n, k),
+            bias: vec![],
+        };
+        let mut out = vec![0f32; m * n];
+        lin.accumulate(&x, m, &mut out, 1);
+        for (a, b) in out.iter().zip(&want) {
+            assert!((a - b).abs() <= b.abs() * 1e-5 + 1e-3, "{a} vs {b}");
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! The CPU executor: BERT's encoder over packed sequences (no padding: the linear layers run on
+//! all tokens of the batch at once, attention runs per sequence and head), with the bias and
+//! residual added by the matrix multiply itself (it accumulates into them) and the attention
+//! scale folded into the query weights at export.
+
+pub mod math;
+pub mod matmul;
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::plan::{names, PlanMeta, PlanTask, PoolingMode, Precision};
+use matmul::{Linear, Weight};
+
+/// One input: token ids and token type ids, special tokens included.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+}
+
+/// One input's result: `rows × width` values (1 row for an embedding or a sequence label,
+/// one per token for token tasks; QA has width 2: start, end).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqOutput {
+    pub rows: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    Gelu,
+    GeluTanh,
+    Relu,
+}
+
+struct LayerNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+struct Layer {
+    qkv: Linear,
+    attn_out: Linear,
+    attn_ln: LayerNorm,
+    ffn_in: Linear,
+    ffn_out: Linear,
+    ffn_ln: LayerNorm,
+}
+
+pub struct Encoder {
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
+    emb_ln: LayerNorm,
+    layers: Vec<Layer>,
+    pooler: Option<Linear>,
+    head: Option<Linear>,
+    task: PlanTask,
+    pooling: Option<(PoolingMode, bool)>,
+    hidden: usize,
+    heads: usize,
+    inter: usize,
+    vocab: usize,
+    max_positions: usize,
+    type_vocab: usize,
+    eps: f32,
+    act: Act,
+}
+
+/// How int8 weights are computed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Kernel {
+    /// Integer products (the AVX2 kernel).
+    Int8,
+    /// The int8 weights dequantized at load, f32 matrix multiplies.
+    DequantizedF32,
+}
+
+impl Int8Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8Kernel::Int8 => "int8",
+            Int8Kernel::DequantizedF32 => "dequantized-f32",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Int8Kernel> {
+        match s {
+            "int8" => Some(Int8Kernel::Int8),
+            "dequantized-f32" => Some(Int8Kernel::DequantizedF32),
+            _ => None,
+        }
+    }
+}
+
+struct Tensors<'a> {
+    st: SafeTensors<'a>,
+    file: &'a str,
+}
+
+impl Tensors<'_> {
+    fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self
+            .st
+            .tensor(name)
+            .with_context(|| format!("{}: no tensor {name}", self.file))?;
+        if t.shape() != shape {
+            bail!(
+                "{}: tensor {name} has shape {:?}, expected {shape:?}",
+                self.file,
+                t.shape()
+            );
+        }
+        let b = t.data();
+        Ok(match t.dtype() {
+            Dtype::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => b
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => b
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => bail!(
+                "{}: tensor {name} is {other:?}, expected a float",
+                self.file
+            ),
+        })
+    }
+
+    fn layer_norm(&self, name: &str, h: usize) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            gamma: self.f32(&format!("{name}.gamma"), &[h])?,
+            beta: self.f32(&format!("{name}.beta"), &[h])?,
+        })
+    }
+
+    fn linear(&self, name: &str, k: usize, n: usize, int8: Option<Int8Kernel>) -> Result<Linear> {
+        let bias = self.f32(&format!("{name}.b"), &[n])?;
+        let wname = format!("{name}.w");
+        let t = self
+            .st
+            .tensor(&wname)
+            .with_context(|| format!("{}: no tensor {wname}", self.file))?;
+        let weight = if t.dtype() == Dtype::I8 {
+            if t.shape() != [n, k] {
+                bail!(
+                    "{}: tensor {wname} has shape {:?}, expected [{n}, {k}]",
+                    self.file,
+                    t.shape()
+                );
+            }
+            let q: Vec<i8> = t.data().iter().map(|&b| b as i8).collect();
+            let scale = self.f32(&format!("{name}.scale"), &[n])?;
+            let w = Weight::int8(&q, scale, n, k);
+            match int8 {
+                Some(Int8Kernel::DequantizedF32) => w.dequantized(),
+                _ => w,
+            }
+        } else {
+            Weight::F32 {
+                w: self.f32(&wname, &[k, n])?,
+                k,
+                n,
+            }
+        };
+        Ok(Linear { weight, bias })
+    }
+}
+
+impl Encoder {
+    /// Builds the encoder from the plan's weights file.
+    pub fn load(meta: &PlanMeta, weights: &[u8], file: &str, int8: Int8Kernel) -> Result<Self> {
+        let st = SafeTensors::deserialize(weights)
+            .with_context(|| format!("{file}: not a safetensors file"))?;
+        let t = Tensors { st, file };
+        let s = &meta.shape;
+        let (h, i) = (s.hidden_size, s.intermediate_size);
+        if s.num_attention_heads == 0 || h % s.num_attention_heads != 0 {
+            bail!("plan.json: hidden_size {h} is not a multiple of num_attention_heads");
+        }
+        let int8 = (meta.precision == Precision::Int8).then_some(int8);
+        let mut layers = Vec::with_capacity(s.num_hidden_layers);
+        for l in 0..s.num_hidden_layers {
+            let n = |part: &str| names::layer(l, part);
+            layers.push(Layer {
+                qkv: t.linear(&n("qkv"), h, 3 * h, int8)?,
+                attn_out: t.linear(&n("attn_out"), h, h, int8)?,
+                attn_ln: t.layer_norm(&n("attn_ln"), h)?,
+                ffn_in: t.linear(&n("ffn_in"), h, i, int8)?,
+                ffn_out: t.linear(&n("ffn_out"), i, h, int8)?,
+                ffn_ln: t.layer_norm(&n("ffn_ln"), h)?,
+            });
+        }
+        let pooler = match &meta.head {
+            Some(head) if head.pooler => Some(t.linear(names::POOLER, h, h, None)?),
+            _ => None,
+        };
+        let head = match &meta.head {
+            Some(head) => Some(t.linear(names::HEAD, h, head.num_outputs, None)?),
+            None => None,
+        };
+        let act = match s.hidden_act.as_str() {
+            "gelu" => Act::Gelu,
+            "gelu_new" => Act::GeluTanh,
+            "relu" => Act::Relu,
+            other => bail!("plan.json: hidden_act {other:?} is not supported"),
+        };
+        Ok(Encoder {
+            word: t.f32(names::WORD, &[s.vocab_size, h])?,
+            position: t.f32(names::POSITION, &[s.max_position_embeddings, h])?,
+            token_type: t.f32(names::TOKEN_TYPE, &[s.type_vocab_size, h])?,
+            emb_ln: t.layer_norm(names::EMB_LN, h)?,
+            layers,
+            pooler,
+            head,
+            task: meta.task,
+            pooling: meta.pooling.as_ref().map(|p| (p.mode, p.normalize)),
+            hidden: h,
+            heads: s.num_attention_heads,
+            inter: i,
+            vocab: s.vocab_size,
+            max_positions: s.max_position_embeddings,
+            type_vocab: s.type_vocab_size,
+            eps: s.layer_norm_eps as f32,
+            act,
+        })
+    }
+
+    fn check(&self, n: usize, seq: &Encoded) -> Result<()> {
+        if seq.ids.is_empty() {
+            bail!("input {n} has no tokens");
+        }
+        if seq.ids.len() != seq.type_ids.len() {
+            bail!(
+                "input {n}: {} ids but {} type ids",
+                seq.ids.len(),
+                seq.type_ids.len()
+            );
+        }
+        if seq.ids.len() > self.max_positions {
+            bail!(
+                "input {n} has {} tokens; the model takes at most {}",
+                seq.ids.len(),
+                self.max_positions
+            );
+        }
+        if let Some(id) = seq.ids.iter().find(|&&id| id as usize >= self.vocab) {
+            bail!(
+                "input {n}: token id {id} is outside the vocabulary ({})",
+                self.vocab
+            );
+        }
+        if let Some(t) = seq
+            .type_ids
+            .iter()
+            .find(|&&t| t as usize >= self.type_vocab)
+        {
+            bail!(
+                "input {n}: token type {t} is outside 0..{}",
+                self.type_vocab
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs the batch; call inside the runtime's thread pool (`threads` is its size).
+    pub fn forward(&self, batch: &[Encoded], threads: usize) -> Result<Vec<SeqOutput>> {
+        for (n, seq) in batch.iter().enumerate() {
+            self.check(n, seq)?;
+        }
+        let h = self.hidden;
+        let mut offsets = Vec::with_capacity(batch.len());
+        let mut total = 0;
+        for seq in batch {
+            offsets.push((total, seq.ids.len()));
+            total += seq.ids.len();
+        }
+        // Embeddings.
+        let mut x = vec![0f32; total * h];
+        for (seq, &(start, _)) in batch.iter().zip(&offsets) {
+            for (p, (&id, &tt)) in seq.ids.iter().zip(&seq.type_ids).enumerate() {
+                let row = &mut x[(start + p) * h..(start + p + 1) * h];
+                let w = &self.word[id as usize * h..][..h];
+                let pe = &self.position[p * h..][..h];
+                let te = &self.token_type[tt as usize * h..][..h];
+                for (((d, a), b), c) in row.iter_mut().zip(w).zip(pe).zip(te) {
+                    *d = a + b + c;
+                }
+            }
+        }
+        rows_par(&mut x, h, threads, |r| {
+            math::layer_norm_rows(r, &self.emb_ln.gamma, &self.emb_ln.beta, self.eps)
+        });
+        let mut qkv = vec![0f32; total * 3 * h];
+        let mut ctx = vec![0f32; total * h];
+        let mut ffn = vec![0f32; total * self.inter];
+        let mut y = vec![0f32; total * h];
+        for layer in &self.layers {
+            fill_rows(&mut qkv, &layer.qkv.bias, None);
+            layer.qkv.accumulate(&x, total, &mut qkv, threads);
+            self.attention(&qkv, &offsets, &mut ctx, threads);
+            fill_rows(&mut y, &layer.attn_out.bias, Some(&x));
+            layer.attn_out.accumulate(&ctx, total, &mut y, threads);
+            rows_par(&mut y, h, threads, |r| {
+                math::layer_norm_rows(r, &layer.attn_ln.gamma, &layer.attn_ln.beta, self.eps)
+            });
+            std::mem::swap(&mut x, &mut y);
+            fill_rows(&mut ffn, &layer.ffn_in.bias, None);
+            layer.ffn_in.accumulate(&x, total, &mut ffn, threads);
+            let act = self.act;
+            rows_par(&mut ffn, self.inter, threads, |r| match act {
+                Act::Gelu => math::gelu_erf(r),
+                Act::GeluTanh => math::gelu_tanh(r),
+                Act::Relu => math::relu(r),
+            });
+            fill_rows(&mut y, &layer.ffn_out.bias, Some(&x));
+            layer.ffn_out.accumulate(&ffn, total, &mut y, threads);
+            rows_par(&mut y, h, threads, |r| {
+                math::layer_norm_rows(r, &layer.ffn_ln.gamma, &layer.ffn_ln.beta, self.eps)
+            });
+            std::mem::swap(&mut x, &mut y);
+        }
+        Ok(self.heads_output(&x, &offsets, threads))
+    }
+
+    fn heads_output(
+        &self,
+        x: &[f32],
+        offsets: &[(usize, usize)],
+        threads: usize,
+    ) -> Vec<SeqOutput> {
+        let h = self.hidden;
+        match self.task {
+            PlanTask::Embedding => {
+                let (mode, normalize) = self.pooling.unwrap_or((PoolingMode::Mean, false));
+                offsets
+                    .iter()
+                    .map(|&(start, len)| {
+                        let mut v = vec![0f32; h];
+                        match mode {
+                            PoolingMode::Cls => v.copy_from_slice(&x[start * h..(start + 1) * h]),
+                            PoolingMode::Mean => {
+                                for row in x[start * h..(start + len) * h].chunks_exact(h) {
+                                    for (d, s) in v.iter_mut().zip(row) {
+                                        *d += s;
+                                    }
+                                }
+                                v.iter_mut().for_each(|d| *d /= len as f32);
+                            }
+                        }
+                        if normalize {
+                            let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+                            v.iter_mut().for_each(|d| *d /= norm);
+                        }
+                        SeqOutput {
+                            rows: 1,
+                            width: h,
+                            data: v,
+                        }
+                    })
+                    .collect()
+            }
+            PlanTask::SequenceClassification => {
+                let (Some(pooler), Some(head)) = (&self.pooler, &self.head) else {
+                    return Vec::new();
+                };
+                let b = offsets.len();
+                let mut cls = Vec::with_capacity(b * h);
+                for &(start, _) in offsets {
+                    cls.extend_from_slice(&x[start * h..(start + 1) * h]);
+                }
+                let mut pooled = vec![0f32; b * h];
+                fill_rows(&mut pooled, &pooler.bias, None);
+                pooler.accumulate(&cls, b, &mut pooled, threads);
+                math::tanh_in_place(&mut pooled);
+                let n = head.bias.len();
+                let mut logits = vec![0f32; b * n];
+                fill_rows(&mut logits, &head.bias, None);
+                head.accumulate(&pooled, b, &mut logits, threads);
+                logits
+                    .chunks_exact(n)
+                    .map(|r| SeqOutput {
+                        rows: 1,
+                        width: n,
+                        data: r.to_vec(),
+                    })
+                    .collect()
+            }
+            PlanTask::TokenClassification | PlanTask::QuestionAnswering => {
+                let Some(head) = &self.head else {
+                    return Vec::new();
+                };
+                let total = x.len() / h;
+                let n = head.bias.len();
+                let mut logits = vec![0f32; total * n];
+                fill_rows(&mut logits, &head.bias, None);
+                head.accumulate(x, total, &mut logits, threads);
+                offsets
+                    .iter()
+                    .map(|&(start, len)| SeqOutput {
+                        rows: len,
+                        width: n,
+                        data: logits[start * n..(start + len) * n].to_vec(),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Scaled dot-product attention of each sequence and head; the query is pre-scaled.
+    fn attention(&self, qkv: &[f32], offsets: &[(usize, usize)], ctx: &mut [f32], threads: usize) {
+        let h = self.hidden;
+        let d = h / self.heads;
+        let stride = 3 * h;
+        let out = SyncPtr(ctx.as_mut_ptr());
+        let one = |scores: &mut Vec<f32>, (s, head): (usize, usize)| {
+            let (start, len) = offsets[s];
+            scores.clear();
+            scores.resize(len * len, 0.0);
+            let q = qkv[start * stride + head * d..].as_ptr();
+            let k = qkv[start * stride + h + head * d..].as_ptr();
+            let v = qkv[start * stride + 2 * h + head * d..].as_ptr();
+            // SAFETY: q, k, v address `len` rows of `d` values `stride` apart inside qkv; the
+            // scores buffer holds len×len; each (sequence, head) writes its own rows × columns
+            // block of ctx, so the parallel writes are disjoint.
+            unsafe {
+                gemm::gemm(
+                    len,
+                    len,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    len as isize,
+                    false,
+                    q,
+                    1,
+                    stride as isize,
+                    k,
+                    stride as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                math::softmax_rows(scores, len);
+                let dst = out.get().add(start * h + head * d);
+                gemm::gemm(
+                    len,
+                    d,
+                    len,
+                    dst,
+                    1,
+                    h as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    len as isize,
+                    v,
+                    1,
+                    stride as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        };
+        let pairs: Vec<(usize, usize)> = (0..offsets.len())
+            .flat_map(|s| (0..self.heads).map(move |hd| (s, hd)))
+            .collect();
+        if threads > 1 {
+            pairs
+                .par_iter()
+                .for_each_init(Vec::new, |sc, &p| one(sc, p));
+        } else {
+            let mut sc = Vec::new();
+            pairs.iter().for_each(|&p| one(&mut sc, p));
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only for writes to disjoint regions (see `attention`).
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Sets every row of `buf` to `bias` (plus the same row of `residual`).
+fn fill_rows(buf: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
+    let w = bias.len();
+    match residual {
+        Some(res) => {
+            for (row, r) in buf.chunks_exact_mut(w).zip(res.chunks_exact(w)) {
+                for ((d, b), x) in row.iter_mut().zip(bias).zip(r) {
+                    *d = b + x;
+                }
+            }
+        }
+        None => {
+            for row in buf.chunks_exact_mut(w) {
+                row.copy_from_slice(bias);
+            }
+        }
+    }
+}
+
+/// Applies `f` to blocks of whole rows, in parallel when worthwhile.
+fn rows_par(buf: &mut [f32], width: usize, threads: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
+    let rows = buf.len() / width;
+    if threads <= 1 || rows < 16 {
+        f(buf);
+        return;
+    }
+    let per = rows.div_ceil(threads * 4).max(4);
+    buf.par_chunks_mut(per * width).for_each(f);
+}

@@ -1,0 +1,123 @@
+//! bertkit-runtime: loads a plan (`bertkit export`) and runs batches. The server (`serve/`)
+//! and export's parity check use it.
+//!
+//! - [`plan`]: the plan format, its checks (format version, checksums, target);
+//! - [`cpu`]: the CPU executor and its kernels;
+//! - [`Runtime`]: a loaded plan with its tokenizer and thread pool.
+
+pub mod cpu;
+pub mod plan;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bertkit_model::{BertTokenizer, TextInput, Truncation};
+
+pub use cpu::{Encoded, Int8Kernel, SeqOutput};
+pub use plan::{PlanMeta, PlanTask, Precision, Target};
+
+/// How to run a plan; `None` takes the value export tuned (plan.json `tuning`).
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    pub threads: Option<usize>,
+    pub int8_kernel: Option<Int8Kernel>,
+}
+
+pub struct Runtime {
+    pub meta: PlanMeta,
+    pub dir: PathBuf,
+    encoder: cpu::Encoder,
+    tokenizer: BertTokenizer,
+    pool: rayon::ThreadPool,
+    threads: usize,
+}
+
+impl Runtime {
+    /// Loads and checks the plan folder `dir` for the CPU.
+    pub fn load(dir: &Path, options: &RuntimeOptions) -> Result<Runtime> {
+        let meta = PlanMeta::read(dir)?;
+        meta.check_target(dir, Target::Cpu)?;
+        let tuning = meta.tuning.as_ref();
+        let threads = options
+            .threads
+            .or(tuning.map(|t| t.threads))
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
+        let int8 = options
+            .int8_kernel
+            .or_else(|| {
+                tuning
+                    .and_then(|t| t.int8_kernel.as_deref())
+                    .and_then(Int8Kernel::parse)
+            })
+            .unwrap_or(Int8Kernel::Int8);
+        let weights_path = dir.join(plan::WEIGHTS_FILE);
+        let bytes = std::fs::read(&weights_path)
+            .with_context(|| format!("reading {}", weights_path.display()))?;
+        let encoder = cpu::Encoder::load(&meta, &bytes, &weights_path.display().to_string(), int8)?;
+        let tok_path = dir.join(&meta.tokenizer.file);
+        let mut tokenizer = BertTokenizer::from_tokenizer_json(&tok_path)
+            .with_context(|| format!("reading {}", tok_path.display()))?;
+        tokenizer
+            .set_truncation(meta.tokenizer.max_length, Truncation::LongestFirst)
+            .with_context(|| format!("{}: truncation", tok_path.display()))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("bertkit-runtime-{i}"))
+            .build()
+            .context("starting the runtime's threads")?;
+        Ok(Runtime {
+            meta,
+            dir: dir.to_path_buf(),
+            encoder,
+            tokenizer,
+            pool,
+            threads,
+        })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    pub fn tokenizer(&self) -> &BertTokenizer {
+        &self.tokenizer
+    }
+
+    /// Tokenizes with the plan's settings (truncation to its max length).
+    pub fn encode(&self, inputs: &[TextInput]) -> Result<Vec<Encoded>> {
+        Ok(self
+            .tokenizer
+            .encode(inputs)?
+            .into_iter()
+            .map(|(ids, type_ids)| Encoded { ids, type_ids })
+            .collect())
+    }
+
+    /// Runs `batch` (in slices of at most the plan's max batch).
+    pub fn run(&self, batch: &[Encoded]) -> Result<Vec<SeqOutput>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let max = self.meta.max_batch.max(1);
+        let mut out = Vec::with_capacity(batch.len());
+        for chunk in batch.chunks(max) {
+            let part = self
+                .pool
+                .install(|| self.encoder.forward(chunk, self.threads))?;
+            if part.len() != chunk.len() {
+                bail!(
+                    "the plan produced no output for its task {:?}",
+                    self.meta.task
+                );
+            }
+            out.extend(part);
+        }
+        Ok(out)
+    }
+
+    /// Tokenizes and runs.
+    pub fn run_texts(&self, inputs: &[TextInput]) -> Result<Vec<SeqOutput>> {
+        self.run(&self.encode(inputs)?)
+    }
+}
