@@ -3,9 +3,9 @@
 //! What it does to the network (each listed in plan.json `optimizations`):
 //! - Q, K and V projections fused into one `[hidden, 3·hidden]` matrix multiply;
 //! - the attention scale `1/sqrt(head_dim)` folded into the query weights and bias;
-//! - linear weights stored pre-transposed to `[in, out]` (the f32 matrix multiply's layout),
-//!   or for int8 quantized per output channel to 7 bits `[out, in]` (the int8 kernel's layout;
-//!   the FFN output projection stays f32);
+//! - linear weights stored `[out, in]`, each output channel contiguous (the layout of the
+//!   runtime's dot-product kernels; gemm reads it by strides), for int8 quantized per output
+//!   channel to 7 bits (the FFN output projection stays f32);
 //! - fp16/bf16: weights and embeddings stored in half precision (the CPU computes in f32);
 //! - padding-free execution (the runtime packs the sequences of a batch).
 //!
@@ -340,7 +340,7 @@ fn optimizations(p: Precision) -> Vec<String> {
         Precision::Int8 => {
             "int8-per-channel-weights-[out,in]-dynamic-activation-scales-(ffn-output-in-f32)".into()
         }
-        _ => "weights-pre-transposed-[in,out]".into(),
+        _ => "weights-[out,in]-for-the-dot-product-kernel".into(),
     });
     match p {
         Precision::Fp16 => v.push("fp16-weight-storage".into()),
@@ -387,17 +387,6 @@ fn f32_tensor(data: &[f32], shape: Vec<usize>) -> OutTensor {
     float_tensor(data, shape, Precision::Fp32)
 }
 
-/// PyTorch `[out, in]` -> `[in, out]`.
-fn transpose(w: &[f32], n: usize, k: usize) -> Vec<f32> {
-    let mut t = vec![0f32; w.len()];
-    for j in 0..n {
-        for i in 0..k {
-            t[i * n + j] = w[j * k + i];
-        }
-    }
-    t
-}
-
 /// Adds `name.w`/`name.b` (and `.scale` for int8) from an `[out, in]` weight.
 fn put_linear(
     out: &mut BTreeMap<String, OutTensor>,
@@ -422,10 +411,7 @@ fn put_linear(
             out.insert(format!("{name}.scale"), f32_tensor(&scale, vec![n]));
         }
         p => {
-            out.insert(
-                format!("{name}.w"),
-                float_tensor(&transpose(w_out_in, n, k), vec![k, n], p),
-            );
+            out.insert(format!("{name}.w"), float_tensor(w_out_in, vec![n, k], p));
         }
     }
     out.insert(format!("{name}.b"), f32_tensor(bias, vec![n]));

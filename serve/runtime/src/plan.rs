@@ -389,8 +389,8 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
 }
 
-/// Tensor names in `weights.safetensors`. Linear weights are `[in, out]` for fp32/fp16/bf16
-/// plans and `[out, in]` int8 with a per-output-channel `.scale` for int8 plans; the query part
+/// Tensor names in `weights.safetensors`. Linear weights are `[out, in]` (fp32/fp16/bf16, or
+/// int8 with a per-output-channel `.scale`); the query part
 /// of `qkv` (weight and bias) is pre-multiplied by `1/sqrt(head_dim)`.
 pub mod names {
     pub const WORD: &str = "embeddings.word";

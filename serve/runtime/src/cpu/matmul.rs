@@ -1,5 +1,7 @@
-//! The linear layers: `out[m, n] (+)= x[m, k] · W` in f32 through the `gemm` crate (weights
-//! pre-transposed to `[in, out]`), or in int8 with a kernel of our own: weights quantized per
+//! The linear layers: `out[m, n] (+)= x[m, k] · W`, W kept `[out, in]` (each output channel's
+//! weights contiguous along k). In f32: for a few rows (a short batch) a dot-product kernel of
+//! our own that splits the output channels between threads and needs no packing; for many rows
+//! the `gemm` crate. In int8, a kernel of our own: weights quantized per
 //! output channel to 7 bits (`[out, in]`, so both operands are read along k), activations per
 //! row to 8 bits at run time (asymmetric: the row's [min, max] onto 0..=255, which keeps twice
 //! the resolution for GELU outputs, nearly all positive), products summed exactly in i32 with
@@ -18,7 +20,7 @@ const ACT_LEVELS: f32 = 255.0;
 const K_BLOCK: usize = 32;
 
 pub enum Weight {
-    /// `[k, n]` row-major.
+    /// `[n, k]` row-major.
     F32 { w: Vec<f32>, k: usize, n: usize },
     /// `[n, k_pad]` row-major, zero padded; `scale[j]` per output channel; `colsum[j]` is the
     /// sum of channel j's quantized weights (adds back the activations' offset).
@@ -87,7 +89,7 @@ impl Weight {
         }
     }
 
-    /// The same int8 weights dequantized to f32 `[k, n]` (the "int8 storage, f32 compute"
+    /// The same int8 weights dequantized to f32 `[n, k]` (the "int8 storage, f32 compute"
     /// variant the tuner may pick).
     pub fn dequantized(&self) -> Weight {
         match self {
@@ -107,7 +109,7 @@ impl Weight {
                 let mut out = vec![0f32; k * n];
                 for j in 0..*n {
                     for i in 0..*k {
-                        out[i * n + j] = w[j * k_pad + i] as f32 * scale[j];
+                        out[j * k + i] = w[j * k_pad + i] as f32 * scale[j];
                     }
                 }
                 Weight::F32 {
@@ -126,12 +128,17 @@ impl Linear {
         match &self.weight {
             Weight::F32 { w, k, n } => {
                 debug_assert!(x.len() >= m * k && out.len() >= m * n && w.len() == k * n);
-                let parallelism = if threads > 1 && m * k * n > 1 << 16 {
+                if m <= SMALL_M {
+                    dot_f32(x, m, w, *k, *n, out, threads);
+                    return;
+                }
+                let parallelism = if threads > 1 {
                     gemm::Parallelism::Rayon(threads)
                 } else {
                     gemm::Parallelism::None
                 };
-                // SAFETY: the slices hold m×k, k×n and m×n values with the strides given.
+                // SAFETY: the slices hold m×k, n×k and m×n values with the strides given (W
+                // read as the k×n matrix with row stride 1 and column stride k).
                 unsafe {
                     gemm::gemm(
                         m,
@@ -145,8 +152,8 @@ impl Linear {
                         1,
                         *k as isize,
                         w.as_ptr(),
+                        *k as isize,
                         1,
-                        *n as isize,
                         1.0,
                         1.0,
                         false,
@@ -192,6 +199,94 @@ impl Linear {
             }
         }
     }
+}
+
+/// Up to this many rows, f32 products run on the dot-product kernel.
+const SMALL_M: usize = 64;
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each thread writes its own output columns (see `dot_f32`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `out[m, n] += x[m, k] · w[n, k]ᵀ`, the output channels split between the threads in blocks
+/// of 4 (each block's weights stay in L1 while every row passes).
+fn dot_f32(x: &[f32], m: usize, w: &[f32], k: usize, n: usize, out: &mut [f32], threads: usize) {
+    let ptr = OutPtr(out.as_mut_ptr());
+    let blocks = n.div_ceil(4);
+    let per = blocks.div_ceil(threads.max(1)).max(1);
+    let run = |t: usize| {
+        let (j0, j1) = ((t * per * 4).min(n), ((t + 1) * per * 4).min(n));
+        // SAFETY: rows r < m of out hold n values; this call writes columns j0..j1 only.
+        unsafe { dot_f32_cols(x, m, w, k, n, ptr.get(), j0, j1) }
+    };
+    let parts = blocks.div_ceil(per);
+    if threads > 1 && parts > 1 {
+        (0..parts).into_par_iter().for_each(run);
+    } else {
+        (0..parts).for_each(run);
+    }
+}
+
+/// # Safety
+/// `out` addresses `m` rows of `n` values; only columns `j0..j1` are written.
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_f32_cols(
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    k: usize,
+    n: usize,
+    out: *mut f32,
+    j0: usize,
+    j1: usize,
+) {
+    let mut j = j0;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        let k8 = k / 8 * 8;
+        while j + 4 <= j1 {
+            let mut r = 0;
+            while r + 2 <= m {
+                let d = avx2::dot_2x4_f32(
+                    x.as_ptr().add(r * k),
+                    x.as_ptr().add((r + 1) * k),
+                    w.as_ptr().add(j * k),
+                    k,
+                    k8,
+                );
+                for (dr, row) in d.iter().enumerate() {
+                    for (dc, v) in row.iter().enumerate() {
+                        let (rr, cc) = (r + dr, j + dc);
+                        let tail: f32 = (k8..k).map(|t| x[rr * k + t] * w[cc * k + t]).sum();
+                        *out.add(rr * n + cc) += v + tail;
+                    }
+                }
+                r += 2;
+            }
+            for r in r..m {
+                for c in j..j + 4 {
+                    *out.add(r * n + c) += dot(&x[r * k..(r + 1) * k], &w[c * k..(c + 1) * k]);
+                }
+            }
+            j += 4;
+        }
+    }
+    for c in j..j1 {
+        for r in 0..m {
+            *out.add(r * n + c) += dot(&x[r * k..(r + 1) * k], &w[c * k..(c + 1) * k]);
+        }
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Quantizes one activation row to u8 `q` with `x ≈ scale · q + min`; returns (scale, min).
@@ -321,6 +416,40 @@ fn dot_scalar(a: &[u8], w: &[i8]) -> i32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    /// Dot products of 2 rows of `x` with 4 rows of `w` (`k` apart) over the first `k8`
+    /// values (a multiple of 8).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_2x4_f32(
+        a0: *const f32,
+        a1: *const f32,
+        w: *const f32,
+        k: usize,
+        k8: usize,
+    ) -> [[f32; 4]; 2] {
+        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+        let mut t = 0;
+        while t < k8 {
+            let va0 = _mm256_loadu_ps(a0.add(t));
+            let va1 = _mm256_loadu_ps(a1.add(t));
+            #[allow(clippy::needless_range_loop)] // c indexes both rows of acc and w
+            for c in 0..4 {
+                let vw = _mm256_loadu_ps(w.add(c * k + t));
+                acc[0][c] = _mm256_fmadd_ps(va0, vw, acc[0][c]);
+                acc[1][c] = _mm256_fmadd_ps(va1, vw, acc[1][c]);
+            }
+            t += 8;
+        }
+        let mut out = [[0f32; 4]; 2];
+        for r in 0..2 {
+            let t0 = _mm256_hadd_ps(acc[r][0], acc[r][1]);
+            let t1 = _mm256_hadd_ps(acc[r][2], acc[r][3]);
+            let t = _mm256_hadd_ps(t0, t1);
+            let sums = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+            _mm_storeu_ps(out[r].as_mut_ptr(), sums);
+        }
+        out
+    }
+
     /// Dot products of 2 activation rows (u8) with 4 weight rows (i8, `k_pad` apart), turned
     /// into `out[r][c] += scale[c] · (s_r · dot + min_r · colsum[c])` where `rows[r]` is
     /// `(s_r, min_r)` (`out` rows `n` apart).
@@ -406,14 +535,8 @@ mod tests {
             let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
             let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
             let want = reference(&x, &w, m, k, n);
-            let mut w_in_out = vec![0f32; k * n];
-            for j in 0..n {
-                for i in 0..k {
-                    w_in_out[i * n + j] = w[j * k + i];
-                }
-            }
             let f = Linear {
-                weight: Weight::F32 { w: w_in_out, k, n },
+                weight: Weight::F32 { w: w.clone(), k, n },
                 bias: vec![],
             };
             let mut out = vec![1f32; m * n];

@@ -166,7 +166,7 @@ impl Tensors<'_> {
             }
         } else {
             Weight::F32 {
-                w: self.f32(&wname, &[k, n])?,
+                w: self.f32(&wname, &[n, k])?,
                 k,
                 n,
             }
