@@ -35,6 +35,12 @@ enum Command {
     Export(cli::export::ExportArgs),
     /// Time a plan on a synthetic batch (the peer of scripts/bench/plan_peer.py).
     BenchPlan(cli::export::BenchPlanArgs),
+    /// Serve plans over HTTP: KServe v2 (Triton clients), /embed /predict /ner /qa /tokenize,
+    /// OpenAI /v1/embeddings, Prometheus /metrics; token-budget batching.
+    Serve(cli::serve::ServeArgs),
+    /// Load a server (throughput, p50/p90/p99 latency, errors), or time the plan runtime
+    /// in-process on the same inputs (--in-process).
+    BenchServe(cli::serve::BenchServeArgs),
     /// Train a WordPiece vocabulary (tokenizer.json + vocab.txt) on a corpus.
     Vocab(cli::vocab::VocabArgs),
     /// Turn a corpus into tokenized pretraining shards (parquet) with a manifest.
@@ -87,6 +93,8 @@ fn main() -> ExitCode {
         Command::Convert(args) => cli::convert::run(&args),
         Command::Export(args) => cli::export::run(&args),
         Command::BenchPlan(args) => cli::export::bench(&args),
+        Command::Serve(args) => cli::serve::serve(&args),
+        Command::BenchServe(args) => cli::serve::bench_serve(&args),
         Command::Vocab(args) => cli::vocab::run(&args),
         Command::Prep(args) => cli::prep::run(&args),
         Command::Pretrain(args) => cli::pretrain::run(&args),

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 mod common;
-use common::repo;
+use common::{jsonl, repo};
 
 fn minilm() -> PathBuf {
     let dir = repo().join("assets/all-MiniLM-L6-v2");
@@ -71,19 +71,11 @@ fn embed_cmd(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Outpu
     bertkit(&args)
 }
 
-fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// MiniLM embeddings of the reference inputs.
 fn embed(dir: &Path, extra: &[&str]) -> Vec<Value> {
     let output = dir.join("out.jsonl");
     ok(embed_cmd(&minilm(), &write_inputs(dir), &output, extra));
-    read_lines(&output)
+    jsonl(&output)
 }
 
 fn max_diff(a: &Value, b: &Value) -> f64 {
@@ -258,6 +250,7 @@ fn quickstart_runs_every_stage() {
         "[9] bertkit finetune",
         "[10] bertkit launch",
         "[11] bertkit export",
+        "[12] bertkit serve",
     ] {
         assert!(out.contains(stage), "missing {stage}: {out}");
     }
@@ -295,6 +288,11 @@ fn quickstart_runs_every_stage() {
     assert_eq!(records.lines().count(), 4, "{records}");
     // The int8 plan of the classifier passed its parity check and labels new sentences.
     assert!(out.contains("parity passed"), "{out}");
+    // The server answered over HTTP and stopped after draining.
+    assert!(out.contains("/predict -> 200"), "{out}");
+    assert!(out.contains("(KServe v2) -> 200: probabilities ["), "{out}");
+    assert!(out.contains("/metrics -> 200"), "{out}");
+    assert!(out.contains("bertkit serve: stopped"), "{out}");
     assert!(
         out.contains("\"the old sailor watched the red boat at dawn.\" -> water"),
         "{out}"

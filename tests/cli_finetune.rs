@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{bertkit, repo, run_ok};
+use common::{bertkit, jsonl, repo, run_ok};
 use serde_json::Value;
 
 fn minilm() -> PathBuf {
@@ -32,14 +32,6 @@ fn tiny() -> PathBuf {
 fn json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
-}
-
-fn jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 fn finetune(args: &[&str]) -> String {

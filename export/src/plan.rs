@@ -153,6 +153,17 @@ pub fn export_plan(options: &PlanOptions) -> Result<Exported> {
     let tokenizer = BertTokenizer::from_dir(&dir)
         .with_context(|| format!("reading the tokenizer of {}", dir.display()))?;
     let lowercase = tokenizer_lowercases(&tokenizer);
+    let settings_path = dir.join("finetune.json");
+    let task_settings = if settings_path.exists() {
+        let text = std::fs::read_to_string(&settings_path)
+            .with_context(|| format!("reading {}", settings_path.display()))?;
+        Some(
+            serde_json::from_str::<serde_json::Value>(&text)
+                .with_context(|| format!("{}: not JSON", settings_path.display()))?,
+        )
+    } else {
+        None
+    };
 
     // Build into a temp folder next to the destination, then rename.
     let parent = o
@@ -260,6 +271,7 @@ pub fn export_plan(options: &PlanOptions) -> Result<Exported> {
             parity: None,
             tuning: None,
             source: o.model.display().to_string(),
+            task_settings,
         };
         meta.write(&tmp)?;
         // Tune first: parity then runs with the settings the plan will be served with.

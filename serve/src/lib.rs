@@ -1,1 +1,255 @@
-//! bertkit-serve: not built yet (see the issue tracker).
+//! bertkit-serve: `bertkit serve` puts plans (`bertkit export`) behind HTTP.
+//!
+//! The rooms, in the order a request passes them (text-embeddings-inference's split):
+//! - [`http`]: routes — KServe v2 ([`http::kserve`]), the JSON endpoints ([`http::api`]),
+//!   OpenAI embeddings ([`http::openai`]) — and the layer that checks the API key, refuses
+//!   past the in-flight limit (429) and counts outcomes;
+//! - [`model`]: a served plan and its pipeline: tokenize, queue, post-process;
+//! - [`tokenize`]: the tokenization worker pool;
+//! - [`queue`]: the batcher (token budget, length buckets, queue delay) and the model worker;
+//! - [`metrics`]: Prometheus text;
+//! - [`bench`]: `bertkit bench-serve`, the load generator, and the in-process peer it is
+//!   compared with.
+
+pub mod bench;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod queue;
+pub mod tokenize;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::Notify;
+
+pub use model::{ModelSettings, PlanArg};
+
+use crate::http::AppState;
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::tokenize::TokenizerPool;
+
+/// Everything `bertkit serve` takes.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub plans: Vec<PlanArg>,
+    pub host: String,
+    pub port: u16,
+    pub model: ModelSettings,
+    pub max_queue_delay_us: u64,
+    pub max_concurrent_requests: usize,
+    pub max_client_batch_size: usize,
+    pub payload_limit: usize,
+    pub api_key: Option<String>,
+    pub tokenization_workers: usize,
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+}
+
+/// Runs the server until SIGTERM/SIGINT (drained: `Ok`) or a plan fails to load (`Err`).
+pub fn serve(options: ServeOptions) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bertkit-http")
+        .build()
+        .context("starting the HTTP runtime")?;
+    rt.block_on(async {
+        let listener = bind(&options.host, options.port).await?;
+        run(options, listener, shutdown_signal()).await
+    })
+}
+
+/// A server on a runtime of its own in this process (the quickstart uses it), stopped the
+/// way SIGTERM stops `bertkit serve`.
+pub struct LocalServer {
+    pub url: String,
+    rt: tokio::runtime::Runtime,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl LocalServer {
+    /// Starts serving and waits until ready (at most a minute).
+    pub fn start(options: ServeOptions) -> Result<LocalServer> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("bertkit-http")
+            .build()
+            .context("starting the HTTP runtime")?;
+        let listener = rt.block_on(bind(&options.host, options.port))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = rt.spawn(run(options, listener, async move {
+            let _ = stopped.await;
+        }));
+        let started = std::time::Instant::now();
+        loop {
+            let ready = bench::call(
+                &url,
+                "GET",
+                "/v2/health/ready",
+                None,
+                Duration::from_secs(5),
+            );
+            if let Ok((200, _)) = ready {
+                break;
+            }
+            if task.is_finished() || started.elapsed() > Duration::from_secs(60) {
+                let (_, failure) = (stop.send(()), rt.block_on(task));
+                failure.context("the server task")??;
+                bail!("the server did not get ready within a minute");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(LocalServer {
+            url,
+            rt,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops accepting, drains, and returns how the server ended.
+    pub fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.rt.block_on(self.task).context("the server task")?
+    }
+}
+
+/// Binds the server's address (port 0: a free one).
+pub async fn bind(host: &str, port: u16) -> Result<tokio::net::TcpListener> {
+    let addr = format!("{host}:{port}");
+    tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The server: listens at once (live), loads and warms the plans in the background (then
+/// ready), and on `stop` stops accepting, turns not-ready and drains for at most the
+/// shutdown timeout.
+pub async fn run(
+    options: ServeOptions,
+    listener: tokio::net::TcpListener,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    if options.plans.is_empty() {
+        bail!("no plan to serve: pass --plan DIR (a folder written by `bertkit export`)");
+    }
+    for (i, p) in options.plans.iter().enumerate() {
+        if options.plans[..i].iter().any(|q| q.name == p.name) {
+            bail!(
+                "two plans are named {:?}: serve one under another name with --plan NAME=DIR",
+                p.name
+            );
+        }
+    }
+    let local = listener.local_addr().context("the listening address")?;
+    println!("bertkit serve: listening on http://{local}");
+    let metrics = Arc::new(Metrics::default());
+    let pool = Arc::new(
+        TokenizerPool::new(options.tokenization_workers).context("starting the tokenizers")?,
+    );
+    let state = Arc::new(AppState::new(options.clone(), Arc::clone(&metrics)));
+    let app = http::router(Arc::clone(&state));
+
+    let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    let loader = Arc::clone(&state);
+    let plans = options.plans.clone();
+    let settings = options.model.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut models = Vec::new();
+        for p in &plans {
+            match Model::load(p, &settings, Arc::clone(&pool), Arc::clone(&metrics)) {
+                Ok(m) => {
+                    println!(
+                        "bertkit serve: model {:?} ({}, {}) from {}",
+                        m.name,
+                        model::task_name(m.task()),
+                        serde_json::to_value(m.meta().precision)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default(),
+                        p.dir.display()
+                    );
+                    models.push(Arc::new(m));
+                }
+                Err(e) => {
+                    let _ =
+                        fail_tx.send(e.context(format!("loading the plan {}", p.dir.display())));
+                    return;
+                }
+            }
+        }
+        loader.set_models(models);
+        println!("bertkit serve: ready");
+    });
+
+    let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
+    let draining = Arc::new(Notify::new());
+    let (st, fail, notify) = (
+        Arc::clone(&state),
+        Arc::clone(&failure),
+        Arc::clone(&draining),
+    );
+    let shutdown = async move {
+        let load_failed = async {
+            match fail_rx.await {
+                Ok(e) => e,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop => println!("bertkit serve: stopping: draining in-flight requests"),
+            e = load_failed => {
+                *fail.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+            }
+        }
+        st.start_draining();
+        notify.notify_one();
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let timeout = options.shutdown_timeout;
+    tokio::select! {
+        r = server => r.context("serving HTTP")?,
+        _ = async { draining.notified().await; tokio::time::sleep(timeout).await } => {
+            eprintln!(
+                "bertkit serve: requests were still in flight after the shutdown timeout ({} s); \
+                 stopping anyway",
+                timeout.as_secs_f64()
+            );
+        }
+    }
+    if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    println!("bertkit serve: stopped");
+    Ok(())
+}

@@ -452,6 +452,12 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         println!("    plan says {text:?} -> {label}");
     }
 
+    stage(
+        12,
+        "bertkit serve (the plan behind HTTP, a few requests, then a drained stop)",
+    );
+    super::serve::demo(&plan_dir, &examples)?;
+
     println!(
         "\nquickstart done in {:.1} s; everything is in {}",
         start.elapsed().as_secs_f64(),

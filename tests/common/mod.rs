@@ -36,6 +36,15 @@ pub fn python_script(script: &str, args: &[&std::ffi::OsStr], needs: &str) -> se
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The JSON objects of a JSONL file.
+pub fn jsonl(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Runs `cmd`, fails the test with its output unless it succeeds, returns its stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();

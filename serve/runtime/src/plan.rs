@@ -235,6 +235,10 @@ pub struct PlanMeta {
     pub tuning: Option<Tuning>,
     /// The model folder the plan was exported from.
     pub source: String,
+    /// The source's `finetune.json` (how `bertkit finetune` read its inputs: NER tag scheme,
+    /// QA windows and answer search), for the server's task endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_settings: Option<serde_json::Value>,
 }
 
 /// sha256 and size of a file, streamed.

@@ -1,0 +1,531 @@
+//! A served plan: its runtime behind a batch queue, and the request pipeline every endpoint
+//! goes through: tokenize on the pool (length limit, truncation) → queue → batch → task
+//! post-processing (the same functions `bertkit predict` uses).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bertkit_finetune::data::ner::NerSentence;
+use bertkit_finetune::data::squad::QaExample;
+use bertkit_finetune::data::Skipped;
+use bertkit_finetune::spec::{QaSpec, TagScheme, TaskSpec};
+use bertkit_finetune::tasks::{self, classify, ner, qa, Feature, Logits};
+use bertkit_model::config::ProblemType;
+use bertkit_model::TextInput;
+use bertkit_runtime::{Encoded, PlanMeta, PlanTask, Runtime, RuntimeOptions, SeqOutput};
+use serde_json::Value;
+use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::queue::{BatchSettings, Queue};
+use crate::tokenize::TokenizerPool;
+
+/// What `--plan` names: a folder, optionally served under another name (`NAME=DIR`).
+#[derive(Debug, Clone)]
+pub struct PlanArg {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl std::str::FromStr for PlanArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, dir) = match s.split_once('=') {
+            Some((n, d)) if !n.is_empty() && !n.contains('/') => (n.to_string(), PathBuf::from(d)),
+            _ => {
+                let dir = PathBuf::from(s);
+                let stem = dir
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| format!("{s:?}: not a plan folder"))?;
+                (stem, dir)
+            }
+        };
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "model name {name:?}: use letters, digits, '-', '_' and '.' (NAME=DIR sets it)"
+            ));
+        }
+        Ok(PlanArg { name, dir })
+    }
+}
+
+/// How the server runs each plan.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    pub threads: Option<usize>,
+    pub max_batch_tokens: usize,
+    /// `None`: the plan's max batch.
+    pub max_batch_size: Option<usize>,
+    pub max_queue_delay: Duration,
+    /// `None`: the plan's tokenizer max length.
+    pub max_input_length: Option<usize>,
+    pub truncate: bool,
+}
+
+pub struct Model {
+    pub name: String,
+    pub runtime: Arc<Runtime>,
+    pub queue: Queue,
+    pub max_input_length: usize,
+    pub max_batch_size: usize,
+    pub max_batch_tokens: usize,
+    pub truncate: bool,
+    pub spec: Option<TaskSpec>,
+    pub problem: ProblemType,
+    full: Tokenizer,
+    truncating: Tokenizer,
+    pool: Arc<TokenizerPool>,
+    metrics: Arc<Metrics>,
+}
+
+/// Token ids of one input, or why it was refused.
+type Encoding = std::result::Result<Encoded, ApiError>;
+
+impl Model {
+    /// Loads and checks the plan, starts its worker, and warms it up (one input per bucket).
+    pub fn load(
+        arg: &PlanArg,
+        s: &ModelSettings,
+        pool: Arc<TokenizerPool>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Model> {
+        let runtime = Arc::new(Runtime::load(
+            &arg.dir,
+            &RuntimeOptions {
+                threads: s.threads,
+                int8_kernel: None,
+            },
+        )?);
+        let meta = &runtime.meta;
+        let max_input_length = s.max_input_length.unwrap_or(meta.tokenizer.max_length);
+        if max_input_length > meta.shape.max_position_embeddings {
+            bail!(
+                "--max-input-length {max_input_length} is more than {}'s {} positions",
+                arg.dir.display(),
+                meta.shape.max_position_embeddings
+            );
+        }
+        let max_batch_size = s.max_batch_size.unwrap_or(meta.max_batch).max(1);
+        let mut buckets = meta.seq_buckets.clone();
+        buckets.sort_unstable();
+        let settings = BatchSettings {
+            max_batch_tokens: s.max_batch_tokens,
+            max_batch_size,
+            max_queue_delay: s.max_queue_delay,
+            buckets,
+        };
+        let top = settings.bucket(max_input_length);
+        if s.max_batch_tokens < top {
+            bail!(
+                "--max-batch-tokens {} cannot hold one input of the longest length bucket ({top} \
+                 tokens for --max-input-length {max_input_length})",
+                s.max_batch_tokens
+            );
+        }
+        let spec = match &meta.task_settings {
+            Some(v) => Some(
+                serde_json::from_value::<TaskSpec>(v.clone())
+                    .with_context(|| format!("{}: plan.json task_settings", arg.dir.display()))?,
+            ),
+            None => None,
+        };
+        let problem = match meta.problem_type.as_deref() {
+            Some("regression") => ProblemType::Regression,
+            Some("multi_label_classification") => ProblemType::MultiLabelClassification,
+            _ => ProblemType::SingleLabelClassification,
+        };
+        let mut full = runtime.tokenizer().inner().clone();
+        full.with_truncation(None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut truncating = full.clone();
+        truncating
+            .with_truncation(Some(TruncationParams {
+                max_length: max_input_length,
+                strategy: TruncationStrategy::LongestFirst,
+                ..Default::default()
+            }))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rt = Arc::clone(&runtime);
+        let queue = Queue::start(
+            &arg.name,
+            settings.clone(),
+            Arc::clone(&metrics),
+            move |b| rt.run(b),
+        )
+        .context("starting the model worker")?;
+        // Warm-up: one input per bucket up to the input limit, so the first requests don't pay
+        // for first-touch page faults and thread start-up.
+        let mut lengths: Vec<usize> = settings
+            .buckets
+            .iter()
+            .copied()
+            .filter(|&b| b < max_input_length)
+            .collect();
+        lengths.push(max_input_length);
+        for len in lengths {
+            let ids = vec![runtime.tokenizer().pad_id().max(1); len.max(1)];
+            let warm = Encoded {
+                type_ids: vec![0; ids.len()],
+                ids,
+            };
+            runtime
+                .run(std::slice::from_ref(&warm))
+                .with_context(|| format!("warming up {} at {len} tokens", arg.dir.display()))?;
+        }
+        Ok(Model {
+            name: arg.name.clone(),
+            max_input_length,
+            max_batch_size,
+            max_batch_tokens: s.max_batch_tokens,
+            truncate: s.truncate,
+            spec,
+            problem,
+            full,
+            truncating,
+            runtime,
+            queue,
+            pool,
+            metrics,
+        })
+    }
+
+    pub fn meta(&self) -> &PlanMeta {
+        &self.runtime.meta
+    }
+
+    pub fn task(&self) -> PlanTask {
+        self.runtime.meta.task
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.runtime.dir
+    }
+
+    /// Refuses a request for an endpoint made for another task.
+    pub fn expect_task(&self, tasks: &[PlanTask], endpoint: &str) -> Result<(), ApiError> {
+        if tasks.contains(&self.task()) {
+            return Ok(());
+        }
+        Err(ApiError::invalid(format!(
+            "model {:?} is a {} plan; {endpoint} needs {}",
+            self.name,
+            task_name(self.task()),
+            tasks
+                .iter()
+                .map(|t| format!("a {} plan", task_name(*t)))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )))
+    }
+
+    /// Tokenizes texts on the pool. Longer than the input limit → 422 unless `truncate`.
+    pub async fn encode_texts(
+        self: &Arc<Self>,
+        inputs: Vec<TextInput>,
+        truncate: Option<bool>,
+    ) -> Result<Vec<Encoded>, ApiError> {
+        let truncate = truncate.unwrap_or(self.truncate);
+        let me = Arc::clone(self);
+        self.on_pool(inputs.len(), move || {
+            inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| me.encode_one(i, input, truncate))
+                .collect()
+        })
+        .await
+    }
+
+    fn encode_one(&self, i: usize, input: &TextInput, truncate: bool) -> Encoding {
+        let encode = |t: &Tokenizer| {
+            let r = match &input.text_pair {
+                Some(p) => t.encode((input.text.as_str(), p.as_str()), true),
+                None => t.encode(input.text.as_str(), true),
+            };
+            r.map_err(|e| ApiError::invalid(format!("input {i}: tokenizing: {e}")))
+        };
+        let mut e = encode(&self.full)?;
+        if e.get_ids().len() > self.max_input_length {
+            if !truncate {
+                return Err(self.too_long(i, e.get_ids().len()));
+            }
+            e = encode(&self.truncating)?;
+        }
+        Ok(Encoded {
+            ids: e.get_ids().to_vec(),
+            type_ids: e.get_type_ids().to_vec(),
+        })
+    }
+
+    /// Runs `f` (tokenization, task features) on the tokenizer pool, timed as this model's
+    /// tokenization of `n` inputs.
+    async fn on_pool<T: Send + 'static>(
+        &self,
+        n: usize,
+        f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let started = Instant::now();
+        let r = self
+            .pool
+            .run(f)
+            .await
+            .ok_or_else(|| ApiError::unavailable("the server is shutting down"))?;
+        self.metrics
+            .tokenized(&self.name, started.elapsed().as_secs_f64(), n);
+        r
+    }
+
+    fn too_long(&self, i: usize, tokens: usize) -> ApiError {
+        ApiError::unprocessable(
+            "input_too_long",
+            format!(
+                "input {i} has {tokens} tokens, more than the limit of {} (--max-input-length); \
+                 send shorter input, set \"truncate\": true, or start the server with --truncate",
+                self.max_input_length
+            ),
+        )
+    }
+
+    /// Checks pre-tokenized inputs against the plan's vocabulary and limits.
+    pub fn check_ids(&self, inputs: &[Encoded]) -> Result<(), ApiError> {
+        let shape = &self.meta().shape;
+        for (i, e) in inputs.iter().enumerate() {
+            if e.ids.is_empty() {
+                return Err(ApiError::invalid(format!("input {i} has no tokens")));
+            }
+            if e.ids.len() > self.max_input_length {
+                return Err(self.too_long(i, e.ids.len()));
+            }
+            if let Some(id) = e.ids.iter().find(|&&id| id as usize >= shape.vocab_size) {
+                return Err(ApiError::invalid(format!(
+                    "input {i}: token id {id} is outside the vocabulary ({} ids)",
+                    shape.vocab_size
+                )));
+            }
+            if let Some(t) = e
+                .type_ids
+                .iter()
+                .find(|&&t| t as usize >= shape.type_vocab_size)
+            {
+                return Err(ApiError::invalid(format!(
+                    "input {i}: token type {t} is outside the model's {} types",
+                    shape.type_vocab_size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues every input and waits for all (dropping this future drops them from the queue).
+    pub async fn run(&self, inputs: Vec<Encoded>) -> Result<Vec<SeqOutput>, ApiError> {
+        let receivers: Vec<_> = inputs.into_iter().map(|e| self.queue.push(e)).collect();
+        let mut out = Vec::with_capacity(receivers.len());
+        for rx in receivers {
+            match rx.await {
+                Ok(Ok(done)) => out.push(done.output),
+                Ok(Err(e)) => return Err(ApiError::internal(format!("inference failed: {e}"))),
+                Err(_) => return Err(ApiError::unavailable("the model worker has stopped")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sentence embeddings; `normalize` L2-normalizes them (plans exported with normalization
+    /// are already unit length).
+    pub async fn embed(
+        self: &Arc<Self>,
+        inputs: Vec<TextInput>,
+        truncate: Option<bool>,
+        normalize: bool,
+    ) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+        let encoded = self.encode_texts(inputs, truncate).await?;
+        let tokens = encoded.iter().map(|e| e.ids.len()).sum();
+        let outputs = self.run(encoded).await?;
+        let vectors = outputs
+            .into_iter()
+            .map(|o| {
+                let mut v = o.data;
+                if normalize {
+                    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    if norm > 0.0 {
+                        v.iter_mut().for_each(|x| *x /= norm);
+                    }
+                }
+                v
+            })
+            .collect();
+        Ok((vectors, tokens))
+    }
+
+    /// Labels and scores of each input, as `bertkit predict` writes them.
+    pub async fn classify(
+        self: &Arc<Self>,
+        inputs: Vec<TextInput>,
+        truncate: Option<bool>,
+    ) -> Result<Vec<Value>, ApiError> {
+        let encoded = self.encode_texts(inputs, truncate).await?;
+        let outputs = self.run(encoded).await?;
+        let logits = Logits::Sequence(outputs.into_iter().map(|o| o.data).collect());
+        Ok(classify::predictions(
+            &logits,
+            &self.meta().labels,
+            self.problem,
+        ))
+    }
+
+    /// Tags and entities of word-split sentences, as `bertkit predict` writes them.
+    pub async fn ner(
+        self: &Arc<Self>,
+        sentences: Vec<NerSentence>,
+        truncate: Option<bool>,
+    ) -> Result<Vec<Value>, ApiError> {
+        let truncate = truncate.unwrap_or(self.truncate);
+        // Without truncation, encode past the limit, so that a long sentence is refused below
+        // rather than cut.
+        let limit = if truncate {
+            self.max_input_length
+        } else {
+            self.meta()
+                .shape
+                .max_position_embeddings
+                .max(self.max_input_length)
+                + 1
+        };
+        let me = Arc::clone(self);
+        let (sentences, encoded) = self
+            .on_pool(sentences.len(), move || {
+                let encoded = ner::features(
+                    me.runtime.tokenizer(),
+                    &sentences,
+                    &me.meta().labels,
+                    limit,
+                    false,
+                    false,
+                    &mut Skipped::default(),
+                )
+                .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+                Ok((sentences, encoded))
+            })
+            .await?;
+        let inputs = feature_inputs(&encoded.features);
+        if let Some((i, e)) = inputs
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.ids.len() > self.max_input_length)
+        {
+            return Err(self.too_long(i, e.ids.len()));
+        }
+        let outputs = self.run(inputs).await?;
+        let logits = Logits::Tokens(
+            outputs
+                .into_iter()
+                .map(|o| o.data.chunks(o.width.max(1)).map(<[f32]>::to_vec).collect())
+                .collect(),
+        );
+        let scheme = self
+            .spec
+            .as_ref()
+            .and_then(|s| s.ner.as_ref())
+            .map_or(TagScheme::Iob2, |n| n.scheme);
+        Ok(ner::predictions(
+            &sentences,
+            &encoded,
+            &logits,
+            &self.meta().labels,
+            scheme,
+        ))
+    }
+
+    /// The answer of each question in its context: long contexts are split into overlapping
+    /// windows (the plan's doc stride) and the best span over all windows wins, as in
+    /// `bertkit predict`.
+    pub async fn qa(self: &Arc<Self>, examples: Vec<QaExample>) -> Result<Vec<Value>, ApiError> {
+        let spec = self.qa_spec();
+        let (me, s) = (Arc::clone(self), spec.clone());
+        let (examples, encoded) = self
+            .on_pool(examples.len(), move || {
+                let encoded = qa::features(
+                    me.runtime.tokenizer(),
+                    &examples,
+                    &s,
+                    me.max_input_length,
+                    false,
+                )
+                .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+                Ok((examples, encoded))
+            })
+            .await?;
+        let outputs = self.run(feature_inputs(&encoded.features)).await?;
+        let logits = Logits::Spans(
+            outputs
+                .into_iter()
+                .map(|o| {
+                    let start = o.data.iter().step_by(2).copied().collect();
+                    let end = o.data.iter().skip(1).step_by(2).copied().collect();
+                    (start, end)
+                })
+                .collect(),
+        );
+        Ok(qa::predictions(&examples, &encoded, &logits, &spec))
+    }
+
+    /// The QA settings the model was fine-tuned with, else run_qa's defaults.
+    pub fn qa_spec(&self) -> QaSpec {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.qa.clone())
+            .unwrap_or(QaSpec {
+                doc_stride: 128,
+                max_query_length: 64,
+                n_best: 20,
+                max_answer_length: 30,
+                version_2: false,
+                null_score_diff_threshold: 0.0,
+            })
+    }
+
+    /// Probabilities of one row of classification logits (softmax, sigmoid for multi-label,
+    /// the value itself for regression).
+    pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
+        match self.problem {
+            ProblemType::SingleLabelClassification => tasks::softmax(logits),
+            ProblemType::MultiLabelClassification => {
+                logits.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect()
+            }
+            ProblemType::Regression => logits.to_vec(),
+        }
+    }
+
+    /// The tokenizer without truncation (for /tokenize).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.full
+    }
+}
+
+/// The runtime's inputs of task features.
+fn feature_inputs(features: &[Feature]) -> Vec<Encoded> {
+    features
+        .iter()
+        .map(|f| Encoded {
+            ids: f.input_ids.clone(),
+            type_ids: f.token_type_ids.clone(),
+        })
+        .collect()
+}
+
+pub fn task_name(t: PlanTask) -> &'static str {
+    match t {
+        PlanTask::Embedding => "embedding",
+        PlanTask::SequenceClassification => "sequence-classification",
+        PlanTask::TokenClassification => "token-classification",
+        PlanTask::QuestionAnswering => "question-answering",
+    }
+}

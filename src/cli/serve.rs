@@ -1,0 +1,252 @@
+//! `bertkit serve` (plans behind HTTP) and `bertkit bench-serve` (load against a server, or
+//! the plan runtime in-process on the same inputs).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use bertkit_serve::bench::{self, LoadOptions};
+use bertkit_serve::{ModelSettings, PlanArg, ServeOptions};
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// A plan folder from `bertkit export`, served under its folder name without the
+    /// extension; `NAME=DIR` names it. Repeat for several plans.
+    #[arg(long = "plan", required = true)]
+    pub plans: Vec<PlanArg>,
+    /// The address to bind; 0.0.0.0 to accept connections from other machines.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// 0 picks a free port (printed at start).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Most tokens per batch, padding to the batch's length bucket counted.
+    #[arg(long, default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+    /// Most inputs per batch (default: the plan's max batch).
+    #[arg(long)]
+    pub max_batch_size: Option<usize>,
+    /// How long the batcher waits for more inputs when a batch is not full (Triton's
+    /// max_queue_delay_microseconds); 0 runs what is waiting at once.
+    #[arg(long, default_value_t = 0)]
+    pub max_queue_delay_us: u64,
+    /// Requests handled at once; more get 429 at once.
+    #[arg(long, default_value_t = 512)]
+    pub max_concurrent_requests: usize,
+    /// Most inputs in one request (422 beyond).
+    #[arg(long, default_value_t = 64)]
+    pub max_client_batch_size: usize,
+    /// Most tokens per input, special tokens included (default: the plan's max length);
+    /// longer inputs get 422 unless --truncate.
+    #[arg(long)]
+    pub max_input_length: Option<usize>,
+    /// Cut inputs longer than --max-input-length instead of refusing them.
+    #[arg(long)]
+    pub truncate: bool,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 2_000_000)]
+    pub payload_limit: usize,
+    /// Require `Authorization: Bearer KEY` (except on the health endpoints).
+    #[arg(long, env = "BERTKIT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Threads of each plan's runtime (default: the plan's tuned value).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Threads that tokenize requests (default: the number of CPUs).
+    #[arg(long)]
+    pub tokenization_workers: Option<usize>,
+    /// On SIGTERM, how long to wait for in-flight requests.
+    #[arg(long, default_value_t = 30.0)]
+    pub shutdown_timeout_s: f64,
+}
+
+/// The quickstart's last stage: serves `plan` on a free local port in this process, sends a
+/// few requests (/predict, KServe v2 infer, /metrics), prints the answers, and stops it the way
+/// SIGTERM does (stop accepting, drain).
+pub fn demo(plan: &std::path::Path, texts: &[&str]) -> Result<()> {
+    let options = ServeOptions {
+        plans: vec![PlanArg {
+            name: "quickstart".into(),
+            dir: plan.to_path_buf(),
+        }],
+        host: "127.0.0.1".into(),
+        port: 0,
+        model: ModelSettings {
+            threads: None,
+            max_batch_tokens: 16384,
+            max_batch_size: None,
+            max_queue_delay: Duration::ZERO,
+            max_input_length: None,
+            truncate: true,
+        },
+        max_queue_delay_us: 0,
+        max_concurrent_requests: 64,
+        max_client_batch_size: 64,
+        payload_limit: 1 << 20,
+        api_key: None,
+        tokenization_workers: 1,
+        shutdown_timeout: Duration::from_secs(10),
+    };
+    let server = bertkit_serve::LocalServer::start(options)?;
+    let url = server.url.clone();
+    let timeout = Duration::from_secs(30);
+    let (status, answer) = bench::call(
+        &url,
+        "POST",
+        "/predict",
+        Some(&serde_json::json!({ "inputs": texts })),
+        timeout,
+    )?;
+    println!("    POST {url}/predict -> {status}");
+    for (text, a) in texts.iter().zip(answer.as_array().into_iter().flatten()) {
+        println!(
+            "      {text:?} -> {} (score {:.3})",
+            a["label"].as_str().unwrap_or("?"),
+            a["score"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    let infer = serde_json::json!({"inputs": [{"name": "TEXT", "datatype": "BYTES",
+        "shape": [1], "data": [texts[0]]}]});
+    let (status, answer) = bench::call(
+        &url,
+        "POST",
+        "/v2/models/quickstart/infer",
+        Some(&infer),
+        timeout,
+    )?;
+    println!(
+        "    POST {url}/v2/models/quickstart/infer (KServe v2) -> {status}: probabilities {}",
+        answer["outputs"][1]["data"]
+    );
+    let (status, _) = bench::call(&url, "GET", "/metrics", None, timeout)?;
+    println!("    GET {url}/metrics -> {status} (Prometheus text)");
+    server.stop()
+}
+
+pub fn serve(a: &ServeArgs) -> Result<()> {
+    if !a.shutdown_timeout_s.is_finite() || a.shutdown_timeout_s < 0.0 {
+        bail!("--shutdown-timeout-s must be a non-negative number of seconds");
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    bertkit_serve::serve(ServeOptions {
+        plans: a.plans.clone(),
+        host: a.host.clone(),
+        port: a.port,
+        model: ModelSettings {
+            threads: a.threads,
+            max_batch_tokens: a.max_batch_tokens,
+            max_batch_size: a.max_batch_size,
+            max_queue_delay: Duration::from_micros(a.max_queue_delay_us),
+            max_input_length: a.max_input_length,
+            truncate: a.truncate,
+        },
+        max_queue_delay_us: a.max_queue_delay_us,
+        max_concurrent_requests: a.max_concurrent_requests,
+        max_client_batch_size: a.max_client_batch_size,
+        payload_limit: a.payload_limit,
+        api_key: a.api_key.clone().filter(|k| !k.is_empty()),
+        tokenization_workers: a.tokenization_workers.unwrap_or(cpus),
+        shutdown_timeout: Duration::from_secs_f64(a.shutdown_timeout_s),
+    })
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchServeArgs {
+    /// The server (e.g. http://127.0.0.1:8000).
+    #[arg(long, required_unless_present = "in_process")]
+    pub url: Option<String>,
+    /// Instead of a server: run the plan runtime in this process on the same inputs
+    /// (batches of the plan's max batch) — the peer served throughput is compared with.
+    #[arg(long, requires = "plan")]
+    pub in_process: bool,
+    /// The plan for --in-process.
+    #[arg(long)]
+    pub plan: Option<PathBuf>,
+    /// Clients sending at once (each waits for its answer before the next request).
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Requests in all (inputs for --in-process).
+    #[arg(long, default_value_t = 1000)]
+    pub requests: usize,
+    /// Inputs: JSONL with "text" (and "text_pair"), or one text per line.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// predict, embed, ner, infer (KServe v2) or v1/embeddings (default: by the model's task).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// The model to call (default: the first one the server lists).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Inputs per request (for --in-process: per batch, default the plan's max batch).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long, env = "BERTKIT_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Runtime threads for --in-process (default: the plan's tuned value).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout_s: f64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn bench_serve(a: &BenchServeArgs) -> Result<()> {
+    let inputs = bench::read_inputs(&a.input)?;
+    if a.in_process {
+        let plan = a.plan.as_deref().unwrap_or(std::path::Path::new("."));
+        let r = bench::run_in_process(plan, &inputs, a.requests, a.batch, a.threads)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "in-process {}: {} inputs in batches of {} on {} threads: {:.3} s, {:.1} inputs/s",
+                r.plan, r.inputs, r.batch, r.threads, r.seconds, r.inputs_per_s
+            );
+        }
+        return Ok(());
+    }
+    if !a.timeout_s.is_finite() || a.timeout_s <= 0.0 {
+        bail!("--timeout-s must be a positive number of seconds");
+    }
+    let r = bench::run_load(
+        &LoadOptions {
+            url: a.url.clone().unwrap_or_default(),
+            endpoint: a.endpoint.clone(),
+            model: a.model.clone(),
+            concurrency: a.concurrency.max(1),
+            requests: a.requests,
+            batch: a.batch.unwrap_or(1),
+            api_key: a.api_key.clone(),
+            timeout: Duration::from_secs_f64(a.timeout_s),
+        },
+        &inputs,
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{}{} at concurrency {}: {} requests ({} inputs each), {} ok, {} errors {:?}",
+            r.url,
+            r.endpoint,
+            r.concurrency,
+            r.requests,
+            r.inputs_per_request,
+            r.ok,
+            r.errors,
+            r.errors_by_status
+        );
+        println!(
+            "{:.3} s: {:.1} requests/s, {:.1} inputs/s; latency p50 {:.2} ms, p90 {:.2} ms, \
+             p99 {:.2} ms, max {:.2} ms",
+            r.seconds, r.requests_per_s, r.inputs_per_s, r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
+        );
+    }
+    if r.errors > 0 {
+        bail!("{} of {} requests failed", r.errors, r.requests);
+    }
+    Ok(())
+}
