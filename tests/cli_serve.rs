@@ -509,6 +509,31 @@ fn every_endpoint_answers_over_http_and_matches_predict_and_the_reference() {
         assert_eq!(got, want);
     }
 
+    // Spans are in characters of the original text (accents stripped by the vocabulary).
+    let t = post(
+        a,
+        "/tokenize",
+        &json!({"inputs": "héllo wörld", "model": "minilm"}),
+    )
+    .json();
+    let spans: Vec<(bool, u64, u64)> = t
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["special"].as_bool().unwrap(),
+                x["start"].as_u64().unwrap(),
+                x["stop"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        spans,
+        [(true, 0, 0), (false, 0, 5), (false, 6, 11), (true, 0, 0)],
+        "{t}"
+    );
+
     // KServe with the binary tensor extension, written by hand: BYTES in, FP32 out.
     let texts = [REVIEWS[0], REVIEWS[2]];
     let mut blob = Vec::new();

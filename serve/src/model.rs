@@ -504,9 +504,50 @@ impl Model {
         }
     }
 
-    /// The tokenizer without truncation (for /tokenize).
+    /// The tokenizer without truncation.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.full
+    }
+
+    /// The tokens of each input (id, text, special, type id, character span), untruncated,
+    /// computed on the tokenizer pool.
+    pub async fn tokens(
+        self: &Arc<Self>,
+        inputs: Vec<TextInput>,
+        special: bool,
+    ) -> Result<Vec<Value>, ApiError> {
+        let me = Arc::clone(self);
+        self.on_pool(inputs.len(), move || {
+            inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| {
+                    let e = match &input.text_pair {
+                        Some(p) => me
+                            .full
+                            .encode_char_offsets((input.text.as_str(), p.as_str()), special),
+                        None => me.full.encode_char_offsets(input.text.as_str(), special),
+                    }
+                    .map_err(|e| ApiError::invalid(format!("input {i}: {e}")))?;
+                    Ok(Value::Array(
+                        (0..e.len())
+                            .map(|k| {
+                                let (a, b) = e.get_offsets()[k];
+                                serde_json::json!({
+                                    "id": e.get_ids()[k],
+                                    "text": e.get_tokens()[k],
+                                    "special": e.get_special_tokens_mask()[k] == 1,
+                                    "type_id": e.get_type_ids()[k],
+                                    "start": a,
+                                    "stop": b,
+                                })
+                            })
+                            .collect(),
+                    ))
+                })
+                .collect()
+        })
+        .await
     }
 }
 

@@ -309,29 +309,7 @@ pub async fn tokenize(
     let (inputs, single) = texts(&body, "inputs")?;
     st.check_client_batch(inputs.len())?;
     let special = flag(&body, "add_special_tokens")?.unwrap_or(true);
-    let mut out = Vec::new();
-    for (i, input) in inputs.iter().enumerate() {
-        let tok = m.tokenizer();
-        let e = match &input.text_pair {
-            Some(p) => tok.encode_char_offsets((input.text.as_str(), p.as_str()), special),
-            None => tok.encode_char_offsets(input.text.as_str(), special),
-        }
-        .map_err(|e| ApiError::invalid(format!("input {i}: {e}")))?;
-        let tokens: Vec<Value> = (0..e.len())
-            .map(|k| {
-                let (a, b) = e.get_offsets()[k];
-                json!({
-                    "id": e.get_ids()[k],
-                    "text": e.get_tokens()[k],
-                    "special": e.get_special_tokens_mask()[k] == 1,
-                    "type_id": e.get_type_ids()[k],
-                    "start": a,
-                    "stop": b,
-                })
-            })
-            .collect();
-        out.push(Value::Array(tokens));
-    }
+    let out = m.tokens(inputs, special).await?;
     Ok(Json(one_or_many(out, single)))
 }
 
