@@ -107,12 +107,8 @@ pub fn export_plan(options: &PlanOptions) -> Result<Exported> {
             o.out.display()
         );
     }
-    if o.target == Target::Cuda {
-        bail!(
-            "--target cuda: the plan runtime runs on the CPU only in this version (CUDA \
-             inference runs through `bertkit embed`/`predict --device cuda`); export with \
-             --target cpu"
-        );
+    if o.target == Target::Cuda && o.precision == Precision::Int8 {
+        bail!("--target cuda: int8 plans run on the CPU only; use fp16, bf16 or fp32 on a GPU");
     }
     if o.max_batch == 0 {
         bail!("--max-batch must be at least 1");
@@ -274,8 +270,9 @@ pub fn export_plan(options: &PlanOptions) -> Result<Exported> {
             task_settings,
         };
         meta.write(&tmp)?;
-        // Tune first: parity then runs with the settings the plan will be served with.
-        if o.tune {
+        // Tune first: parity then runs with the settings the plan will be served with. (The
+        // GPU encoder has no threads or kernel variants to choose from.)
+        if o.tune && o.target == Target::Cpu {
             meta.tuning = Some(tune::tune(&tmp, &meta)?);
             meta.write(&tmp)?;
         }

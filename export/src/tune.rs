@@ -67,6 +67,7 @@ pub fn tune(dir: &Path, meta: &PlanMeta) -> Result<Tuning> {
                 &RuntimeOptions {
                     threads: Some(t),
                     int8_kernel: kernel,
+                    ..Default::default()
                 },
             )?;
             let ms = time_ms(&runtime, &input, 3)?;

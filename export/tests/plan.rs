@@ -297,6 +297,22 @@ fn export_refuses_to_overwrite_and_bad_models_write_nothing() {
     .unwrap();
     assert!(format!("{e:#}").contains("cannot be exported"), "{e:#}");
     assert!(!out.exists());
+    // A cuda plan: int8 is CPU-only; without CUDA in this build its parity cannot run, so it
+    // is not written.
+    let model = fixture("tiny_heads/sequence_classification");
+    let cuda = |precision| {
+        let e = export_plan(&PlanOptions {
+            target: Target::Cuda,
+            ..options(&model, &dir.path().join("gpu.plan"), precision)
+        });
+        format!("{:#}", e.err().unwrap())
+    };
+    assert!(cuda(Precision::Int8).contains("int8 plans run on the CPU only"));
+    if !cfg!(feature = "cuda") {
+        let e = cuda(Precision::Bf16);
+        assert!(e.contains("built without CUDA"), "{e}");
+    }
+    assert!(!dir.path().join("gpu.plan").exists());
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -330,4 +346,59 @@ fn a_batch_over_the_limit_runs_in_slices_and_bad_ids_are_named() {
     };
     let e = format!("{:#}", rt.run(&[bad]).err().unwrap());
     assert!(e.contains("token id 999999"), "{e}");
+}
+
+/// The burn executor (how CUDA plans run) on the CPU backend, against the CPU executor on the
+/// same plans: f32 compute within 1e-4; fp16 compute (what fp16 plans compute in on a GPU)
+/// within 2e-3 of it (2.9e-4 seen).
+#[test]
+fn the_burn_encoder_computes_what_the_cpu_executor_does() {
+    use bertkit_runtime::burn_encoder::BurnEncoder;
+    use burn::backend::Flex;
+    use burn::tensor::DType;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases: Vec<(PathBuf, Value)> = [
+        "sequence_classification",
+        "token_classification",
+        "question_answering",
+    ]
+    .iter()
+    .map(|name| {
+        let model = fixture(&format!("tiny_heads/{name}"));
+        let reference = json(&model.join("reference_outputs.json"));
+        (model, reference)
+    })
+    .collect();
+    let minilm = repo().join("assets/all-MiniLM-L6-v2");
+    assert!(minilm.exists(), "run scripts/fetch-assets.sh first");
+    cases.push((minilm, json(&fixture("minilm_reference.json"))));
+    for (model, reference) in cases {
+        for precision in [Precision::Fp32, Precision::Fp16] {
+            let name = model.file_name().unwrap().to_string_lossy().into_owned();
+            let out = dir.path().join(format!("{name}-{precision}.plan"));
+            export_plan(&options(&model, &out, precision)).unwrap();
+            let rt = Runtime::load(&out, &RuntimeOptions::default()).unwrap();
+            let batch = inputs(&reference);
+            let want = rt.run(&batch).unwrap();
+            let meta = PlanMeta::read(&out).unwrap();
+            let bytes = std::fs::read(out.join("weights.safetensors")).unwrap();
+            let device = Default::default();
+            let encoder = |dtype| {
+                BurnEncoder::<Flex>::load(&meta, &bytes, "weights", &device, dtype).unwrap()
+            };
+            let (f32_encoder, half_encoder) = (encoder(DType::F32), encoder(DType::F16));
+            for (encoder_out, tol) in [
+                (f32_encoder.forward(&batch).unwrap(), 1e-4),
+                (half_encoder.forward(&batch).unwrap(), 2e-3),
+            ] {
+                assert_eq!(encoder_out.len(), want.len());
+                for (i, (g, w)) in encoder_out.iter().zip(&want).enumerate() {
+                    assert_eq!((g.rows, g.width), (w.rows, w.width), "{name} row {i}");
+                    let want64: Vec<f64> = w.data.iter().map(|&x| f64::from(x)).collect();
+                    let d = max_diff(&g.data, &want64);
+                    assert!(d <= tol, "{name} {precision} row {i}: max diff {d} > {tol}");
+                }
+            }
+        }
+    }
 }

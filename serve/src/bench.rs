@@ -346,7 +346,7 @@ pub fn run_in_process(
         plan,
         &RuntimeOptions {
             threads,
-            int8_kernel: None,
+            ..Default::default()
         },
     )?;
     let batch = batch.unwrap_or(rt.meta.max_batch).max(1);

@@ -101,7 +101,7 @@ impl Model {
             &arg.dir,
             &RuntimeOptions {
                 threads: s.threads,
-                int8_kernel: None,
+                ..Default::default()
             },
         )?);
         let meta = &runtime.meta;

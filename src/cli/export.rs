@@ -209,6 +209,7 @@ pub fn bench(args: &BenchPlanArgs) -> Result<()> {
         &RuntimeOptions {
             threads: args.threads,
             int8_kernel,
+            ..Default::default()
         },
     )?;
     let mut batch = bertkit_export::tune::synthetic_batch(&runtime.meta, args.batch, args.seq);

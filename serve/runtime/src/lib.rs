@@ -3,8 +3,10 @@
 //!
 //! - [`plan`]: the plan format, its checks (format version, checksums, target);
 //! - [`cpu`]: the CPU executor and its kernels;
+//! - [`burn_encoder`]: the encoder on a burn backend, which runs cuda plans on the GPU;
 //! - [`Runtime`]: a loaded plan with its tokenizer and thread pool.
 
+pub mod burn_encoder;
 pub mod cpu;
 pub mod plan;
 
@@ -21,57 +23,92 @@ pub use plan::{PlanMeta, PlanTask, Precision, Target};
 pub struct RuntimeOptions {
     pub threads: Option<usize>,
     pub int8_kernel: Option<Int8Kernel>,
+    /// The GPU of a cuda plan (default 0).
+    pub cuda_device: Option<usize>,
+}
+
+/// What runs the batches: the CPU executor with its thread pool, or the burn encoder on a
+/// GPU (`--features cuda`).
+enum Executor {
+    Cpu {
+        encoder: cpu::Encoder,
+        pool: rayon::ThreadPool,
+    },
+    #[cfg(feature = "cuda")]
+    Cuda(Box<burn_encoder::BurnEncoder<burn::backend::Cuda>>),
 }
 
 pub struct Runtime {
     pub meta: PlanMeta,
     pub dir: PathBuf,
-    encoder: cpu::Encoder,
+    executor: Executor,
     tokenizer: BertTokenizer,
-    pool: rayon::ThreadPool,
     threads: usize,
 }
 
 impl Runtime {
-    /// Loads and checks the plan folder `dir` for the CPU.
+    /// Loads and checks the plan folder `dir` for its target (cpu; cuda in a CUDA build).
     pub fn load(dir: &Path, options: &RuntimeOptions) -> Result<Runtime> {
         let meta = PlanMeta::read(dir)?;
-        meta.check_target(dir, Target::Cpu)?;
         let tuning = meta.tuning.as_ref();
         let threads = options
             .threads
             .or(tuning.map(|t| t.threads))
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
-        let int8 = options
-            .int8_kernel
-            .or_else(|| {
-                tuning
-                    .and_then(|t| t.int8_kernel.as_deref())
-                    .and_then(Int8Kernel::parse)
-            })
-            .unwrap_or(Int8Kernel::Int8);
         let weights_path = dir.join(plan::WEIGHTS_FILE);
         let bytes = std::fs::read(&weights_path)
             .with_context(|| format!("reading {}", weights_path.display()))?;
-        let encoder = cpu::Encoder::load(&meta, &bytes, &weights_path.display().to_string(), int8)?;
+        let file = weights_path.display().to_string();
+        let executor = match meta.target {
+            Target::Cpu => {
+                let int8 = options
+                    .int8_kernel
+                    .or_else(|| {
+                        tuning
+                            .and_then(|t| t.int8_kernel.as_deref())
+                            .and_then(Int8Kernel::parse)
+                    })
+                    .unwrap_or(Int8Kernel::Int8);
+                let encoder = cpu::Encoder::load(&meta, &bytes, &file, int8)?;
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("bertkit-runtime-{i}"))
+                    .build()
+                    .context("starting the runtime's threads")?;
+                Executor::Cpu { encoder, pool }
+            }
+            #[cfg(feature = "cuda")]
+            Target::Cuda => {
+                let device = burn::backend::cuda::CudaDevice {
+                    index: options.cuda_device.unwrap_or(0),
+                };
+                Executor::Cuda(Box::new(burn_encoder::BurnEncoder::load(
+                    &meta,
+                    &bytes,
+                    &file,
+                    &device,
+                    burn_encoder::compute_dtype(meta.precision),
+                )?))
+            }
+            #[cfg(not(feature = "cuda"))]
+            Target::Cuda => bail!(
+                "{}: the plan was built for cuda, and this bertkit was built without CUDA: \
+                 rebuild with --features cuda, or export the plan with --target cpu",
+                dir.display()
+            ),
+        };
         let tok_path = dir.join(&meta.tokenizer.file);
         let mut tokenizer = BertTokenizer::from_tokenizer_json(&tok_path)
             .with_context(|| format!("reading {}", tok_path.display()))?;
         tokenizer
             .set_truncation(meta.tokenizer.max_length, Truncation::LongestFirst)
             .with_context(|| format!("{}: truncation", tok_path.display()))?;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("bertkit-runtime-{i}"))
-            .build()
-            .context("starting the runtime's threads")?;
         Ok(Runtime {
             meta,
             dir: dir.to_path_buf(),
-            encoder,
+            executor,
             tokenizer,
-            pool,
             threads,
         })
     }
@@ -102,9 +139,13 @@ impl Runtime {
         let max = self.meta.max_batch.max(1);
         let mut out = Vec::with_capacity(batch.len());
         for chunk in batch.chunks(max) {
-            let part = self
-                .pool
-                .install(|| self.encoder.forward(chunk, self.threads))?;
+            let part = match &self.executor {
+                Executor::Cpu { encoder, pool } => {
+                    pool.install(|| encoder.forward(chunk, self.threads))?
+                }
+                #[cfg(feature = "cuda")]
+                Executor::Cuda(encoder) => encoder.forward(chunk)?,
+            };
             if part.len() != chunk.len() {
                 bail!(
                     "the plan produced no output for its task {:?}",

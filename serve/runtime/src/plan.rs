@@ -8,9 +8,9 @@
 //! - `weights.safetensors`: the weights in the runtime's layout (names in [`names`]);
 //! - `tokenizer.json`.
 //!
-//! [`PlanMeta::read`] refuses a plan of a newer format, one whose files do not match their
-//! digests (tampered, truncated, missing), and [`PlanMeta::check_target`] one built for another
-//! target.
+//! [`PlanMeta::read`] refuses a plan of a newer format, or one whose files do not match their
+//! digests (tampered, truncated, missing); `Runtime::load` refuses a cuda plan in a build
+//! without CUDA.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -354,19 +354,6 @@ impl PlanMeta {
             }
         }
         Ok(meta)
-    }
-
-    /// Refuses a plan built for another target than the one asked for.
-    pub fn check_target(&self, dir: &Path, target: Target) -> Result<()> {
-        if self.target != target {
-            bail!(
-                "{}: the plan was built for {} but is being run on {target}; export it with \
-                 --target {target}",
-                dir.display(),
-                self.target
-            );
-        }
-        Ok(())
     }
 
     /// Writes `plan.json` and its digest into `dir` (each through a temp file and a rename).

@@ -50,6 +50,40 @@ struct Layer {
     ffn_ln: LayerNorm,
 }
 
+/// Refuses input `n` unless it fits the model: tokens present, as many type ids as ids, at
+/// most `max_positions`, ids and types inside their tables.
+pub(crate) fn check_input(
+    n: usize,
+    seq: &Encoded,
+    vocab: usize,
+    max_positions: usize,
+    type_vocab: usize,
+) -> Result<()> {
+    if seq.ids.is_empty() {
+        bail!("input {n} has no tokens");
+    }
+    if seq.ids.len() != seq.type_ids.len() {
+        bail!(
+            "input {n}: {} ids but {} type ids",
+            seq.ids.len(),
+            seq.type_ids.len()
+        );
+    }
+    if seq.ids.len() > max_positions {
+        bail!(
+            "input {n} has {} tokens; the model takes at most {max_positions}",
+            seq.ids.len()
+        );
+    }
+    if let Some(id) = seq.ids.iter().find(|&&id| id as usize >= vocab) {
+        bail!("input {n}: token id {id} is outside the vocabulary ({vocab})");
+    }
+    if let Some(t) = seq.type_ids.iter().find(|&&t| t as usize >= type_vocab) {
+        bail!("input {n}: token type {t} is outside 0..{type_vocab}");
+    }
+    Ok(())
+}
+
 pub struct Encoder {
     word: Vec<f32>,
     position: Vec<f32>,
@@ -96,13 +130,15 @@ impl Int8Kernel {
     }
 }
 
-struct Tensors<'a> {
-    st: SafeTensors<'a>,
-    file: &'a str,
+/// The tensors of a plan's weights file, read by name with their expected shape.
+pub(crate) struct Tensors<'a> {
+    pub(crate) st: SafeTensors<'a>,
+    pub(crate) file: &'a str,
 }
 
 impl Tensors<'_> {
-    fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    /// A float tensor (f32, f16 or bf16 in the file) as f32.
+    pub(crate) fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let t = self
             .st
             .tensor(name)
@@ -235,40 +271,7 @@ impl Encoder {
     }
 
     fn check(&self, n: usize, seq: &Encoded) -> Result<()> {
-        if seq.ids.is_empty() {
-            bail!("input {n} has no tokens");
-        }
-        if seq.ids.len() != seq.type_ids.len() {
-            bail!(
-                "input {n}: {} ids but {} type ids",
-                seq.ids.len(),
-                seq.type_ids.len()
-            );
-        }
-        if seq.ids.len() > self.max_positions {
-            bail!(
-                "input {n} has {} tokens; the model takes at most {}",
-                seq.ids.len(),
-                self.max_positions
-            );
-        }
-        if let Some(id) = seq.ids.iter().find(|&&id| id as usize >= self.vocab) {
-            bail!(
-                "input {n}: token id {id} is outside the vocabulary ({})",
-                self.vocab
-            );
-        }
-        if let Some(t) = seq
-            .type_ids
-            .iter()
-            .find(|&&t| t as usize >= self.type_vocab)
-        {
-            bail!(
-                "input {n}: token type {t} is outside 0..{}",
-                self.type_vocab
-            );
-        }
-        Ok(())
+        check_input(n, seq, self.vocab, self.max_positions, self.type_vocab)
     }
 
     /// Runs the batch; call inside the runtime's thread pool (`threads` is its size).
