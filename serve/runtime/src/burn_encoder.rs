@@ -3,7 +3,8 @@
 //! check it against the CPU executor ([`crate::cpu`]).
 //!
 //! It reads the plan's weights as the CPU executor does (fused QKV with the attention scale
-//! folded in, weights `[out, in]`), pads each batch to its longest input and masks the padding.
+//! folded in, weights `[out, in]`), pads each batch to the plan's length bucket of its longest
+//! input and masks the padding.
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::activation;
@@ -61,6 +62,9 @@ pub struct BurnEncoder<B: Backend> {
     type_vocab: usize,
     eps: f64,
     act: String,
+    /// The plan's sequence buckets, ascending: batches are padded to one, so that the backend
+    /// sees few distinct shapes (a GPU backend compiles and tunes kernels per shape).
+    buckets: Vec<usize>,
 }
 
 fn tensor<B: Backend, const D: usize>(
@@ -158,6 +162,11 @@ impl<B: Backend> BurnEncoder<B> {
             type_vocab: s.type_vocab_size,
             eps: s.layer_norm_eps,
             act: s.hidden_act.clone(),
+            buckets: {
+                let mut b = meta.seq_buckets.clone();
+                b.sort_unstable();
+                b
+            },
         })
     }
 
@@ -180,7 +189,7 @@ impl<B: Backend> BurnEncoder<B> {
         }
     }
 
-    /// Runs the batch, padded to its longest input.
+    /// Runs the batch, padded to the length bucket of its longest input.
     pub fn forward(&self, batch: &[Encoded]) -> Result<Vec<SeqOutput>> {
         for (n, seq) in batch.iter().enumerate() {
             check_input(n, seq, self.vocab, self.max_positions, self.type_vocab)?;
@@ -189,7 +198,13 @@ impl<B: Backend> BurnEncoder<B> {
             return Ok(Vec::new());
         }
         let (b, h) = (batch.len(), self.hidden);
-        let l = batch.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+        let longest = batch.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+        let l = self
+            .buckets
+            .iter()
+            .copied()
+            .find(|&b| b >= longest && b <= self.max_positions)
+            .unwrap_or(longest);
         let mut ids = vec![0i64; b * l];
         let mut types = vec![0i64; b * l];
         let mut mask = vec![0f32; b * l];
