@@ -56,53 +56,54 @@ impl BatchSettings {
     }
 }
 
-/// The inputs of the next batch, taken out of `pending` (see the module docs).
-pub fn take_batch(pending: &mut VecDeque<Entry>, s: &BatchSettings) -> Vec<Entry> {
+/// Which waiting inputs the next batch holds (indices into `pending`, in the order taken), and
+/// the batch's length bucket (see the module docs).
+fn select(pending: &VecDeque<Entry>, s: &BatchSettings) -> (Vec<usize>, usize) {
     let Some(first) = pending.front() else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
     let mut bucket = s.bucket(first.input.ids.len());
     let max_size = s.max_batch_size.max(1);
-    let mut batch = Vec::new();
+    let mut chosen = Vec::new();
+    let mut taken = vec![false; pending.len()];
     // First the inputs of the oldest one's bucket or shorter ones, in arrival order...
-    let mut rest = VecDeque::with_capacity(pending.len());
-    while let Some(e) = pending.pop_front() {
+    for (i, e) in pending.iter().enumerate() {
         let fits = s.bucket(e.input.ids.len()) <= bucket
-            && batch.len() < max_size
-            && (batch.is_empty() || bucket * (batch.len() + 1) <= s.max_batch_tokens);
+            && chosen.len() < max_size
+            && (chosen.is_empty() || bucket * (chosen.len() + 1) <= s.max_batch_tokens);
         if fits {
-            batch.push(e);
-        } else {
-            rest.push_back(e);
+            chosen.push(i);
+            taken[i] = true;
         }
     }
     // ...then, while there is room, longer ones (the batch's bucket grows with them), so that
     // no input waits while the batch could hold it.
-    let mut left = VecDeque::with_capacity(rest.len());
-    while let Some(e) = rest.pop_front() {
+    for (i, e) in pending.iter().enumerate() {
         let grown = bucket.max(s.bucket(e.input.ids.len()));
-        if batch.len() < max_size && grown * (batch.len() + 1) <= s.max_batch_tokens {
+        if !taken[i] && chosen.len() < max_size && grown * (chosen.len() + 1) <= s.max_batch_tokens
+        {
             bucket = grown;
-            batch.push(e);
-        } else {
-            left.push_back(e);
+            chosen.push(i);
         }
     }
-    *pending = left;
+    (chosen, bucket)
+}
+
+/// The inputs of the next batch, taken out of `pending`.
+pub fn take_batch(pending: &mut VecDeque<Entry>, s: &BatchSettings) -> Vec<Entry> {
+    let (chosen, _) = select(pending, s);
+    let mut slots: Vec<Option<Entry>> = pending.drain(..).map(Some).collect();
+    let batch = chosen.iter().filter_map(|&i| slots[i].take()).collect();
+    *pending = slots.into_iter().flatten().collect();
     batch
 }
 
-/// Whether the waiting inputs already make a full batch.
+/// Whether the next batch is already as big as it can get: at the size limit, or with no room
+/// in the token budget for one more input of its bucket.
 fn full(pending: &VecDeque<Entry>, s: &BatchSettings) -> bool {
-    let Some(first) = pending.front() else {
-        return false;
-    };
-    let bucket = s.bucket(first.input.ids.len());
-    let eligible = pending
-        .iter()
-        .filter(|e| s.bucket(e.input.ids.len()) <= bucket)
-        .count();
-    eligible >= s.max_batch_size.max(1) || eligible * bucket >= s.max_batch_tokens
+    let (chosen, bucket) = select(pending, s);
+    let n = chosen.len();
+    n > 0 && (n >= s.max_batch_size.max(1) || bucket * (n + 1) > s.max_batch_tokens)
 }
 
 /// The sending side of a model's queue.
@@ -319,6 +320,17 @@ mod tests {
             [20, 30, 100]
         );
         assert_eq!(lens(&take_batch(&mut pending, &settings(3 * 128, 8))), [60]);
+        // "Full" follows the same rule: a short input and longer ones filling the size limit.
+        pending.clear();
+        for len in [10, 100, 100, 100] {
+            let (e, rx) = entry(len);
+            pending.push_back(e);
+            keep.push(rx);
+        }
+        assert!(full(&pending, &settings(1 << 20, 4)));
+        assert!(!full(&pending, &settings(1 << 20, 5)));
+        // No room in the budget for a fifth input of the batch's bucket (128 × 5 > 600).
+        assert!(full(&pending, &settings(600, 8)));
     }
 
     #[test]
