@@ -79,6 +79,20 @@ pub struct QaSpec {
     pub null_score_diff_threshold: f32,
 }
 
+impl Default for QaSpec {
+    /// HF run_qa's defaults: stride 128, question ≤ 64 tokens, 20 best, answers ≤ 30 tokens.
+    fn default() -> Self {
+        QaSpec {
+            doc_stride: 128,
+            max_query_length: 64,
+            n_best: 20,
+            max_answer_length: 30,
+            version_2: false,
+            null_score_diff_threshold: 0.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
     pub task: TaskKind,

@@ -14,7 +14,9 @@ use bertkit_finetune::spec::{QaSpec, TagScheme, TaskSpec};
 use bertkit_finetune::tasks::{self, classify, ner, qa, Feature, Logits};
 use bertkit_model::config::ProblemType;
 use bertkit_model::TextInput;
-use bertkit_runtime::{Encoded, PlanMeta, PlanTask, Runtime, RuntimeOptions, SeqOutput};
+use bertkit_runtime::{
+    check_input, Encoded, PlanMeta, PlanTask, Runtime, RuntimeOptions, SeqOutput,
+};
 use serde_json::Value;
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
@@ -137,11 +139,12 @@ impl Model {
             ),
             None => None,
         };
-        let problem = match meta.problem_type.as_deref() {
-            Some("regression") => ProblemType::Regression,
-            Some("multi_label_classification") => ProblemType::MultiLabelClassification,
-            _ => ProblemType::SingleLabelClassification,
-        };
+        // plan.json holds the HF name export wrote from the same enum.
+        let problem = meta
+            .problem_type
+            .as_deref()
+            .and_then(|p| serde_json::from_value(Value::String(p.into())).ok())
+            .unwrap_or(ProblemType::SingleLabelClassification);
         let mut full = runtime.tokenizer().inner().clone();
         full.with_truncation(None)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -294,32 +297,22 @@ impl Model {
         )
     }
 
-    /// Checks pre-tokenized inputs against the plan's vocabulary and limits.
+    /// Checks pre-tokenized inputs against the input limit (422) and the model (400: what the
+    /// runtime itself checks).
     pub fn check_ids(&self, inputs: &[Encoded]) -> Result<(), ApiError> {
         let shape = &self.meta().shape;
         for (i, e) in inputs.iter().enumerate() {
-            if e.ids.is_empty() {
-                return Err(ApiError::invalid(format!("input {i} has no tokens")));
-            }
             if e.ids.len() > self.max_input_length {
                 return Err(self.too_long(i, e.ids.len()));
             }
-            if let Some(id) = e.ids.iter().find(|&&id| id as usize >= shape.vocab_size) {
-                return Err(ApiError::invalid(format!(
-                    "input {i}: token id {id} is outside the vocabulary ({} ids)",
-                    shape.vocab_size
-                )));
-            }
-            if let Some(t) = e
-                .type_ids
-                .iter()
-                .find(|&&t| t as usize >= shape.type_vocab_size)
-            {
-                return Err(ApiError::invalid(format!(
-                    "input {i}: token type {t} is outside the model's {} types",
-                    shape.type_vocab_size
-                )));
-            }
+            check_input(
+                i,
+                e,
+                shape.vocab_size,
+                shape.max_position_embeddings,
+                shape.type_vocab_size,
+            )
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
         }
         Ok(())
     }
@@ -482,14 +475,7 @@ impl Model {
         self.spec
             .as_ref()
             .and_then(|s| s.qa.clone())
-            .unwrap_or(QaSpec {
-                doc_stride: 128,
-                max_query_length: 64,
-                n_best: 20,
-                max_answer_length: 30,
-                version_2: false,
-                null_score_diff_threshold: 0.0,
-            })
+            .unwrap_or_default()
     }
 
     /// Probabilities of one row of classification logits (softmax, sigmoid for multi-label,

@@ -205,26 +205,17 @@ impl TaskArgs {
                 });
             }
             TaskKind::Qa => {
-                let b = base.and_then(|b| b.qa);
+                // The saved settings, else run_qa's defaults; flags override either.
+                let b = base.and_then(|b| b.qa).unwrap_or_default();
                 spec.qa = Some(QaSpec {
-                    doc_stride: self
-                        .doc_stride
-                        .or(b.as_ref().map(|b| b.doc_stride))
-                        .unwrap_or(128),
-                    max_query_length: self
-                        .max_query_length
-                        .or(b.as_ref().map(|b| b.max_query_length))
-                        .unwrap_or(64),
-                    n_best: self.n_best.or(b.as_ref().map(|b| b.n_best)).unwrap_or(20),
-                    max_answer_length: self
-                        .max_answer_length
-                        .or(b.as_ref().map(|b| b.max_answer_length))
-                        .unwrap_or(30),
-                    version_2: self.version_2 || b.as_ref().is_some_and(|b| b.version_2),
+                    doc_stride: self.doc_stride.unwrap_or(b.doc_stride),
+                    max_query_length: self.max_query_length.unwrap_or(b.max_query_length),
+                    n_best: self.n_best.unwrap_or(b.n_best),
+                    max_answer_length: self.max_answer_length.unwrap_or(b.max_answer_length),
+                    version_2: self.version_2 || b.version_2,
                     null_score_diff_threshold: self
                         .null_score_diff_threshold
-                        .or(b.as_ref().map(|b| b.null_score_diff_threshold))
-                        .unwrap_or(0.0),
+                        .unwrap_or(b.null_score_diff_threshold),
                 });
             }
         }

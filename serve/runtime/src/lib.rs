@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use bertkit_model::{BertTokenizer, TextInput, Truncation};
 
-pub use cpu::{Encoded, Int8Kernel, SeqOutput};
+pub use cpu::{check_input, Encoded, Int8Kernel, SeqOutput};
 pub use plan::{PlanMeta, PlanTask, Precision, Target};
 
 /// How to run a plan; `None` takes the value export tuned (plan.json `tuning`).

@@ -52,7 +52,7 @@ struct Layer {
 
 /// Refuses input `n` unless it fits the model: tokens present, as many type ids as ids, at
 /// most `max_positions`, ids and types inside their tables.
-pub(crate) fn check_input(
+pub fn check_input(
     n: usize,
     seq: &Encoded,
     vocab: usize,
