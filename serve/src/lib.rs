@@ -40,7 +40,6 @@ pub struct ServeOptions {
     pub host: String,
     pub port: u16,
     pub model: ModelSettings,
-    pub max_queue_delay_us: u64,
     pub max_concurrent_requests: usize,
     pub max_client_batch_size: usize,
     pub payload_limit: usize,

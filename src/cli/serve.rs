@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use bertkit_serve::bench::{self, LoadOptions};
 use bertkit_serve::{ModelSettings, PlanArg, ServeOptions};
-use clap::Args;
+use clap::{Args, Parser};
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -65,30 +65,25 @@ pub struct ServeArgs {
 /// few requests (/predict, KServe v2 infer, /metrics), prints the answers, and stops it the way
 /// SIGTERM does (stop accepting, drain).
 pub fn demo(plan: &std::path::Path, texts: &[&str]) -> Result<()> {
-    let options = ServeOptions {
-        plans: vec![PlanArg {
-            name: "quickstart".into(),
-            dir: plan.to_path_buf(),
-        }],
-        host: "127.0.0.1".into(),
-        port: 0,
-        model: ModelSettings {
-            threads: None,
-            max_batch_tokens: 16384,
-            max_batch_size: None,
-            max_queue_delay: Duration::ZERO,
-            max_input_length: None,
-            truncate: true,
-        },
-        max_queue_delay_us: 0,
-        max_concurrent_requests: 64,
-        max_client_batch_size: 64,
-        payload_limit: 1 << 20,
-        api_key: None,
-        tokenization_workers: 1,
-        shutdown_timeout: Duration::from_secs(10),
-    };
-    let server = bertkit_serve::LocalServer::start(options)?;
+    // `bertkit serve`'s defaults, then what the demo changes.
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+    let mut a = Flags::try_parse_from(["serve", "--plan", "quickstart"])?.serve;
+    a.plans = vec![PlanArg {
+        name: "quickstart".into(),
+        dir: plan.to_path_buf(),
+    }];
+    a.port = 0;
+    a.truncate = true;
+    a.max_concurrent_requests = 64;
+    a.payload_limit = 1 << 20;
+    a.api_key = None;
+    a.tokenization_workers = Some(1);
+    a.shutdown_timeout_s = 10.0;
+    let server = bertkit_serve::LocalServer::start(a.options()?)?;
     let url = server.url.clone();
     let timeout = Duration::from_secs(30);
     let (status, answer) = bench::call(
@@ -124,31 +119,36 @@ pub fn demo(plan: &std::path::Path, texts: &[&str]) -> Result<()> {
     server.stop()
 }
 
-pub fn serve(a: &ServeArgs) -> Result<()> {
-    if !a.shutdown_timeout_s.is_finite() || a.shutdown_timeout_s < 0.0 {
-        bail!("--shutdown-timeout-s must be a non-negative number of seconds");
+impl ServeArgs {
+    fn options(&self) -> Result<ServeOptions> {
+        if !self.shutdown_timeout_s.is_finite() || self.shutdown_timeout_s < 0.0 {
+            bail!("--shutdown-timeout-s must be a non-negative number of seconds");
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(ServeOptions {
+            plans: self.plans.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            model: ModelSettings {
+                threads: self.threads,
+                max_batch_tokens: self.max_batch_tokens,
+                max_batch_size: self.max_batch_size,
+                max_queue_delay: Duration::from_micros(self.max_queue_delay_us),
+                max_input_length: self.max_input_length,
+                truncate: self.truncate,
+            },
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_client_batch_size: self.max_client_batch_size,
+            payload_limit: self.payload_limit,
+            api_key: self.api_key.clone().filter(|k| !k.is_empty()),
+            tokenization_workers: self.tokenization_workers.unwrap_or(cpus),
+            shutdown_timeout: Duration::from_secs_f64(self.shutdown_timeout_s),
+        })
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    bertkit_serve::serve(ServeOptions {
-        plans: a.plans.clone(),
-        host: a.host.clone(),
-        port: a.port,
-        model: ModelSettings {
-            threads: a.threads,
-            max_batch_tokens: a.max_batch_tokens,
-            max_batch_size: a.max_batch_size,
-            max_queue_delay: Duration::from_micros(a.max_queue_delay_us),
-            max_input_length: a.max_input_length,
-            truncate: a.truncate,
-        },
-        max_queue_delay_us: a.max_queue_delay_us,
-        max_concurrent_requests: a.max_concurrent_requests,
-        max_client_batch_size: a.max_client_batch_size,
-        payload_limit: a.payload_limit,
-        api_key: a.api_key.clone().filter(|k| !k.is_empty()),
-        tokenization_workers: a.tokenization_workers.unwrap_or(cpus),
-        shutdown_timeout: Duration::from_secs_f64(a.shutdown_timeout_s),
-    })
+}
+
+pub fn serve(a: &ServeArgs) -> Result<()> {
+    bertkit_serve::serve(a.options()?)
 }
 
 #[derive(Debug, Clone, Args)]

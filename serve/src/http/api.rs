@@ -350,7 +350,7 @@ pub async fn info(State(st): State<Arc<AppState>>) -> Json<Value> {
             "max_concurrent_requests": st.options.max_concurrent_requests,
             "max_client_batch_size": st.options.max_client_batch_size,
             "payload_limit": st.options.payload_limit,
-            "max_queue_delay_us": st.options.max_queue_delay_us,
+            "max_queue_delay_us": st.options.model.max_queue_delay.as_micros() as u64,
             "tokenization_workers": st.options.tokenization_workers,
         },
     }))

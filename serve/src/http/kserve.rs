@@ -141,7 +141,7 @@ pub async fn model_config(
         "input": inputs.iter().map(dims).collect::<Vec<_>>(),
         "output": outputs.iter().map(dims).collect::<Vec<_>>(),
         "dynamic_batching": {
-            "max_queue_delay_microseconds": st.options.max_queue_delay_us,
+            "max_queue_delay_microseconds": st.options.model.max_queue_delay.as_micros() as u64,
         },
         "parameters": {
             "precision": m.meta().precision,
