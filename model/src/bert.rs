@@ -196,7 +196,7 @@ pub fn attention_explicit<B: Backend>(
         mask.additive.clone().cast(scores.dtype())
     };
     let scores = scores + additive;
-    let probs = burn::tensor::activation::softmax(scores, 3);
+    let probs = crate::fused::softmax(scores);
     dropout(probs, dropout_prob).matmul(v)
 }
 

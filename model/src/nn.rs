@@ -3,7 +3,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::config::HiddenAct;
 use crate::weights::{HostTensor, Init, ParamSink, ParamSource};
@@ -107,12 +107,7 @@ impl<B: Backend> LayerNorm<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
-            x.into_primitive().tensor(),
-            self.weight.val().into_primitive().tensor(),
-            Some(self.bias.val().into_primitive().tensor()),
-            self.eps,
-        )))
+        crate::fused::layer_norm(x, self.weight.val(), self.bias.val(), self.eps)
     }
 }
 
@@ -156,7 +151,7 @@ impl<B: Backend> Embedding<B> {
 pub fn activation<B: Backend, const D: usize>(act: HiddenAct, x: Tensor<B, D>) -> Tensor<B, D> {
     use burn::tensor::activation;
     match act {
-        HiddenAct::Gelu => activation::gelu(x),
+        HiddenAct::Gelu => crate::fused::gelu(x),
         HiddenAct::GeluTanh => activation::gelu_approximate(x),
         HiddenAct::Relu => activation::relu(x),
     }
@@ -167,9 +162,7 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, prob: f64) -> Tensor
     if prob == 0.0 || !B::ad_enabled(&x.device()) {
         return x;
     }
-    let keep = 1.0 - prob;
-    let mask = x.random_like(burn::tensor::Distribution::Bernoulli(keep));
-    x * mask / keep
+    crate::fused::dropout(x, prob)
 }
 
 #[cfg(test)]

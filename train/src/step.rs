@@ -5,7 +5,6 @@
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Int, Tensor};
 use serde::{Deserialize, Serialize};
@@ -226,7 +225,10 @@ pub fn cross_entropy_sum<B: Backend>(
         .equal(labels.clone())
         .float()
         .sum();
-    let nll = log_softmax(logits, 1).gather(1, labels).sum().neg();
+    let nll = bertkit_model::fused::log_softmax(logits)
+        .gather(1, labels)
+        .sum()
+        .neg();
     (nll, correct)
 }
 

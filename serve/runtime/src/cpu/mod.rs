@@ -3,7 +3,8 @@
 //! residual added by the matrix multiply itself (it accumulates into them) and the attention
 //! scale folded into the query weights at export.
 
-pub mod math;
+/// The element-wise kernels, shared with the training path (bertkit_model::cpu_math).
+pub use bertkit_model::cpu_math as math;
 pub mod matmul;
 
 use anyhow::{bail, Context, Result};

@@ -1,6 +1,8 @@
-//! Element-wise kernels: exp, erf-GELU, tanh-GELU, softmax, LayerNorm. Written so that LLVM
-//! vectorizes them (no branches in the loops, `exp` by range reduction on the bits); each public
-//! function picks the AVX2+FMA build of the same code at run time when the CPU has it.
+//! Element-wise CPU kernels: exp, erf-GELU, tanh-GELU, softmax, LayerNorm and their gradients,
+//! and dropout masks. Written so that LLVM vectorizes them (no branches in the loops, `exp` by
+//! range reduction on the bits); each public function picks the AVX2+FMA build of the same code
+//! at run time when the CPU has it. The plan runtime (bertkit-runtime) runs inference on them;
+//! `crate::fused` runs burn's CPU backend's training ops on them.
 
 /// `e^x` with ~2 ulp relative error on [-87, 88] (Cephes' expf polynomial); 0 below.
 #[inline(always)]
@@ -59,11 +61,37 @@ macro_rules! dispatch {
     };
 }
 
+/// Φ(x), the standard normal CDF.
+#[inline(always)]
+fn normal_cdf(x: f32) -> f32 {
+    0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 dispatch! {
     /// `x * Φ(x)` in place (HF `gelu`).
     pub fn gelu_erf(x: &mut [f32]) {
         for v in x.iter_mut() {
-            *v = 0.5 * *v * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+            *v *= normal_cdf(*v);
+        }
+    }
+}
+
+dispatch! {
+    /// `out = x * Φ(x)`.
+    pub fn gelu_erf_to(x: &[f32], out: &mut [f32]) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = v * normal_cdf(v);
+        }
+    }
+}
+
+dispatch! {
+    /// The gradient of erf-GELU: `g *= Φ(x) + x φ(x)`.
+    pub fn gelu_erf_backward(x: &[f32], g: &mut [f32]) {
+        // 1 / sqrt(2 pi)
+        const C: f32 = 0.398_942_3;
+        for (g, &v) in g.iter_mut().zip(x) {
+            *g *= normal_cdf(v) + v * C * exp(-0.5 * v * v);
         }
     }
 }
@@ -112,6 +140,25 @@ fn sum8(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
 }
 
+/// Dot product with 8 independent accumulators (see `sum8`).
+#[inline(always)]
+fn dot8(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let rest: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    for (a, b) in xc.zip(yc) {
+        for i in 0..8 {
+            acc[i] = a[i].mul_add(b[i], acc[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
 #[inline(always)]
 fn max8(x: &[f32]) -> f32 {
     let mut acc = [f32::MIN; 8];
@@ -138,6 +185,137 @@ dispatch! {
             for v in row.iter_mut() {
                 *v *= inv;
             }
+        }
+    }
+}
+
+dispatch! {
+    /// Log-softmax of each row of `width` values, in place.
+    pub fn log_softmax_rows(x: &mut [f32], width: usize) {
+        for row in x.chunks_exact_mut(width) {
+            let max = max8(row);
+            let mut acc = [0f32; 8];
+            let chunks = row.chunks_exact(8);
+            let rest: f32 = chunks.remainder().iter().map(|v| exp(v - max)).sum();
+            for c in chunks {
+                for i in 0..8 {
+                    acc[i] += exp(c[i] - max);
+                }
+            }
+            let log_sum = max + (acc.iter().sum::<f32>() + rest).ln();
+            for v in row.iter_mut() {
+                *v -= log_sum;
+            }
+        }
+    }
+}
+
+dispatch! {
+    /// The gradient of a row-wise log-softmax with output `y`: `g = g - exp(y) Σ g` per row.
+    pub fn log_softmax_backward_rows(y: &[f32], g: &mut [f32], width: usize) {
+        for (y, g) in y.chunks_exact(width).zip(g.chunks_exact_mut(width)) {
+            let sum = sum8(g);
+            for (g, y) in g.iter_mut().zip(y) {
+                *g -= exp(*y) * sum;
+            }
+        }
+    }
+}
+
+dispatch! {
+    /// The gradient of a row-wise softmax with output `y`: `g = y * (g - <g, y>)` per row.
+    pub fn softmax_backward_rows(y: &[f32], g: &mut [f32], width: usize) {
+        for (y, g) in y.chunks_exact(width).zip(g.chunks_exact_mut(width)) {
+            let dot = dot8(y, g);
+            for (g, y) in g.iter_mut().zip(y) {
+                *g = y * (*g - dot);
+            }
+        }
+    }
+}
+
+dispatch! {
+    /// LayerNorm for training: `out = x̂ γ + β` per row of `gamma.len()` values, keeping
+    /// `x̂ = (x - mean) / sqrt(var + eps)` and `rstd = 1 / sqrt(var + eps)` for the gradient.
+    pub fn layer_norm_rows_train(
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        out: &mut [f32],
+        xhat: &mut [f32],
+        rstd: &mut [f32]
+    ) {
+        let width = gamma.len();
+        let rows = x.chunks_exact(width).zip(out.chunks_exact_mut(width));
+        for (((x, out), xhat), rstd) in rows.zip(xhat.chunks_exact_mut(width)).zip(rstd) {
+            let mean = sum8(x) / width as f32;
+            for (h, v) in xhat.iter_mut().zip(x) {
+                *h = v - mean;
+            }
+            let var = dot8(xhat, xhat) / width as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            *rstd = inv;
+            for (((o, h), g), b) in out.iter_mut().zip(xhat.iter_mut()).zip(gamma).zip(beta) {
+                *h *= inv;
+                *o = h.mul_add(*g, *b);
+            }
+        }
+    }
+}
+
+dispatch! {
+    /// The gradient of `layer_norm_rows_train`: the input's gradient replaces `g` row by row,
+    /// and `Σ g x̂` and `Σ g` over the rows are added to `dgamma` and `dbeta`.
+    pub fn layer_norm_backward_rows(
+        xhat: &[f32],
+        rstd: &[f32],
+        gamma: &[f32],
+        g: &mut [f32],
+        dgamma: &mut [f32],
+        dbeta: &mut [f32]
+    ) {
+        let width = gamma.len();
+        let mut dxhat = vec![0f32; width];
+        for ((xhat, g), rstd) in xhat.chunks_exact(width).zip(g.chunks_exact_mut(width)).zip(rstd) {
+            for i in 0..width {
+                dgamma[i] = g[i].mul_add(xhat[i], dgamma[i]);
+                dbeta[i] += g[i];
+                dxhat[i] = g[i] * gamma[i];
+            }
+            let mean = sum8(&dxhat) / width as f32;
+            let mean_x = dot8(&dxhat, xhat) / width as f32;
+            for i in 0..width {
+                g[i] = rstd * (dxhat[i] - mean - xhat[i] * mean_x);
+            }
+        }
+    }
+}
+
+/// A 32-bit hash of an element index under a key (murmur3's finalizer); the dropout mask's
+/// random bits, the same whatever the thread split.
+#[inline(always)]
+fn hash32(i: u32, k0: u32, k1: u32) -> u32 {
+    let mut h = i.wrapping_mul(0x9e37_79b9) ^ k0;
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35) ^ k1;
+    h ^ (h >> 16)
+}
+
+dispatch! {
+    /// An inverted-dropout mask: element `start + j` (keyed by `key`) is `1 / keep` with
+    /// probability `keep`, else 0.
+    pub fn dropout_mask(out: &mut [f32], start: usize, key: u64, keep: f32) {
+        let (k0, k1) = (key as u32, (key >> 32) as u32);
+        // 24 random bits against keep * 2^24: exact for keep a multiple of 2^-24.
+        let threshold = keep * 16_777_216.0;
+        let scale = 1.0 / keep;
+        let start = start as u32;
+        for (j, v) in out.iter_mut().enumerate() {
+            let bits = hash32(start.wrapping_add(j as u32), k0, k1) >> 8;
+            *v = if (bits as f32) < threshold { scale } else { 0.0 };
         }
     }
 }

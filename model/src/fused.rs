@@ -1,0 +1,633 @@
+//! GELU, softmax, log-softmax, LayerNorm and dropout as single operations on the CPU backend.
+//!
+//! burn 0.21 builds softmax, log-softmax and LayerNorm from 5-10 primitive operations (each a pass over memory
+//! and an allocation, and as many again in the backward pass), computes GELU with a scalar libm
+//! `erf`, and draws dropout masks one element at a time from a ChaCha generator. On burn's flex
+//! backend, with or without autodiff, these functions instead run one vectorized, multi-threaded
+//! kernel of `crate::cpu_math` forward and one backward (a custom autodiff node). On every other
+//! backend (CUDA), and for half-precision tensors, they are burn's own operations.
+//!
+//! The backend is a type parameter, but which one it is only shows at run time here (Rust has no
+//! specialization), so the tensors are matched by type (`std::any::Any`).
+
+use std::any::Any;
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{
+    DType, Distribution, Shape, Tensor, TensorData, TensorMetadata, TensorPrimitive,
+};
+use rayon::prelude::*;
+
+use crate::cpu_math;
+
+/// Training on the CPU.
+type Ad = Autodiff<Flex>;
+
+/// `x * Φ(x)` (HF `gelu`).
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let x = x.into_primitive().tensor();
+    let x = match on_cpu::<B>(x) {
+        Cpu::Ad(x) => return from_ad(unary_ad(x, Gelu)),
+        Cpu::Flex(x) => return from_flex(gelu_forward(&x)),
+        Cpu::Other(x) => x,
+    };
+    burn::tensor::activation::gelu(Tensor::from_primitive(TensorPrimitive::Float(x)))
+}
+
+/// Softmax over the last dimension.
+pub fn softmax<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let x = x.into_primitive().tensor();
+    let x = match on_cpu::<B>(x) {
+        Cpu::Ad(x) => return from_ad(unary_ad(x, Softmax)),
+        Cpu::Flex(x) => return from_flex(softmax_forward(&x)),
+        Cpu::Other(x) => x,
+    };
+    burn::tensor::activation::softmax(Tensor::from_primitive(TensorPrimitive::Float(x)), D - 1)
+}
+
+/// Log-softmax over the last dimension.
+pub fn log_softmax<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let x = x.into_primitive().tensor();
+    let x = match on_cpu::<B>(x) {
+        Cpu::Ad(x) => return from_ad(unary_ad(x, LogSoftmax)),
+        Cpu::Flex(x) => return from_flex(LogSoftmax::forward(&x)),
+        Cpu::Other(x) => x,
+    };
+    burn::tensor::activation::log_softmax(Tensor::from_primitive(TensorPrimitive::Float(x)), D - 1)
+}
+
+/// LayerNorm over the last dimension (biased variance, as PyTorch).
+pub fn layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let [x, gamma, beta] = [
+        x.into_primitive().tensor(),
+        gamma.into_primitive().tensor(),
+        beta.into_primitive().tensor(),
+    ];
+    let (x, gamma, beta) = match (on_cpu::<B>(x), on_cpu::<B>(gamma), on_cpu::<B>(beta)) {
+        (Cpu::Ad(x), Cpu::Ad(gamma), Cpu::Ad(beta)) => {
+            return from_ad(layer_norm_ad(x, gamma, beta, eps))
+        }
+        (Cpu::Flex(x), Cpu::Flex(gamma), Cpu::Flex(beta)) => {
+            return from_flex(layer_norm_inference(&x, &gamma, &beta, eps))
+        }
+        (x, gamma, beta) => (
+            x.into_backend::<B>(),
+            gamma.into_backend::<B>(),
+            beta.into_backend::<B>(),
+        ),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
+        x,
+        gamma,
+        Some(beta),
+        eps,
+    )))
+}
+
+/// Inverted dropout: each element is kept with probability `1 - prob` and scaled by
+/// `1 / (1 - prob)`. Draws from the backend's seeded generator, so a run is reproducible from
+/// `B::seed`; on the CPU backend that draw is one 64-bit key, and the mask is a hash of each
+/// element's index under it.
+pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, prob: f64) -> Tensor<B, D> {
+    let keep = 1.0 - prob;
+    if !is_cpu::<B>() || x.dtype() != DType::F32 {
+        let mask = x.random_like(Distribution::Bernoulli(keep));
+        return x * mask / keep;
+    }
+    let device = x.device();
+    // Two uniform draws of the backend's generator (24 random bits each) make the key.
+    let draws = Tensor::<B, 1>::random([2], Distribution::Uniform(0.0, 1.0), &device)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap_or_default();
+    let bits = |i: usize| (draws.get(i).copied().unwrap_or(0.0) * 16_777_216.0) as u64;
+    let key = bits(0) << 24 | bits(1);
+    let shape = x.shape();
+    let mut mask = vec![0f32; shape.num_elements()];
+    mask.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, m)| cpu_math::dropout_mask(m, i * CHUNK, key, keep as f32));
+    x * Tensor::<B, D>::from_data(TensorData::new(mask, shape), &device)
+}
+
+/// Elements per parallel task of the element-wise kernels.
+const CHUNK: usize = 1 << 14;
+
+/// A float tensor primitive sorted by backend.
+enum Cpu<B: Backend> {
+    Ad(FloatTensor<Ad>),
+    Flex(FlexTensor),
+    /// Another backend, or a tensor that is not f32.
+    Other(FloatTensor<B>),
+}
+
+impl<B: Backend> Cpu<B> {
+    /// Back to the caller's backend (a no-op move: `B` is the type the value came from).
+    fn into_backend<T: Backend>(self) -> FloatTensor<T> {
+        match self {
+            Cpu::Ad(x) => same_type(x),
+            Cpu::Flex(x) => same_type(x),
+            Cpu::Other(x) => same_type(x),
+        }
+    }
+}
+
+fn on_cpu<B: Backend>(x: FloatTensor<B>) -> Cpu<B> {
+    if x.dtype() != DType::F32 {
+        return Cpu::Other(x);
+    }
+    match downcast::<_, FloatTensor<Ad>>(x) {
+        Ok(x) => Cpu::Ad(x),
+        Err(x) => match downcast::<_, FlexTensor>(x) {
+            Ok(x) => Cpu::Flex(x),
+            Err(x) => Cpu::Other(x),
+        },
+    }
+}
+
+fn is_cpu<B: Backend>() -> bool {
+    use std::any::TypeId;
+    [TypeId::of::<FloatTensor<Ad>>(), TypeId::of::<FlexTensor>()]
+        .contains(&TypeId::of::<FloatTensor<B>>())
+}
+
+/// `x` as a `T` if it is one.
+fn downcast<S: 'static, T: 'static>(x: S) -> Result<T, S> {
+    let mut slot = Some(x);
+    if let Some(t) = (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
+        return Ok(t.take().expect("the slot was filled above"));
+    }
+    Err(slot.expect("the slot is untouched when the types differ"))
+}
+
+/// `x` as the type it is known to be.
+fn same_type<S: 'static, T: 'static>(x: S) -> T {
+    match downcast(x) {
+        Ok(t) => t,
+        Err(_) => unreachable!("called only where S and T are the same type"),
+    }
+}
+
+fn from_ad<B: Backend, const D: usize>(x: FloatTensor<Ad>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(same_type(x)))
+}
+
+fn from_flex<B: Backend, const D: usize>(x: FlexTensor) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(same_type(x)))
+}
+
+/// The f32 values of `t` in row-major order (a copy only if `t` is a strided view).
+fn values(t: &FlexTensor) -> FlexTensor {
+    t.to_contiguous()
+}
+
+/// The f32 values of `t` in row-major order, as an owned vector (without a copy when `t` is
+/// contiguous and not shared).
+fn into_values(t: FlexTensor) -> Vec<f32> {
+    let t = if t.is_contiguous() {
+        t
+    } else {
+        t.to_contiguous()
+    };
+    match t.into_data().into_vec::<f32>() {
+        Ok(v) => v,
+        Err(e) => unreachable!("an f32 tensor's data is f32: {e:?}"),
+    }
+}
+
+fn slice(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("a contiguous f32 tensor")
+}
+
+fn tensor(data: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+/// The last dimension's size (1 for a scalar).
+fn width(shape: &Shape) -> usize {
+    shape.as_slice().last().copied().unwrap_or(1).max(1)
+}
+
+/// Rows per parallel task for rows of `width` values: about `CHUNK` values.
+fn rows_per_task(width: usize) -> usize {
+    (CHUNK / width).max(1)
+}
+
+fn gelu_forward(x: &FlexTensor) -> FlexTensor {
+    let x = values(x);
+    let xs = slice(&x);
+    let mut out = vec![0f32; xs.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(xs.par_chunks(CHUNK))
+        .for_each(|(o, x)| cpu_math::gelu_erf_to(x, o));
+    tensor(out, x.shape())
+}
+
+/// `kernel(rows, width)` on a copy of `x`, rows split over the threads.
+fn rows_in_place(x: &FlexTensor, kernel: fn(&mut [f32], usize)) -> FlexTensor {
+    let x = values(x);
+    let shape = x.shape();
+    let w = width(&shape);
+    let mut out = slice(&x).to_vec();
+    out.par_chunks_mut(rows_per_task(w) * w)
+        .for_each(|o| kernel(o, w));
+    tensor(out, shape)
+}
+
+/// `kernel(y, g, width)` row by row: the input's gradient from the output `y` and its gradient.
+fn rows_backward(
+    y: &FlexTensor,
+    g: FlexTensor,
+    kernel: fn(&[f32], &mut [f32], usize),
+) -> FlexTensor {
+    let shape = y.shape();
+    let w = width(&shape);
+    let mut grad = into_values(g);
+    let per = rows_per_task(w) * w;
+    grad.par_chunks_mut(per)
+        .zip(slice(y).par_chunks(per))
+        .for_each(|(g, y)| kernel(y, g, w));
+    tensor(grad, shape)
+}
+
+fn softmax_forward(x: &FlexTensor) -> FlexTensor {
+    rows_in_place(x, cpu_math::softmax_rows)
+}
+
+fn layer_norm_inference(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    eps: f64,
+) -> FlexTensor {
+    let (x, gamma, beta) = (values(x), values(gamma), values(beta));
+    let shape = x.shape();
+    let w = width(&shape);
+    let (g, b) = (slice(&gamma), slice(&beta));
+    let mut out = slice(&x).to_vec();
+    out.par_chunks_mut(rows_per_task(w) * w)
+        .for_each(|o| cpu_math::layer_norm_rows(o, g, b, eps as f32));
+    tensor(out, shape)
+}
+
+/// LayerNorm's output and what its gradient needs.
+struct LayerNormForward {
+    out: FlexTensor,
+    xhat: FlexTensor,
+    rstd: Arc<Vec<f32>>,
+}
+
+fn layer_norm_forward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    eps: f64,
+) -> LayerNormForward {
+    let (x, gamma, beta) = (values(x), values(gamma), values(beta));
+    let shape = x.shape();
+    let w = width(&shape);
+    let (xs, g, b) = (slice(&x), slice(&gamma), slice(&beta));
+    let rows = xs.len() / w;
+    let (mut out, mut xhat, mut rstd) =
+        (vec![0f32; xs.len()], vec![0f32; xs.len()], vec![0f32; rows]);
+    let per = rows_per_task(w);
+    out.par_chunks_mut(per * w)
+        .zip(xhat.par_chunks_mut(per * w))
+        .zip(rstd.par_chunks_mut(per))
+        .zip(xs.par_chunks(per * w))
+        .for_each(|(((o, h), r), x)| cpu_math::layer_norm_rows_train(x, g, b, eps as f32, o, h, r));
+    LayerNormForward {
+        out: tensor(out, shape.clone()),
+        xhat: tensor(xhat, shape),
+        rstd: Arc::new(rstd),
+    }
+}
+
+/// A one-input operation with an f32 kernel forward and backward on the CPU.
+trait UnaryKernel: Copy + Send + std::fmt::Debug + 'static {
+    fn forward(x: &FlexTensor) -> FlexTensor;
+    /// What the gradient needs, from the input and the output.
+    fn saved(x: FlexTensor, y: &FlexTensor) -> FlexTensor;
+    /// The input's gradient from the output's gradient `g`.
+    fn backward(saved: &FlexTensor, g: FlexTensor) -> FlexTensor;
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Gelu;
+
+impl UnaryKernel for Gelu {
+    fn forward(x: &FlexTensor) -> FlexTensor {
+        gelu_forward(x)
+    }
+    fn saved(x: FlexTensor, _: &FlexTensor) -> FlexTensor {
+        x
+    }
+    fn backward(x: &FlexTensor, g: FlexTensor) -> FlexTensor {
+        let x = values(x);
+        let mut grad = into_values(g);
+        grad.par_chunks_mut(CHUNK)
+            .zip(slice(&x).par_chunks(CHUNK))
+            .for_each(|(g, x)| cpu_math::gelu_erf_backward(x, g));
+        tensor(grad, x.shape())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Softmax;
+
+impl UnaryKernel for Softmax {
+    fn forward(x: &FlexTensor) -> FlexTensor {
+        softmax_forward(x)
+    }
+    fn saved(_: FlexTensor, y: &FlexTensor) -> FlexTensor {
+        y.clone()
+    }
+    fn backward(y: &FlexTensor, g: FlexTensor) -> FlexTensor {
+        rows_backward(y, g, cpu_math::softmax_backward_rows)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LogSoftmax;
+
+impl UnaryKernel for LogSoftmax {
+    fn forward(x: &FlexTensor) -> FlexTensor {
+        rows_in_place(x, cpu_math::log_softmax_rows)
+    }
+    fn saved(_: FlexTensor, y: &FlexTensor) -> FlexTensor {
+        y.clone()
+    }
+    fn backward(y: &FlexTensor, g: FlexTensor) -> FlexTensor {
+        rows_backward(y, g, cpu_math::log_softmax_backward_rows)
+    }
+}
+
+/// The autodiff node of a `UnaryKernel`.
+#[derive(Debug)]
+struct UnaryNode<K>(K);
+
+impl<K: UnaryKernel> Backward<Flex, 1> for UnaryNode<K> {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let saved = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |g| K::backward(&saved, g));
+    }
+}
+
+fn unary_ad<K: UnaryKernel>(x: FloatTensor<Ad>, kernel: K) -> FloatTensor<Ad> {
+    let y = K::forward(&x.primitive);
+    match UnaryNode(kernel)
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let saved = K::saved(values(&x.primitive), &y);
+            prep.finish(saved, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LayerNormSaved {
+    xhat: FlexTensor,
+    rstd: Arc<Vec<f32>>,
+    gamma: FlexTensor,
+}
+
+#[derive(Debug)]
+struct LayerNormNode;
+
+impl Backward<Flex, 3> for LayerNormNode {
+    type State = LayerNormSaved;
+
+    fn backward(self, ops: Ops<LayerNormSaved, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let mut dx = into_values(grads.consume::<Flex>(&ops.node));
+        let LayerNormSaved { xhat, rstd, gamma } = ops.state;
+        let gamma = values(&gamma);
+        let (xh, gm) = (slice(&xhat), slice(&gamma));
+        let w = gm.len();
+        let per = rows_per_task(w);
+        // Each task sums its rows' dgamma and dbeta; the task sums are added at the end.
+        let (dgamma, dbeta) = dx
+            .par_chunks_mut(per * w)
+            .zip(xh.par_chunks(per * w))
+            .zip(rstd.par_chunks(per))
+            .map(|((g, xh), r)| {
+                let (mut dg, mut db) = (vec![0f32; w], vec![0f32; w]);
+                cpu_math::layer_norm_backward_rows(xh, r, gm, g, &mut dg, &mut db);
+                (dg, db)
+            })
+            .reduce(
+                || (vec![0f32; w], vec![0f32; w]),
+                |(mut a, mut b), (c, d)| {
+                    a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
+                    b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
+                    (a, b)
+                },
+            );
+        let [px, pgamma, pbeta] = ops.parents;
+        let vector = Shape::new([w]);
+        if let Some(node) = px {
+            grads.register::<Flex>(node.id, tensor(dx, xhat.shape()));
+        }
+        if let Some(node) = pgamma {
+            grads.register::<Flex>(node.id, tensor(dgamma, vector.clone()));
+        }
+        if let Some(node) = pbeta {
+            grads.register::<Flex>(node.id, tensor(dbeta, vector));
+        }
+    }
+}
+
+fn layer_norm_ad(
+    x: FloatTensor<Ad>,
+    gamma: FloatTensor<Ad>,
+    beta: FloatTensor<Ad>,
+    eps: f64,
+) -> FloatTensor<Ad> {
+    let f = layer_norm_forward(&x.primitive, &gamma.primitive, &beta.primitive, eps);
+    match LayerNormNode
+        .prepare::<NoCheckpointing>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let saved = LayerNormSaved {
+                xhat: f.xhat,
+                rstd: f.rstd,
+                gamma: gamma.primitive.clone(),
+            };
+            prep.finish(saved, f.out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(f.out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::activation;
+    use burn::tensor::ops::ModuleOps;
+
+    type Cpu = Flex;
+
+    fn random<B: Backend, const D: usize>(shape: [usize; D], seed: u64) -> Tensor<B, D> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+        Tensor::from_data(TensorData::new(data, shape), &Default::default())
+    }
+
+    fn assert_close<const D: usize>(
+        what: &str,
+        got: Tensor<Cpu, D>,
+        want: Tensor<Cpu, D>,
+        tol: f32,
+    ) {
+        assert_eq!(got.dims(), want.dims(), "{what}");
+        let (g, w) = (crate::nn::to_host(got).data, crate::nn::to_host(want).data);
+        let worst = g
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= tol, "{what}: max abs difference {worst} > {tol}");
+    }
+
+    /// Value and gradients (of `sum(f(x) * w)`) of the kernels against burn's own operations, on
+    /// a strided view with rows of 37 values (not a multiple of the 8-wide loops), and without
+    /// autodiff.
+    #[test]
+    fn kernels_match_burn_forward_and_backward() {
+        let shape = [4, 3, 37];
+        let w = random::<Ad, 3>([3, 4, 37], 1);
+        let gamma0 = random::<Ad, 1>([37], 2);
+        let beta0 = random::<Ad, 1>([37], 3);
+        let x0 = random::<Ad, 3>(shape, 4);
+        type Op = fn(Tensor<Ad, 3>, Tensor<Ad, 1>, Tensor<Ad, 1>) -> Tensor<Ad, 3>;
+        let cases: [(&str, Op, Op); 4] = [
+            ("gelu", |x, _, _| gelu(x), |x, _, _| activation::gelu(x)),
+            (
+                "softmax",
+                |x, _, _| softmax(x),
+                |x, _, _| activation::softmax(x, 2),
+            ),
+            (
+                "log_softmax",
+                |x, _, _| log_softmax(x),
+                |x, _, _| activation::log_softmax(x, 2),
+            ),
+            (
+                "layer_norm",
+                |x, g, b| layer_norm(x, g, b, 1e-12),
+                |x, g, b| {
+                    let p = |t: Tensor<Ad, 1>| t.into_primitive().tensor();
+                    Tensor::from_primitive(TensorPrimitive::Float(Ad::layer_norm(
+                        x.into_primitive().tensor(),
+                        p(g),
+                        Some(p(b)),
+                        1e-12,
+                    )))
+                },
+            ),
+        ];
+        for (name, fused, reference) in cases {
+            let mut results = Vec::new();
+            for op in [fused, reference] {
+                let x = x0.clone().require_grad();
+                let (g, b) = (gamma0.clone().require_grad(), beta0.clone().require_grad());
+                // A transposed view: the kernels must read it in logical order.
+                let y = op(x.clone().swap_dims(0, 1), g.clone(), b.clone());
+                let grads = (y.clone() * w.clone()).sum().backward();
+                let grad = |t: &Tensor<Ad, 3>| t.grad(&grads).expect("x has a gradient");
+                let grad1 = |t: &Tensor<Ad, 1>| t.grad(&grads);
+                results.push((y.inner(), grad(&x), grad1(&g), grad1(&b)));
+            }
+            let (f, r) = (&results[0], &results[1]);
+            assert_close(&format!("{name} value"), f.0.clone(), r.0.clone(), 2e-6);
+            assert_close(&format!("{name} dx"), f.1.clone(), r.1.clone(), 2e-5);
+            if name == "layer_norm" {
+                let (fg, rg) = (f.2.clone().expect("dgamma"), r.2.clone().expect("dgamma"));
+                assert_close("layer_norm dgamma", fg, rg, 2e-4);
+                let (fb, rb) = (f.3.clone().expect("dbeta"), r.3.clone().expect("dbeta"));
+                assert_close("layer_norm dbeta", fb, rb, 2e-4);
+            }
+            // Without autodiff: the same values.
+            let x = x0.clone().inner().swap_dims(0, 1);
+            let (g, b) = (gamma0.clone().inner(), beta0.clone().inner());
+            let plain = match name {
+                "gelu" => gelu(x),
+                "softmax" => softmax(x),
+                "log_softmax" => log_softmax(x),
+                _ => layer_norm(x, g, b, 1e-12),
+            };
+            assert_close(
+                &format!("{name} value without autodiff"),
+                plain,
+                r.0.clone(),
+                2e-6,
+            );
+        }
+    }
+
+    /// A large row (the attention's over 512 keys) spreads over several tasks the same way.
+    #[test]
+    fn many_rows_split_over_tasks() {
+        let x = random::<Cpu, 2>([300, 512], 5);
+        assert_close(
+            "softmax",
+            softmax(x.clone()),
+            activation::softmax(x.clone(), 1),
+            2e-6,
+        );
+        let (g, b) = (random::<Cpu, 1>([512], 6), random::<Cpu, 1>([512], 7));
+        let want = Tensor::from_primitive(TensorPrimitive::Float(Cpu::layer_norm(
+            x.clone().into_primitive().tensor(),
+            g.clone().into_primitive().tensor(),
+            Some(b.clone().into_primitive().tensor()),
+            1e-5,
+        )));
+        assert_close("layer_norm", layer_norm(x, g, b, 1e-5), want, 1e-5);
+    }
+
+    /// Dropout keeps `1 - p` of the elements, scaled by `1 / (1 - p)`, draws the same mask after
+    /// the same seed and another after another seed, and passes the gradient through the mask.
+    #[test]
+    fn dropout_keeps_its_share_and_follows_the_seed() {
+        let device = Default::default();
+        let x = Tensor::<Ad, 2>::ones([200, 500], &device).require_grad();
+        let draw = |seed: u64| {
+            Ad::seed(&device, seed);
+            dropout(x.clone(), 0.1)
+        };
+        let y = draw(7);
+        let values = crate::nn::to_host(y.clone().inner()).data;
+        let kept = values.iter().filter(|v| **v != 0.0).count() as f64 / values.len() as f64;
+        assert!((kept - 0.9).abs() < 0.005, "kept {kept}");
+        assert!(values
+            .iter()
+            .all(|v| *v == 0.0 || (*v - 1.0 / 0.9).abs() < 1e-6));
+        assert_eq!(values, crate::nn::to_host(draw(7).inner()).data);
+        assert_ne!(values, crate::nn::to_host(draw(8).inner()).data);
+        let grads = y.sum().backward();
+        let grad = crate::nn::to_host(x.grad(&grads).expect("x has a gradient")).data;
+        assert_eq!(grad, values);
+    }
+}
