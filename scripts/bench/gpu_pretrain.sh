@@ -19,15 +19,8 @@ DATA=${DATA:-gpu-carry/data}
 OUT=${OUT:-/tmp/bertkit-gpu}
 mkdir -p "$OUT"
 LIMIT=${LIMIT:-150}
-# Keep what CubeCL tuned so far (everything under ./target but build outputs) for the next
-# session; called after every run, so a command stopped at its limit still leaves it.
-save_cache() {
-    (cd target 2>/dev/null && find . -maxdepth 1 -mindepth 1 ! -name release ! -name debug -print0 \
-        | tar czf "$OUT/cubecl-cache.tgz" --null -T -) 2>/dev/null
-}
-if [ -n "${CUBECL_CACHE:-}" ] && [ -f "$CUBECL_CACHE" ]; then
-    mkdir -p target && tar xzf "$CUBECL_CACHE" -C target && echo "unpacked the autotune cache $CUBECL_CACHE"
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/cubecl_cache.sh"
+unpack_cubecl_cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 
 sed -e 's/dropout_prob = 0.1/dropout_prob = 0.0/' configs/models/bert-mini.toml > /tmp/mini-nodrop.toml
@@ -42,7 +35,7 @@ for run in cpu:f32:60 cuda:f32:$LIMIT cuda:bf16:$LIMIT; do
         --set log.tensorboard=false > "$OUT/pretrain-$dev-$prec.log" 2>&1 \
         || { echo "pretrain $dev $prec failed:"; tail -20 "$OUT/pretrain-$dev-$prec.log"; }
     cp "/tmp/run-$dev-$prec/metrics.jsonl" "$OUT/losses-$dev-$prec.jsonl" 2>/dev/null
-    save_cache
+    save_cubecl_cache
     echo "pretrain $dev $prec: $((SECONDS - start)) s; $(grep -c . "$OUT/losses-$dev-$prec.jsonl" 2>/dev/null) records"
 done
 
@@ -56,7 +49,7 @@ for m in base:12:768:12:3072 large:24:1024:16:4096; do
         --precision bf16 --batch 64 --seq 128 --steps 10 --warmup 3 --json "${mm[@]}" \
         >> "$OUT/bench.jsonl" 2> "$OUT/bench-$name.err" || { echo "bench-train $name failed:"; tail -5 "$OUT/bench-$name.err"; }
     echo "bench-train $name: $((SECONDS - start)) s"; tail -c 300 "$OUT/bench.jsonl"; echo
-    save_cache
+    save_cubecl_cache
     timeout 90 python3 scripts/bench/pretrain_peer.py --layers "$l" --hidden "$h" --heads "$a" \
         --intermediate "$i" --batch 64 --seq 128 --threads 16 --device cuda --bf16 --steps 10 \
         --warmup 3 --json >> "$OUT/bench.jsonl" 2> "$OUT/peer-$name.err" || { echo "peer $name failed:"; tail -5 "$OUT/peer-$name.err"; }

@@ -4,6 +4,7 @@ Usage:
     python scripts/bench/plan_peer.py --model assets/all-MiniLM-L6-v2 --peer pytorch|ort-fp32|ort-int8 \
         --batch B --seq S --threads T --iters N --warmup W [--workdir /tmp/bertkit-peer-onnx]
     python scripts/bench/plan_peer.py --model assets/all-MiniLM-L6-v2 --seq S --check OUT.json [--peer a,b,..]
+    python scripts/bench/plan_peer.py --peer pytorch --device cuda --dtype fp16 --batch B --seq S ...
 
 Benchmark mode prints ONE JSON line on stdout:
     {"peer", "batch", "seq", "threads", "iters", "ms_median", "ms_mean", "ms_min", "seq_per_s", "version", ...}
@@ -12,6 +13,9 @@ Benchmark mode prints ONE JSON line on stdout:
 Peers
   pytorch   transformers AutoModel (BertModel) fp32, eval(), torch.inference_mode(), torch.set_num_threads(T),
             the default attention implementation (recorded as "attn_implementation"; sdpa with transformers 5).
+            --device cuda runs it on the GPU (the peer of cuda plans), in --dtype fp32, fp16 or bf16 (the
+            model's weights and compute in that type, as `model.half()`); outputs come back to the host in each
+            timed call, so the time includes the device synchronisation.
   ort-fp32  torch.onnx.export (TorchScript exporter, dynamo=False: the dynamo exporter needs onnxscript, which is
             not installed; opset 17, dynamic batch/sequence axes, outputs last_hidden_state + pooler_output), then
             onnxruntime.transformers.optimizer.optimize_model(model_type="bert", num_heads=12, hidden_size=384),
@@ -88,6 +92,8 @@ def parse_args():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--workdir", default="/tmp/bertkit-peer-onnx")
     ap.add_argument("--check", metavar="OUT.json", help="write each peer's outputs for a 2 x SEQ batch")
+    ap.add_argument("--device", default="cpu", help="pytorch peer only: cpu or cuda[:N]")
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="pytorch peer only")
     a = ap.parse_args()
     if a.check:
         a.peers = (a.peer or ",".join(PEERS)).split(",")
@@ -99,6 +105,8 @@ def parse_args():
     for p in a.peers:
         if p not in PEERS:
             ap.error(f"unknown peer {p!r}; expected one of {', '.join(PEERS)}")
+    if (a.device != "cpu" or a.dtype != "fp32") and a.peers != ["pytorch"]:
+        ap.error("--device and --dtype apply to the pytorch peer only")
     for k in ("batch", "seq", "threads", "iters"):
         if getattr(a, k) < 1:
             ap.error(f"--{k} must be >= 1")
@@ -139,20 +147,27 @@ class PyTorchPeer:
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
         self.torch = torch
-        self.model = transformers.AutoModel.from_pretrained(a.model).eval()
+        if a.device.startswith("cuda") and not torch.cuda.is_available():
+            die(f"--device {a.device}: torch {torch.__version__} sees no CUDA device")
+        self.device = torch.device(a.device)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
+        self.model = transformers.AutoModel.from_pretrained(a.model).eval().to(self.device, dtype)
         self.attn = self.model.config._attn_implementation
         self.version = f"torch {torch.__version__}, transformers {transformers.__version__}"
-        self.extra = {"attn_implementation": self.attn, "torch_threads": torch.get_num_threads()}
-        log(f"pytorch: {type(self.model).__name__} fp32, attn_implementation={self.attn}, "
+        self.extra = {"attn_implementation": self.attn, "torch_threads": torch.get_num_threads(),
+                      "device": a.device, "dtype": a.dtype}
+        if self.device.type == "cuda":
+            self.extra["card"] = torch.cuda.get_device_name(self.device)
+        log(f"pytorch: {type(self.model).__name__} {a.dtype} on {a.device}, attn_implementation={self.attn}, "
             f"torch threads {torch.get_num_threads()}, {self.version}")
 
     def prepare(self, feed):
-        self.tfeed = {k: self.torch.from_numpy(v) for k, v in feed.items()}
+        self.tfeed = {k: self.torch.from_numpy(v).to(self.device) for k, v in feed.items()}
 
     def run(self):
         with self.torch.inference_mode():
             out = self.model(**self.tfeed)
-            return out.last_hidden_state.numpy(), out.pooler_output.numpy()
+            return (out.last_hidden_state.float().cpu().numpy(), out.pooler_output.float().cpu().numpy())
 
 
 # ------------------------------------------------------------------------------------------ ONNX Runtime
