@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the GPU scripts (gpu_pretrain.sh, gpu_plan.sh). CubeCL (burn's CUDA backend) autotunes
 # every new kernel shape on first use, 5-35 s each on an H100 (docs/PERFORMANCE.md), and keeps the
 # results under ./target/ of the working directory. These two functions carry them from one lent

@@ -11,7 +11,7 @@
 # bounds every bertkit command (seconds, default 150: CubeCL autotunes each new kernel shape on
 # first use, see cubecl_cache.sh, which also carries the tuning results between sessions).
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 2
 BK=${BK:-target/release/bertkit}
 MODEL=${MODEL:-assets/all-MiniLM-L6-v2}
 OUT=${OUT:-/tmp/bertkit-gpu}
@@ -22,7 +22,8 @@ ITERS=${ITERS:-30}
 THREADS=${THREADS:-$(nproc)}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
-. "$(dirname "${BASH_SOURCE[0]}")/cubecl_cache.sh"
+# shellcheck source=scripts/bench/cubecl_cache.sh
+. scripts/bench/cubecl_cache.sh
 unpack_cubecl_cache
 case "$TARGET" in
     cuda) device=cuda
@@ -63,6 +64,7 @@ for shape in 1:32 32:128; do
     done
 done
 
+# shellcheck disable=SC2086 # one argument per precision
 "$PYTHON" - "$OUT" "$TARGET" $PRECISIONS <<'PY'
 import json, os, sys
 out, target, precisions = sys.argv[1], sys.argv[2], sys.argv[3:]

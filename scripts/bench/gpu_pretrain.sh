@@ -19,6 +19,7 @@ DATA=${DATA:-gpu-carry/data}
 OUT=${OUT:-/tmp/bertkit-gpu}
 mkdir -p "$OUT"
 LIMIT=${LIMIT:-150}
+# shellcheck source=scripts/bench/cubecl_cache.sh
 . "$(dirname "${BASH_SOURCE[0]}")/cubecl_cache.sh"
 unpack_cubecl_cache
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
