@@ -80,7 +80,8 @@ enum Command {
 /// in a profile, and 17% of BERT-small's (whose 62 MB word-embedding gradient and optimizer
 /// buffers are above any mmap threshold). Serving every allocation from the heap and keeping up
 /// to 1 GB of freed heap makes the buffers reusable (docs/PERFORMANCE.md, "Pretraining step on
-/// the CPU").
+/// the CPU"). Only the commands that train set it: the others (a long-running server among them)
+/// keep glibc's defaults, with which their memory use was measured.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes glibc malloc parameters; called before any other thread.
@@ -98,14 +99,23 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    keep_freed_memory();
+    let command = Cli::parse().command;
+    if matches!(
+        command,
+        Command::Pretrain(_)
+            | Command::Finetune(_)
+            | Command::BenchTrain(_)
+            | Command::Quickstart { .. }
+    ) {
+        keep_freed_memory();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
+    let result = match command {
         Command::Embed(args) => cli::embed::run(&args),
         Command::Info { dir } => cli::info::run(&dir),
         Command::Convert(args) => cli::convert::run(&args),
