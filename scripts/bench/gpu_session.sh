@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# What the first lent-GPU session with cuda plans ran (2026-11-27, docs/PERFORMANCE.md, "GPU:
-# cuda plans"), within BUDGET seconds: issue 7's cuda plan (export with its parity report,
+# What the first lent-GPU session with cuda plans ran (2026-11-27; docs/PERFORMANCE.md, "GPU
+# (NVIDIA H100 80GB HBM3): cuda plans"), within BUDGET seconds: issue 7's cuda plan (export with its parity report,
 # bench-plan next to PyTorch on the same card), then issue 4's CUDA-vs-CPU loss agreement.
 # all-MiniLM-L6-v2's weights (90 MB) do not fit the 64 MiB that travels to the device machine,
 # so the plan is of a MiniLM-shaped BERT with random weights made there by transformers (seeded);
