@@ -6,11 +6,10 @@
 //! folded in, weights `[out, in]`), pads each batch to the plan's length bucket of its longest
 //! input and masks the padding.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use safetensors::SafeTensors;
 
 use crate::cpu::{check_input, Encoded, SeqOutput, Tensors};
 use crate::plan::{names, PlanMeta, PlanTask, PoolingMode, Precision};
@@ -96,14 +95,9 @@ impl<B: Backend> BurnEncoder<B> {
         if meta.precision == Precision::Int8 {
             bail!("{file}: int8 plans run on the CPU executor only");
         }
-        let st = SafeTensors::deserialize(weights)
-            .with_context(|| format!("{file}: not a safetensors file"))?;
-        let t = Tensors { st, file };
+        let t = Tensors::open(meta, weights, file)?;
         let s = &meta.shape;
         let (h, i) = (s.hidden_size, s.intermediate_size);
-        if s.num_attention_heads == 0 || h % s.num_attention_heads != 0 {
-            bail!("plan.json: hidden_size {h} is not a multiple of num_attention_heads");
-        }
         if !["gelu", "gelu_new", "relu"].contains(&s.hidden_act.as_str()) {
             bail!("plan.json: hidden_act {:?} is not supported", s.hidden_act);
         }

@@ -137,7 +137,19 @@ pub(crate) struct Tensors<'a> {
     pub(crate) file: &'a str,
 }
 
-impl Tensors<'_> {
+impl<'a> Tensors<'a> {
+    /// The plan's weights file, after checking that the plan's shape is one an encoder can run
+    /// (heads dividing the hidden size).
+    pub(crate) fn open(meta: &PlanMeta, weights: &'a [u8], file: &'a str) -> Result<Self> {
+        let st = SafeTensors::deserialize(weights)
+            .with_context(|| format!("{file}: not a safetensors file"))?;
+        let (h, heads) = (meta.shape.hidden_size, meta.shape.num_attention_heads);
+        if heads == 0 || h % heads != 0 {
+            bail!("plan.json: hidden_size {h} is not a multiple of num_attention_heads");
+        }
+        Ok(Tensors { st, file })
+    }
+
     /// A float tensor (f32, f16 or bf16 in the file) as f32.
     pub(crate) fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let t = self
@@ -215,14 +227,9 @@ impl Tensors<'_> {
 impl Encoder {
     /// Builds the encoder from the plan's weights file.
     pub fn load(meta: &PlanMeta, weights: &[u8], file: &str, int8: Int8Kernel) -> Result<Self> {
-        let st = SafeTensors::deserialize(weights)
-            .with_context(|| format!("{file}: not a safetensors file"))?;
-        let t = Tensors { st, file };
+        let t = Tensors::open(meta, weights, file)?;
         let s = &meta.shape;
         let (h, i) = (s.hidden_size, s.intermediate_size);
-        if s.num_attention_heads == 0 || h % s.num_attention_heads != 0 {
-            bail!("plan.json: hidden_size {h} is not a multiple of num_attention_heads");
-        }
         let int8 = (meta.precision == Precision::Int8).then_some(int8);
         let mut layers = Vec::with_capacity(s.num_hidden_layers);
         for l in 0..s.num_hidden_layers {
