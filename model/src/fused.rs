@@ -33,35 +33,32 @@ type Ad = Autodiff<Flex>;
 
 /// `x * Φ(x)` (HF `gelu`).
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let x = x.into_primitive().tensor();
-    let x = match on_cpu::<B>(x) {
-        Cpu::Ad(x) => return from_ad(unary_ad(x, Gelu)),
-        Cpu::Flex(x) => return from_flex(gelu_forward(&x)),
-        Cpu::Other(x) => x,
-    };
-    burn::tensor::activation::gelu(Tensor::from_primitive(TensorPrimitive::Float(x)))
+    unary_op(x, Gelu, burn::tensor::activation::gelu)
 }
 
 /// Softmax over the last dimension.
 pub fn softmax<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let x = x.into_primitive().tensor();
-    let x = match on_cpu::<B>(x) {
-        Cpu::Ad(x) => return from_ad(unary_ad(x, Softmax)),
-        Cpu::Flex(x) => return from_flex(softmax_forward(&x)),
-        Cpu::Other(x) => x,
-    };
-    burn::tensor::activation::softmax(Tensor::from_primitive(TensorPrimitive::Float(x)), D - 1)
+    unary_op(x, Softmax, |x| burn::tensor::activation::softmax(x, D - 1))
 }
 
 /// Log-softmax over the last dimension.
 pub fn log_softmax<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let x = x.into_primitive().tensor();
-    let x = match on_cpu::<B>(x) {
-        Cpu::Ad(x) => return from_ad(unary_ad(x, LogSoftmax)),
-        Cpu::Flex(x) => return from_flex(LogSoftmax::forward(&x)),
-        Cpu::Other(x) => x,
-    };
-    burn::tensor::activation::log_softmax(Tensor::from_primitive(TensorPrimitive::Float(x)), D - 1)
+    unary_op(x, LogSoftmax, |x| {
+        burn::tensor::activation::log_softmax(x, D - 1)
+    })
+}
+
+/// `kernel` on the CPU backend (with or without autodiff), else burn's own `op`.
+fn unary_op<K: UnaryKernel, B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    kernel: K,
+    op: impl FnOnce(Tensor<B, D>) -> Tensor<B, D>,
+) -> Tensor<B, D> {
+    match on_cpu::<B>(x.into_primitive().tensor()) {
+        Cpu::Ad(x) => from_ad(unary_ad(x, kernel)),
+        Cpu::Flex(x) => from_flex(K::forward(&x)),
+        Cpu::Other(x) => op(Tensor::from_primitive(TensorPrimitive::Float(x))),
+    }
 }
 
 /// LayerNorm over the last dimension (biased variance, as PyTorch).
@@ -226,18 +223,8 @@ fn rows_per_task(width: usize) -> usize {
     (CHUNK / width).max(1)
 }
 
-fn gelu_forward(x: &FlexTensor) -> FlexTensor {
-    let x = values(x);
-    let xs = slice(&x);
-    let mut out = vec![0f32; xs.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(xs.par_chunks(CHUNK))
-        .for_each(|(o, x)| cpu_math::gelu_erf_to(x, o));
-    tensor(out, x.shape())
-}
-
 /// `kernel(rows, width)` on a copy of `x`, rows split over the threads.
-fn rows_in_place(x: &FlexTensor, kernel: fn(&mut [f32], usize)) -> FlexTensor {
+fn rows_in_place(x: &FlexTensor, kernel: impl Fn(&mut [f32], usize) + Sync) -> FlexTensor {
     let x = values(x);
     let shape = x.shape();
     let w = width(&shape);
@@ -263,24 +250,17 @@ fn rows_backward(
     tensor(grad, shape)
 }
 
-fn softmax_forward(x: &FlexTensor) -> FlexTensor {
-    rows_in_place(x, cpu_math::softmax_rows)
-}
-
 fn layer_norm_inference(
     x: &FlexTensor,
     gamma: &FlexTensor,
     beta: &FlexTensor,
     eps: f64,
 ) -> FlexTensor {
-    let (x, gamma, beta) = (values(x), values(gamma), values(beta));
-    let shape = x.shape();
-    let w = width(&shape);
+    let (gamma, beta) = (values(gamma), values(beta));
     let (g, b) = (slice(&gamma), slice(&beta));
-    let mut out = slice(&x).to_vec();
-    out.par_chunks_mut(rows_per_task(w) * w)
-        .for_each(|o| cpu_math::layer_norm_rows(o, g, b, eps as f32));
-    tensor(out, shape)
+    rows_in_place(x, |rows, _| {
+        cpu_math::layer_norm_rows(rows, g, b, eps as f32)
+    })
 }
 
 /// LayerNorm's output and what its gradient needs.
@@ -319,8 +299,8 @@ fn layer_norm_forward(
 /// A one-input operation with an f32 kernel forward and backward on the CPU.
 trait UnaryKernel: Copy + Send + std::fmt::Debug + 'static {
     fn forward(x: &FlexTensor) -> FlexTensor;
-    /// What the gradient needs, from the input and the output.
-    fn saved(x: FlexTensor, y: &FlexTensor) -> FlexTensor;
+    /// What the gradient needs, from the input and the output (an `Arc` clone of either).
+    fn saved(x: &FlexTensor, y: &FlexTensor) -> FlexTensor;
     /// The input's gradient from the output's gradient `g`.
     fn backward(saved: &FlexTensor, g: FlexTensor) -> FlexTensor;
 }
@@ -330,10 +310,16 @@ struct Gelu;
 
 impl UnaryKernel for Gelu {
     fn forward(x: &FlexTensor) -> FlexTensor {
-        gelu_forward(x)
+        let x = values(x);
+        let xs = slice(&x);
+        let mut out = vec![0f32; xs.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK))
+            .for_each(|(o, x)| cpu_math::gelu_erf_to(x, o));
+        tensor(out, x.shape())
     }
-    fn saved(x: FlexTensor, _: &FlexTensor) -> FlexTensor {
-        x
+    fn saved(x: &FlexTensor, _: &FlexTensor) -> FlexTensor {
+        x.clone()
     }
     fn backward(x: &FlexTensor, g: FlexTensor) -> FlexTensor {
         let x = values(x);
@@ -350,9 +336,9 @@ struct Softmax;
 
 impl UnaryKernel for Softmax {
     fn forward(x: &FlexTensor) -> FlexTensor {
-        softmax_forward(x)
+        rows_in_place(x, cpu_math::softmax_rows)
     }
-    fn saved(_: FlexTensor, y: &FlexTensor) -> FlexTensor {
+    fn saved(_: &FlexTensor, y: &FlexTensor) -> FlexTensor {
         y.clone()
     }
     fn backward(y: &FlexTensor, g: FlexTensor) -> FlexTensor {
@@ -367,7 +353,7 @@ impl UnaryKernel for LogSoftmax {
     fn forward(x: &FlexTensor) -> FlexTensor {
         rows_in_place(x, cpu_math::log_softmax_rows)
     }
-    fn saved(_: FlexTensor, y: &FlexTensor) -> FlexTensor {
+    fn saved(_: &FlexTensor, y: &FlexTensor) -> FlexTensor {
         y.clone()
     }
     fn backward(y: &FlexTensor, g: FlexTensor) -> FlexTensor {
@@ -396,7 +382,7 @@ fn unary_ad<K: UnaryKernel>(x: FloatTensor<Ad>, kernel: K) -> FloatTensor<Ad> {
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let saved = K::saved(values(&x.primitive), &y);
+            let saved = K::saved(&x.primitive, &y);
             prep.finish(saved, y)
         }
         OpsKind::UnTracked(prep) => prep.finish(y),

@@ -21,10 +21,8 @@ mkdir -p "$OUT"
 T0=$SECONDS
 left() { echo $((BUDGET - (SECONDS - T0))); }
 log() { echo "[$((SECONDS - T0)) s] $*"; }
-save_cache() {
-    (cd target 2>/dev/null && find . -maxdepth 1 -mindepth 1 ! -name release ! -name debug -print0 \
-        | tar czf "$OUT/cubecl-cache.tgz" --null -T -) 2>/dev/null
-}
+# shellcheck source=scripts/bench/cubecl_cache.sh
+. scripts/bench/cubecl_cache.sh
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RUST_LOG=warn
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.gpu/bertkit.xz'), open('$BK', 'wb'))"
@@ -47,7 +45,7 @@ timeout 220 "$BK" export --model /tmp/minilm-rand --out /tmp/p16.plan --target c
     --seq-buckets 32,128 --max-batch 32 > "$OUT/export.log" 2>&1
 log "export rc=$?"
 tail -n 6 "$OUT/export.log"
-save_cache
+save_cubecl_cache
 : > "$OUT/bench.jsonl"
 if [ -f /tmp/p16.plan/plan.json ]; then
     for shape in 32:128 1:32; do
@@ -57,7 +55,7 @@ if [ -f /tmp/p16.plan/plan.json ]; then
         timeout "$t" "$BK" bench-plan --plan /tmp/p16.plan --batch "$b" --seq "$s" --iters 20 --warmup 3 \
             2> "$OUT/bench.err" | sed 's/^{/{"impl":"bertkit",/' >> "$OUT/bench.jsonl"
         log "bench-plan ${b}x$s rc=$?"; tail -n 3 "$OUT/bench.err"
-        save_cache
+        save_cubecl_cache
         timeout 120 python3 scripts/bench/plan_peer.py --model /tmp/minilm-rand --peer pytorch --device cuda \
             --dtype fp16 --batch "$b" --seq "$s" --iters 20 --warmup 3 --threads 16 2>/dev/null \
             | sed 's/^{/{"impl":"pytorch",/' >> "$OUT/bench.jsonl"
@@ -76,7 +74,7 @@ for dev in cpu cuda; do
         --set eval.every=0 --set checkpoint.every=0 --set log.tensorboard=false > "$OUT/pretrain-$dev.log" 2>&1
     log "pretrain $dev rc=$? (limit $t s)"
     cp "/tmp/run-$dev/metrics.jsonl" "$OUT/losses-$dev.jsonl" 2>/dev/null
-    save_cache
+    save_cubecl_cache
 done
 tail -n 5 "$OUT/pretrain-cuda.log"
 
