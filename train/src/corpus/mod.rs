@@ -13,6 +13,7 @@ pub mod text;
 pub mod wikipedia;
 pub mod wikitext;
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -145,65 +146,292 @@ impl Default for ReadOptions {
     }
 }
 
-/// Expand the command line's paths into a list of files: globs (`data/*.txt`), folders
-/// (all files below them, hidden ones excepted) and plain files. Each path's expansion is
+/// Expand the command line's paths into a list of files: globs (`data/*.txt`, `data/**/*.txt`),
+/// folders (all files below them, hidden ones excepted) and plain files. Each path's expansion is
 /// sorted, so the order — and therefore the output of prep — does not depend on the file system.
+///
+/// Symbolic links are followed, safely: each real folder is walked once per path (a link back to
+/// a folder being walked, a cycle, is skipped with a warning naming it), and each file is listed
+/// once, under the first of its paths in that order, however many paths (links, hard links,
+/// repeated arguments) reach it. FIFOs, sockets, devices and broken links are skipped with a
+/// warning inside folders and globs, and are an error when named on the command line. What a path
+/// is gets decided from its metadata before anything is opened (opening a FIFO blocks).
 pub fn discover(paths: &[String]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
+    discover_noting(paths, &mut |note| match note {
+        Note::Warn(m) => tracing::warn!("{m}"),
+        Note::Info(m) => tracing::info!("{m}"),
+    })
+}
+
+/// A message of [`discover`] about a path it skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Note {
+    /// For the user to look at: a cycle, a special file, a broken link.
+    Warn(String),
+    /// Harmless: a folder reached again by another path.
+    Info(String),
+}
+
+/// [`discover`], telling `note` what it skipped.
+fn discover_noting(paths: &[String], note: &mut dyn FnMut(Note)) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<(PathBuf, FileId)> = Vec::new();
     for p in paths {
         let before = files.len();
+        let mut walker = Walker {
+            seen: HashMap::new(),
+            ancestors: Vec::new(),
+            filter: None,
+            out: &mut files,
+            note: &mut *note,
+        };
         if p.contains(['*', '?', '[']) {
             // Like a shell: `*` does not match hidden files.
             let options = glob::MatchOptions {
                 require_literal_leading_dot: true,
                 ..Default::default()
             };
-            let entries = glob::glob_with(p, options)
-                .map_err(|e| anyhow::anyhow!("bad pattern '{p}': {e}"))?;
-            for entry in entries {
-                let path = entry.map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
-                if path.is_dir() {
-                    walk(&path, &mut files)?;
+            let bad = |e: glob::PatternError| anyhow::anyhow!("bad pattern '{p}': {e}");
+            if p.contains("**") {
+                // glob's own `**` follows links to folders without remembering them: with two
+                // links to `.` it would list exponentially many paths. Walk the pattern's literal
+                // start instead, cycles cut, and keep what matches.
+                let pattern = glob::Pattern::new(p).map_err(bad)?;
+                let start = literal_start(p);
+                let shown = if start.as_os_str().is_empty() {
+                    Path::new(".")
                 } else {
-                    files.push(path);
+                    &start
+                };
+                if let Ok(Found::Dir(id)) = inspect(shown) {
+                    let keep = pattern.matches_path_with(&start, options);
+                    walker.filter = Some((pattern, options));
+                    walker.walk(&start, id, keep)?;
+                }
+            } else {
+                for entry in glob::glob_with(p, options).map_err(bad)? {
+                    let path = entry.map_err(|e| anyhow::anyhow!("{p}: {e}"))?;
+                    match inspect(&path) {
+                        Ok(Found::Dir(id)) => walker.walk(&path, id, true)?,
+                        Ok(Found::File(id)) => walker.out.push((path, id)),
+                        Err(why) => walker.skipped(&path, &why),
+                    }
                 }
             }
         } else {
             let path = PathBuf::from(p);
-            if path.is_dir() {
-                walk(&path, &mut files)?;
-            } else if path.is_file() {
-                files.push(path);
-            } else {
-                anyhow::bail!("input {p}: no such file or folder");
+            match inspect(&path) {
+                Ok(Found::Dir(id)) => walker.walk(&path, id, true)?,
+                Ok(Found::File(id)) => walker.out.push((path, id)),
+                Err(why) => anyhow::bail!("input {p}: {why}"),
             }
         }
         if files.len() == before {
             anyhow::bail!("input {p}: matches no files");
         }
-        files[before..].sort();
+        files[before..].sort_by(|a, b| a.0.cmp(&b.0));
     }
-    let mut seen = std::collections::HashSet::new();
-    files.retain(|f| seen.insert(f.clone()));
-    Ok(files)
+    // One path per real file: the first in the order above.
+    let mut seen = HashSet::new();
+    Ok(files
+        .into_iter()
+        .filter(|(_, id)| seen.insert(id.clone()))
+        .map(|(path, _)| path)
+        .collect())
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| e.path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else {
-            out.push(path);
+/// The leading components of a glob pattern without wildcards (empty for `**/*.txt`).
+fn literal_start(pattern: &str) -> PathBuf {
+    Path::new(pattern)
+        .components()
+        .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+        .collect()
+}
+
+/// The identity of a real file or folder, whatever path reaches it: (device, inode) on unix.
+#[cfg(unix)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+/// The identity of a real file or folder, whatever path reaches it: its canonical path.
+#[cfg(not(unix))]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileId(PathBuf);
+
+#[cfg(unix)]
+fn file_id(_path: &Path, meta: &std::fs::Metadata) -> std::io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+#[cfg(not(unix))]
+fn file_id(path: &Path, _meta: &std::fs::Metadata) -> std::io::Result<FileId> {
+    std::fs::canonicalize(path).map(FileId)
+}
+
+/// What an input path leads to, links followed.
+enum Found {
+    File(FileId),
+    Dir(FileId),
+}
+
+/// What `path` leads to, from metadata only (nothing is opened: opening a FIFO blocks), or why it
+/// is no input ("is a FIFO (named pipe), not a regular file", "is a broken symbolic link ...").
+fn inspect(path: &Path) -> Result<Found, String> {
+    let own = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("no such file or folder".into())
         }
+        Err(e) => return Err(format!("cannot read its metadata: {e}")),
+    };
+    let meta = if own.file_type().is_symlink() {
+        let target = link_target(path);
+        match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(format!(
+                    "is a broken symbolic link (to '{target}', which does not exist)"
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "is a symbolic link to '{target}' that cannot be followed: {e}"
+                ))
+            }
+        }
+    } else {
+        own
+    };
+    let id = || file_id(path, &meta).map_err(|e| format!("cannot resolve its real path: {e}"));
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        Ok(Found::Dir(id()?))
+    } else if kind.is_file() {
+        Ok(Found::File(id()?))
+    } else {
+        Err(special_kind(&kind).into())
     }
-    Ok(())
+}
+
+/// What a symbolic link points to, as written in it.
+fn link_target(path: &Path) -> String {
+    std::fs::read_link(path)
+        .map(|t| t.display().to_string())
+        .unwrap_or_else(|e| format!("? ({e})"))
+}
+
+/// Why a path that is neither a regular file nor a folder is no input.
+#[cfg(unix)]
+fn special_kind(kind: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "is a FIFO (named pipe), not a regular file"
+    } else if kind.is_socket() {
+        "is a socket, not a regular file"
+    } else if kind.is_block_device() {
+        "is a block device, not a regular file"
+    } else if kind.is_char_device() {
+        "is a character device, not a regular file"
+    } else {
+        "is neither a regular file nor a folder"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_kind: &std::fs::FileType) -> &'static str {
+    "is neither a regular file nor a folder"
+}
+
+/// Walks the folders of one command-line path.
+struct Walker<'a> {
+    /// The folders walked so far, by identity, with the path they were walked at.
+    seen: HashMap<FileId, PathBuf>,
+    /// The folders being walked, outermost first: a path back to one of them is a cycle.
+    ancestors: Vec<(FileId, PathBuf)>,
+    /// For a `**` pattern: keep the files that match it or lie below a folder that does. Folders
+    /// are then walked once per path, as glob would (only cycles are cut).
+    filter: Option<(glob::Pattern, glob::MatchOptions)>,
+    out: &'a mut Vec<(PathBuf, FileId)>,
+    note: &'a mut dyn FnMut(Note),
+}
+
+impl Walker<'_> {
+    fn matches(&self, path: &Path) -> bool {
+        self.filter
+            .as_ref()
+            .is_some_and(|(pattern, options)| pattern.matches_path_with(path, *options))
+    }
+
+    fn skipped(&mut self, path: &Path, why: &str) {
+        (self.note)(Note::Warn(format!("skipped: {}: {why}", path.display())));
+    }
+
+    /// Walk folder `dir` (identity `id`); `keep`: keep its files whatever the filter says.
+    fn walk(&mut self, dir: &Path, id: FileId, keep: bool) -> anyhow::Result<()> {
+        let shown = |p: &Path| {
+            if p.as_os_str().is_empty() {
+                ".".to_string()
+            } else {
+                p.display().to_string()
+            }
+        };
+        if let Some((_, outer)) = self.ancestors.iter().find(|(a, _)| *a == id) {
+            let how = match std::fs::symlink_metadata(dir) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    format!("symbolic link to '{}'", link_target(dir))
+                }
+                _ => "folder".to_string(),
+            };
+            let why = format!(
+                "{how} leads back to {}, which is being read (a cycle)",
+                shown(outer)
+            );
+            self.skipped(dir, &why);
+            return Ok(());
+        }
+        if self.filter.is_none() {
+            if let Some(first) = self.seen.get(&id) {
+                (self.note)(Note::Info(format!(
+                    "skipped: {}: the same folder as {}, already read",
+                    dir.display(),
+                    first.display()
+                )));
+                return Ok(());
+            }
+            self.seen.insert(id.clone(), dir.to_path_buf());
+        }
+        let listing = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(listing)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", shown(dir)))?
+            .filter_map(|e| e.ok())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| dir.join(e.file_name()))
+            .collect();
+        entries.sort();
+        self.ancestors.push((id, dir.to_path_buf()));
+        for path in entries {
+            let wanted = keep || self.matches(&path);
+            match inspect(&path) {
+                Ok(Found::Dir(sub)) => self.walk(&path, sub, wanted)?,
+                Ok(Found::File(file)) if wanted => self.out.push((path, file)),
+                Ok(Found::File(_)) => {}
+                Err(why) if wanted => self.skipped(&path, &why),
+                Err(_) => {}
+            }
+        }
+        self.ancestors.pop();
+        Ok(())
+    }
 }
 
 /// Counts the bytes read from a file (for progress and ETA).
@@ -441,5 +669,230 @@ mod tests {
             .unwrap_err()
             .contains("unknown format"));
         assert_eq!("wikipedia".parse::<Format>().unwrap(), Format::Wikipedia);
+    }
+
+    /// [`discover_noting`] in a thread, failing the test instead of hanging if it runs for a
+    /// minute (a symbolic link loop); its result and its notes.
+    #[cfg(unix)]
+    fn discover_bounded(paths: &[PathBuf]) -> (anyhow::Result<Vec<PathBuf>>, Vec<Note>) {
+        let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut notes = Vec::new();
+            let result = discover_noting(&paths, &mut |n| notes.push(n));
+            let _ = tx.send((result, notes));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60))
+            .expect("discover still running after 60 s: it loops")
+    }
+
+    #[cfg(unix)]
+    fn warnings(notes: &[Note]) -> Vec<&str> {
+        notes
+            .iter()
+            .filter_map(|n| match n {
+                Note::Warn(m) => Some(m.as_str()),
+                Note::Info(_) => None,
+            })
+            .collect()
+    }
+
+    #[cfg(unix)]
+    fn relative(files: &[PathBuf], base: &Path) -> Vec<String> {
+        files
+            .iter()
+            .map(|p| p.strip_prefix(base).unwrap().display().to_string())
+            .collect()
+    }
+
+    #[cfg(unix)]
+    fn mkfifo(path: &Path) {
+        let status = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mkfifo {}", path.display());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn walk_ends_with_two_links_to_the_folder_and_reads_each_file_once() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("a.txt"), "x").unwrap();
+        std::fs::write(d.join("sub/b.txt"), "x").unwrap();
+        symlink(".", d.join("l1")).unwrap();
+        symlink(".", d.join("l2")).unwrap();
+        symlink("..", d.join("sub/up")).unwrap();
+        let (files, notes) = discover_bounded(&[d.to_path_buf()]);
+        assert_eq!(relative(&files.unwrap(), d), ["a.txt", "sub/b.txt"]);
+        let warned = warnings(&notes);
+        assert_eq!(warned.len(), 3, "{notes:?}");
+        let l1 = d.join("l1").display().to_string();
+        assert!(
+            warned[0].contains(&format!("{l1}: symbolic link to '.' leads back to"))
+                && warned[0].contains("(a cycle)"),
+            "{warned:?}"
+        );
+        assert!(
+            warned[2].contains("sub/up: symbolic link to '..'"),
+            "{warned:?}"
+        );
+        // Also through a glob: `*` matches the links, `**` would follow them for ever.
+        for pattern in ["*", "**/*.txt", "l1/**"] {
+            let (files, _) = discover_bounded(&[d.join(pattern)]);
+            let files = files.unwrap();
+            assert_eq!(files.len(), 2, "{pattern}: {files:?}");
+        }
+        let (files, _) = discover_bounded(&[d.join("**/*.txt")]);
+        assert_eq!(relative(&files.unwrap(), d), ["a.txt", "sub/b.txt"]);
+        let (files, _) = discover_bounded(&[d.join("s*/**/*.txt")]);
+        assert_eq!(relative(&files.unwrap(), d), ["sub/b.txt"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_self_link_reads_each_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a.txt"), "x").unwrap();
+        std::fs::write(d.join("b.txt"), "x").unwrap();
+        std::os::unix::fs::symlink(".", d.join("self")).unwrap();
+        let (files, notes) = discover_bounded(&[d.to_path_buf()]);
+        assert_eq!(relative(&files.unwrap(), d), ["a.txt", "b.txt"]);
+        let warned = warnings(&notes);
+        assert_eq!(warned.len(), 1, "{notes:?}");
+        assert!(
+            warned[0].contains("self: symbolic link to '.'"),
+            "{warned:?}"
+        );
+        // Named through the link: the same files, once.
+        let (files, _) = discover_bounded(&[d.join("self")]);
+        assert_eq!(relative(&files.unwrap(), d), ["self/a.txt", "self/b.txt"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_file_or_folder_reached_by_several_paths_is_read_once() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let (d, outside) = (dir.path().join("in"), dir.path().join("outside"));
+        std::fs::create_dir_all(outside.join("shared")).unwrap();
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(outside.join("e.txt"), "x").unwrap();
+        std::fs::write(outside.join("shared/s.txt"), "x").unwrap();
+        std::fs::write(d.join("a.txt"), "x").unwrap();
+        symlink("../outside/e.txt", d.join("x1.txt")).unwrap();
+        symlink(outside.join("e.txt"), d.join("x2.txt")).unwrap();
+        symlink("../outside/shared", d.join("f1")).unwrap();
+        symlink("../outside/shared", d.join("f2")).unwrap();
+        let (files, notes) = discover_bounded(std::slice::from_ref(&d));
+        // The first path in sorted order stands for the file.
+        assert_eq!(
+            relative(&files.unwrap(), &d),
+            ["a.txt", "f1/s.txt", "x1.txt"]
+        );
+        assert!(warnings(&notes).is_empty(), "{notes:?}");
+        assert!(
+            notes.contains(&Note::Info(format!(
+                "skipped: {}: the same folder as {}, already read",
+                d.join("f2").display(),
+                d.join("f1").display()
+            ))),
+            "{notes:?}"
+        );
+        // Named again, directly or through its folder: still once, where it first came.
+        let (files, _) = discover_bounded(&[d.clone(), outside.join("e.txt"), outside.clone()]);
+        assert_eq!(
+            files.unwrap(),
+            [d.join("a.txt"), d.join("f1/s.txt"), d.join("x1.txt")]
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_skipped_in_folders_and_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a.txt"), "x").unwrap();
+        mkfifo(&d.join("pipe"));
+        std::os::unix::fs::symlink("pipe", d.join("pipe-link")).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(d.join("sock")).unwrap();
+        // Nothing may open the FIFO: that would block, and the bounded run fail.
+        let (files, notes) = discover_bounded(&[d.to_path_buf()]);
+        assert_eq!(relative(&files.unwrap(), d), ["a.txt"]);
+        let warned = warnings(&notes);
+        let pipe = d.join("pipe").display().to_string();
+        assert_eq!(
+            warned,
+            [
+                format!("skipped: {pipe}: is a FIFO (named pipe), not a regular file"),
+                format!("skipped: {pipe}-link: is a FIFO (named pipe), not a regular file"),
+                format!(
+                    "skipped: {}: is a socket, not a regular file",
+                    d.join("sock").display()
+                ),
+            ]
+        );
+        let (files, notes) = discover_bounded(&[d.join("*")]);
+        assert_eq!(relative(&files.unwrap(), d), ["a.txt"]);
+        assert_eq!(warnings(&notes).len(), 3, "{notes:?}");
+        // Named on the command line: an error that says what it is.
+        for (path, what) in [
+            (d.join("pipe"), "is a FIFO (named pipe), not a regular file"),
+            (
+                d.join("pipe-link"),
+                "is a FIFO (named pipe), not a regular file",
+            ),
+            (d.join("sock"), "is a socket, not a regular file"),
+            (
+                PathBuf::from("/dev/null"),
+                "is a character device, not a regular file",
+            ),
+        ] {
+            let err = discover_bounded(std::slice::from_ref(&path))
+                .0
+                .unwrap_err()
+                .to_string();
+            assert_eq!(err, format!("input {}: {what}", path.display()));
+        }
+        // A folder of nothing but a FIFO has no input.
+        std::fs::remove_file(d.join("a.txt")).unwrap();
+        let err = discover_bounded(&[d.to_path_buf()]).0.unwrap_err();
+        assert!(err.to_string().contains("matches no files"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn broken_and_looping_links_are_named() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a.txt"), "x").unwrap();
+        symlink("nowhere.txt", d.join("dangling")).unwrap();
+        symlink("loopy", d.join("loopy")).unwrap();
+        let (files, notes) = discover_bounded(&[d.to_path_buf()]);
+        assert_eq!(relative(&files.unwrap(), d), ["a.txt"]);
+        let warned = warnings(&notes);
+        assert_eq!(warned.len(), 2, "{notes:?}");
+        assert_eq!(
+            warned[0],
+            format!(
+                "skipped: {}: is a broken symbolic link (to 'nowhere.txt', which does not exist)",
+                d.join("dangling").display()
+            )
+        );
+        assert!(
+            warned[1].contains("loopy: is a symbolic link to 'loopy' that cannot be followed"),
+            "{warned:?}"
+        );
+        let err = discover_bounded(&[d.join("dangling")]).0.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("dangling: is a broken symbolic link"),
+            "{err}"
+        );
     }
 }
