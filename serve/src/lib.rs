@@ -26,6 +26,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::sync::Notify;
 
+pub use http::conn::ConnectionLimits;
 pub use model::{ModelSettings, PlanArg};
 
 use crate::http::AppState;
@@ -43,6 +44,10 @@ pub struct ServeOptions {
     pub max_concurrent_requests: usize,
     pub max_client_batch_size: usize,
     pub payload_limit: usize,
+    /// Longest time a request body may take to arrive (408 beyond).
+    pub body_timeout: Duration,
+    /// Open connections, header and keep-alive timeouts.
+    pub connections: ConnectionLimits,
     pub api_key: Option<String>,
     pub tokenization_workers: usize,
     /// How long SIGTERM waits for in-flight requests.
@@ -127,6 +132,45 @@ pub async fn bind(host: &str, port: u16) -> Result<tokio::net::TcpListener> {
         .with_context(|| format!("listening on {addr}"))
 }
 
+/// Raises the open-file limit to its hard limit and caps the connections to what fits under
+/// it (with room for the plans, logs and the overflow band), saying so when it has to.
+fn fit_connections_to_fd_limit(wanted: usize) -> usize {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit write and read the struct given.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return wanted;
+            }
+            if lim.rlim_cur < lim.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: lim.rlim_max,
+                    rlim_max: lim.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    lim.rlim_cur = lim.rlim_max;
+                }
+            }
+        }
+        let files = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
+        // Past the cap an overflow band of up to 256 more is read; keep 128 for everything else.
+        let room = files.saturating_sub(128 + 256);
+        if wanted > room {
+            let fitted = room.max(1);
+            eprintln!(
+                "bertkit serve: --max-connections {wanted} does not fit the open-file limit \
+                 ({files}); serving at most {fitted} connections"
+            );
+            return fitted;
+        }
+    }
+    wanted
+}
+
 /// SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     #[cfg(unix)]
@@ -171,6 +215,9 @@ pub async fn run(
         }
     }
     let local = listener.local_addr().context("the listening address")?;
+    let mut options = options;
+    options.connections.max_connections =
+        fit_connections_to_fd_limit(options.connections.max_connections);
     println!("bertkit serve: listening on http://{local}");
     let metrics = Arc::new(Metrics::default());
     let pool = Arc::new(
@@ -178,6 +225,7 @@ pub async fn run(
     );
     let state = Arc::new(AppState::new(options.clone(), Arc::clone(&metrics)));
     let app = http::router(Arc::clone(&state));
+    let releaser = tokio::spawn(http::memory_releaser());
 
     let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let loader = Arc::clone(&state);
@@ -234,10 +282,16 @@ pub async fn run(
         st.start_draining();
         notify.notify_one();
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let server = http::conn::serve_connections(
+        listener,
+        app,
+        options.connections,
+        Arc::clone(&state.metrics),
+        shutdown,
+    );
     let timeout = options.shutdown_timeout;
     tokio::select! {
-        r = server => r.context("serving HTTP")?,
+        _ = server => {}
         _ = async { draining.notified().await; tokio::time::sleep(timeout).await } => {
             eprintln!(
                 "bertkit serve: requests were still in flight after the shutdown timeout ({} s); \
@@ -246,6 +300,7 @@ pub async fn run(
             );
         }
     }
+    releaser.abort();
     if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }

@@ -93,6 +93,11 @@ struct State {
     cancelled: BTreeMap<String, u64>,
     queue_depth: BTreeMap<String, i64>,
     in_flight: i64,
+    connections_open: i64,
+    connections_total: u64,
+    connections_refused: u64,
+    /// (phase) -> connections closed for taking too long in it
+    timeouts: BTreeMap<&'static str, u64>,
 }
 
 /// A labelled family: name, help, type, and (model, value) rows.
@@ -154,6 +159,28 @@ impl Metrics {
                 .entry((endpoint.into(), reason.into()))
                 .or_default() += 1;
         });
+    }
+
+    pub fn connection_opened(&self) {
+        self.with(|s| {
+            s.connections_open += 1;
+            s.connections_total += 1;
+        });
+    }
+
+    pub fn connection_closed(&self) {
+        self.with(|s| s.connections_open -= 1);
+    }
+
+    /// A connection answered 503 for being past --max-connections.
+    pub fn connection_refused(&self) {
+        self.with(|s| s.connections_refused += 1);
+    }
+
+    /// A connection or request closed for taking too long: `phase` is `headers`, `body` or
+    /// `idle`.
+    pub fn connection_timeout(&self, phase: &'static str) {
+        self.with(|s| *s.timeouts.entry(phase).or_default() += 1);
     }
 
     pub fn tokenized(&self, model: &str, seconds: f64, inputs: usize) {
@@ -240,6 +267,41 @@ impl Metrics {
                 "gauge",
             );
             let _ = writeln!(out, "bertkit_requests_in_flight {}", s.in_flight);
+            let totals = [
+                (
+                    "bertkit_connections_open",
+                    "Open client connections.",
+                    "gauge",
+                    s.connections_open,
+                ),
+                (
+                    "bertkit_connections_total",
+                    "Client connections accepted.",
+                    "counter",
+                    s.connections_total as i64,
+                ),
+                (
+                    "bertkit_connections_refused_total",
+                    "Connections answered 503 for being past --max-connections.",
+                    "counter",
+                    s.connections_refused as i64,
+                ),
+            ];
+            for (name, help, kind, v) in totals {
+                counter(&mut out, name, help, kind);
+                let _ = writeln!(out, "{name} {v}");
+            }
+            counter(
+                &mut out,
+                "bertkit_timeouts_total",
+                "Connections or requests cut off for taking too long, by phase (headers, body, \
+                 idle keep-alive).",
+                "counter",
+            );
+            for phase in ["headers", "body", "idle"] {
+                let n = s.timeouts.get(phase).copied().unwrap_or(0);
+                let _ = writeln!(out, "bertkit_timeouts_total{{phase=\"{phase}\"}} {n}");
+            }
             let hists: [(&str, &str, &BTreeMap<String, Histogram>, &str); 6] = [
                 (
                     "bertkit_request_duration_seconds",

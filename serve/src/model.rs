@@ -84,6 +84,9 @@ pub struct Model {
     pub problem: ProblemType,
     full: Tokenizer,
     truncating: Tokenizer,
+    /// Every whitespace-separated word with an ASCII letter or digit is at least one token
+    /// (BERT's normalizer and pre-tokenizer): see [`past_limit_prefix`].
+    words_bound_tokens: bool,
     pool: Arc<TokenizerPool>,
     metrics: Arc<Metrics>,
 }
@@ -156,6 +159,7 @@ impl Model {
                 ..Default::default()
             }))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let words_bound_tokens = words_bound_tokens(&full);
         let rt = Arc::clone(&runtime);
         let queue = Queue::start(
             &arg.name,
@@ -193,6 +197,7 @@ impl Model {
             problem,
             full,
             truncating,
+            words_bound_tokens,
             runtime,
             queue,
             pool,
@@ -248,19 +253,54 @@ impl Model {
     }
 
     fn encode_one(&self, i: usize, input: &TextInput, truncate: bool) -> Encoding {
-        let encode = |t: &Tokenizer| {
+        let encode = |t: &Tokenizer, text: &str| {
             let r = match &input.text_pair {
-                Some(p) => t.encode((input.text.as_str(), p.as_str()), true),
-                None => t.encode(input.text.as_str(), true),
+                Some(p) => t.encode((text, p.as_str()), true),
+                None => t.encode(text, true),
             };
             r.map_err(|e| ApiError::invalid(format!("input {i}: tokenizing: {e}")))
         };
-        let mut e = encode(&self.full)?;
+        // A single text far past the limit is settled from a prefix: refused, or truncated to
+        // the same ids, without tokenizing (and holding) all of it.
+        if input.text_pair.is_none() && self.words_bound_tokens {
+            if let Some(cut) = past_limit_prefix(&input.text, self.max_input_length) {
+                if !truncate {
+                    return Err(ApiError::unprocessable(
+                        "input_too_long",
+                        format!(
+                            "input {i} has more than {} tokens, more than the limit of {} \
+                             (--max-input-length); send shorter input, set \"truncate\": true, \
+                             or start the server with --truncate",
+                            self.max_input_length, self.max_input_length
+                        ),
+                    ));
+                }
+                let e = encode(&self.truncating, &input.text[..cut])?;
+                return Ok(Encoded {
+                    ids: e.get_ids().to_vec(),
+                    type_ids: e.get_type_ids().to_vec(),
+                });
+            }
+        }
+        if let Some(pair) = &input.text_pair {
+            return encode_pair(
+                &self.full,
+                &input.text,
+                pair,
+                self.max_input_length,
+                truncate,
+            )
+            .map_err(|e| match e {
+                PairError::TooLong(n) => self.too_long(i, n),
+                PairError::Tokenizer(e) => ApiError::invalid(format!("input {i}: tokenizing: {e}")),
+            });
+        }
+        let mut e = encode(&self.full, &input.text)?;
         if e.get_ids().len() > self.max_input_length {
             if !truncate {
                 return Err(self.too_long(i, e.get_ids().len()));
             }
-            e = encode(&self.truncating)?;
+            e = encode(&self.truncating, &input.text)?;
         }
         Ok(Encoded {
             ids: e.get_ids().to_vec(),
@@ -537,6 +577,109 @@ impl Model {
     }
 }
 
+enum PairError {
+    TooLong(usize),
+    Tokenizer(tokenizers::Error),
+}
+
+/// A text pair's ids, truncated longest-first to `max` tokens when `truncate`, exactly as the
+/// tokenizer's own truncation would. Not through it: its truncation keeps every cut-off window
+/// of each text ("overflowing") and pairs them all up when adding the special tokens (windows of
+/// one times windows of the other): one pair of 150,000 and 100,000 characters took the server
+/// past 24 GB. Each text is encoded once, cut, and then given its special tokens.
+fn encode_pair(
+    tokenizer: &Tokenizer,
+    a: &str,
+    b: &str,
+    max: usize,
+    truncate: bool,
+) -> std::result::Result<Encoded, PairError> {
+    use tokenizers::{truncate_encodings, PostProcessor};
+    let first = tokenizer.encode(a, false).map_err(PairError::Tokenizer)?;
+    let mut second = tokenizer.encode(b, false).map_err(PairError::Tokenizer)?;
+    second.set_type_ids(vec![1; second.len()]);
+    let added = tokenizer
+        .get_post_processor()
+        .map_or(0, |p| p.added_tokens(true));
+    let total = first.len() + second.len() + added;
+    let (mut first, mut second) = (first, Some(second));
+    if total > max {
+        if !truncate {
+            return Err(PairError::TooLong(total));
+        }
+        let params = TruncationParams {
+            max_length: max.saturating_sub(added),
+            strategy: TruncationStrategy::LongestFirst,
+            ..Default::default()
+        };
+        (first, second) =
+            truncate_encodings(first, second, &params).map_err(PairError::Tokenizer)?;
+        drop(first.take_overflowing());
+        if let Some(s) = second.as_mut() {
+            drop(s.take_overflowing());
+        }
+    }
+    let e = tokenizer
+        .post_process(first, second, true)
+        .map_err(PairError::Tokenizer)?;
+    Ok(Encoded {
+        ids: e.get_ids().to_vec(),
+        type_ids: e.get_type_ids().to_vec(),
+    })
+}
+
+/// Whether a text's words bound its tokens from below: BERT's normalizer (or none) and BERT's
+/// pre-tokenizer, which splits at every whitespace character and turns each piece into at least
+/// one token (`[UNK]` at worst), and no added token spans whitespace. Only characters the
+/// normalizer may drop (controls, accents) can make a piece vanish, and a piece holding an
+/// ASCII letter or digit keeps it.
+fn words_bound_tokens(t: &Tokenizer) -> bool {
+    use tokenizers::{NormalizerWrapper, PreTokenizerWrapper};
+    matches!(
+        t.get_normalizer(),
+        None | Some(NormalizerWrapper::BertNormalizer(_))
+    ) && matches!(
+        t.get_pre_tokenizer(),
+        Some(PreTokenizerWrapper::BertPreTokenizer(_))
+    ) && t
+        .get_added_tokens_decoder()
+        .values()
+        .all(|a| !a.content.contains(char::is_whitespace))
+}
+
+/// Texts shorter than this many bytes per allowed token are tokenized whole.
+const PREFIX_CHECK_BYTES_PER_TOKEN: usize = 16;
+
+/// For a text that certainly has more than `max_tokens` tokens (special tokens included):
+/// the length of a prefix, cut at a whitespace character, that has too. Under
+/// [`words_bound_tokens`], the prefix's tokens are the text's first tokens, so truncating the
+/// prefix gives the same ids as truncating the whole text. `None` when the text is short or
+/// its words do not prove it long (it is then tokenized whole).
+fn past_limit_prefix(text: &str, max_tokens: usize) -> Option<usize> {
+    if text.len() <= max_tokens.saturating_mul(PREFIX_CHECK_BYTES_PER_TOKEN) {
+        return None;
+    }
+    // More words than the limit: more tokens than the limit even before [CLS] and [SEP].
+    let needed = max_tokens + 1;
+    let (mut words, mut counted) = (0, false);
+    for (at, c) in text.char_indices() {
+        // A split for the pre-tokenizer that BERT's clean-up keeps (it deletes the control
+        // characters among the whitespace: vertical tab, form feed, next line).
+        if c.is_whitespace() && (!c.is_control() || matches!(c, '\t' | '\n' | '\r')) {
+            if counted {
+                words += 1;
+                if words >= needed {
+                    return Some(at);
+                }
+            }
+            counted = false;
+        } else if c.is_ascii_alphanumeric() {
+            counted = true;
+        }
+    }
+    None
+}
+
 /// The runtime's inputs of task features.
 fn feature_inputs(features: &[Feature]) -> Vec<Encoded> {
     features
@@ -554,5 +697,124 @@ pub fn task_name(t: PlanTask) -> &'static str {
         PlanTask::SequenceClassification => "sequence-classification",
         PlanTask::TokenClassification => "token-classification",
         PlanTask::QuestionAnswering => "question-answering",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_tokenizer() -> Tokenizer {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+            "../tests/fixtures/hf-reference/tiny_heads/sequence_classification/tokenizer.json",
+        );
+        Tokenizer::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn a_long_texts_prefix_truncates_to_the_same_ids() {
+        let full = fixture_tokenizer();
+        assert!(words_bound_tokens(&full));
+        let max = 32;
+        let mut truncating = full.clone();
+        truncating
+            .with_truncation(Some(TruncationParams {
+                max_length: max,
+                strategy: TruncationStrategy::LongestFirst,
+                ..Default::default()
+            }))
+            .unwrap();
+        // Words of every kind: punctuation splits, accents, CJK, unknown words, controls that
+        // BERT's clean-up deletes (\x0b, \u{85}: not splits), tabs and newlines (splits).
+        let pieces = [
+            "hello,", "world", "naïve", "café", "東京", "x\x0by", "a\u{85}b", "qzxv", "e\u{301}",
+            "--", "42", "[MASK]", "it's",
+        ];
+        let seps = [" ", "\t", "\n", "  ", "\u{3000}", "\r\n"];
+        let mut text = String::new();
+        let mut k = 0usize;
+        while text.len() < max * PREFIX_CHECK_BYTES_PER_TOKEN * 3 {
+            text.push_str(pieces[k % pieces.len()]);
+            text.push_str(seps[k % seps.len()]);
+            k += 7;
+        }
+        for start in 0..24 {
+            let t = &text[text.char_indices().nth(start).unwrap().0..];
+            let cut = past_limit_prefix(t, max).expect("long enough to cut");
+            assert!(cut < t.len());
+            let whole = truncating.encode(t, true).unwrap();
+            let prefix = truncating.encode(&t[..cut], true).unwrap();
+            assert_eq!(whole.get_ids(), prefix.get_ids(), "start {start}");
+            assert_eq!(whole.get_ids().len(), max);
+            // The prefix alone proves the text too long.
+            assert!(full.encode(&t[..cut], true).unwrap().get_ids().len() > max);
+        }
+    }
+
+    #[test]
+    fn pairs_truncate_as_the_tokenizer_does_without_its_overflow() {
+        let full = fixture_tokenizer();
+        let words = ["the", "plot,", "naïve", "東京", "qzxv", "it's", "film"];
+        let text = |seed: usize, n: usize| -> String {
+            (0..n)
+                .map(|k| words[(seed * 31 + k * 7 + k * k) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        for max in [9, 16, 17, 64] {
+            let mut truncating = full.clone();
+            truncating
+                .with_truncation(Some(TruncationParams {
+                    max_length: max,
+                    strategy: TruncationStrategy::LongestFirst,
+                    ..Default::default()
+                }))
+                .unwrap();
+            for (n1, n2) in [
+                (1, 1),
+                (3, 40),
+                (40, 3),
+                (20, 21),
+                (30, 30),
+                (5, 5),
+                (100, 2),
+            ] {
+                let (a, b) = (text(n1, n1), text(n2 + 1, n2));
+                let want = truncating.encode((a.as_str(), b.as_str()), true).unwrap();
+                let got = encode_pair(&full, &a, &b, max, true).ok().unwrap();
+                assert_eq!(got.ids, want.get_ids(), "max {max}, {n1}+{n2} words");
+                assert_eq!(
+                    got.type_ids,
+                    want.get_type_ids(),
+                    "max {max}, {n1}+{n2} words"
+                );
+                let whole = full.encode((a.as_str(), b.as_str()), true).unwrap();
+                match encode_pair(&full, &a, &b, max, false) {
+                    Ok(e) => assert_eq!(e.ids, whole.get_ids()),
+                    Err(PairError::TooLong(n)) => {
+                        assert_eq!(n, whole.len());
+                        assert!(n > max);
+                    }
+                    Err(PairError::Tokenizer(e)) => panic!("{e}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn short_or_unproven_texts_are_tokenized_whole() {
+        let max = 8;
+        assert_eq!(past_limit_prefix("a b c", max), None);
+        // Long, but one word: its tokens are not proven.
+        let one_word = "x".repeat(max * PREFIX_CHECK_BYTES_PER_TOKEN + 1);
+        assert_eq!(past_limit_prefix(&one_word, max), None);
+        // Long, separated only by deleted controls: one word to BERT.
+        let controls = "ab\x0b".repeat(max * PREFIX_CHECK_BYTES_PER_TOKEN);
+        assert_eq!(past_limit_prefix(&controls, max), None);
+        // Words without ASCII letters or digits are not counted.
+        let marks = "\u{301} ".repeat(max * PREFIX_CHECK_BYTES_PER_TOKEN);
+        assert_eq!(past_limit_prefix(&marks, max), None);
+        let words = "ab ".repeat(max * PREFIX_CHECK_BYTES_PER_TOKEN);
+        assert_eq!(past_limit_prefix(&words, max), Some(3 * (max + 1) - 1));
     }
 }

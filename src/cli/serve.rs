@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use bertkit_serve::bench::{self, LoadOptions};
-use bertkit_serve::{ModelSettings, PlanArg, ServeOptions};
+use bertkit_serve::{ConnectionLimits, ModelSettings, PlanArg, ServeOptions};
 use clap::{Args, Parser};
 
 #[derive(Debug, Clone, Args)]
@@ -44,9 +44,25 @@ pub struct ServeArgs {
     /// Cut inputs longer than --max-input-length instead of refusing them.
     #[arg(long)]
     pub truncate: bool,
-    /// Largest request body in bytes (413 beyond).
+    /// Largest request body in bytes (413 beyond; a larger Content-Length is refused before
+    /// any of the body is read).
     #[arg(long, default_value_t = 2_000_000)]
     pub payload_limit: usize,
+    /// Open client connections served; past this a small overflow band answers health checks
+    /// and 503 to everything else, and further connections get 503 at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Longest wait for a request's complete headers, from the connection's start or from the
+    /// request's first byte; slower clients are disconnected.
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout_s: f64,
+    /// Longest wait for a request's whole body (408 beyond). The body is read before the
+    /// request is admitted, so a slow body holds no --max-concurrent-requests slot.
+    #[arg(long, default_value_t = 30.0)]
+    pub body_timeout_s: f64,
+    /// How long a kept-alive connection may stay idle between requests.
+    #[arg(long, default_value_t = 60.0)]
+    pub keep_alive_timeout_s: f64,
     /// Require `Authorization: Bearer KEY` (except on the health endpoints).
     #[arg(long, env = "BERTKIT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -124,6 +140,15 @@ impl ServeArgs {
         if !self.shutdown_timeout_s.is_finite() || self.shutdown_timeout_s < 0.0 {
             bail!("--shutdown-timeout-s must be a non-negative number of seconds");
         }
+        let seconds = |flag: &str, v: f64| -> Result<Duration> {
+            if !v.is_finite() || v <= 0.0 || v > 1e6 {
+                bail!("{flag} must be a positive number of seconds, got {v}");
+            }
+            Ok(Duration::from_secs_f64(v))
+        };
+        if self.max_connections == 0 {
+            bail!("--max-connections must be at least 1");
+        }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Ok(ServeOptions {
             plans: self.plans.clone(),
@@ -140,6 +165,12 @@ impl ServeArgs {
             max_concurrent_requests: self.max_concurrent_requests,
             max_client_batch_size: self.max_client_batch_size,
             payload_limit: self.payload_limit,
+            body_timeout: seconds("--body-timeout-s", self.body_timeout_s)?,
+            connections: ConnectionLimits {
+                max_connections: self.max_connections,
+                header_timeout: seconds("--header-timeout-s", self.header_timeout_s)?,
+                keep_alive_timeout: seconds("--keep-alive-timeout-s", self.keep_alive_timeout_s)?,
+            },
             api_key: self.api_key.clone().filter(|k| !k.is_empty()),
             tokenization_workers: self.tokenization_workers.unwrap_or(cpus),
             shutdown_timeout: Duration::from_secs_f64(self.shutdown_timeout_s),

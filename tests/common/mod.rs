@@ -1,6 +1,8 @@
 //! Helpers of the CLI tests that run the `bertkit` binary.
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -277,19 +277,39 @@ fn decode_json(name: &str, datatype: &str, flat: &[&Value]) -> Result<Tensor, Ap
             })
             .collect::<Result<_, _>>()
             .map(Tensor::Bytes),
-        "INT64" | "INT32" | "UINT32" | "UINT64" | "INT16" | "INT8" => flat
-            .iter()
-            .map(|v| {
-                v.as_i64().ok_or_else(|| {
-                    ApiError::invalid(format!("input {name:?}: {datatype} data must be integers"))
+        "INT64" | "INT32" | "INT16" | "INT8" | "UINT64" | "UINT32" | "UINT16" | "UINT8" => {
+            let (lo, hi) = int_range(datatype);
+            flat.iter()
+                .map(|v| match v.as_i64() {
+                    Some(x) if (lo..=hi).contains(&x) => Ok(x),
+                    Some(x) => Err(ApiError::invalid(format!(
+                        "input {name:?}: {x} is out of range for {datatype} ({lo} to {hi})"
+                    ))),
+                    None => Err(ApiError::invalid(format!(
+                        "input {name:?}: {datatype} data must be integers"
+                    ))),
                 })
-            })
-            .collect::<Result<_, _>>()
-            .map(Tensor::Ints),
+                .collect::<Result<_, _>>()
+                .map(Tensor::Ints)
+        }
         other => Err(ApiError::invalid(format!(
             "input {name:?}: datatype {other} is not supported (BYTES for text, INT64 or INT32 \
              for token ids)"
         ))),
+    }
+}
+
+/// The values a KServe integer datatype holds (within i64, which token ids never leave).
+fn int_range(datatype: &str) -> (i64, i64) {
+    match datatype {
+        "INT8" => (i8::MIN.into(), i8::MAX.into()),
+        "INT16" => (i16::MIN.into(), i16::MAX.into()),
+        "INT32" => (i32::MIN.into(), i32::MAX.into()),
+        "UINT8" => (0, u8::MAX.into()),
+        "UINT16" => (0, u16::MAX.into()),
+        "UINT32" => (0, u32::MAX.into()),
+        "UINT64" => (0, i64::MAX),
+        _ => (i64::MIN, i64::MAX),
     }
 }
 

@@ -2,6 +2,7 @@
 //! the in-flight limit that answers 429 at once, metrics by endpoint and outcome).
 
 pub mod api;
+pub mod conn;
 pub mod kserve;
 pub mod openai;
 
@@ -145,8 +146,83 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError
     })
 }
 
+/// Parses a request body. An object that names a key twice is refused: parsers disagree on
+/// which one wins (serde_json keeps the last, others the first), so a proxy that checked one
+/// could pass the other.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+    use serde::de::DeserializeSeed;
+    let invalid = |e: serde_json::Error| ApiError::invalid(format!("invalid JSON body: {e}"));
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = strict_json::Strict.deserialize(&mut de).map_err(invalid)?;
+    de.end().map_err(invalid)?;
+    serde_json::from_value(value).map_err(invalid)
+}
+
+/// A JSON value, refusing duplicate object keys.
+mod strict_json {
+    use std::fmt;
+
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Number, Value};
+
+    pub struct Strict;
+
+    impl<'de> DeserializeSeed<'de> for Strict {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(Strict)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Strict {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_string()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_none<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(v) = seq.next_element_seed(Strict)? {
+                items.push(v);
+            }
+            Ok(Value::Array(items))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    return Err(de::Error::custom(format!("duplicate key {key:?}")));
+                }
+                let v = map.next_value_seed(Strict)?;
+                out.insert(key, v);
+            }
+            Ok(Value::Object(out))
+        }
+    }
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
@@ -196,12 +272,143 @@ fn authorized(req: &Request, key: &str) -> bool {
             == 0
 }
 
+/// Health routes answer without the API key, and past the connection cap.
+fn is_health(endpoint: &str) -> bool {
+    endpoint.starts_with("/v2/health/") || endpoint == "/health"
+}
+
+/// POST bodies are JSON, or KServe's binary tensor form (which carries the
+/// Inference-Header-Content-Length header). A declared type must be JSON (or octet-stream); a
+/// body without one is taken only from clients that are not browsers (tritonclient's JSON
+/// requests carry no Content-Type), told apart by the Origin header every browser sends on a
+/// cross-origin POST. This refuses what a web page can send without a CORS preflight
+/// (text/plain, forms, an untyped blob), which the server would otherwise run on a keyless
+/// server's compute.
+fn accepted_content_type(headers: &axum::http::HeaderMap) -> bool {
+    if headers.contains_key("inference-header-content-length") {
+        return true;
+    }
+    match headers.get(header::CONTENT_TYPE) {
+        None => !headers.contains_key(header::ORIGIN),
+        Some(v) => {
+            let essence = v
+                .to_str()
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim();
+            essence.eq_ignore_ascii_case("application/json")
+                || essence.eq_ignore_ascii_case("application/octet-stream")
+        }
+    }
+}
+
+/// The declared body length, if any.
+fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Reads the whole body within the body timeout and the payload limit.
+async fn read_body(st: &AppState, body: axum::body::Body) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let limit = st.options.payload_limit;
+    let collected = tokio::time::timeout(
+        st.options.body_timeout,
+        http_body_util::Limited::new(body, limit).collect(),
+    )
+    .await;
+    match collected {
+        Err(_) => {
+            st.metrics.connection_timeout("body");
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} s (--body-timeout-s)",
+                    st.options.body_timeout.as_secs_f64()
+                ),
+            ))
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
+        Ok(Err(e)) => Err(ApiError::invalid(format!("reading the request body: {e}"))),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!(
+            "the request body is larger than the payload limit of {limit} bytes (--payload-limit)"
+        ),
+    )
+}
+
+/// Closes the connection after this response (a request refused before its body was read).
+fn and_close(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CONNECTION, "close".parse().expect("static"));
+    r
+}
+
+/// Requests with bodies at least this large hand the memory they freed back to the system.
+const RELEASE_AFTER_BYTES: usize = 256 << 10;
+
+/// Set by a request with a large body; the memory releaser (started with the server) then
+/// returns freed memory to the system.
+static RELEASE_PENDING: AtomicBool = AtomicBool::new(false);
+
+fn release_freed_memory() {
+    RELEASE_PENDING.store(true, Ordering::Release);
+}
+
+/// Every 200 ms after a large request: returns the freed memory of every malloc arena to the
+/// system. glibc keeps it otherwise: one 2 MB request's tokenization grew RSS by 250 MB, and it
+/// stayed. Runs until the runtime stops.
+pub async fn memory_releaser() {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        if RELEASE_PENDING.swap(false, Ordering::AcqRel) {
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            let _ = tokio::task::spawn_blocking(|| {
+                // SAFETY: malloc_trim only hands free pages back; it is thread-safe.
+                unsafe { libc::malloc_trim(0) }
+            })
+            .await;
+        }
+    }
+}
+
+/// Every request passes here, matched to a route or not, in this order: the connection cap
+/// (past it only health checks are answered), the API key (before routing, so unknown paths
+/// reveal nothing), then for POSTs the content type, the declared length (413 before any byte
+/// is read), the body within its timeout, and only then admission against
+/// --max-concurrent-requests (429), so that a slow body holds no inference slot.
 async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    // Unmatched paths share one label, so that probing paths cannot grow the metrics.
     let endpoint = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string());
-    let health = endpoint.starts_with("/v2/health") || endpoint == "/health";
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let health = is_health(&endpoint);
+    if req.extensions().get::<conn::OverCapacity>().is_some() && !health {
+        st.metrics.connection_refused();
+        st.metrics
+            .request_refused(&endpoint, "too_many_connections");
+        return and_close(
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                "too many open connections (--max-connections); retry later",
+            )
+            .into_response(),
+        );
+    }
     if let Some(key) = st.options.api_key.as_deref().filter(|_| !health) {
         if !authorized(&req, key) {
             st.metrics.request_refused(&endpoint, "unauthorized");
@@ -216,7 +423,37 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
             return r;
         }
     }
-    let _permit = if req.method() == Method::POST {
+    let is_post = req.method() == Method::POST;
+    let refuse = |e: ApiError| {
+        st.metrics.request_refused(&endpoint, e.reason);
+        and_close(e.into_response())
+    };
+    let mut body_len = 0;
+    let req = if is_post && endpoint != "unmatched" {
+        if !accepted_content_type(req.headers()) {
+            return refuse(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "POST bodies must be Content-Type: application/json (or KServe binary tensors \
+                 with Inference-Header-Content-Length); a browser's untyped body is refused",
+            ));
+        }
+        let limit = st.options.payload_limit;
+        if content_length(req.headers()).is_some_and(|n| n > limit as u64) {
+            return refuse(too_large(limit));
+        }
+        let (parts, body) = req.into_parts();
+        match read_body(&st, body).await {
+            Ok(bytes) => {
+                body_len = bytes.len();
+                Request::from_parts(parts, axum::body::Body::from(bytes))
+            }
+            Err(e) => return refuse(e),
+        }
+    } else {
+        req
+    };
+    let _permit = if is_post {
         match Arc::clone(&st.limiter).try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
@@ -243,6 +480,9 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
         reason: None,
     };
     let response = next.run(req).await;
+    if body_len >= RELEASE_AFTER_BYTES {
+        release_freed_memory();
+    }
     let status = response.status();
     outcome.reason = Some(if status.is_success() {
         None
@@ -283,10 +523,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(openai::models))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .route_layer(axum::middleware::from_fn_with_state(
+        .layer(DefaultBodyLimit::max(state.options.payload_limit))
+        .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             guard,
         ))
-        .layer(DefaultBodyLimit::max(state.options.payload_limit))
         .with_state(state)
 }
