@@ -9,6 +9,11 @@
 //!   (`--keep-alive-timeout-s`);
 //! - the body has its own deadline, enforced where it is read (`super::guard`).
 //!
+//! hyper's own `header_read_timeout` is not used: its clock starts whenever hyper waits for a
+//! request head, so on a kept-alive connection it would also cut idle time at the header
+//! timeout, and the two could not be set apart. (axum's `serve` installs no timer, so there
+//! it is inert.)
+//!
 //! Open connections are capped (`--max-connections`). Past the cap comes a small overflow band
 //! whose connections are answered on one request without keep-alive: health checks normally,
 //! everything else 503. Past the band a connection gets a 503 written at once and is closed, so
