@@ -3,9 +3,9 @@
 //! What it does to the network (each listed in plan.json `optimizations`):
 //! - Q, K and V projections fused into one `[hidden, 3·hidden]` matrix multiply;
 //! - the attention scale `1/sqrt(head_dim)` folded into the query weights and bias;
-//! - linear weights stored `[out, in]`, each output channel contiguous (the layout of the
-//!   runtime's dot-product kernels; gemm reads it by strides), for int8 quantized per output
-//!   channel to 7 bits (the FFN output projection stays f32);
+//! - linear weights stored `[out, in]`, each output channel contiguous (the runtime packs f32
+//!   weights into panels at load for its one, batch-invariant kernel), for int8 quantized per
+//!   output channel to 7 bits (the FFN output projection stays f32);
 //! - fp16/bf16: weights and embeddings stored in half precision (the CPU computes in f32);
 //! - padding-free execution (the runtime packs the sequences of a batch).
 //!
@@ -349,7 +349,7 @@ fn optimizations(p: Precision) -> Vec<String> {
         Precision::Int8 => {
             "int8-per-channel-weights-[out,in]-dynamic-activation-scales-(ffn-output-in-f32)".into()
         }
-        _ => "weights-[out,in]-for-the-dot-product-kernel".into(),
+        _ => "weights-[out,in]-packed-at-load-for-one-batch-invariant-kernel".into(),
     });
     match p {
         Precision::Fp16 => v.push("fp16-weight-storage".into()),

@@ -1,16 +1,24 @@
-//! The linear layers: `out[m, n] (+)= x[m, k] · W`, W kept `[out, in]` (each output channel's
-//! weights contiguous along k). In f32: for a few rows (a short batch) a dot-product kernel of
-//! our own that splits the output channels between threads and needs no packing; for many rows
-//! the `gemm` crate. In int8, a kernel of our own: weights quantized per
+//! The linear layers: `out[m, n] (+)= x[m, k] · W`, W given `[out, in]`. Each row of `out` depends
+//! on the same row of `x` alone, bit for bit, whatever the batch around it (its size, the row's
+//! place in it, the thread count): a served input's answer must not depend on its neighbours.
+//!
+//! In f32, one kernel of our own for every batch size ([`f32_kernel`]: weights packed in panels
+//! of 16 output channels at load, register-tiled outer products, a fixed fused multiply-add
+//! order per output element). In int8, a kernel of our own: weights quantized per
 //! output channel to 7 bits (`[out, in]`, so both operands are read along k), activations per
 //! row to 8 bits at run time (asymmetric: the row's [min, max] onto 0..=255, which keeps twice
 //! the resolution for GELU outputs, nearly all positive), products summed exactly in i32 with
 //! AVX2 `vpmaddubsw`: `Σ x·w ≈ s_w · (s_x · Σ q_x·q_w + min_x · Σ q_w)`.
 //!
 //! 7-bit weights (as ONNX Runtime's `reduce_range`) keep `vpmaddubsw`'s pairwise i16 sums from
-//! saturating: 255 · 63 · 2 < 32767.
+//! saturating: 255 · 63 · 2 < 32767. Each row is quantized on its own and the integer sums are
+//! exact, so the int8 products too depend on the row alone.
+
+mod f32_kernel;
 
 use rayon::prelude::*;
+
+pub use f32_kernel::PackedF32;
 
 /// Largest quantized weight magnitude (7 bits).
 pub const WEIGHT_QMAX: f32 = 63.0;
@@ -20,8 +28,8 @@ const ACT_LEVELS: f32 = 255.0;
 const K_BLOCK: usize = 32;
 
 pub enum Weight {
-    /// `[n, k]` row-major.
-    F32 { w: Vec<f32>, k: usize, n: usize },
+    /// Packed for the f32 kernel (see [`Weight::f32`]).
+    F32(PackedF32),
     /// `[n, k_pad]` row-major, zero padded; `scale[j]` per output channel; `colsum[j]` is the
     /// sum of channel j's quantized weights (adds back the activations' offset).
     Int8 {
@@ -59,14 +67,21 @@ pub fn quantize_weight(w_out_in: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f3
 impl Weight {
     pub fn in_features(&self) -> usize {
         match self {
-            Weight::F32 { k, .. } | Weight::Int8 { k, .. } => *k,
+            Weight::F32(p) => p.in_features(),
+            Weight::Int8 { k, .. } => *k,
         }
     }
 
     pub fn out_features(&self) -> usize {
         match self {
-            Weight::F32 { n, .. } | Weight::Int8 { n, .. } => *n,
+            Weight::F32(p) => p.out_features(),
+            Weight::Int8 { n, .. } => *n,
         }
+    }
+
+    /// From PyTorch's f32 `[out = n, in = k]` weight (packed for the kernel).
+    pub fn f32(w_out_in: &[f32], n: usize, k: usize) -> Weight {
+        Weight::F32(PackedF32::new(w_out_in, n, k))
     }
 
     /// From quantized `[n, k]` values and their scales.
@@ -93,11 +108,7 @@ impl Weight {
     /// variant the tuner may pick).
     pub fn dequantized(&self) -> Weight {
         match self {
-            Weight::F32 { w, k, n } => Weight::F32 {
-                w: w.clone(),
-                k: *k,
-                n: *n,
-            },
+            Weight::F32(p) => Weight::F32(p.clone()),
             Weight::Int8 {
                 w,
                 scale,
@@ -112,11 +123,7 @@ impl Weight {
                         out[j * k + i] = w[j * k_pad + i] as f32 * scale[j];
                     }
                 }
-                Weight::F32 {
-                    w: out,
-                    k: *k,
-                    n: *n,
-                }
+                Weight::f32(&out, *n, *k)
             }
         }
     }
@@ -126,43 +133,7 @@ impl Linear {
     /// `out[m, n] += x[m, k] · W`, `out` already holding the bias (and a residual).
     pub fn accumulate(&self, x: &[f32], m: usize, out: &mut [f32], threads: usize) {
         match &self.weight {
-            Weight::F32 { w, k, n } => {
-                debug_assert!(x.len() >= m * k && out.len() >= m * n && w.len() == k * n);
-                if m <= SMALL_M {
-                    dot_f32(x, m, w, *k, *n, out, threads);
-                    return;
-                }
-                let parallelism = if threads > 1 {
-                    gemm::Parallelism::Rayon(threads)
-                } else {
-                    gemm::Parallelism::None
-                };
-                // SAFETY: the slices hold m×k, n×k and m×n values with the strides given (W
-                // read as the k×n matrix with row stride 1 and column stride k).
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        *n,
-                        *k,
-                        out.as_mut_ptr(),
-                        1,
-                        *n as isize,
-                        true,
-                        x.as_ptr(),
-                        1,
-                        *k as isize,
-                        w.as_ptr(),
-                        *k as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        parallelism,
-                    )
-                }
-            }
+            Weight::F32(p) => p.accumulate(x, m, out, threads),
             Weight::Int8 {
                 w,
                 scale,
@@ -199,94 +170,6 @@ impl Linear {
             }
         }
     }
-}
-
-/// Up to this many rows, f32 products run on the dot-product kernel.
-const SMALL_M: usize = 64;
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each thread writes its own output columns (see `dot_f32`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// `out[m, n] += x[m, k] · w[n, k]ᵀ`, the output channels split between the threads in blocks
-/// of 4 (each block's weights stay in L1 while every row passes).
-fn dot_f32(x: &[f32], m: usize, w: &[f32], k: usize, n: usize, out: &mut [f32], threads: usize) {
-    let ptr = OutPtr(out.as_mut_ptr());
-    let blocks = n.div_ceil(4);
-    let per = blocks.div_ceil(threads.max(1)).max(1);
-    let run = |t: usize| {
-        let (j0, j1) = ((t * per * 4).min(n), ((t + 1) * per * 4).min(n));
-        // SAFETY: rows r < m of out hold n values; this call writes columns j0..j1 only.
-        unsafe { dot_f32_cols(x, m, w, k, n, ptr.get(), j0, j1) }
-    };
-    let parts = blocks.div_ceil(per);
-    if threads > 1 && parts > 1 {
-        (0..parts).into_par_iter().for_each(run);
-    } else {
-        (0..parts).for_each(run);
-    }
-}
-
-/// # Safety
-/// `out` addresses `m` rows of `n` values; only columns `j0..j1` are written.
-#[allow(clippy::too_many_arguments)]
-unsafe fn dot_f32_cols(
-    x: &[f32],
-    m: usize,
-    w: &[f32],
-    k: usize,
-    n: usize,
-    out: *mut f32,
-    j0: usize,
-    j1: usize,
-) {
-    let mut j = j0;
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        let k8 = k / 8 * 8;
-        while j + 4 <= j1 {
-            let mut r = 0;
-            while r + 2 <= m {
-                let d = avx2::dot_2x4_f32(
-                    x.as_ptr().add(r * k),
-                    x.as_ptr().add((r + 1) * k),
-                    w.as_ptr().add(j * k),
-                    k,
-                    k8,
-                );
-                for (dr, row) in d.iter().enumerate() {
-                    for (dc, v) in row.iter().enumerate() {
-                        let (rr, cc) = (r + dr, j + dc);
-                        let tail: f32 = (k8..k).map(|t| x[rr * k + t] * w[cc * k + t]).sum();
-                        *out.add(rr * n + cc) += v + tail;
-                    }
-                }
-                r += 2;
-            }
-            for r in r..m {
-                for c in j..j + 4 {
-                    *out.add(r * n + c) += dot(&x[r * k..(r + 1) * k], &w[c * k..(c + 1) * k]);
-                }
-            }
-            j += 4;
-        }
-    }
-    for c in j..j1 {
-        for r in 0..m {
-            *out.add(r * n + c) += dot(&x[r * k..(r + 1) * k], &w[c * k..(c + 1) * k]);
-        }
-    }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Quantizes one activation row to u8 `q` with `x ≈ scale · q + min`; returns (scale, min).
@@ -416,40 +299,6 @@ fn dot_scalar(a: &[u8], w: &[i8]) -> i32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// Dot products of 2 rows of `x` with 4 rows of `w` (`k` apart) over the first `k8`
-    /// values (a multiple of 8).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_2x4_f32(
-        a0: *const f32,
-        a1: *const f32,
-        w: *const f32,
-        k: usize,
-        k8: usize,
-    ) -> [[f32; 4]; 2] {
-        let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-        let mut t = 0;
-        while t < k8 {
-            let va0 = _mm256_loadu_ps(a0.add(t));
-            let va1 = _mm256_loadu_ps(a1.add(t));
-            #[allow(clippy::needless_range_loop)] // c indexes both rows of acc and w
-            for c in 0..4 {
-                let vw = _mm256_loadu_ps(w.add(c * k + t));
-                acc[0][c] = _mm256_fmadd_ps(va0, vw, acc[0][c]);
-                acc[1][c] = _mm256_fmadd_ps(va1, vw, acc[1][c]);
-            }
-            t += 8;
-        }
-        let mut out = [[0f32; 4]; 2];
-        for r in 0..2 {
-            let t0 = _mm256_hadd_ps(acc[r][0], acc[r][1]);
-            let t1 = _mm256_hadd_ps(acc[r][2], acc[r][3]);
-            let t = _mm256_hadd_ps(t0, t1);
-            let sums = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
-            _mm_storeu_ps(out[r].as_mut_ptr(), sums);
-        }
-        out
-    }
-
     /// Dot products of 2 activation rows (u8) with 4 weight rows (i8, `k_pad` apart), turned
     /// into `out[r][c] += scale[c] · (s_r · dot + min_r · colsum[c])` where `rows[r]` is
     /// `(s_r, min_r)` (`out` rows `n` apart).
@@ -536,7 +385,7 @@ mod tests {
             let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
             let want = reference(&x, &w, m, k, n);
             let f = Linear {
-                weight: Weight::F32 { w: w.clone(), k, n },
+                weight: Weight::f32(&w, n, k),
                 bias: vec![],
             };
             let mut out = vec![1f32; m * n];
@@ -570,6 +419,106 @@ mod tests {
                 .zip(&want)
                 .fold(0f32, |w, (a, b)| w.max((a - 1.0 - b).abs()));
             assert!(worst2 < bound, "dequantized {worst2}");
+        }
+    }
+
+    /// `bias + x · Wᵀ` for the rows of `x`, run in a pool of `threads`, as bits.
+    fn f32_rows(lin: &Linear, x: &[f32], k: usize, n: usize, threads: usize) -> Vec<u32> {
+        let m = x.len() / k;
+        let mut out = vec![0f32; m * n];
+        for row in out.chunks_exact_mut(n) {
+            row.copy_from_slice(&lin.bias);
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| lin.accumulate(x, m, &mut out, threads));
+        out.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// A row's product is the same bits alone, at any place of a batch of any size, with 1 or 2
+    /// threads (the server batches unrelated requests together), in f32 and in int8; and the
+    /// f32 product is close to the exact one.
+    #[test]
+    fn rows_do_not_depend_on_the_batch() {
+        let mut seed = 11;
+        let m = 150;
+        // k a multiple of 8 or not; n never a multiple of 16 (a partial last panel).
+        for (k, n) in [(37, 45), (64, 33), (384, 70), (1536, 17)] {
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+            let lin = Linear {
+                weight: Weight::f32(&w, n, k),
+                bias: (0..n).map(|_| lcg(&mut seed)).collect(),
+            };
+            let all = f32_rows(&lin, &x, k, n, 1);
+            let what = format!("k {k}, n {n}");
+            // Against the exact product, relative to the sum of the magnitudes.
+            let mut worst = 0f64;
+            for r in 0..m {
+                for c in 0..n {
+                    let (mut exact, mut size) = (lin.bias[c] as f64, lin.bias[c].abs() as f64);
+                    for t in 0..k {
+                        let p = x[r * k + t] as f64 * w[c * k + t] as f64;
+                        exact += p;
+                        size += p.abs();
+                    }
+                    let got = f32::from_bits(all[r * n + c]) as f64;
+                    worst = worst.max((got - exact).abs() / size);
+                }
+            }
+            assert!(worst < 1e-6, "{what}: relative error {worst:e}");
+            assert_rows_stand_alone(&lin, &x, k, n, &all, &what);
+            // The int8 kernel too (each row quantized on its own, exact integer sums).
+            let (q, scale) = quantize_weight(&w, n, k);
+            let int8 = Linear {
+                weight: Weight::int8(&q, scale, n, k),
+                bias: lin.bias.clone(),
+            };
+            let all = f32_rows(&int8, &x, k, n, 1);
+            assert_rows_stand_alone(&int8, &x, k, n, &all, &format!("int8 {what}"));
+        }
+    }
+
+    /// Each row of `all` (the product of all rows of `x`, one thread) is the same bits with 2
+    /// threads, alone, inside windows of other sizes and places, and with the rows reversed.
+    fn assert_rows_stand_alone(
+        lin: &Linear,
+        x: &[f32],
+        k: usize,
+        n: usize,
+        all: &[u32],
+        what: &str,
+    ) {
+        let m = x.len() / k;
+        assert!(f32_rows(lin, x, k, n, 2) == all, "{what}: 2 threads");
+        for r in 0..m {
+            let alone = f32_rows(lin, &x[r * k..(r + 1) * k], k, n, 1);
+            assert!(alone == all[r * n..(r + 1) * n], "{what}: row {r} alone");
+        }
+        for (start, len, threads) in [
+            (0, 5, 2),
+            (3, 64, 1),
+            (1, 65, 2),
+            (7, 143, 2),
+            (149, 1, 2),
+            (10, 7, 1),
+            (20, 100, 2),
+            (5, 145, 1),
+        ] {
+            let got = f32_rows(lin, &x[start * k..(start + len) * k], k, n, threads);
+            assert!(
+                got == all[start * n..(start + len) * n],
+                "{what}: rows {start}..{} with {threads} threads",
+                start + len
+            );
+        }
+        let reversed: Vec<f32> = x.chunks_exact(k).rev().flatten().copied().collect();
+        let got = f32_rows(lin, &reversed, k, n, 2);
+        for r in 0..m {
+            let g = &got[(m - 1 - r) * n..(m - r) * n];
+            assert!(g == &all[r * n..(r + 1) * n], "{what}: row {r} reversed");
         }
     }
 

@@ -2,6 +2,12 @@
 //! all tokens of the batch at once, attention runs per sequence and head), with the bias and
 //! residual added by the matrix multiply itself (it accumulates into them) and the attention
 //! scale folded into the query weights at export.
+//!
+//! A sequence's output depends on that sequence alone, bit for bit, whatever else shares its
+//! batch and whatever the thread count: the linear layers compute each row the same way for any
+//! number of rows (see [`matmul`]), attention runs on the sequence's own rows (`gemm` with sizes
+//! and strides that depend on the sequence only, no threads inside), and LayerNorm, the
+//! activations and pooling work row by row or element by element.
 
 /// The element-wise kernels, shared with the training path (bertkit_model::cpu_math).
 pub use bertkit_model::cpu_math as math;
@@ -214,11 +220,7 @@ impl<'a> Tensors<'a> {
                 _ => w,
             }
         } else {
-            Weight::F32 {
-                w: self.f32(&wname, &[n, k])?,
-                k,
-                n,
-            }
+            Weight::f32(&self.f32(&wname, &[n, k])?, n, k)
         };
         Ok(Linear { weight, bias })
     }

@@ -1,0 +1,484 @@
+//! The f32 linear layers' kernel: one code path for every batch size, so that a row's result
+//! does not depend on the other rows of the batch.
+//!
+//! The weight is packed once, at load, in panels of 16 output channels (`[k][16]` each, the last
+//! panel zero padded). A micro-tile of rows runs against a panel as outer products: for each
+//! `t`, `x[r][t]` is broadcast and multiplied into the panel's 16 weights of step `t`,
+//! accumulating in registers (AVX-512: 12 rows × 16 lanes; AVX2+FMA: 6 rows × 2 × 8 lanes;
+//! elsewhere plain `f32::mul_add`). Every output element is thus
+//! `acc = 0; for t in 0..k { acc = fma(x[r][t], w[c][t], acc) }; out[r][c] += acc`, whichever
+//! tile, row position, row count, thread split or instruction set computes it.
+
+use rayon::prelude::*;
+
+/// Output channels per panel of a packed f32 weight.
+const NR: usize = 16;
+/// Rows per micro-tile of the AVX2 and portable kernels (2 × 6 accumulator registers).
+const MR: usize = 6;
+/// The rows of `x` a task runs against one panel after another are kept within this many bytes
+/// (they stay in L2 while the panels pass).
+const X_BLOCK_BYTES: usize = 256 * 1024;
+/// Row blocks are whole micro-tiles of both x86 kernels (6 and 12 rows).
+const ROW_ALIGN: usize = 12;
+/// With threads: tasks per thread, and the fewest rows a task takes before panels are split.
+const TASKS_PER_THREAD: usize = 16;
+const MIN_ROWS: usize = 48;
+
+/// One `k` step of a panel: the weights of its 16 output channels (one cache line).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Row16([f32; NR]);
+
+/// An f32 weight packed for [`PackedF32::accumulate`]: the output channels in panels of 16,
+/// each panel `[k][16]` (the k-th step's 16 weights contiguous), the last panel zero padded.
+#[derive(Clone)]
+pub struct PackedF32 {
+    panels: Vec<Row16>,
+    k: usize,
+    n: usize,
+}
+
+impl PackedF32 {
+    /// Packs PyTorch's `[out = n, in = k]` weight.
+    pub fn new(w_out_in: &[f32], n: usize, k: usize) -> PackedF32 {
+        assert_eq!(
+            w_out_in.len(),
+            n * k,
+            "f32 weight: {} values for {n}x{k}",
+            w_out_in.len()
+        );
+        let mut panels = vec![Row16([0.0; NR]); n.div_ceil(NR) * k];
+        for (j, row) in w_out_in.chunks_exact(k.max(1)).take(n).enumerate() {
+            let (p, c) = (j / NR, j % NR);
+            for (t, &v) in row.iter().enumerate() {
+                panels[p * k + t].0[c] = v;
+            }
+        }
+        PackedF32 { panels, k, n }
+    }
+
+    /// `out[m, n] += x[m, k] · Wᵀ`.
+    ///
+    /// Every output element is computed the same way, whatever `m`, the row's place among
+    /// them and `threads`: `acc = 0; acc = fma(x[r][t], w[c][t], acc)` for `t = 0..k` in order,
+    /// then `out[r][c] += acc`. So a row's result depends on that row alone (a fused multiply-add
+    /// rounds once, so the AVX-512, AVX2 and portable paths agree bit for bit too). Threads take
+    /// blocks of rows, or of panels when there are few rows.
+    pub fn accumulate(&self, x: &[f32], m: usize, out: &mut [f32], threads: usize) {
+        self.accumulate_on(Isa::get(), x, m, out, threads)
+    }
+
+    fn accumulate_on(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32], threads: usize) {
+        let (k, n) = (self.k, self.n);
+        assert!(
+            x.len() >= m * k && out.len() >= m * n,
+            "f32 product: short operands"
+        );
+        if m == 0 || n == 0 {
+            return;
+        }
+        let panels = n.div_ceil(NR);
+        let threads = threads.max(1);
+        // Rows per task: a block of x that stays in L2 while the panels pass (X_BLOCK_BYTES),
+        // in whole micro-tiles of both x86 kernels. With threads, about TASKS_PER_THREAD tasks
+        // per thread (work stealing evens them out), by rows while blocks keep at least
+        // MIN_ROWS rows (each panel then serves several micro-tiles), else by panels too.
+        let cap = (X_BLOCK_BYTES / (4 * k.max(1))).max(ROW_ALIGN) / ROW_ALIGN * ROW_ALIGN;
+        let target = TASKS_PER_THREAD * threads;
+        let mut rows = cap;
+        if threads > 1 {
+            rows = rows.min(m.div_ceil(target).next_multiple_of(ROW_ALIGN).max(MIN_ROWS));
+        }
+        let rows = rows.min(m);
+        let row_blocks = m.div_ceil(rows);
+        let groups = if threads > 1 {
+            target.div_ceil(row_blocks).min(panels)
+        } else {
+            1
+        };
+        let per_group = panels.div_ceil(groups);
+        let groups = panels.div_ceil(per_group);
+        let ptr = OutPtr(out.as_mut_ptr());
+        let run = |task: usize| {
+            let (b, g) = (task / groups, task % groups);
+            let (r0, r1) = (b * rows, ((b + 1) * rows).min(m));
+            let (p0, p1) = (g * per_group, ((g + 1) * per_group).min(panels));
+            // SAFETY: x holds m rows of k values and out m rows of n; tasks write disjoint
+            // (rows, panels) blocks of out.
+            unsafe {
+                f32_block(
+                    isa,
+                    x.as_ptr().add(r0 * k),
+                    r1 - r0,
+                    self,
+                    p0,
+                    p1,
+                    ptr.get().add(r0 * n),
+                )
+            }
+        };
+        let tasks = row_blocks * groups;
+        if threads > 1 && tasks > 1 {
+            (0..tasks).into_par_iter().for_each(run);
+        } else {
+            (0..tasks).for_each(run);
+        }
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.k
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.n
+    }
+
+    /// The weight back in `[n, k]` layout.
+    pub fn unpacked(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.n * self.k];
+        for j in 0..self.n {
+            for t in 0..self.k {
+                w[j * self.k + t] = self.panels[(j / NR) * self.k + t].0[j % NR];
+            }
+        }
+        w
+    }
+}
+
+/// The instruction set the f32 kernel runs on, chosen once per process.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    fn get() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx512f") {
+                    return Isa::Avx512;
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    return Isa::Avx2;
+                }
+            }
+            Isa::Portable
+        })
+    }
+}
+
+/// Rows `x[0..rows]` (k apart) against panels `p0..p1`, into `out` (rows n apart).
+///
+/// # Safety
+/// `x` addresses `rows × k` values, `out` `rows × n`; `p1 ≤` the panel count.
+unsafe fn f32_block(
+    isa: Isa,
+    x: *const f32,
+    rows: usize,
+    w: &PackedF32,
+    p0: usize,
+    p1: usize,
+    out: *mut f32,
+) {
+    let (k, n) = (w.k, w.n);
+    for p in p0..p1 {
+        let wp = w.panels.as_ptr().add(p * k) as *const f32;
+        let nc = (n - p * NR).min(NR);
+        let o = out.add(p * NR);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512::panel(x, rows, k, wp, o, n, nc),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::panel(x, rows, k, wp, o, n, nc),
+            Isa::Portable => portable::panel(x, rows, k, wp, o, n, nc),
+        }
+    }
+}
+
+/// Adds a tile's accumulators (`R` rows of 16) to `out`, columns `0..nc` only.
+///
+/// # Safety
+/// `out` addresses R rows (n apart) of at least `nc` values.
+#[inline(always)]
+unsafe fn add_tile<const R: usize>(acc: &[[f32; NR]; R], out: *mut f32, n: usize, nc: usize) {
+    for (r, a) in acc.iter().enumerate() {
+        for (c, v) in a.iter().enumerate().take(nc) {
+            *out.add(r * n + c) += v;
+        }
+    }
+}
+
+mod portable {
+    use super::{add_tile, MR, NR};
+
+    /// # Safety
+    /// See `f32_block`; `w` addresses `k × 16` values.
+    pub unsafe fn panel(
+        x: *const f32,
+        rows: usize,
+        k: usize,
+        w: *const f32,
+        out: *mut f32,
+        n: usize,
+        nc: usize,
+    ) {
+        let mut r = 0;
+        while r < rows {
+            let (x, out) = (x.add(r * k), out.add(r * n));
+            match rows - r {
+                1 => tile::<1>(x, k, w, out, n, nc),
+                2 => tile::<2>(x, k, w, out, n, nc),
+                3 => tile::<3>(x, k, w, out, n, nc),
+                4 => tile::<4>(x, k, w, out, n, nc),
+                5 => tile::<5>(x, k, w, out, n, nc),
+                _ => tile::<MR>(x, k, w, out, n, nc),
+            }
+            r += MR;
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(
+        x: *const f32,
+        k: usize,
+        w: *const f32,
+        out: *mut f32,
+        n: usize,
+        nc: usize,
+    ) {
+        let mut acc = [[0f32; NR]; R];
+        for t in 0..k {
+            let wt = &*(w.add(t * NR) as *const [f32; NR]);
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = *x.add(r * k + t);
+                for (a, &wv) in a.iter_mut().zip(wt) {
+                    *a = xv.mul_add(wv, *a);
+                }
+            }
+        }
+        add_tile(&acc, out, n, nc);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{add_tile, MR, NR};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// See `f32_block`; `w` addresses `k × 16` values, 32-byte aligned; the CPU has AVX2 and
+    /// FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn panel(
+        x: *const f32,
+        rows: usize,
+        k: usize,
+        w: *const f32,
+        out: *mut f32,
+        n: usize,
+        nc: usize,
+    ) {
+        let mut r = 0;
+        while r < rows {
+            let (x, out) = (x.add(r * k), out.add(r * n));
+            match rows - r {
+                1 => tile::<1>(x, k, w, out, n, nc),
+                2 => tile::<2>(x, k, w, out, n, nc),
+                3 => tile::<3>(x, k, w, out, n, nc),
+                4 => tile::<4>(x, k, w, out, n, nc),
+                5 => tile::<5>(x, k, w, out, n, nc),
+                _ => tile::<MR>(x, k, w, out, n, nc),
+            }
+            r += MR;
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile<const R: usize>(
+        x: *const f32,
+        k: usize,
+        w: *const f32,
+        out: *mut f32,
+        n: usize,
+        nc: usize,
+    ) {
+        let mut lo = [_mm256_setzero_ps(); R];
+        let mut hi = [_mm256_setzero_ps(); R];
+        for t in 0..k {
+            let w0 = _mm256_load_ps(w.add(t * NR));
+            let w1 = _mm256_load_ps(w.add(t * NR + 8));
+            for r in 0..R {
+                let xv = _mm256_broadcast_ss(&*x.add(r * k + t));
+                lo[r] = _mm256_fmadd_ps(xv, w0, lo[r]);
+                hi[r] = _mm256_fmadd_ps(xv, w1, hi[r]);
+            }
+        }
+        if nc == NR {
+            for r in 0..R {
+                let o = out.add(r * n);
+                _mm256_storeu_ps(o, _mm256_add_ps(_mm256_loadu_ps(o), lo[r]));
+                _mm256_storeu_ps(o.add(8), _mm256_add_ps(_mm256_loadu_ps(o.add(8)), hi[r]));
+            }
+        } else {
+            let mut acc = [[0f32; NR]; R];
+            for r in 0..R {
+                _mm256_storeu_ps(acc[r].as_mut_ptr(), lo[r]);
+                _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), hi[r]);
+            }
+            add_tile(&acc, out, n, nc);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{add_tile, NR};
+    use std::arch::x86_64::*;
+
+    /// Rows per micro-tile (12 accumulator registers of 16 lanes).
+    const MR: usize = 12;
+
+    /// # Safety
+    /// See `f32_block`; `w` addresses `k × 16` values, 64-byte aligned; the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn panel(
+        x: *const f32,
+        rows: usize,
+        k: usize,
+        w: *const f32,
+        out: *mut f32,
+        n: usize,
+        nc: usize,
+    ) {
+        let mut r = 0;
+        while r < rows {
+            let (x, out) = (x.add(r * k), out.add(r * n));
+            match rows - r {
+                1 => tile::<1>(x, k, w, out, n, nc),
+                2 => tile::<2>(x, k, w, out, n, nc),
+                3 => tile::<3>(x, k, w, out, n, nc),
+                4 => tile::<4>(x, k, w, out, n, nc),
+                5 => tile::<5>(x, k, w, out, n, nc),
+                6 => tile::<6>(x, k, w, out, n, nc),
+                7 => tile::<7>(x, k, w, out, n, nc),
+                8 => tile::<8>(x, k, w, out, n, nc),
+                9 => tile::<9>(x, k, w, out, n, nc),
+                10 => tile::<10>(x, k, w, out, n, nc),
+                11 => tile::<11>(x, k, w, out, n, nc),
+                _ => tile::<MR>(x, k, w, out, n, nc),
+            }
+            r += MR;
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn tile<const R: usize>(
+        x: *const f32,
+        k: usize,
+        w: *const f32,
+        out: *mut f32,
+        n: usize,
+        nc: usize,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); R];
+        for t in 0..k {
+            let wt = _mm512_load_ps(w.add(t * NR));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_set1_ps(*x.add(r * k + t));
+                *a = _mm512_fmadd_ps(xv, wt, *a);
+            }
+        }
+        if nc == NR {
+            for (r, a) in acc.iter().enumerate() {
+                let o = out.add(r * n);
+                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), *a));
+            }
+        } else {
+            let mut part = [[0f32; NR]; R];
+            for (p, a) in part.iter_mut().zip(&acc) {
+                _mm512_storeu_ps(p.as_mut_ptr(), *a);
+            }
+            add_tile(&part, out, n, nc);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: each task writes its own block of rows × columns (see `accumulate`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn packing_keeps_the_weights() {
+        let mut seed = 3;
+        let (n, k) = (37, 11);
+        let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+        let p = PackedF32::new(&w, n, k);
+        assert_eq!((p.in_features(), p.out_features()), (k, n));
+        assert_eq!(p.unpacked(), w);
+        // The padding of the last panel is zero.
+        assert!(p.panels[2 * k..]
+            .iter()
+            .all(|r| r.0[n % NR..] == [0.0; NR][n % NR..]));
+    }
+
+    /// The portable path, the AVX2 path and the AVX-512 path (those the CPU has) give the same
+    /// bits: each output element is the same chain of fused multiply-adds.
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        #[allow(unused_mut)] // only x86 adds to it
+        let mut isas = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx2);
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
+        }
+        assert!(isas.contains(&Isa::get()));
+        let mut seed = 5;
+        for (m, k, n) in [(31, 37, 45), (13, 64, 16), (40, 200, 70)] {
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+            let p = PackedF32::new(&w, n, k);
+            let outs: Vec<Vec<u32>> = isas
+                .iter()
+                .map(|&isa| {
+                    let mut out = vec![0.5f32; m * n];
+                    p.accumulate_on(isa, &x, m, &mut out, 1);
+                    out.iter().map(|v| v.to_bits()).collect()
+                })
+                .collect();
+            for (isa, out) in isas.iter().zip(&outs) {
+                assert!(out == &outs[0], "{isa:?} differs from {:?}", isas[0]);
+            }
+        }
+    }
+}
