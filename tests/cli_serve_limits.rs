@@ -442,6 +442,21 @@ fn logits(v: &Value) -> Vec<u32> {
         .collect()
 }
 
+/// KServe infer of `texts` on the model "cls": the answer.
+fn infer_texts(addr: &str, texts: &[String]) -> Value {
+    let body = json!({"inputs": [{"name": "TEXT", "datatype": "BYTES",
+        "shape": [texts.len()], "data": texts}]});
+    let r = request(
+        addr,
+        "POST",
+        "/v2/models/cls/infer",
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
 #[test]
 fn an_inputs_answer_does_not_depend_on_its_batch() {
     for precision in ["int8", "fp32"] {
@@ -449,20 +464,7 @@ fn an_inputs_answer_does_not_depend_on_its_batch() {
         let server = start(precision, &["--max-queue-delay-us", "20000"]);
         let a = server.addr.clone();
         let probe = "naïve but charming, with a fine cast";
-        let infer = |texts: &[String]| {
-            let body = json!({"inputs": [{"name": "TEXT", "datatype": "BYTES",
-                "shape": [texts.len()], "data": texts}]});
-            let r = request(
-                &a,
-                "POST",
-                "/v2/models/cls/infer",
-                &[("Content-Type", "application/json")],
-                body.to_string().as_bytes(),
-            );
-            assert_eq!(r.status, 200, "{}", r.text());
-            r.json()
-        };
-        let alone = logits(&infer(&[probe.to_string()]));
+        let alone = logits(&infer_texts(&a, &[probe.to_string()]));
         let handles: Vec<_> = (0..8)
             .map(|c| {
                 let a = a.clone();
@@ -475,17 +477,7 @@ fn an_inputs_answer_does_not_depend_on_its_batch() {
                             .collect();
                         texts.insert((c + i) % (texts.len() + 1), probe.to_string());
                         let at = texts.iter().position(|t| t == probe).unwrap();
-                        let body = json!({"inputs": [{"name": "TEXT", "datatype": "BYTES",
-                            "shape": [texts.len()], "data": texts}]});
-                        let r = request(
-                            &a,
-                            "POST",
-                            "/v2/models/cls/infer",
-                            &[("Content-Type", "application/json")],
-                            body.to_string().as_bytes(),
-                        );
-                        assert_eq!(r.status, 200, "{}", r.text());
-                        let v = r.json();
+                        let v = infer_texts(&a, &texts);
                         let width = v["outputs"][0]["shape"][1].as_u64().unwrap() as usize;
                         answers.push(logits(&v)[at * width..(at + 1) * width].to_vec());
                     }

@@ -151,14 +151,7 @@ impl Model {
         let mut full = runtime.tokenizer().inner().clone();
         full.with_truncation(None)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut truncating = full.clone();
-        truncating
-            .with_truncation(Some(TruncationParams {
-                max_length: max_input_length,
-                strategy: TruncationStrategy::LongestFirst,
-                ..Default::default()
-            }))
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let truncating = truncating_to(&full, max_input_length)?;
         let words_bound_tokens = words_bound_tokens(&full);
         let rt = Arc::clone(&runtime);
         let queue = Queue::start(
@@ -577,6 +570,18 @@ impl Model {
     }
 }
 
+/// `full`, truncating longest-first to `max` tokens (special tokens included).
+fn truncating_to(full: &Tokenizer, max: usize) -> Result<Tokenizer> {
+    let mut t = full.clone();
+    t.with_truncation(Some(TruncationParams {
+        max_length: max,
+        strategy: TruncationStrategy::LongestFirst,
+        ..Default::default()
+    }))
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(t)
+}
+
 enum PairError {
     TooLong(usize),
     Tokenizer(tokenizers::Error),
@@ -716,14 +721,7 @@ mod tests {
         let full = fixture_tokenizer();
         assert!(words_bound_tokens(&full));
         let max = 32;
-        let mut truncating = full.clone();
-        truncating
-            .with_truncation(Some(TruncationParams {
-                max_length: max,
-                strategy: TruncationStrategy::LongestFirst,
-                ..Default::default()
-            }))
-            .unwrap();
+        let truncating = truncating_to(&full, max).unwrap();
         // Words of every kind: punctuation splits, accents, CJK, unknown words, controls that
         // BERT's clean-up deletes (\x0b, \u{85}: not splits), tabs and newlines (splits).
         let pieces = [
@@ -762,14 +760,7 @@ mod tests {
                 .join(" ")
         };
         for max in [9, 16, 17, 64] {
-            let mut truncating = full.clone();
-            truncating
-                .with_truncation(Some(TruncationParams {
-                    max_length: max,
-                    strategy: TruncationStrategy::LongestFirst,
-                    ..Default::default()
-                }))
-                .unwrap();
+            let truncating = truncating_to(&full, max).unwrap();
             for (n1, n2) in [
                 (1, 1),
                 (3, 40),

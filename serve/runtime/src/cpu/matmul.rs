@@ -354,7 +354,8 @@ mod avx2 {
 mod tests {
     use super::*;
 
-    fn lcg(seed: &mut u64) -> f32 {
+    /// A reproducible uniform value in [-1, 1) (also used by the f32 kernel's tests).
+    pub(super) fn lcg(seed: &mut u64) -> f32 {
         *seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);

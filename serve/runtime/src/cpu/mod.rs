@@ -505,13 +505,15 @@ impl Encoder {
     }
 }
 
+/// An output buffer shared by parallel tasks that each write their own region of it.
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: used only for writes to disjoint regions (see `attention`).
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
+// SAFETY: used only for writes to disjoint regions (see `attention` and the f32 kernel's
+// `accumulate`).
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 impl SyncPtr {
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -11,6 +11,8 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::SyncPtr;
+
 /// Output channels per panel of a packed f32 weight.
 const NR: usize = 16;
 /// Rows per micro-tile of the AVX2 and portable kernels (2 × 6 accumulator registers).
@@ -98,7 +100,7 @@ impl PackedF32 {
         };
         let per_group = panels.div_ceil(groups);
         let groups = panels.div_ceil(per_group);
-        let ptr = OutPtr(out.as_mut_ptr());
+        let ptr = SyncPtr(out.as_mut_ptr());
         let run = |task: usize| {
             let (b, g) = (task / groups, task % groups);
             let (r0, r1) = (b * rows, ((b + 1) * rows).min(m));
@@ -214,6 +216,23 @@ unsafe fn add_tile<const R: usize>(acc: &[[f32; NR]; R], out: *mut f32, n: usize
     }
 }
 
+/// A panel's rows in micro-tiles of `$mr` rows and a last one of the rows left: `$tile::<R>`
+/// for each row count a tile can have (every count does the same arithmetic per element).
+macro_rules! panel_rows {
+    ($tile:ident, $x:ident, $rows:ident, $k:ident, $w:ident, $out:ident, $n:ident, $nc:ident,
+     $mr:ident, [$($tail:literal),*]) => {{
+        let mut r = 0;
+        while r < $rows {
+            let (x, out) = ($x.add(r * $k), $out.add(r * $n));
+            match $rows - r {
+                $($tail => $tile::<$tail>(x, $k, $w, out, $n, $nc),)*
+                _ => $tile::<$mr>(x, $k, $w, out, $n, $nc),
+            }
+            r += $mr;
+        }
+    }};
+}
+
 mod portable {
     use super::{add_tile, MR, NR};
 
@@ -228,19 +247,7 @@ mod portable {
         n: usize,
         nc: usize,
     ) {
-        let mut r = 0;
-        while r < rows {
-            let (x, out) = (x.add(r * k), out.add(r * n));
-            match rows - r {
-                1 => tile::<1>(x, k, w, out, n, nc),
-                2 => tile::<2>(x, k, w, out, n, nc),
-                3 => tile::<3>(x, k, w, out, n, nc),
-                4 => tile::<4>(x, k, w, out, n, nc),
-                5 => tile::<5>(x, k, w, out, n, nc),
-                _ => tile::<MR>(x, k, w, out, n, nc),
-            }
-            r += MR;
-        }
+        panel_rows!(tile, x, rows, k, w, out, n, nc, MR, [1, 2, 3, 4, 5]);
     }
 
     #[inline(always)]
@@ -284,19 +291,7 @@ mod avx2 {
         n: usize,
         nc: usize,
     ) {
-        let mut r = 0;
-        while r < rows {
-            let (x, out) = (x.add(r * k), out.add(r * n));
-            match rows - r {
-                1 => tile::<1>(x, k, w, out, n, nc),
-                2 => tile::<2>(x, k, w, out, n, nc),
-                3 => tile::<3>(x, k, w, out, n, nc),
-                4 => tile::<4>(x, k, w, out, n, nc),
-                5 => tile::<5>(x, k, w, out, n, nc),
-                _ => tile::<MR>(x, k, w, out, n, nc),
-            }
-            r += MR;
-        }
+        panel_rows!(tile, x, rows, k, w, out, n, nc, MR, [1, 2, 3, 4, 5]);
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -357,25 +352,18 @@ mod avx512 {
         n: usize,
         nc: usize,
     ) {
-        let mut r = 0;
-        while r < rows {
-            let (x, out) = (x.add(r * k), out.add(r * n));
-            match rows - r {
-                1 => tile::<1>(x, k, w, out, n, nc),
-                2 => tile::<2>(x, k, w, out, n, nc),
-                3 => tile::<3>(x, k, w, out, n, nc),
-                4 => tile::<4>(x, k, w, out, n, nc),
-                5 => tile::<5>(x, k, w, out, n, nc),
-                6 => tile::<6>(x, k, w, out, n, nc),
-                7 => tile::<7>(x, k, w, out, n, nc),
-                8 => tile::<8>(x, k, w, out, n, nc),
-                9 => tile::<9>(x, k, w, out, n, nc),
-                10 => tile::<10>(x, k, w, out, n, nc),
-                11 => tile::<11>(x, k, w, out, n, nc),
-                _ => tile::<MR>(x, k, w, out, n, nc),
-            }
-            r += MR;
-        }
+        panel_rows!(
+            tile,
+            x,
+            rows,
+            k,
+            w,
+            out,
+            n,
+            nc,
+            MR,
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+        );
     }
 
     #[target_feature(enable = "avx512f")]
@@ -411,27 +399,10 @@ mod avx512 {
     }
 }
 
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each task writes its own block of rows × columns (see `accumulate`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::tests::lcg;
     use super::*;
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
 
     #[test]
     fn packing_keeps_the_weights() {
