@@ -157,8 +157,8 @@ fn fit_connections_to_fd_limit(wanted: usize) -> usize {
             }
         }
         let files = usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX);
-        // Past the cap an overflow band of up to 256 more is read; keep 128 for everything else.
-        let room = files.saturating_sub(128 + 256);
+        // Past the cap the overflow band is read too; keep 128 for everything else.
+        let room = files.saturating_sub(128 + http::conn::MAX_OVERFLOW);
         if wanted > room {
             let fitted = room.max(1);
             eprintln!(

@@ -246,35 +246,8 @@ impl Model {
     }
 
     fn encode_one(&self, i: usize, input: &TextInput, truncate: bool) -> Encoding {
-        let encode = |t: &Tokenizer, text: &str| {
-            let r = match &input.text_pair {
-                Some(p) => t.encode((text, p.as_str()), true),
-                None => t.encode(text, true),
-            };
-            r.map_err(|e| ApiError::invalid(format!("input {i}: tokenizing: {e}")))
-        };
-        // A single text far past the limit is settled from a prefix: refused, or truncated to
-        // the same ids, without tokenizing (and holding) all of it.
-        if input.text_pair.is_none() && self.words_bound_tokens {
-            if let Some(cut) = past_limit_prefix(&input.text, self.max_input_length) {
-                if !truncate {
-                    return Err(ApiError::unprocessable(
-                        "input_too_long",
-                        format!(
-                            "input {i} has more than {} tokens, more than the limit of {} \
-                             (--max-input-length); send shorter input, set \"truncate\": true, \
-                             or start the server with --truncate",
-                            self.max_input_length, self.max_input_length
-                        ),
-                    ));
-                }
-                let e = encode(&self.truncating, &input.text[..cut])?;
-                return Ok(Encoded {
-                    ids: e.get_ids().to_vec(),
-                    type_ids: e.get_type_ids().to_vec(),
-                });
-            }
-        }
+        let tokenizing =
+            |e: tokenizers::Error| ApiError::invalid(format!("input {i}: tokenizing: {e}"));
         if let Some(pair) = &input.text_pair {
             return encode_pair(
                 &self.full,
@@ -285,16 +258,32 @@ impl Model {
             )
             .map_err(|e| match e {
                 PairError::TooLong(n) => self.too_long(i, n),
-                PairError::Tokenizer(e) => ApiError::invalid(format!("input {i}: tokenizing: {e}")),
+                PairError::Tokenizer(e) => tokenizing(e),
             });
         }
-        let mut e = encode(&self.full, &input.text)?;
-        if e.get_ids().len() > self.max_input_length {
-            if !truncate {
-                return Err(self.too_long(i, e.get_ids().len()));
+        let encode = |t: &Tokenizer, text: &str| t.encode(text, true).map_err(tokenizing);
+        // A text far past the limit is settled from a prefix: refused, or truncated to the same
+        // ids, without tokenizing (and holding) all of it.
+        let cut = self
+            .words_bound_tokens
+            .then(|| past_limit_prefix(&input.text, self.max_input_length))
+            .flatten();
+        let e = match cut {
+            Some(_) if !truncate => {
+                return Err(self.too_long(i, format!("more than {}", self.max_input_length)))
             }
-            e = encode(&self.truncating, &input.text)?;
-        }
+            Some(cut) => encode(&self.truncating, &input.text[..cut])?,
+            None => {
+                let e = encode(&self.full, &input.text)?;
+                if e.get_ids().len() <= self.max_input_length {
+                    e
+                } else if !truncate {
+                    return Err(self.too_long(i, e.get_ids().len()));
+                } else {
+                    encode(&self.truncating, &input.text)?
+                }
+            }
+        };
         Ok(Encoded {
             ids: e.get_ids().to_vec(),
             type_ids: e.get_type_ids().to_vec(),
@@ -319,7 +308,8 @@ impl Model {
         r
     }
 
-    fn too_long(&self, i: usize, tokens: usize) -> ApiError {
+    /// 422 for input `i` of `tokens` tokens (a count, or "more than N").
+    fn too_long(&self, i: usize, tokens: impl std::fmt::Display) -> ApiError {
         ApiError::unprocessable(
             "input_too_long",
             format!(
@@ -600,14 +590,14 @@ fn encode_pair(
     truncate: bool,
 ) -> std::result::Result<Encoded, PairError> {
     use tokenizers::{truncate_encodings, PostProcessor};
-    let first = tokenizer.encode(a, false).map_err(PairError::Tokenizer)?;
+    let mut first = tokenizer.encode(a, false).map_err(PairError::Tokenizer)?;
     let mut second = tokenizer.encode(b, false).map_err(PairError::Tokenizer)?;
     second.set_type_ids(vec![1; second.len()]);
     let added = tokenizer
         .get_post_processor()
         .map_or(0, |p| p.added_tokens(true));
     let total = first.len() + second.len() + added;
-    let (mut first, mut second) = (first, Some(second));
+    let mut second = Some(second);
     if total > max {
         if !truncate {
             return Err(PairError::TooLong(total));

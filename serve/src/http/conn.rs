@@ -52,11 +52,15 @@ pub struct ConnectionLimits {
 
 impl ConnectionLimits {
     /// Connections past the cap that are still read (one request each), so that health checks
-    /// get through and the others get a proper 503: an eighth of the cap, 8 to 256.
+    /// get through and the others get a proper 503: an eighth of the cap, 8 to
+    /// [`MAX_OVERFLOW`].
     pub fn overflow(&self) -> usize {
-        (self.max_connections / 8).clamp(8, 256)
+        (self.max_connections / 8).clamp(8, MAX_OVERFLOW)
     }
 }
+
+/// The most connections the overflow band past the cap holds.
+pub const MAX_OVERFLOW: usize = 256;
 
 /// Marks a request that came on a connection past the cap (health only).
 #[derive(Debug, Clone, Copy)]
@@ -263,8 +267,7 @@ pub async fn serve_connections(
                     // Out of file descriptors (or a transient error): say so at most once a
                     // second, and give connections time to close instead of spinning.
                     if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                        tracing::warn!("accepting a connection: {e}");
-                        eprintln!("bertkit serve: accepting a connection failed: {e}");
+                        tracing::warn!("accepting a connection failed: {e}");
                         last_accept_error = Some(Instant::now());
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -130,19 +130,12 @@ impl AppState {
     }
 }
 
-/// The body, or the extractor's refusal as a JSON error (413 past the payload limit).
+/// The body, or the extractor's refusal as a JSON error. The guard has already read the body
+/// within the payload limit (its 413 is `too_large`), so this is the extractor's safety net.
 pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
         let status = r.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                "payload_too_large",
-                "the request body is larger than the payload limit (--payload-limit)",
-            )
-        } else {
-            ApiError::new(status, reason_of_status(status), r.body_text())
-        }
+        ApiError::new(status, reason_of_status(status), r.body_text())
     })
 }
 
