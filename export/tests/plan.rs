@@ -184,6 +184,33 @@ fn tiny_plan(dir: &Path) -> PathBuf {
     out
 }
 
+/// The threads that compute a plan flush subnormals (`bertkit_model::denormals`), even when
+/// the thread that loads the plan does not.
+#[test]
+fn the_runtime_threads_flush_subnormals() {
+    use bertkit_model::denormals;
+    if !denormals::SUPPORTED {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plan = tiny_plan(dir.path());
+    let flags = std::thread::spawn(move || {
+        denormals::clear_in_this_thread();
+        let rt = Runtime::load(
+            &plan,
+            &RuntimeOptions {
+                threads: Some(3),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        rt.on_each_thread(denormals::in_this_thread)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(flags, [true; 3]);
+}
+
 fn load_err(plan: &Path) -> String {
     match Runtime::load(plan, &RuntimeOptions::default()) {
         Ok(_) => panic!("{} loaded", plan.display()),

@@ -414,6 +414,7 @@ pub fn open<B: Backend>(
     spec: Option<TaskSpec>,
     device: &B::Device,
 ) -> Result<Finetuned<B>> {
+    bertkit_model::denormals::flush_denormals();
     let dir = model_ckpt::model_dir(dir);
     let spec = match (spec, TaskSpec::read(&dir)?) {
         (Some(s), _) => s,

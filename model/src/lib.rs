@@ -6,6 +6,7 @@ pub mod bert;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu_math;
+pub mod denormals;
 pub mod error;
 pub mod fused;
 pub mod heads;

@@ -56,15 +56,22 @@ pub struct ServeOptions {
 
 /// Runs the server until SIGTERM/SIGINT (drained: `Ok`) or a plan fails to load (`Err`).
 pub fn serve(options: ServeOptions) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("bertkit-http")
-        .build()
-        .context("starting the HTTP runtime")?;
+    let rt = http_runtime()?;
     rt.block_on(async {
         let listener = bind(&options.host, options.port).await?;
         run(options, listener, shutdown_signal()).await
     })
+}
+
+/// The runtime of the HTTP side (connections, routing, post-processing); its threads flush
+/// subnormals (`bertkit_model::denormals`) whoever starts it.
+pub fn http_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bertkit-http")
+        .on_thread_start(bertkit_model::denormals::set_in_this_thread)
+        .build()
+        .context("starting the HTTP runtime")
 }
 
 /// A server on a runtime of its own in this process (the quickstart uses it), stopped the
@@ -79,11 +86,7 @@ pub struct LocalServer {
 impl LocalServer {
     /// Starts serving and waits until ready (at most a minute).
     pub fn start(options: ServeOptions) -> Result<LocalServer> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("bertkit-http")
-            .build()
-            .context("starting the HTTP runtime")?;
+        let rt = http_runtime()?;
         let listener = rt.block_on(bind(&options.host, options.port))?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

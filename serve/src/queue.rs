@@ -128,9 +128,9 @@ impl Queue {
         let (tx, rx) = mpsc::channel();
         let name = model.to_string();
         let m = Arc::clone(&metrics);
-        std::thread::Builder::new()
-            .name(format!("bertkit-model-{model}"))
-            .spawn(move || worker(&name, rx, settings, m, run))?;
+        bertkit_model::denormals::spawn(format!("bertkit-model-{model}"), move || {
+            worker(&name, rx, settings, m, run)
+        })?;
         Ok(Queue {
             tx,
             model: model.to_string(),

@@ -20,18 +20,16 @@ impl TokenizerPool {
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..workers {
             let rx = Arc::clone(&rx);
-            std::thread::Builder::new()
-                .name(format!("bertkit-tokenize-{i}"))
-                .spawn(move || loop {
-                    let job = {
-                        let guard = rx.lock().unwrap_or_else(|e| e.into_inner());
-                        guard.recv()
-                    };
-                    match job {
-                        Ok(job) => job(),
-                        Err(_) => break,
-                    }
-                })?;
+            bertkit_model::denormals::spawn(format!("bertkit-tokenize-{i}"), move || loop {
+                let job = {
+                    let guard = rx.lock().unwrap_or_else(|e| e.into_inner());
+                    guard.recv()
+                };
+                match job {
+                    Ok(job) => job(),
+                    Err(_) => break,
+                }
+            })?;
         }
         Ok(TokenizerPool {
             tx: Mutex::new(tx),

@@ -583,7 +583,7 @@ pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
         .sum();
     let bytes_read = Arc::new(AtomicU64::new(0));
     let docs_read = Arc::new(AtomicU64::new(0));
-    let pool = rayon::ThreadPoolBuilder::new()
+    let pool = bertkit_model::denormals::thread_pool()
         .num_threads(opts.threads)
         .build()
         .context("starting the tokenizer threads")?;

@@ -147,6 +147,8 @@ where
     AD: AutodiffBackend,
     F: FnMut(&Bert<AD>, usize) -> MicroLoss<AD>,
 {
+    // Subnormal gradients cost Intel cores ~18x (bertkit_model::denormals); cheap to repeat.
+    bertkit_model::denormals::flush_denormals();
     let mut accumulator = GradientsAccumulator::<Bert<AD>>::new();
     let mut sums: Option<Tensor<AD::InnerBackend, 1>> = None;
     for i in 0..micro_batches {

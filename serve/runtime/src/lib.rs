@@ -49,6 +49,7 @@ pub struct Runtime {
 impl Runtime {
     /// Loads and checks the plan folder `dir` for its target (cpu; cuda in a CUDA build).
     pub fn load(dir: &Path, options: &RuntimeOptions) -> Result<Runtime> {
+        bertkit_model::denormals::flush_denormals();
         let meta = PlanMeta::read(dir)?;
         let tuning = meta.tuning.as_ref();
         let threads = options
@@ -71,7 +72,7 @@ impl Runtime {
                     })
                     .unwrap_or(Int8Kernel::Int8);
                 let encoder = cpu::Encoder::load(&meta, &bytes, &file, int8)?;
-                let pool = rayon::ThreadPoolBuilder::new()
+                let pool = bertkit_model::denormals::thread_pool()
                     .num_threads(threads)
                     .thread_name(|i| format!("bertkit-runtime-{i}"))
                     .build()
@@ -115,6 +116,16 @@ impl Runtime {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Runs `f` once on each of the threads that compute a CPU plan (none for a CUDA plan): for
+    /// checking their state, such as the floating-point flags.
+    pub fn on_each_thread<R: Send>(&self, f: impl Fn() -> R + Sync) -> Vec<R> {
+        match &self.executor {
+            Executor::Cpu { pool, .. } => pool.broadcast(|_| f()),
+            #[cfg(feature = "cuda")]
+            Executor::Cuda(_) => Vec::new(),
+        }
     }
 
     pub fn tokenizer(&self) -> &BertTokenizer {
