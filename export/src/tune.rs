@@ -91,6 +91,11 @@ pub fn tune(dir: &Path, meta: &PlanMeta) -> Result<Tuning> {
         machine: machine(),
         threads,
         int8_kernel: kernel.map(|k| k.name().to_string()),
+        kernels: Some(format!(
+            "f32={} int8={}",
+            bertkit_runtime::cpu::matmul::f32_isa(),
+            bertkit_runtime::cpu::matmul::int8_isa()
+        )),
         trials,
     })
 }

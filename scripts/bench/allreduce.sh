@@ -8,7 +8,7 @@ ranks=${1:-2} size=${2:-256} iters=${3:-5} rounds=${4:-2} backend=${5:-tcp}
 bin=${BERTKIT:-target/release/bertkit}
 python=${BERTKIT_PYTHON:-python3}
 peer=gloo; [ "$backend" = nccl ] && peer=nccl
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "machine: $(scripts/bench/cpu.sh)"
 for round in $(seq "$rounds"); do
     echo "round $round"
     "$bin" launch --nproc-per-node "$ranks" --master-port 29621 -- \

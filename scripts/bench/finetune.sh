@@ -8,6 +8,7 @@
 #        (needs PYTHON with torch + transformers; run scripts/fetch-assets.sh first)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+echo "machine: $(scripts/bench/cpu.sh)"
 ROUNDS=${1:-2}
 THREADS=${2:-2}
 STEPS=${3:-12}

@@ -17,7 +17,7 @@ bench() { cargo bench --quiet -p bertkit-model --bench forward "$@" 2>/dev/null;
 bench --no-run >&2
 bench --features ndarray --no-run >&2
 CARGO_TARGET_DIR=target/openblas bench --features openblas --no-run >&2
-echo "# $(date -u +%FT%TZ) $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, $THREADS threads"
+echo "# $(date -u +%FT%TZ) $(scripts/bench/cpu.sh), $THREADS threads"
 for round in $(seq "$ROUNDS"); do
     echo "# round $round"
     bench

@@ -74,8 +74,7 @@ for m in ("torch", "transformers", "onnxruntime", "onnx", "numpy"):
 print(", ".join(v))
 PY
 ) || die "peer python $PYTHON lacks a package (see above)"
-echo "# $(date -u +%FT%TZ)  $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores" \
-     "($(grep -m1 -o -w -e avx512f -e avx2 /proc/cpuinfo | head -n 1 || echo 'no avx2')), load avg $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# $(date -u +%FT%TZ)  $(scripts/bench/cpu.sh), load avg $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "# $("$BIN" --version 2>/dev/null | head -n 1 || echo '?') (git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ', dirty'))"
 echo "# peers: $versions"
 echo "# threads $THREADS, iters $ITERS, warmup $WARMUP, rounds $ROUNDS, shapes $SHAPES, bertkit precisions $PRECISIONS"

@@ -10,7 +10,7 @@ scripts/fetch-assets.sh >&2
 cargo build --release --quiet
 B=target/release/bertkit
 TOK=assets/all-MiniLM-L6-v2
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "machine: $(scripts/bench/cpu.sh)"
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT

@@ -5,6 +5,7 @@
 # Usage: scripts/bench/pretrain.sh [ROUNDS] [THREADS]   (needs PYTHON with torch + transformers)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+echo "machine: $(scripts/bench/cpu.sh)"
 ROUNDS=${1:-3}
 THREADS=${2:-2}
 PYTHON=${PYTHON:-python3}

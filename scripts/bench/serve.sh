@@ -21,6 +21,7 @@
 #        WORK (default a temp dir, removed at exit)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+echo "machine: $(scripts/bench/cpu.sh)"
 THREADS=${1:-2}
 REQUESTS=${2:-2000}
 ROUNDS=${3:-3}

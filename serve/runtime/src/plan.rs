@@ -194,6 +194,10 @@ pub struct Tuning {
     pub threads: usize,
     /// For int8 plans: `int8` (the integer kernel) or `dequantized-f32`.
     pub int8_kernel: Option<String>,
+    /// The instruction sets the kernels ran on when tuning, e.g. `f32=avx512 int8=avx512-vnni`
+    /// (chosen again at load from the CPU that runs the plan; absent in older plans).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernels: Option<String>,
     /// Each measured setting.
     pub trials: Vec<Trial>,
 }

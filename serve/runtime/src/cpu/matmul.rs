@@ -4,17 +4,20 @@
 //!
 //! In f32, one kernel of our own for every batch size ([`f32_kernel`]: weights packed in panels
 //! of 16 output channels at load, register-tiled outer products, a fixed fused multiply-add
-//! order per output element). In int8, a kernel of our own: weights quantized per
-//! output channel to 7 bits (`[out, in]`, so both operands are read along k), activations per
-//! row to 8 bits at run time (asymmetric: the row's [min, max] onto 0..=255, which keeps twice
-//! the resolution for GELU outputs, nearly all positive), products summed exactly in i32 with
-//! AVX2 `vpmaddubsw`: `Σ x·w ≈ s_w · (s_x · Σ q_x·q_w + min_x · Σ q_w)`.
+//! order per output element). In int8, kernels of our own: weights quantized per output channel
+//! to 7 bits, activations per row to 8 bits at run time (asymmetric: the row's [min, max] onto
+//! 0..=255, which keeps twice the resolution for GELU outputs, nearly all positive), products
+//! summed exactly in i32: `Σ x·w ≈ s_w · (s_x · Σ q_x·q_w + min_x · Σ q_w)`. With AVX-512 VNNI
+//! ([`int8_vnni`]: weights packed in panels of 16 channels, `vpdpbusd`), else with AVX2
+//! `vpmaddubsw` (weights `[out, in]`, dot products along k). Both give the same bits.
 //!
 //! 7-bit weights (as ONNX Runtime's `reduce_range`) keep `vpmaddubsw`'s pairwise i16 sums from
 //! saturating: 255 · 63 · 2 < 32767. Each row is quantized on its own and the integer sums are
 //! exact, so the int8 products too depend on the row alone.
 
 mod f32_kernel;
+#[cfg(target_arch = "x86_64")]
+mod int8_vnni;
 
 use rayon::prelude::*;
 
@@ -30,10 +33,12 @@ const K_BLOCK: usize = 32;
 pub enum Weight {
     /// Packed for the f32 kernel (see [`Weight::f32`]).
     F32(PackedF32),
-    /// `[n, k_pad]` row-major, zero padded; `scale[j]` per output channel; `colsum[j]` is the
-    /// sum of channel j's quantized weights (adds back the activations' offset).
+    /// `[n, k_pad]` row-major, zero padded, or packed in panels for the AVX-512 VNNI kernel
+    /// when `vnni`; `scale[j]` per output channel; `colsum[j]` is the sum of channel j's
+    /// quantized weights (adds back the activations' offset).
     Int8 {
         w: Vec<i8>,
+        vnni: bool,
         scale: Vec<f32>,
         colsum: Vec<i32>,
         k: usize,
@@ -84,8 +89,16 @@ impl Weight {
         Weight::F32(PackedF32::new(w_out_in, n, k))
     }
 
-    /// From quantized `[n, k]` values and their scales.
+    /// From quantized `[n, k]` values and their scales, laid out for the best int8 kernel
+    /// this CPU has ([`int8_isa`]).
     pub fn int8(q: &[i8], scale: Vec<f32>, n: usize, k: usize) -> Weight {
+        Weight::int8_for(q, scale, n, k, true)
+    }
+
+    /// The same, packed for the AVX-512 VNNI kernel when `vnni` and the CPU has it, else for
+    /// the AVX2 / portable one (all give the same bits).
+    pub fn int8_for(q: &[i8], scale: Vec<f32>, n: usize, k: usize, vnni: bool) -> Weight {
+        let vnni = vnni && int8_isa() == "avx512-vnni";
         let k_pad = k.div_ceil(K_BLOCK) * K_BLOCK;
         let mut w = vec![0i8; n * k_pad];
         let mut colsum = vec![0i32; n];
@@ -94,8 +107,15 @@ impl Weight {
             w[j * k_pad..j * k_pad + k].copy_from_slice(src);
             colsum[j] = src.iter().map(|&v| v as i32).sum();
         }
+        #[cfg(target_arch = "x86_64")]
+        let w = if vnni {
+            int8_vnni::pack(&w, n, k_pad)
+        } else {
+            w
+        };
         Weight::Int8 {
             w,
+            vnni,
             scale,
             colsum,
             k,
@@ -111,16 +131,25 @@ impl Weight {
             Weight::F32(p) => Weight::F32(p.clone()),
             Weight::Int8 {
                 w,
+                vnni,
                 scale,
                 k,
                 k_pad,
                 n,
                 ..
             } => {
+                let at = |j: usize, i: usize| {
+                    #[cfg(target_arch = "x86_64")]
+                    if *vnni {
+                        return w[int8_vnni::index(k_pad / 4, j, i)];
+                    }
+                    let _ = vnni;
+                    w[j * k_pad + i]
+                };
                 let mut out = vec![0f32; k * n];
                 for j in 0..*n {
                     for i in 0..*k {
-                        out[j * k + i] = w[j * k_pad + i] as f32 * scale[j];
+                        out[j * k + i] = at(j, i) as f32 * scale[j];
                     }
                 }
                 Weight::f32(&out, *n, *k)
@@ -136,13 +165,14 @@ impl Linear {
             Weight::F32(p) => p.accumulate(x, m, out, threads),
             Weight::Int8 {
                 w,
+                vnni,
                 scale,
                 colsum,
                 k,
                 k_pad,
                 n,
             } => {
-                let (k, k_pad, n) = (*k, *k_pad, *n);
+                let (k, k_pad, n, vnni) = (*k, *k_pad, *n, *vnni);
                 // Rows in blocks: each thread quantizes its rows and runs them against all of W.
                 let rows = m.div_ceil(threads.max(1)).clamp(1, 64);
                 let work = |(block, out): (usize, &mut [f32])| {
@@ -157,6 +187,14 @@ impl Linear {
                             &mut qa[r * k_pad..r * k_pad + k],
                         );
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    if vnni {
+                        // SAFETY: `vnni` weights exist only where the CPU has the features
+                        // (`Weight::int8_for`); qa holds nr
+                        // rows of k_pad bytes, w the packing of [n, k_pad], out nr rows of n.
+                        unsafe { int8_vnni::block(&qa, &sa, nr, w, scale, colsum, k_pad, n, out) };
+                        return;
+                    }
                     int8_block(&qa, &sa, nr, w, scale, colsum, k_pad, n, out);
                 };
                 if threads > 1 && m > rows {
@@ -170,6 +208,28 @@ impl Linear {
             }
         }
     }
+}
+
+/// The instruction set the f32 kernel runs on here: `avx512`, `avx2` or `portable`.
+pub fn f32_isa() -> &'static str {
+    f32_kernel::isa_name()
+}
+
+/// The instruction set the int8 kernel runs on here: `avx512-vnni`, `avx2` or `portable`.
+pub fn int8_isa() -> &'static str {
+    static ISA: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if int8_vnni::available() {
+                return "avx512-vnni";
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                return "avx2";
+            }
+        }
+        "portable"
+    })
 }
 
 /// Quantizes one activation row to u8 `q` with `x ≈ scale · q + min`; returns (scale, min).
@@ -520,6 +580,51 @@ mod tests {
         for r in 0..m {
             let g = &got[(m - 1 - r) * n..(m - r) * n];
             assert!(g == &all[r * n..(r + 1) * n], "{what}: row {r} reversed");
+        }
+    }
+
+    /// The AVX-512 VNNI kernel (where the CPU has it) gives the bits of the AVX2 / portable
+    /// one: both sum the same integers exactly and share the epilogue. Its packing dequantizes
+    /// to the same weights.
+    #[test]
+    fn int8_kernels_agree_bit_for_bit() {
+        if int8_isa() != "avx512-vnni" {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+            return;
+        }
+        let mut seed = 3;
+        for (m, k, n, threads) in [
+            (1, 384, 384, 1),
+            (13, 37, 17, 1),
+            (29, 100, 33, 2),
+            (64, 1536, 48, 2),
+        ] {
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+            let (q, s) = quantize_weight(&w, n, k);
+            let run = |vnni: bool| {
+                let weight = Weight::int8_for(&q, s.clone(), n, k, vnni);
+                assert!(matches!(weight, Weight::Int8 { vnni: v, .. } if v == vnni));
+                let unpacked = match weight.dequantized() {
+                    Weight::F32(p) => p.unpacked(),
+                    Weight::Int8 { .. } => unreachable!(),
+                };
+                let lin = Linear {
+                    weight,
+                    bias: vec![],
+                };
+                let mut out: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.25).collect();
+                lin.accumulate(&x, m, &mut out, threads);
+                let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+                (bits, unpacked)
+            };
+            let (vnni, vnni_w) = run(true);
+            let (rows, rows_w) = run(false);
+            assert!(vnni == rows, "{m}x{k}x{n}: the kernels differ");
+            assert!(
+                vnni_w == rows_w,
+                "{m}x{k}x{n}: the packings dequantize differently"
+            );
         }
     }
 

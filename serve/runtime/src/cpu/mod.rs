@@ -114,7 +114,7 @@ pub struct Encoder {
 /// How int8 weights are computed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Int8Kernel {
-    /// Integer products (the AVX2 kernel).
+    /// Integer products (the AVX-512 VNNI kernel where the CPU has it, else AVX2 or portable).
     Int8,
     /// The int8 weights dequantized at load, f32 matrix multiplies.
     DequantizedF32,

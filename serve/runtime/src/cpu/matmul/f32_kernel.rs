@@ -147,6 +147,17 @@ impl PackedF32 {
     }
 }
 
+/// The name of the instruction set the kernel runs on here.
+pub fn isa_name() -> &'static str {
+    match Isa::get() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => "avx512",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => "avx2",
+        Isa::Portable => "portable",
+    }
+}
+
 /// The instruction set the f32 kernel runs on, chosen once per process.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Isa {
