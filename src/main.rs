@@ -111,9 +111,6 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    // Subnormal floats flushed to zero in this thread before any other exists, so that every
-    // thread of every subcommand inherits it (an 18x slowdown of fine-tuning on Intel without).
-    bertkit_model::denormals::flush_denormals();
     let command = Cli::parse().command;
     if matches!(
         command,
@@ -127,6 +124,10 @@ fn main() -> ExitCode {
     if matches!(command, Command::Serve(_)) {
         bound_server_memory();
     }
+    // Subnormal floats flushed to zero in this thread before any other exists: every thread of
+    // every subcommand inherits the setting, rayon's global pool too, started later by one of
+    // them (fine-tuning ran 20-30x slower on an Intel Xeon without).
+    bertkit_model::denormals::set_in_this_thread();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

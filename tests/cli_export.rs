@@ -134,6 +134,12 @@ fn a_finetuned_minilm_keeps_its_decisions_at_every_precision() {
             let t = &meta["tuning"];
             assert!(t["trials"].as_array().unwrap().len() >= 2, "{t}");
             assert!(t["int8_kernel"].is_string());
+            // The instruction sets the kernels ran on, e.g. "f32=avx512 int8=avx512-vnni".
+            let kernels = t["kernels"].as_str().unwrap_or_default();
+            assert!(
+                kernels.starts_with("f32=") && kernels.contains(" int8="),
+                "{t}"
+            );
         }
     }
 }

@@ -6,25 +6,14 @@
 //!
 //!   RAYON_NUM_THREADS=2 cargo bench -p bertkit-model --bench denormals
 
-use std::time::Instant;
+mod common;
 
 use bertkit_model::backend::Cpu as B;
 use bertkit_model::denormals;
 use burn::tensor::{Distribution, Tensor};
 
-fn median_ms(mut f: impl FnMut()) -> f64 {
-    for _ in 0..2 {
-        f();
-    }
-    let mut ms: Vec<f64> = (0..7)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    ms[3]
+fn median_ms(f: impl FnMut()) -> f64 {
+    common::median_ms(2, 7, f)
 }
 
 /// Sets or clears the flags in this thread and every thread of the global pool (burn's CPU

@@ -7,7 +7,8 @@
 //! Thread count: RAYON_NUM_THREADS (flex, ndarray) and OPENBLAS_NUM_THREADS.
 
 use std::path::Path;
-use std::time::Instant;
+
+mod common;
 
 use bertkit_model::checkpoint::{self, LoadOptions};
 use bertkit_model::{Batch, BertConfig, Task};
@@ -104,21 +105,11 @@ fn run<B: Backend>(
             // Reading the result back waits for asynchronous backends.
             let _ = out.into_data();
         };
-        for _ in 0..2 {
-            forward();
-        }
-        let mut times: Vec<f64> = (0..repeats)
-            .map(|_| {
-                let t = Instant::now();
-                forward();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
+        let median = common::median_ms(2, repeats, forward);
         let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
         println!(
             "{}",
-            serde_json::json!({"runtime": name, "shape": format!("{batch}x{seq}"), "median_ms": (times[repeats / 2] * 1000.0).round() / 1000.0, "threads": threads})
+            serde_json::json!({"runtime": name, "shape": format!("{batch}x{seq}"), "median_ms": (median * 1000.0).round() / 1000.0, "threads": threads})
         );
     }
 }

@@ -4,7 +4,7 @@
 //!
 //!   RAYON_NUM_THREADS=2 cargo bench -p bertkit-model --bench ops
 
-use std::time::Instant;
+mod common;
 
 use bertkit_model::backend::Cpu as B;
 use bertkit_model::bert::{attention_explicit, attention_fused, AttentionMask};
@@ -12,19 +12,8 @@ use bertkit_model::nn::LayerNorm;
 use bertkit_model::weights::ParamSource;
 use burn::tensor::{activation, Distribution, Int, Tensor};
 
-fn time(name: &str, mut f: impl FnMut()) {
-    for _ in 0..3 {
-        f();
-    }
-    let mut ms: Vec<f64> = (0..15)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    println!("{name:<48} {:8.2} ms", ms[7]);
+fn time(name: &str, f: impl FnMut()) {
+    println!("{name:<48} {:8.2} ms", common::median_ms(3, 15, f));
 }
 
 fn main() {

@@ -2,20 +2,23 @@
 //!
 //! Intel cores take a microcode assist, about a hundred cycles, for each subnormal operand or
 //! result of an SSE/AVX instruction. Fine-tuning's gradients are full of them: on a Sapphire
-//! Rapids Xeon, fine-tuning MiniLM ran at 0.4 sequences/s with the default floating-point
-//! environment and at 23-25 with FTZ/DAZ, with identical losses (docs/PERFORMANCE.md, "Subnormal
-//! floats"). AMD Zen handles subnormals at full speed, so only Intel machines show it.
+//! Rapids Xeon, fine-tuning MiniLM ran at 0.3-0.4 sequences/s with the default floating-point
+//! environment (issue 17's report) and at 8-12 with FTZ/DAZ; a product with a subnormal operand
+//! took 116x as long (docs/PERFORMANCE.md, "Subnormal floats"). AMD Zen handles subnormals at
+//! full speed, so only Intel machines show it.
 //!
 //! FTZ writes zero for a result below `f32::MIN_POSITIVE` (1.18e-38), DAZ reads such an operand
-//! as zero; nothing else changes. PyTorch and ONNX Runtime run with the same setting
-//! (`torch.set_flush_denormal`, ORT's `session.set_denormal_as_zero`).
+//! as zero; nothing else changes. PyTorch and ONNX Runtime offer the same setting
+//! (`torch.set_flush_denormal(True)`, ORT's `session.set_denormal_as_zero`).
 //!
 //! The setting is a per-thread register (MXCSR on x86-64, FPCR on aarch64), and a new thread
 //! starts with its creator's. So:
-//! - the binary calls [`flush_denormals`] first thing, before any thread exists, and every thread
-//!   it starts inherits the setting;
-//! - the library entry points that compute (training, fine-tuning, plan loading, serving) call it
-//!   too, for programs and tests that use bertkit as a library from threads of their own;
+//! - the binary sets it in its main thread before any other thread exists (after the malloc
+//!   settings, which must also come first), and every thread it starts inherits it, rayon's
+//!   global pool included, whichever thread starts that;
+//! - the library entry points that compute on burn's CPU backend (the training step,
+//!   fine-tuning's model loading) call [`flush_denormals`], for programs and tests that use
+//!   bertkit as a library from threads of their own; loading a plan sets the calling thread;
 //! - rayon's global pool (burn's CPU backend and gemm compute there) may have been started
 //!   before, by whoever first used it: [`flush_denormals`] sets it in each of its threads once;
 //! - the pools bertkit starts itself come from [`thread_pool`], which sets it as each thread

@@ -49,7 +49,9 @@ pub struct Runtime {
 impl Runtime {
     /// Loads and checks the plan folder `dir` for its target (cpu; cuda in a CUDA build).
     pub fn load(dir: &Path, options: &RuntimeOptions) -> Result<Runtime> {
-        bertkit_model::denormals::flush_denormals();
+        // The plan computes in its own pool (its threads flush subnormals from their start);
+        // the caller's thread post-processes.
+        bertkit_model::denormals::set_in_this_thread();
         let meta = PlanMeta::read(dir)?;
         let tuning = meta.tuning.as_ref();
         let threads = options
