@@ -98,6 +98,39 @@ fn sentence_transformers_pooling(dir: &Path) -> (Option<PoolingMode>, Option<boo
     (pooling, normalize)
 }
 
+/// sentence-transformers' prompts and default prompt name (`config_sentence_transformers.json`;
+/// none when the file is absent). A prompt that is not text is an error naming the file.
+type Prompts = (BTreeMap<String, String>, Option<String>);
+
+fn sentence_transformers_prompts(dir: &Path) -> Result<Prompts> {
+    let path = dir.join("config_sentence_transformers.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(Default::default());
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let mut prompts = BTreeMap::new();
+    if let Some(map) = v.get("prompts").and_then(serde_json::Value::as_object) {
+        for (name, p) in map {
+            let p = p
+                .as_str()
+                .with_context(|| format!("{}: prompts.{name} is not a string", path.display()))?;
+            prompts.insert(name.clone(), p.to_string());
+        }
+    }
+    let default = v
+        .get("default_prompt_name")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_string);
+    if let Some(d) = default.as_ref().filter(|d| !prompts.contains_key(*d)) {
+        bail!(
+            "{}: default_prompt_name {d:?} is not one of its prompts",
+            path.display()
+        );
+    }
+    Ok((prompts, default))
+}
+
 /// Writes the plan folder `options.out`.
 pub fn export_plan(options: &PlanOptions) -> Result<Exported> {
     let o = options;
@@ -142,6 +175,7 @@ pub fn export_plan(options: &PlanOptions) -> Result<Exported> {
         .unwrap_or(*buckets.last().unwrap_or(&512))
         .min(config.max_position_embeddings);
     let (st_pool, st_norm) = sentence_transformers_pooling(&dir);
+    let (prompts, default_prompt_name) = sentence_transformers_prompts(&dir)?;
     let pooling = (task == PlanTask::Embedding).then(|| Pooling {
         mode: o.pooling.or(st_pool).unwrap_or(PoolingMode::Mean),
         normalize: o.normalize.or(st_norm).unwrap_or(false),
@@ -268,6 +302,8 @@ pub fn export_plan(options: &PlanOptions) -> Result<Exported> {
             tuning: None,
             source: o.model.display().to_string(),
             task_settings,
+            prompts,
+            default_prompt_name,
         };
         meta.write(&tmp)?;
         // Tune first: parity then runs with the settings the plan will be served with. (The

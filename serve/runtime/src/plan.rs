@@ -243,6 +243,12 @@ pub struct PlanMeta {
     /// QA windows and answer search), for the server's task endpoints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_settings: Option<serde_json::Value>,
+    /// sentence-transformers' prompts (`config_sentence_transformers.json`): name -> text put
+    /// before each input, as TEI's `prompt_name` picks them; and the one used when none is named.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prompts: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_prompt_name: Option<String>,
 }
 
 /// sha256 and size of a file, streamed.

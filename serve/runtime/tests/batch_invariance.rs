@@ -80,6 +80,8 @@ fn meta(task: PlanTask, precision: Precision) -> PlanMeta {
         }),
     };
     PlanMeta {
+        prompts: Default::default(),
+        default_prompt_name: None,
         format: "bertkit-plan".into(),
         format_version: 1,
         bertkit_version: env!("CARGO_PKG_VERSION").into(),
