@@ -4,8 +4,10 @@ for tests/cli_serve.rs to check against the server's own JSON endpoints:
 
 - tritonclient[http]: health, metadata, and inference with binary and JSON tensors (text and
   pre-tokenized INT64 inputs) against the classification model CLS;
-- openai: /v1/embeddings (the client's default base64 encoding, and floats) against the
-  embedding model EMB.
+- tritonclient[http] again: inference with gzip and deflate request and response bodies, the
+  model repository index, and the inference statistics;
+- openai: /v1/embeddings (the client's default base64 encoding, and floats, and `dimensions`)
+  against the embedding model EMB.
 
 usage: check_serve_clients.py HOST:PORT CLS EMB
 """
@@ -69,6 +71,21 @@ def main():
     res = client.infer(cls, [a, b], outputs=[httpclient.InferRequestedOutput("logits")])
     out["ids_max_diff"] = float(np.abs(res.as_numpy("logits") - expected).max())
 
+    # Compressed bodies, both ways, as the client sends and reads them.
+    for algo in ("gzip", "deflate"):
+        inp = httpclient.InferInput("TEXT", [len(texts)], "BYTES")
+        inp.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
+        res = client.infer(cls, [inp], outputs=[httpclient.InferRequestedOutput("logits")],
+                           request_compression_algorithm=algo, response_compression_algorithm=algo)
+        out[f"{algo}_max_diff"] = float(np.abs(res.as_numpy("logits") - expected).max())
+
+    out["repository_index"] = client.get_model_repository_index()
+    stats = client.get_inference_statistics(cls)["model_stats"][0]
+    out["stats_name"] = stats["name"]
+    out["stats_success"] = int(stats["inference_stats"]["success"]["count"])
+    out["stats_inference_count"] = int(stats["inference_count"])
+    out["stats_all"] = [m["name"] for m in client.get_inference_statistics()["model_stats"]]
+
     try:
         client.infer("no-such-model", [inp])
         out["unknown_model_error"] = None
@@ -84,6 +101,11 @@ def main():
         out[f"openai_{fmt}_shape"] = list(got.shape)
         out[f"openai_{fmt}_max_diff"] = float(np.abs(got - expected).max())
         out[f"openai_{fmt}_tokens"] = r.usage.prompt_tokens
+    r = oa.embeddings.create(model=emb, input=texts, encoding_format="float", dimensions=64)
+    got = np.array([d.embedding for d in r.data], dtype=np.float32)
+    cut = expected[:, :64] / np.linalg.norm(expected[:, :64], axis=1, keepdims=True)
+    out["openai_dimensions_shape"] = list(got.shape)
+    out["openai_dimensions_max_diff"] = float(np.abs(got - cut).max())
     out["openai_models"] = [m.id for m in oa.models.list()]
     print(json.dumps(out))
 

@@ -128,12 +128,16 @@ fn main() -> ExitCode {
     // every subcommand inherits the setting, rayon's global pool too, started later by one of
     // them (fine-tuning ran 20-30x slower on an Intel Xeon without).
     bertkit_model::denormals::set_in_this_thread();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if matches!(&command, Command::Serve(a) if a.json_logs) {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     let result = match command {
         Command::Embed(args) => cli::embed::run(&args),
         Command::Info { dir } => cli::info::run(&dir),

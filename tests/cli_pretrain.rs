@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{bertkit, python_script, repo, run_ok};
+use common::{bertkit, copy_dir, python_script, repo, run_ok};
 
 /// SOTU speeches 1900-1929 as training data and 1930-1931 held out, tokenized with a 2000-word
 /// vocabulary trained on them, at seq 64 with NSP; built once per test binary.
@@ -286,19 +286,6 @@ fn killed_run_resumes_bit_for_bit_and_damaged_checkpoints_are_skipped() {
     let out = pretrain(&c, &settings).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume auto"));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let dest = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &dest);
-        } else {
-            std::fs::copy(&p, &dest).unwrap();
-        }
-    }
 }
 
 #[test]

@@ -420,6 +420,27 @@ fn every_endpoint_answers_over_http_and_matches_predict_and_the_reference() {
         );
     }
     assert_eq!(c["openai_models"], json!(["cls", "ner", "qa", "minilm"]));
+    assert_eq!(c["openai_dimensions_shape"], json!([3, 64]), "{c}");
+    assert!(
+        c["openai_dimensions_max_diff"].as_f64().unwrap() < 1e-6,
+        "{c}"
+    );
+    for k in ["gzip", "deflate"] {
+        assert!(c[format!("{k}_max_diff")].as_f64().unwrap() < 1e-6, "{c}");
+    }
+    let index = c["repository_index"].as_array().unwrap();
+    let names: Vec<&str> = index.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["cls", "ner", "qa", "minilm"], "{c}");
+    assert!(index.iter().all(|m| m["state"] == "READY"), "{c}");
+    assert_eq!(c["stats_name"], "cls");
+    // Every call on cls so far succeeded; at least the client's own ones are counted.
+    assert!(c["stats_success"].as_u64().unwrap() >= 6, "{c}");
+    assert!(c["stats_inference_count"].as_u64().unwrap() >= 18, "{c}");
+    assert_eq!(c["stats_all"], json!(["cls", "ner", "qa", "minilm"]));
+    // Loading and unloading are off unless asked for.
+    let r = post(a, "/v2/repository/models/cls/load", &json!({}));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("--model-control-mode explicit"));
 
     // Bad requests: 4xx with a message, and the server keeps serving.
     let bad = |r: Response, status: u16, needle: &str| {

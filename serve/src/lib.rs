@@ -1,9 +1,11 @@
 //! bertkit-serve: `bertkit serve` puts plans (`bertkit export`) behind HTTP.
 //!
 //! The rooms, in the order a request passes them (text-embeddings-inference's split):
-//! - [`http`]: routes — KServe v2 ([`http::kserve`]), the JSON endpoints ([`http::api`]),
-//!   OpenAI embeddings ([`http::openai`]) — and the layer that checks the API key, refuses
-//!   past the in-flight limit (429) and counts outcomes;
+//! - [`http`]: routes — KServe v2 ([`http::kserve`]) with Triton's statistics and model
+//!   repository ([`http::repository`]), the JSON endpoints ([`http::api`]), OpenAI embeddings
+//!   ([`http::openai`]) — and the layer every request passes: CORS ([`http::cors`]), the API
+//!   key, compressed bodies ([`http::encoding`]), the in-flight limit (429), and the request's
+//!   trace ([`http::trace`]: id, timing headers, access log, statistics);
 //! - [`model`]: a served plan and its pipeline: tokenize, queue, post-process;
 //! - [`tokenize`]: the tokenization worker pool;
 //! - [`queue`]: the batcher (token budget, length buckets, queue delay) and the model worker;
@@ -52,6 +54,14 @@ pub struct ServeOptions {
     pub tokenization_workers: usize,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    /// Triton's explicit model control: load, reload and unload plans at run time
+    /// (`POST /v2/repository/models/{name}/load|unload`); off by default.
+    pub model_control: bool,
+    /// Where a load of a plan the server was not started with looks: `DIR/NAME` or
+    /// `DIR/NAME.plan`.
+    pub model_repository: Option<std::path::PathBuf>,
+    /// Origins browsers may call from (CORS); `*` for any. Empty: no CORS headers.
+    pub cors_allow_origins: Vec<String>,
 }
 
 /// Runs the server until SIGTERM/SIGINT (drained: `Ok`) or a plan fails to load (`Err`).
@@ -226,7 +236,11 @@ pub async fn run(
     let pool = Arc::new(
         TokenizerPool::new(options.tokenization_workers).context("starting the tokenizers")?,
     );
-    let state = Arc::new(AppState::new(options.clone(), Arc::clone(&metrics)));
+    let state = Arc::new(AppState::new(
+        options.clone(),
+        Arc::clone(&metrics),
+        Arc::clone(&pool),
+    ));
     let app = http::router(Arc::clone(&state));
     let releaser = tokio::spawn(http::memory_releaser());
 

@@ -5,6 +5,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::http::trace::Split;
 
 /// Upper bounds (seconds) of the duration histograms.
 const SECONDS: &[f64] = &[
@@ -74,8 +77,78 @@ pub struct BatchStats {
     pub seconds: f64,
 }
 
+/// A count and the nanoseconds it took, as Triton's statistics report them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Timed {
+    pub count: u64,
+    pub ns: u64,
+}
+
+impl Timed {
+    fn add(&mut self, d: std::time::Duration) {
+        self.count += 1;
+        self.ns += d.as_nanos() as u64;
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"count": self.count, "ns": self.ns})
+    }
+}
+
+/// One model's statistics in Triton's terms (`GET /v2/models/{m}/stats`): requests that
+/// reached it, by outcome, and where their time went.
+#[derive(Debug, Default, Clone)]
+pub struct ModelStats {
+    /// Requests answered with success / an error, and their whole time in the server.
+    pub success: Timed,
+    pub fail: Timed,
+    /// Successful requests' time in the queue (their longest-waiting input), tokenizing
+    /// (compute_input), in the batches they ran in (compute_infer), and the rest: parsing,
+    /// post-processing and writing the answer (compute_output).
+    pub queue: Timed,
+    pub compute_input: Timed,
+    pub compute_infer: Timed,
+    pub compute_output: Timed,
+    /// Inputs run and batches run, the end of the last batch (ms since the epoch), and the
+    /// batches by size.
+    pub inference_count: u64,
+    pub execution_count: u64,
+    pub last_inference_ms: u64,
+    pub batches: BTreeMap<usize, Timed>,
+}
+
+impl ModelStats {
+    /// Triton's `ModelStatistics` JSON.
+    pub fn json(&self, name: &str) -> serde_json::Value {
+        serde_json::json!({
+            "name": name,
+            "version": "1",
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.json(),
+                "fail": self.fail.json(),
+                "queue": self.queue.json(),
+                "compute_input": self.compute_input.json(),
+                "compute_infer": self.compute_infer.json(),
+                "compute_output": self.compute_output.json(),
+                "cache_hit": Timed::default().json(),
+                "cache_miss": Timed::default().json(),
+            },
+            "batch_stats": self.batches.iter().map(|(size, t)| serde_json::json!({
+                "batch_size": size,
+                "compute_infer": t.json(),
+            })).collect::<Vec<_>>(),
+            "memory_usage": [],
+        })
+    }
+}
+
 #[derive(Default)]
 struct State {
+    /// per model, Triton's statistics
+    model_stats: BTreeMap<String, ModelStats>,
     /// (endpoint) -> count
     requests: BTreeMap<String, u64>,
     success: BTreeMap<String, u64>,
@@ -198,9 +271,41 @@ impl Metrics {
         self.with(|s| *s.cancelled.entry(model.into()).or_default() += n as u64);
     }
 
+    /// A request that reached `model` ended after `total`: `split` is its share of the work.
+    pub fn model_request(&self, model: &str, ok: bool, total: Duration, split: &Split) {
+        self.with(|s| {
+            let m = s.model_stats.entry(model.into()).or_default();
+            if !ok {
+                m.fail.add(total);
+                return;
+            }
+            m.success.add(total);
+            m.queue.add(split.queue);
+            m.compute_input.add(split.tokenization);
+            m.compute_infer.add(split.inference);
+            m.compute_output
+                .add(total.saturating_sub(split.tokenization + split.queue + split.inference));
+        });
+    }
+
+    /// Triton's statistics of `model` (zero for a model that has had no request).
+    pub fn model_stats(&self, model: &str) -> ModelStats {
+        self.with(|s| s.model_stats.get(model).cloned().unwrap_or_default())
+    }
+
     /// A batch ran; `queued` holds each input's time in the queue.
     pub fn batch(&self, model: &str, stats: BatchStats, queued: &[f64]) {
         self.with(|s| {
+            let m = s.model_stats.entry(model.into()).or_default();
+            m.inference_count += stats.size as u64;
+            m.execution_count += 1;
+            m.last_inference_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            m.batches
+                .entry(stats.size)
+                .or_default()
+                .add(Duration::from_secs_f64(stats.seconds));
             hist(&mut s.inference, model, SECONDS).observe(stats.seconds);
             hist(&mut s.batch_size, model, BATCH).observe(stats.size as f64);
             hist(&mut s.batch_tokens, model, TOKENS).observe(stats.padded_tokens as f64);

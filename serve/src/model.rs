@@ -21,9 +21,22 @@ use serde_json::Value;
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
 use crate::error::ApiError;
+use crate::http::trace;
 use crate::metrics::Metrics;
 use crate::queue::{BatchSettings, Queue};
 use crate::tokenize::TokenizerPool;
+
+/// How the embedding endpoints shape their vectors.
+#[derive(Debug, Default, Clone)]
+pub struct EmbedOptions {
+    /// `None`: the server's --truncate.
+    pub truncate: Option<bool>,
+    pub normalize: bool,
+    /// One of the plan's sentence-transformers prompts, put before each text.
+    pub prompt_name: Option<String>,
+    /// Keep the first N values (Matryoshka), renormalized.
+    pub dimensions: Option<usize>,
+}
 
 /// What `--plan` names: a folder, optionally served under another name (`NAME=DIR`).
 #[derive(Debug, Clone)]
@@ -235,7 +248,7 @@ impl Model {
     ) -> Result<Vec<Encoded>, ApiError> {
         let truncate = truncate.unwrap_or(self.truncate);
         let me = Arc::clone(self);
-        self.on_pool(inputs.len(), move || {
+        self.on_pool(inputs.len(), text_chars(&inputs), move || {
             inputs
                 .iter()
                 .enumerate()
@@ -291,10 +304,12 @@ impl Model {
     }
 
     /// Runs `f` (tokenization, task features) on the tokenizer pool, timed as this model's
-    /// tokenization of `n` inputs.
+    /// tokenization of `n` inputs of `characters` characters (for the metrics and the request's
+    /// trace).
     async fn on_pool<T: Send + 'static>(
         &self,
         n: usize,
+        characters: usize,
         f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let started = Instant::now();
@@ -303,8 +318,9 @@ impl Model {
             .run(f)
             .await
             .ok_or_else(|| ApiError::unavailable("the server is shutting down"))?;
-        self.metrics
-            .tokenized(&self.name, started.elapsed().as_secs_f64(), n);
+        let took = started.elapsed();
+        self.metrics.tokenized(&self.name, took.as_secs_f64(), n);
+        trace::record_tokenization(n, characters, took);
         r
     }
 
@@ -342,43 +358,106 @@ impl Model {
 
     /// Queues every input and waits for all (dropping this future drops them from the queue).
     pub async fn run(&self, inputs: Vec<Encoded>) -> Result<Vec<SeqOutput>, ApiError> {
+        let tokens = inputs.iter().map(|e| e.ids.len()).sum();
+        let started = Instant::now();
         let receivers: Vec<_> = inputs.into_iter().map(|e| self.queue.push(e)).collect();
-        let mut out = Vec::with_capacity(receivers.len());
+        let mut done = Vec::with_capacity(receivers.len());
         for rx in receivers {
             match rx.await {
-                Ok(Ok(done)) => out.push(done.output),
+                Ok(Ok(d)) => done.push(d),
                 Ok(Err(e)) => return Err(ApiError::internal(format!("inference failed: {e}"))),
                 Err(_) => return Err(ApiError::unavailable("the model worker has stopped")),
             }
         }
-        Ok(out)
+        trace::record_batches(tokens, started.elapsed(), &done.iter().collect::<Vec<_>>());
+        Ok(done.into_iter().map(|d| d.output).collect())
     }
 
-    /// Sentence embeddings; `normalize` L2-normalizes them (plans exported with normalization
-    /// are already unit length).
+    /// Sentence embeddings, shaped as `o` asks (prompt, Matryoshka dimensions, normalization),
+    /// and the number of tokens they took.
     pub async fn embed(
         self: &Arc<Self>,
-        inputs: Vec<TextInput>,
-        truncate: Option<bool>,
-        normalize: bool,
+        mut inputs: Vec<TextInput>,
+        o: &EmbedOptions,
     ) -> Result<(Vec<Vec<f32>>, usize), ApiError> {
-        let encoded = self.encode_texts(inputs, truncate).await?;
+        let dimensions = self.check_dimensions(o.dimensions)?;
+        if let Some(prompt) = self.prompt(o.prompt_name.as_deref())? {
+            for i in &mut inputs {
+                i.text.insert_str(0, prompt);
+            }
+        }
+        let encoded = self.encode_texts(inputs, o.truncate).await?;
         let tokens = encoded.iter().map(|e| e.ids.len()).sum();
         let outputs = self.run(encoded).await?;
         let vectors = outputs
             .into_iter()
-            .map(|o| {
-                let mut v = o.data;
-                if normalize {
-                    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                    if norm > 0.0 {
-                        v.iter_mut().for_each(|x| *x /= norm);
-                    }
-                }
-                v
-            })
+            .map(|out| self.shape_embedding(out.data, dimensions, o.normalize))
             .collect();
         Ok((vectors, tokens))
+    }
+
+    /// The prompt named (TEI's `prompt_name`), else the plan's default prompt, if any.
+    pub fn prompt(&self, name: Option<&str>) -> Result<Option<&str>, ApiError> {
+        let meta = self.meta();
+        match name.or(meta.default_prompt_name.as_deref()) {
+            None => Ok(None),
+            Some(n) => meta
+                .prompts
+                .get(n)
+                .map(|p| Some(p.as_str()))
+                .ok_or_else(|| {
+                    ApiError::unprocessable(
+                        "unknown_prompt",
+                        format!(
+                            "prompt_name {n:?} is not one of model {:?}'s prompts ({}) from its \
+                         config_sentence_transformers.json",
+                            self.name,
+                            if meta.prompts.is_empty() {
+                                "it has none".to_string()
+                            } else {
+                                meta.prompts.keys().cloned().collect::<Vec<_>>().join(", ")
+                            }
+                        ),
+                    )
+                }),
+        }
+    }
+
+    /// The dimensions to keep: 1 up to the model's hidden size.
+    pub fn check_dimensions(&self, d: Option<usize>) -> Result<Option<usize>, ApiError> {
+        let hidden = self.meta().shape.hidden_size;
+        match d {
+            Some(n) if n == 0 || n > hidden => Err(ApiError::unprocessable(
+                "invalid_dimensions",
+                format!(
+                    "dimensions {n}: model {:?} gives {hidden}; ask for 1 to {hidden}",
+                    self.name
+                ),
+            )),
+            other => Ok(other),
+        }
+    }
+
+    /// One pooled vector cut to its first `dimensions` values (Matryoshka), then L2-normalized
+    /// when asked, or when the plan's vectors were unit length before the cut.
+    pub fn shape_embedding(
+        &self,
+        mut v: Vec<f32>,
+        dimensions: Option<usize>,
+        normalize: bool,
+    ) -> Vec<f32> {
+        let cut = dimensions.is_some_and(|d| d < v.len());
+        if let Some(d) = dimensions {
+            v.truncate(d);
+        }
+        let unit_plan = self.meta().pooling.as_ref().is_some_and(|p| p.normalize);
+        if normalize || (cut && unit_plan) {
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            if norm > 0.0 {
+                v.iter_mut().for_each(|x| *x /= norm);
+            }
+        }
+        v
     }
 
     /// Labels and scores of each input, as `bertkit predict` writes them.
@@ -417,7 +496,7 @@ impl Model {
         };
         let me = Arc::clone(self);
         let (sentences, encoded) = self
-            .on_pool(sentences.len(), move || {
+            .on_pool(sentences.len(), ner_chars(&sentences), move || {
                 let encoded = ner::features(
                     me.runtime.tokenizer(),
                     &sentences,
@@ -467,7 +546,7 @@ impl Model {
         let spec = self.qa_spec();
         let (me, s) = (Arc::clone(self), spec.clone());
         let (examples, encoded) = self
-            .on_pool(examples.len(), move || {
+            .on_pool(examples.len(), qa_chars(&examples), move || {
                 let encoded = qa::features(
                     me.runtime.tokenizer(),
                     &examples,
@@ -526,7 +605,7 @@ impl Model {
         special: bool,
     ) -> Result<Vec<Value>, ApiError> {
         let me = Arc::clone(self);
-        self.on_pool(inputs.len(), move || {
+        self.on_pool(inputs.len(), text_chars(&inputs), move || {
             inputs
                 .iter()
                 .enumerate()
@@ -684,6 +763,29 @@ fn feature_inputs(features: &[Feature]) -> Vec<Encoded> {
             type_ids: f.token_type_ids.clone(),
         })
         .collect()
+}
+
+/// Characters of text inputs (pairs counted whole).
+fn text_chars(inputs: &[TextInput]) -> usize {
+    inputs
+        .iter()
+        .map(|i| i.text.chars().count() + i.text_pair.as_ref().map_or(0, |p| p.chars().count()))
+        .sum()
+}
+
+fn ner_chars(sentences: &[NerSentence]) -> usize {
+    sentences
+        .iter()
+        .flat_map(|s| &s.tokens)
+        .map(|w| w.chars().count())
+        .sum()
+}
+
+fn qa_chars(examples: &[QaExample]) -> usize {
+    examples
+        .iter()
+        .map(|e| e.question.chars().count() + e.context.chars().count())
+        .sum()
 }
 
 pub fn task_name(t: PlanTask) -> &'static str {

@@ -26,6 +26,9 @@ pub struct Done {
     pub output: SeqOutput,
     pub queue_seconds: f64,
     pub batch_size: usize,
+    /// The batch it ran in: its number in this worker, and how long it took.
+    pub batch: u64,
+    pub batch_seconds: f64,
 }
 
 pub type Reply = Result<Done, String>;
@@ -165,6 +168,7 @@ fn worker<F>(
     F: FnMut(&[Encoded]) -> anyhow::Result<Vec<SeqOutput>>,
 {
     let mut pending: VecDeque<Entry> = VecDeque::new();
+    let mut batches = 0u64;
     loop {
         if pending.is_empty() {
             match rx.recv() {
@@ -219,6 +223,7 @@ fn worker<F>(
             seconds: started.elapsed().as_secs_f64(),
         };
         metrics.batch(model, stats, &queued);
+        batches += 1;
         match result {
             Ok(outputs) if outputs.len() == replies.len() => {
                 for ((reply, output), q) in replies.into_iter().zip(outputs).zip(queued) {
@@ -226,6 +231,8 @@ fn worker<F>(
                         output,
                         queue_seconds: q,
                         batch_size: stats.size,
+                        batch: batches,
+                        batch_seconds: stats.seconds,
                     }));
                 }
             }

@@ -9,72 +9,99 @@ use bertkit_serve::bench::{self, LoadOptions};
 use bertkit_serve::{ConnectionLimits, ModelSettings, PlanArg, ServeOptions};
 use clap::{Args, Parser};
 
+/// Triton's --model-control-mode (poll is not offered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelControlMode {
+    None,
+    Explicit,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// A plan folder from `bertkit export`, served under its folder name without the
     /// extension; `NAME=DIR` names it. Repeat for several plans.
-    #[arg(long = "plan", required = true)]
+    #[arg(
+        env = "BERTKIT_PLAN",
+        long = "plan",
+        required = true,
+        value_delimiter = ','
+    )]
     pub plans: Vec<PlanArg>,
     /// The address to bind; 0.0.0.0 to accept connections from other machines.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(env = "BERTKIT_HOST", long, default_value = "127.0.0.1")]
     pub host: String,
     /// 0 picks a free port (printed at start).
-    #[arg(long, default_value_t = 8000)]
+    #[arg(env = "BERTKIT_PORT", long, default_value_t = 8000)]
     pub port: u16,
     /// Most tokens per batch, padding to the batch's length bucket counted.
-    #[arg(long, default_value_t = 16384)]
+    #[arg(env = "BERTKIT_MAX_BATCH_TOKENS", long, default_value_t = 16384)]
     pub max_batch_tokens: usize,
     /// Most inputs per batch (default: the plan's max batch).
-    #[arg(long)]
+    #[arg(env = "BERTKIT_MAX_BATCH_SIZE", long)]
     pub max_batch_size: Option<usize>,
     /// How long the batcher waits for more inputs when a batch is not full (Triton's
     /// max_queue_delay_microseconds); 0 runs what is waiting at once.
-    #[arg(long, default_value_t = 0)]
+    #[arg(env = "BERTKIT_MAX_QUEUE_DELAY_US", long, default_value_t = 0)]
     pub max_queue_delay_us: u64,
     /// Requests handled at once; more get 429 at once.
-    #[arg(long, default_value_t = 512)]
+    #[arg(env = "BERTKIT_MAX_CONCURRENT_REQUESTS", long, default_value_t = 512)]
     pub max_concurrent_requests: usize,
     /// Most inputs in one request (422 beyond).
-    #[arg(long, default_value_t = 64)]
+    #[arg(env = "BERTKIT_MAX_CLIENT_BATCH_SIZE", long, default_value_t = 64)]
     pub max_client_batch_size: usize,
     /// Most tokens per input, special tokens included (default: the plan's max length);
     /// longer inputs get 422 unless --truncate.
-    #[arg(long)]
+    #[arg(env = "BERTKIT_MAX_INPUT_LENGTH", long)]
     pub max_input_length: Option<usize>,
     /// Cut inputs longer than --max-input-length instead of refusing them.
-    #[arg(long)]
+    #[arg(env = "BERTKIT_TRUNCATE", long)]
     pub truncate: bool,
     /// Largest request body in bytes (413 beyond; a larger Content-Length is refused before
     /// any of the body is read).
-    #[arg(long, default_value_t = 2_000_000)]
+    #[arg(env = "BERTKIT_PAYLOAD_LIMIT", long, default_value_t = 2_000_000)]
     pub payload_limit: usize,
     /// Open client connections served; past this a small overflow band answers health checks
     /// and 503 to everything else, and further connections get 503 at once.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(env = "BERTKIT_MAX_CONNECTIONS", long, default_value_t = 4096)]
     pub max_connections: usize,
     /// Longest wait for a request's complete headers, from the connection's start or from the
     /// request's first byte; slower clients are disconnected.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(env = "BERTKIT_HEADER_TIMEOUT_S", long, default_value_t = 10.0)]
     pub header_timeout_s: f64,
     /// Longest wait for a request's whole body (408 beyond). The body is read before the
     /// request is admitted, so a slow body holds no --max-concurrent-requests slot.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(env = "BERTKIT_BODY_TIMEOUT_S", long, default_value_t = 30.0)]
     pub body_timeout_s: f64,
     /// How long a kept-alive connection may stay idle between requests.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(env = "BERTKIT_KEEP_ALIVE_TIMEOUT_S", long, default_value_t = 60.0)]
     pub keep_alive_timeout_s: f64,
     /// Require `Authorization: Bearer KEY` (except on the health endpoints).
     #[arg(long, env = "BERTKIT_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Threads of each plan's runtime (default: the plan's tuned value).
-    #[arg(long)]
+    #[arg(env = "BERTKIT_THREADS", long)]
     pub threads: Option<usize>,
     /// Threads that tokenize requests (default: the number of CPUs).
-    #[arg(long)]
+    #[arg(env = "BERTKIT_TOKENIZATION_WORKERS", long)]
     pub tokenization_workers: Option<usize>,
     /// On SIGTERM, how long to wait for in-flight requests.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(env = "BERTKIT_SHUTDOWN_TIMEOUT_S", long, default_value_t = 30.0)]
     pub shutdown_timeout_s: f64,
+    /// `explicit` allows loading, reloading and unloading plans at run time (Triton's
+    /// `POST /v2/repository/models/NAME/load|unload`); `none` serves the --plan list as started.
+    #[arg(env = "BERTKIT_MODEL_CONTROL_MODE", long, value_enum, default_value_t = ModelControlMode::None)]
+    pub model_control_mode: ModelControlMode,
+    /// A folder of plan folders (`NAME` or `NAME.plan`) that explicit loads may name, beside
+    /// the --plan ones; listed by `POST /v2/repository/index`.
+    #[arg(env = "BERTKIT_MODEL_REPOSITORY", long)]
+    pub model_repository: Option<PathBuf>,
+    /// Answer browsers from this origin (CORS: preflights and Access-Control-Allow-Origin);
+    /// repeat, or comma-separate, for several; `*` for any. Off when not given.
+    #[arg(env = "BERTKIT_CORS_ALLOW_ORIGIN", long, value_delimiter = ',')]
+    pub cors_allow_origin: Vec<String>,
+    /// Log lines (the access log included) as JSON objects, one per line.
+    #[arg(env = "BERTKIT_JSON_LOGS", long)]
+    pub json_logs: bool,
 }
 
 /// The quickstart's last stage: serves `plan` on a free local port in this process, sends a
@@ -174,6 +201,9 @@ impl ServeArgs {
             api_key: self.api_key.clone().filter(|k| !k.is_empty()),
             tokenization_workers: self.tokenization_workers.unwrap_or(cpus),
             shutdown_timeout: Duration::from_secs_f64(self.shutdown_timeout_s),
+            model_control: self.model_control_mode == ModelControlMode::Explicit,
+            model_repository: self.model_repository.clone(),
+            cors_allow_origins: self.cors_allow_origin.clone(),
         })
     }
 }

@@ -17,6 +17,20 @@ pub fn sotu() -> PathBuf {
     dir
 }
 
+/// Copies the folder `from` to `to`, subfolders too.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
 pub fn bertkit() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bertkit"))
 }

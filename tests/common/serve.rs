@@ -143,12 +143,18 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[String]) -> Server {
+        Server::start_with(args, &[], Stdio::inherit())
+    }
+
+    /// With environment variables set, and stderr (the logs) sent to `stderr`.
+    pub fn start_with(args: &[String], env: &[(&str, &str)], stderr: Stdio) -> Server {
         let mut child = bertkit()
             .arg("serve")
             .args(["--port", "0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();

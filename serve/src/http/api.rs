@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use super::{body_bytes, parse_json, AppState};
 use crate::error::ApiError;
-use crate::model::{task_name, Model};
+use crate::model::{task_name, EmbedOptions, Model};
 
 /// The texts of `inputs`, and whether it was a single one.
 pub fn texts(body: &Value, field: &str) -> Result<(Vec<TextInput>, bool), ApiError> {
@@ -76,16 +76,33 @@ fn flag(body: &Value, name: &str) -> Result<Option<bool>, ApiError> {
     }
 }
 
+/// An optional string field.
+pub fn string_field<'a>(body: &'a Value, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid(format!("{name:?} must be a string"))),
+    }
+}
+
+/// An optional whole number field.
+pub fn count_field(body: &Value, name: &str) -> Result<Option<usize>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(format!("{name:?} must be a whole number"))),
+    }
+}
+
 fn truncate_flag(body: &Value) -> Result<Option<bool>, ApiError> {
     flag(body, "truncate")
 }
 
 fn model_field(body: &Value) -> Result<Option<&str>, ApiError> {
-    match body.get("model") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::invalid("\"model\" must be a string")),
-    }
+    string_field(body, "model")
 }
 
 fn object(body: &[u8]) -> Result<Value, ApiError> {
@@ -123,8 +140,13 @@ pub async fn embed(
     let (body, m) = task_request(&st, body, &[PlanTask::Embedding], "/embed")?;
     let (inputs, _) = texts(&body, "inputs")?;
     st.check_client_batch(inputs.len())?;
-    let normalize = flag(&body, "normalize")?.unwrap_or(false);
-    let (vectors, _) = m.embed(inputs, truncate_flag(&body)?, normalize).await?;
+    let options = EmbedOptions {
+        truncate: truncate_flag(&body)?,
+        normalize: flag(&body, "normalize")?.unwrap_or(false),
+        prompt_name: string_field(&body, "prompt_name")?.map(str::to_string),
+        dimensions: count_field(&body, "dimensions")?,
+    };
+    let (vectors, _) = m.embed(inputs, &options).await?;
     Ok(Json(json!(vectors)))
 }
 
@@ -137,6 +159,86 @@ pub async fn predict(
     st.check_client_batch(inputs.len())?;
     let results = m.classify(inputs, truncate_flag(&body)?).await?;
     Ok(Json(one_or_many(results, single)))
+}
+
+/// TEI's `/rerank`: scores `query` against each of `texts` with a cross-encoder (a sequence
+/// classification plan with one output), best first. The score is the logit's sigmoid, or the
+/// logit itself with `"raw_scores": true`; `"return_text": true` adds each text.
+pub async fn rerank(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = object(&body_bytes(body)?)?;
+    let one_score = |m: &Model| m.meta().head.as_ref().map_or(0, |h| h.num_outputs) == 1;
+    let task = [PlanTask::SequenceClassification];
+    // Without a "model", the first cross-encoder served answers.
+    let name = match model_field(&body)? {
+        Some(n) => Some(n.to_string()),
+        None => st
+            .models()?
+            .iter()
+            .find(|m| m.task() == task[0] && one_score(m))
+            .map(|m| m.name.clone()),
+    };
+    let m = st.model_for(name.as_deref(), &task, "/rerank")?;
+    let outputs = m.meta().head.as_ref().map_or(0, |h| h.num_outputs);
+    if outputs != 1 {
+        return Err(ApiError::unprocessable(
+            "not_a_reranker",
+            format!(
+                "model {:?} gives {outputs} scores per input; /rerank needs a cross-encoder with \
+                 one (num_labels 1)",
+                m.name
+            ),
+        ));
+    }
+    let query = string_field(&body, "query")?
+        .ok_or_else(|| ApiError::invalid("the request has no \"query\""))?;
+    let texts: Vec<&str> = match body.get("texts") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.as_str()
+                    .ok_or_else(|| ApiError::invalid(format!("texts[{i}] must be a string")))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(ApiError::invalid("\"texts\" must be a list of strings")),
+    };
+    st.check_client_batch(texts.len())?;
+    let raw = flag(&body, "raw_scores")?.unwrap_or(false);
+    let return_text = flag(&body, "return_text")?.unwrap_or(false);
+    let inputs = texts.iter().map(|t| TextInput::pair(query, *t)).collect();
+    let encoded = m.encode_texts(inputs, truncate_flag(&body)?).await?;
+    let outputs = m.run(encoded).await?;
+    let mut ranked: Vec<(usize, f32)> = outputs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let logit = o.data.first().copied().unwrap_or(f32::NAN);
+            (
+                i,
+                if raw {
+                    logit
+                } else {
+                    1.0 / (1.0 + (-logit).exp())
+                },
+            )
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(Json(Value::Array(
+        ranked
+            .into_iter()
+            .map(|(i, score)| {
+                let mut r = json!({"index": i, "score": score});
+                if return_text {
+                    r["text"] = json!(texts[i]);
+                }
+                r
+            })
+            .collect(),
+    )))
 }
 
 /// Words of `text` as the model's pre-tokenizer splits them (whitespace and punctuation),

@@ -30,7 +30,8 @@ pub async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": "bertkit",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_configuration"],
+        "extensions": ["binary_tensor_data", "model_configuration", "model_repository",
+            "statistics"],
     }))
 }
 
@@ -611,6 +612,7 @@ pub async fn infer(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let m = model_of(&st, &params)?;
+    super::trace::record_model(&m.name);
     let body = body_bytes(body)?;
     let header_len = match headers.get(HEADER_LENGTH) {
         Some(v) => Some(
@@ -739,4 +741,24 @@ pub async fn infer(
         body,
     )
         .into_response())
+}
+
+/// `GET /v2/models/{model}[/versions/{version}]/stats`: Triton's statistics of one model.
+pub async fn model_stats(
+    State(st): State<Arc<AppState>>,
+    Path(params): Path<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let m = model_of(&st, &params)?;
+    let stats = st.metrics.model_stats(&m.name).json(&m.name);
+    Ok(Json(json!({ "model_stats": [stats] })))
+}
+
+/// `GET /v2/models/stats`: Triton's statistics of every model served.
+pub async fn all_stats(State(st): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let stats: Vec<Value> = st
+        .models()?
+        .iter()
+        .map(|m| st.metrics.model_stats(&m.name).json(&m.name))
+        .collect();
+    Ok(Json(json!({ "model_stats": stats })))
 }

@@ -3,11 +3,15 @@
 
 pub mod api;
 pub mod conn;
+pub mod cors;
+pub mod encoding;
 pub mod kserve;
 pub mod openai;
+pub mod repository;
+pub mod trace;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use axum::extract::rejection::BytesRejection;
@@ -24,24 +28,40 @@ use tokio::sync::Semaphore;
 
 use crate::error::{reason_of_status, ApiError, FailureReason};
 use crate::metrics::Metrics;
-use crate::model::{task_name, Model};
+use crate::model::{task_name, Model, PlanArg};
+use crate::tokenize::TokenizerPool;
 use crate::ServeOptions;
+
+/// The models being served, replaced whole when one is loaded or unloaded (requests in flight
+/// keep the list, and the models, they started with).
+type Served = Arc<Vec<Arc<Model>>>;
 
 pub struct AppState {
     pub options: ServeOptions,
     pub metrics: Arc<Metrics>,
-    models: OnceLock<Vec<Arc<Model>>>,
+    pub pool: Arc<TokenizerPool>,
+    /// `None` until the plans given at start are loaded and warmed up.
+    models: RwLock<Option<Served>>,
+    /// Every plan this server has been given (`--plan`) or has loaded, served or not: the
+    /// repository index lists them, and a load finds its folder here.
+    known: Mutex<Vec<PlanArg>>,
+    /// One load or unload at a time.
+    pub(crate) changing: tokio::sync::Mutex<()>,
     draining: AtomicBool,
     limiter: Arc<Semaphore>,
 }
 
 impl AppState {
-    pub fn new(options: ServeOptions, metrics: Arc<Metrics>) -> AppState {
+    pub fn new(options: ServeOptions, metrics: Arc<Metrics>, pool: Arc<TokenizerPool>) -> AppState {
         let limit = options.max_concurrent_requests.max(1);
+        let known = Mutex::new(options.plans.clone());
         AppState {
             options,
             metrics,
-            models: OnceLock::new(),
+            pool,
+            models: RwLock::new(None),
+            known,
+            changing: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),
             limiter: Arc::new(Semaphore::new(limit)),
         }
@@ -49,7 +69,42 @@ impl AppState {
 
     /// Called once the plans are loaded and warmed up: the server turns ready.
     pub fn set_models(&self, models: Vec<Arc<Model>>) {
-        let _ = self.models.set(models);
+        *self.models.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(models));
+    }
+
+    /// Serves `model` in place of the one of its name (hot reload), or after the others.
+    pub fn put_model(&self, model: Arc<Model>, from: PlanArg) {
+        let mut served = self.models.write().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<Arc<Model>> = served.as_deref().cloned().unwrap_or_default();
+        match list.iter_mut().find(|m| m.name == model.name) {
+            Some(slot) => *slot = model,
+            None => list.push(model),
+        }
+        *served = Some(Arc::new(list));
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        match known.iter_mut().find(|k| k.name == from.name) {
+            Some(k) => *k = from,
+            None => known.push(from),
+        }
+    }
+
+    /// Stops serving `name`; its requests in flight finish. False if it was not served.
+    pub fn remove_model(&self, name: &str) -> bool {
+        let mut served = self.models.write().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = served.as_deref() else {
+            return false;
+        };
+        if !list.iter().any(|m| m.name == name) {
+            return false;
+        }
+        let kept = list.iter().filter(|m| m.name != name).cloned().collect();
+        *served = Some(Arc::new(kept));
+        true
+    }
+
+    /// The plans this server knows, served or not.
+    pub fn known_plans(&self) -> Vec<PlanArg> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn start_draining(&self) {
@@ -57,13 +112,18 @@ impl AppState {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.models.get().is_some() && !self.draining.load(Ordering::SeqCst)
+        self.models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+            && !self.draining.load(Ordering::SeqCst)
     }
 
-    pub fn models(&self) -> Result<&[Arc<Model>], ApiError> {
+    pub fn models(&self) -> Result<Served, ApiError> {
         self.models
-            .get()
-            .map(Vec::as_slice)
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
             .ok_or_else(|| ApiError::unavailable("the plans are still loading"))
     }
 
@@ -111,6 +171,7 @@ impl AppState {
                 })?,
         };
         m.expect_task(tasks, endpoint)?;
+        trace::record_model(&m.name);
         Ok(m)
     }
 
@@ -377,17 +438,113 @@ pub async fn memory_releaser() {
     }
 }
 
-/// Every request passes here, matched to a route or not, in this order: the connection cap
-/// (past it only health checks are answered), the API key (before routing, so unknown paths
-/// reveal nothing), then for POSTs the content type, the declared length (413 before any byte
-/// is read), the body within its timeout, and only then admission against
-/// --max-concurrent-requests (429), so that a slow body holds no inference slot.
+/// Every request passes here, matched to a route or not: it gets a [`trace::RequestTrace`]
+/// (its id, and the time split the model records), passes [`admit`], and its response gets
+/// `x-request-id` and TEI's timing headers; then the model's statistics and the access log
+/// take it in.
 async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     // Unmatched paths share one label, so that probing paths cannot grow the metrics.
     let endpoint = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let trace = trace::RequestTrace::new(req.headers());
+    let method = req.method().clone();
+    let cors_origin = cors::allowed_origin(&st.options.cors_allow_origins, req.headers());
+    let coding = encoding::accepted(req.headers());
+    let preflight = cors::preflight(&st.options.cors_allow_origins, &method, req.headers());
+    let mut response = match preflight {
+        Some(answer) => answer,
+        None => trace.scope(admit(&st, &endpoint, req, next)).await,
+    };
+    let total = trace.started.elapsed();
+    let headers = response.headers_mut();
+    for (k, v) in trace.headers(total) {
+        headers.insert(k, v);
+    }
+    cors::decorate(cors_origin, &mut response);
+    if let Some(coding) = coding {
+        response = compress(coding, response).await;
+    }
+    let split = trace.split();
+    let status = response.status();
+    if let Some(model) = &split.model {
+        st.metrics
+            .model_request(model, status.is_success(), total, &split);
+    }
+    access_log(&trace.id, &method, &endpoint, status, &split, total);
+    response
+}
+
+/// The answer compressed in `coding`, unless it is empty or already encoded (the answers are
+/// JSON or KServe tensors, already whole in memory).
+async fn compress(coding: encoding::Coding, response: Response) -> Response {
+    if response.headers().contains_key(header::CONTENT_ENCODING) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::internal(format!("reading the answer to compress it: {e}"))
+                .into_response()
+        }
+    };
+    if bytes.is_empty() {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    match encoding::encode(coding, &bytes, &mut parts.headers) {
+        Ok(packed) => Response::from_parts(parts, axum::body::Body::from(packed)),
+        Err(e) => ApiError::internal(format!("compressing the answer: {e}")).into_response(),
+    }
+}
+
+/// One line per request: id, method, route, model, status, inputs, tokens and the time split
+/// (in milliseconds). Health checks and scrapes at DEBUG, the rest at INFO; `--json-logs`
+/// makes each line a JSON object.
+fn access_log(
+    id: &str,
+    method: &Method,
+    route: &str,
+    status: StatusCode,
+    s: &trace::Split,
+    total: std::time::Duration,
+) {
+    let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    macro_rules! line {
+        ($level:expr) => {
+            tracing::event!(
+                target: "bertkit::access",
+                $level,
+                request_id = id,
+                method = %method,
+                route,
+                model = s.model.as_deref().unwrap_or(""),
+                status = status.as_u16(),
+                inputs = s.inputs,
+                tokens = s.tokens,
+                total_ms = ms(total),
+                tokenization_ms = ms(s.tokenization),
+                queue_ms = ms(s.queue),
+                inference_ms = ms(s.inference),
+                "request"
+            )
+        };
+    }
+    if is_health(route) || route == "/metrics" {
+        line!(tracing::Level::DEBUG);
+    } else {
+        line!(tracing::Level::INFO);
+    }
+}
+
+/// In this order: the connection cap (past it only health checks are answered), the API key
+/// (before routing, so unknown paths reveal nothing), then for POSTs the content type, the
+/// declared length (413 before any byte is read), the body within its timeout, and only then
+/// admission against --max-concurrent-requests (429), so that a slow body holds no inference
+/// slot.
+async fn admit(st: &Arc<AppState>, endpoint: &str, req: Request, next: Next) -> Response {
+    let endpoint = endpoint.to_string();
     let health = is_health(&endpoint);
     if req.extensions().get::<conn::OverCapacity>().is_some() && !health {
         st.metrics.connection_refused();
@@ -435,14 +592,22 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
         if content_length(req.headers()).is_some_and(|n| n > limit as u64) {
             return refuse(too_large(limit));
         }
-        let (parts, body) = req.into_parts();
-        match read_body(&st, body).await {
-            Ok(bytes) => {
-                body_len = bytes.len();
-                Request::from_parts(parts, axum::body::Body::from(bytes))
-            }
+        let (mut parts, body) = req.into_parts();
+        let bytes = match read_body(st, body).await {
+            Ok(bytes) => bytes,
             Err(e) => return refuse(e),
+        };
+        let bytes = match encoding::decode_request(&parts.headers, bytes, limit) {
+            Ok(b) => b,
+            Err(e) => return refuse(e),
+        };
+        if parts.headers.remove(header::CONTENT_ENCODING).is_some() {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, bytes.len().into());
         }
+        body_len = bytes.len();
+        Request::from_parts(parts, axum::body::Body::from(bytes))
     } else {
         req
     };
@@ -506,8 +671,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(&format!("{versioned}/config"), get(kserve::model_config))
         .route(&format!("{model}/infer"), post(kserve::infer))
         .route(&format!("{versioned}/infer"), post(kserve::infer))
+        .route("/v2/models/stats", get(kserve::all_stats))
+        .route(&format!("{model}/stats"), get(kserve::model_stats))
+        .route(&format!("{versioned}/stats"), get(kserve::model_stats))
+        .route("/v2/repository/index", post(repository::index))
+        .route("/v2/repository/models/{model}/load", post(repository::load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository::unload),
+        )
         .route("/embed", post(api::embed))
         .route("/predict", post(api::predict))
+        .route("/rerank", post(api::rerank))
         .route("/ner", post(api::ner))
         .route("/qa", post(api::qa))
         .route("/tokenize", post(api::tokenize))

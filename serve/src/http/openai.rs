@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::{body_bytes, parse_json, AppState};
 use crate::error::ApiError;
+use crate::model::EmbedOptions;
 
 /// `input`: a string, a list of strings, a list of token ids, or a list of such lists.
 enum Input {
@@ -83,15 +84,12 @@ pub async fn embeddings(
             ))
         }
     };
-    if let Some(d) = body.get("dimensions").filter(|d| !d.is_null()) {
-        if d.as_u64() != Some(m.meta().shape.hidden_size as u64) {
-            return Err(ApiError::invalid(format!(
-                "\"dimensions\": model {:?} gives {} dimensions and cannot shorten them",
-                m.name,
-                m.meta().shape.hidden_size
-            )));
-        }
-    }
+    // OpenAI's `dimensions`: the first N values, unit length again.
+    let options = EmbedOptions {
+        dimensions: super::api::count_field(&body, "dimensions")?,
+        ..Default::default()
+    };
+    let dimensions = m.check_dimensions(options.dimensions)?;
     let input = read_input(
         body.get("input")
             .ok_or_else(|| ApiError::invalid("the request has no \"input\""))?,
@@ -99,14 +97,18 @@ pub async fn embeddings(
     let (vectors, tokens) = match input {
         Input::Texts(texts) => {
             st.check_client_batch(texts.len())?;
-            m.embed(texts, None, false).await?
+            m.embed(texts, &options).await?
         }
         Input::Tokens(ids) => {
             st.check_client_batch(ids.len())?;
             m.check_ids(&ids)?;
             let tokens = ids.iter().map(|e| e.ids.len()).sum();
             let out = m.run(ids).await?;
-            (out.into_iter().map(|o| o.data).collect(), tokens)
+            let vectors = out
+                .into_iter()
+                .map(|o| m.shape_embedding(o.data, dimensions, false))
+                .collect();
+            (vectors, tokens)
         }
     };
     let data: Vec<Value> = vectors
