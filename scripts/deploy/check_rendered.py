@@ -23,7 +23,9 @@ EXPECT = {
         "port": 8000,
         "flags": {"--threads": "2", "--shutdown-timeout-s": "30"},
         "absent": ["--truncate", "--max-batch-tokens", "--plan", "--max-connections",
-                   "--header-timeout-s", "--body-timeout-s", "--keep-alive-timeout-s"],
+                   "--header-timeout-s", "--body-timeout-s", "--keep-alive-timeout-s",
+                   "--model-control-mode", "--model-repository", "--cors-allow-origin",
+                   "--json-logs"],
         "plans": [],
         "models": None,
         "api_key": None,
@@ -41,9 +43,12 @@ EXPECT = {
                   "--payload-limit": "10485760", "--threads": "3",
                   "--tokenization-workers": "2", "--shutdown-timeout-s": "45",
                   "--max-connections": "2048", "--header-timeout-s": "5",
-                  "--body-timeout-s": "12.5", "--keep-alive-timeout-s": "90"},
+                  "--body-timeout-s": "12.5", "--keep-alive-timeout-s": "90",
+                  "--model-control-mode": "explicit", "--model-repository": "/models",
+                  "--cors-allow-origin": "https://app.example.com,https://admin.example.com"},
         "absent": [],
         "truncate": True,
+        "json_logs": True,
         "plans": ["sentiment=/models/sst2.plan",
                   "minilm=/models/embeddings/all-MiniLM-L6-v2.plan"],
         "models": "pvc",
@@ -140,6 +145,7 @@ def check(scenario, rendered):
     for flag in exp["absent"]:
         c.ok(flag not in values and flag not in lone, f"{flag} should not be passed")
     c.ok(("--truncate" in lone) == exp.get("truncate", False), "--truncate")
+    c.ok(("--json-logs" in lone) == exp.get("json_logs", False), "--json-logs")
     c.ok(values.get("--plan", []) == exp["plans"], f"plans {values.get('--plan')} != {exp['plans']}")
     ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
     c.ok(ports == {"http": exp["port"]}, f"container ports {ports}")
@@ -239,6 +245,8 @@ def local_args(rendered, plans_dir, port):
             args[i] = "127.0.0.1"
         elif args[i - 1] == "--port":
             args[i] = port
+        elif args[i - 1] == "--model-repository":
+            args[i] = a.replace("/models", plans_dir, 1)
         elif args[i - 1] == "--plan":
             name, _, path = a.rpartition("=")
             args[i] = (name + "=" if name else "") + path.replace("/models/", plans_dir + "/", 1)
