@@ -14,7 +14,6 @@
 //! folder without `bertkit.json`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
@@ -258,48 +257,7 @@ pub fn copy_tokenizer_files(from: &Path, to: &Path, config: &BertConfig) -> Resu
     Ok(())
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+/// Writes `bytes` to `path` whole or not at all (`crate::fs`); errors name `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
-}
-
-/// This machine's name, reduced to characters safe in a file name (ASCII letters, digits, `-`,
-/// `.`, `_`); `localhost` when it cannot be read.
-pub fn hostname() -> &'static str {
-    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HOST.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .map(|h| {
-                h.trim()
-                    .chars()
-                    .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-                    .collect()
-            })
-            .filter(|h: &String| !h.is_empty() && h != "." && h != "..")
-            .unwrap_or_else(|| "localhost".into())
-    })
-}
-
-/// The hidden temporary name a file is written under before its rename into place:
-/// `.NAME.tmp-HOST-PID` next to it, unique among the processes writing into one folder, even on
-/// several machines sharing it (a SLURM array preparing data into one folder).
-pub fn temp_path(path: &Path) -> PathBuf {
-    let host = hostname();
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "file".into());
-    path.with_file_name(format!(".{name}.tmp-{host}-{}", std::process::id()))
+    crate::fs::write_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }

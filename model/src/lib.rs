@@ -8,6 +8,7 @@ pub mod config;
 pub mod cpu_math;
 pub mod denormals;
 pub mod error;
+pub mod fs;
 pub mod fused;
 pub mod heads;
 pub mod nn;

@@ -7,8 +7,8 @@
 //! written to a temporary file and renamed at the end, so a failed run leaves no partial file
 //! (and an existing output untouched).
 
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use bertkit_model::backend::DeviceSpec;
@@ -76,11 +76,7 @@ fn embed<B: Backend>(device: &B::Device, args: &EmbedArgs) -> Result<()> {
 
     let input =
         std::fs::File::open(&args.input).with_context(|| format!("{}", args.input.display()))?;
-    let tmp = temp_path(&args.output);
-    let result = (|| -> Result<usize> {
-        let mut out = BufWriter::new(
-            std::fs::File::create(&tmp).with_context(|| format!("{}", tmp.display()))?,
-        );
+    let count = bertkit_model::fs::write_atomic_with(&args.output, |out| -> Result<usize> {
         let mut window = Vec::new();
         let mut count = 0;
         for (i, line) in BufReader::new(input).lines().enumerate() {
@@ -93,34 +89,16 @@ fn embed<B: Backend>(device: &B::Device, args: &EmbedArgs) -> Result<()> {
                     .with_context(|| format!("{}: line {}", args.input.display(), i + 1))?,
             );
             if window.len() == args.batch_size * WINDOW_BATCHES {
-                count += embed_window(&model, &tokenizer, &window, args, device, &mut out)?;
+                count += embed_window(&model, &tokenizer, &window, args, device, out)?;
                 window.clear();
             }
         }
-        count += embed_window(&model, &tokenizer, &window, args, device, &mut out)?;
-        out.flush()?;
+        count += embed_window(&model, &tokenizer, &window, args, device, out)?;
         Ok(count)
-    })();
-    match result {
-        Ok(count) => {
-            std::fs::rename(&tmp, &args.output)
-                .with_context(|| format!("{}", args.output.display()))?;
-            tracing::info!("embedded {count} inputs into {}", args.output.display());
-            Ok(())
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
-}
-
-fn temp_path(output: &Path) -> PathBuf {
-    let name = output
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("output");
-    output.with_file_name(format!(".{name}.partial"))
+    })
+    .with_context(|| format!("writing {}", args.output.display()))?;
+    tracing::info!("embedded {count} inputs into {}", args.output.display());
+    Ok(())
 }
 
 /// One input line: `{"text": ..., "text_pair": ...}`.

@@ -40,7 +40,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use bertkit_model::checkpoint::write_atomic;
 use bertkit_model::BertTokenizer;
 use rayon::prelude::*;
-use sha2::Digest;
 
 use crate::corpus::{self, Document, InputError, InputPart, ReadOptions};
 use crate::instances::{self, Specials, TokenizedDocument};
@@ -237,7 +236,7 @@ fn load_tokenizer(dir: &Path) -> Result<(Tok, TokenizerInfo, Vec<u8>)> {
     id("[PAD]")?;
     let info = TokenizerInfo {
         file: TOKENIZER_FILE.to_string(),
-        sha256: shards::hex(&sha2::Sha256::digest(&bytes)),
+        sha256: bertkit_model::fs::sha256_hex(&bytes),
         vocab_size: tokenizer.vocab_size(),
     };
     Ok((

@@ -14,7 +14,7 @@
 //! sees half a shard, whatever happens to the writer.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,11 +22,11 @@ use anyhow::{bail, Context, Result};
 use arrow_array::builder::{Int32Builder, Int8Builder, ListBuilder};
 use arrow_array::{Array, ArrayRef, Int32Array, Int8Array, ListArray, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
+use bertkit_model::fs;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use sha2::{Digest, Sha256};
 
 pub const ROWS_PER_GROUP: usize = 8192;
 
@@ -105,7 +105,7 @@ pub fn write_shard_then(
     nsp: bool,
     before_publish: impl FnOnce(u64, &str) -> Result<()>,
 ) -> Result<(u64, String)> {
-    let tmp = bertkit_model::checkpoint::temp_path(path);
+    let tmp = fs::temp_path(path);
     let result = (|| -> Result<()> {
         let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let props = WriterProperties::builder()
@@ -138,25 +138,7 @@ pub fn write_shard_then(
 
 /// Size and sha256 (hex) of a file.
 pub fn file_sha256(path: &Path) -> Result<(u64, String)> {
-    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    Ok((size, hex(&hasher.finalize())))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    fs::file_sha256(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// A whole shard in memory, in flat arrays (a few bytes per token).

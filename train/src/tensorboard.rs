@@ -49,7 +49,7 @@ impl EventWriter {
             .map_or(0, |d| d.as_secs());
         let name = format!(
             "events.out.tfevents.{secs}.{}.{}.bertkit",
-            bertkit_model::checkpoint::hostname(),
+            bertkit_model::fs::hostname(),
             std::process::id()
         );
         let path = dir.join(name);

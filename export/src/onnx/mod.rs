@@ -18,7 +18,6 @@
 pub mod proto;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -118,23 +117,10 @@ fn check_size(bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// Writes `model` to `path` through a temporary file in the same folder and a rename; every
-/// error names `path`.
+/// Writes `model` to `path` whole or not at all (`bertkit_model::fs`); every error names `path`.
 fn write_atomic(path: &Path, model: &Model) -> Result<u64> {
-    let tmp = checkpoint::temp_path(path);
-    let result = (|| -> std::io::Result<u64> {
-        let file = std::fs::File::create(&tmp)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-        let n = model.write(&mut w)?;
-        w.flush()?;
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        Ok(n)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow!("cannot write {}: {e}", path.display())
-    })
+    bertkit_model::fs::write_atomic_with(path, |w| model.write(w))
+        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
 }
 
 /// Builds the ONNX model from the parameters of `Bert::save` (HF names without `bert.`).

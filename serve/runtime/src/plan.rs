@@ -13,12 +13,11 @@
 //! without CUDA.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use bertkit_model::fs;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub const FORMAT: &str = "bertkit-plan";
 /// Bumped whenever a reader of the previous version would misread a plan.
@@ -253,33 +252,12 @@ pub struct PlanMeta {
 
 /// sha256 and size of a file, streamed.
 pub fn digest_file(path: &Path) -> Result<FileDigest> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    Ok(FileDigest {
-        sha256: hex(&hasher.finalize()),
-        bytes,
-    })
+    let (bytes, sha256) =
+        fs::file_sha256(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(FileDigest { sha256, bytes })
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use fs::sha256_hex;
 
 impl PlanMeta {
     /// Reads and checks `dir/plan.json`: its own digest, the format and version, and every
@@ -376,18 +354,9 @@ impl PlanMeta {
     }
 }
 
+/// Writes `bytes` to `path` whole or not at all (fsynced; `bertkit_model::fs`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+    fs::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Tensor names in `weights.safetensors`. Linear weights are `[out, in]` (fp32/fp16/bf16, or

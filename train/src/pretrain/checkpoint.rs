@@ -83,7 +83,7 @@ pub fn write<B: Backend>(
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let dir = step_dir(root, state.step);
-    let tmp = model_ckpt::temp_path(&dir);
+    let tmp = bertkit_model::fs::temp_path(&dir);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }
