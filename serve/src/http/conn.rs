@@ -283,9 +283,13 @@ pub async fn serve_connections(
         };
         if n > hard_cap {
             metrics.connection_refused();
-            // A fresh socket's send buffer is empty: this write does not block.
-            let _ = stream.try_write(REFUSED);
-            drop(stream);
+            // A fresh socket's send buffer is empty: this write does not block. It goes through
+            // the std socket because tokio's `try_write` answers WouldBlock until the reactor
+            // has seen the socket's first writable event, which under load it may not have yet
+            // (the client then got a bare close instead of the 503).
+            if let Ok(mut s) = stream.into_std() {
+                let _ = std::io::Write::write(&mut s, REFUSED);
+            }
             drop(guard);
             continue;
         }
