@@ -211,20 +211,29 @@ fn a_connection_flood_gets_503_while_health_answers() {
         refused.text()
     );
 
-    // Fill the overflow band too: the next connection gets a 503 written at once.
-    held.extend((0..8).map(|_| stalled(&a, partial)));
-    std::thread::sleep(Duration::from_millis(300));
-    let mut flood = TcpStream::connect(&a).unwrap();
-    let t = Instant::now();
-    let said = closed_within(&mut flood, Duration::from_secs(2)).expect("not closed");
-    // (A close with nothing said after about 2 s would be the overflow band's header timeout:
-    // the flood was let into the band.)
+    // Fill the overflow band (8); past it a connection gets a 503 written at once. The health
+    // and /predict connections above may still be closing on the server's side (their client
+    // saw EOF before the server's task ended), so connections are opened until one is refused,
+    // each given 100 ms (a band connection waits up to 2 s for its head, then closes silently).
+    let mut refused = None;
+    for i in 0..12 {
+        let mut c = stalled(&a, partial);
+        match closed_within(&mut c, Duration::from_millis(100)) {
+            Some(said) => {
+                refused = Some((i, said));
+                break;
+            }
+            None => held.push(c),
+        }
+    }
+    let (i, said) = refused.expect("12 connections past the band and none refused");
     assert!(
         String::from_utf8_lossy(&said).starts_with("HTTP/1.1 503"),
-        "closed after {:?} having said {:?}",
-        t.elapsed(),
+        "connection {i} past the cap closed having said {:?}",
         String::from_utf8_lossy(&said)
     );
+    // 8 fill the band; 6 when both earlier connections were still open.
+    assert!((6..=10).contains(&i), "refused after {i} band connections");
 
     // The flood goes away: served normally again, and the refusals were counted.
     drop(held);
