@@ -120,6 +120,27 @@ fn minilm_learns_movie_review_sentiment() {
     assert_eq!(config["problem_type"], "single_label_classification");
     assert!(out.join("tensorboard").read_dir().unwrap().next().is_some());
 
+    // The model card parses with huggingface_hub, as the Hub reads it.
+    let card = model_card(&out);
+    assert_eq!(card["data"]["pipeline_tag"], "text-classification");
+    assert_eq!(card["data"]["base_model"], s(&minilm()));
+    assert_eq!(
+        card["data"]["labels"],
+        serde_json::json!(["negative", "positive"])
+    );
+    assert_eq!(
+        card["data"]["datasets"],
+        serde_json::json!(["train.jsonl", "validation.jsonl"])
+    );
+    assert_eq!(card["eval_results"][0]["metric_type"], "accuracy");
+    assert_eq!(card["eval_results"][0]["metric_value"].as_f64(), Some(acc));
+    assert_eq!(card["eval_results"][0]["dataset_name"], "validation.jsonl");
+    let body = card["text"].as_str().unwrap();
+    assert!(
+        body.contains("bertkit finetune --task classify --model") && body.contains("--lr 1e-4"),
+        "{body}"
+    );
+
     // eval reproduces the best accuracy; predict's labels give the same accuracy.
     let evaluated: Value = serde_json::from_str(&run_ok(bertkit().args([
         "eval",
@@ -178,6 +199,22 @@ fn minilm_learns_movie_review_sentiment() {
     run_ok(bertkit().args(["convert", "--to", "hf", s(&out), s(&hf)]));
     assert_eq!(json(&hf.join("config.json"))["id2label"]["1"], "positive");
     assert!(!hf.join("bertkit.json").exists());
+    // Its card keeps the fine-tuning's metrics, data and command, and adds the conversion.
+    let card = model_card(&hf);
+    assert_eq!(card["data"]["base_model"], s(&out));
+    assert_eq!(card["eval_results"][0]["metric_type"], "accuracy");
+    assert_eq!(card["eval_results"][0]["metric_value"].as_f64(), Some(acc));
+    assert_eq!(card["data"]["labels"][1], "positive");
+    let body = card["text"].as_str().unwrap();
+    assert!(
+        body.contains("bertkit finetune --task") && body.contains("bertkit convert --to hf"),
+        "{body}"
+    );
+}
+
+/// `MODEL/README.md` as huggingface_hub's ModelCard reads it (scripts/check_model_card.py).
+fn model_card(dir: &Path) -> Value {
+    common::python_script("check_model_card.py", &[dir.as_os_str()], "huggingface_hub")
 }
 
 #[test]

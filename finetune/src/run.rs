@@ -236,6 +236,8 @@ pub struct FinetuneOptions {
     pub eval_batch_size: usize,
     /// Replace a model already in `out`.
     pub overwrite: bool,
+    /// The command line that started the run (for the model card and metrics.json).
+    pub command: String,
 }
 
 pub struct FinetuneResult {
@@ -369,8 +371,17 @@ pub fn finetune<AD: AutodiffBackend>(
             spec.write(&o.out)
         },
     )?;
+    let file_name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| p.display().to_string())
+    };
     let metrics = json!({
         "task": spec.task,
+        "base_model": o.model.display().to_string(),
+        "command": o.command,
+        "main_metric": summary.best.as_ref().and_then(|b| b.metrics.first()).map(|(k, _)| k),
+        "data": { "train": file_name(&o.train), "validation": file_name(&o.validation) },
         "best": summary.best.as_ref().map(Evaluation::to_json),
         "evaluations": summary.evaluations.iter().map(Evaluation::to_json).collect::<Vec<_>>(),
         "train": {
@@ -390,6 +401,39 @@ pub fn finetune<AD: AutodiffBackend>(
         &o.out.join(METRICS_FILE),
         serde_json::to_string_pretty(&metrics)?.as_bytes(),
     )?;
+    let t = &o.settings;
+    bertkit_model::card::ModelCard {
+        name: file_name(&o.out),
+        task: Some(spec.task.model_task()),
+        base_model: Some(o.model.display().to_string()),
+        library: "transformers".into(),
+        license: bertkit_model::card::read_license(&model_dir),
+        labels: labels.clone(),
+        datasets: vec![file_name(&o.train), file_name(&o.validation)],
+        eval_dataset: Some(file_name(&o.validation)),
+        metrics: summary
+            .best
+            .as_ref()
+            .map(|b| b.metrics.clone())
+            .unwrap_or_default(),
+        hyperparameters: [
+            ("epochs", t.epochs.to_string()),
+            ("optimizer steps", summary.steps.to_string()),
+            ("batch size", t.batch_size.to_string()),
+            ("gradient accumulation", t.accumulation.to_string()),
+            ("learning rate", format!("{:e}", t.lr)),
+            ("warmup ratio", t.warmup_ratio.to_string()),
+            ("weight decay", t.weight_decay.to_string()),
+            ("max sequence length", spec.max_seq_length.to_string()),
+            ("precision", t.precision.to_string()),
+            ("seed", t.seed.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        commands: vec![o.command.clone()],
+    }
+    .write(&o.out)?;
     Ok(FinetuneResult {
         summary,
         labels,

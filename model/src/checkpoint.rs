@@ -206,6 +206,9 @@ pub fn save<B: Backend>(
 
     if let Some(tok_dir) = tokenizer_dir {
         copy_tokenizer_files(tok_dir, out, &config)?;
+        if model.task == Task::Base {
+            copy_sentence_transformers_files(tok_dir, out)?;
+        }
     }
     let meta_path = out.join(METADATA_FILE);
     match layout {
@@ -255,6 +258,81 @@ pub fn copy_tokenizer_files(from: &Path, to: &Path, config: &BertConfig) -> Resu
         write_atomic(&tok_config, text.as_bytes())?;
     }
     Ok(())
+}
+
+/// sentence-transformers' files beside the weights: how to pool and normalize, the prompts.
+pub const SENTENCE_TRANSFORMERS_FILES: [&str; 3] = [
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+];
+
+/// Copies sentence-transformers' files of `from` into `to`, byte for byte: the three files of
+/// [`SENTENCE_TRANSFORMERS_FILES`] and the module folders `modules.json` names (`1_Pooling/`,
+/// `2_Normalize/`, ...), so a converted embedding model pools and normalizes as the original
+/// did. A module path that leaves the folder is an error naming `modules.json`. Returns the
+/// files copied.
+pub fn copy_sentence_transformers_files(from: &Path, to: &Path) -> Result<usize> {
+    let mut copied = 0;
+    for name in SENTENCE_TRANSFORMERS_FILES {
+        copied += copy_file_if_present(&from.join(name), &to.join(name))?;
+    }
+    let modules_path = from.join("modules.json");
+    if !modules_path.is_file() {
+        return Ok(copied);
+    }
+    let text = std::fs::read_to_string(&modules_path).map_err(|e| Error::io(&modules_path, e))?;
+    let modules: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .map_err(|e| Error::invalid(&modules_path, format!("not a JSON list of modules: {e}")))?;
+    for (i, module) in modules.iter().enumerate() {
+        let rel = module.get("path").and_then(|p| p.as_str()).unwrap_or("");
+        if rel.is_empty() {
+            continue; // the transformer itself, at the folder's root
+        }
+        let rel_path = Path::new(rel);
+        if !rel_path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Error::invalid(
+                &modules_path,
+                format!("module {i}: path {rel:?} is not a folder inside the model folder"),
+            ));
+        }
+        copied += copy_tree(&from.join(rel_path), &to.join(rel_path))?;
+    }
+    Ok(copied)
+}
+
+/// Copies `src` to `dst` (whole or not at all) when `src` is a file other than `dst`.
+fn copy_file_if_present(src: &Path, dst: &Path) -> Result<usize> {
+    if !src.is_file() || src == dst {
+        return Ok(0);
+    }
+    let bytes = std::fs::read(src).map_err(|e| Error::io(src, e))?;
+    write_atomic(dst, &bytes)?;
+    Ok(1)
+}
+
+/// Copies the files of the folder `src` (recursively) into `dst`; nothing when `src` is absent.
+fn copy_tree(src: &Path, dst: &Path) -> Result<usize> {
+    if !src.is_dir() {
+        return Ok(0);
+    }
+    std::fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
+    let mut copied = 0;
+    for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
+        let path = entry.map_err(|e| Error::io(src, e))?.path();
+        let Some(name) = path.file_name() else {
+            continue;
+        };
+        if path.is_dir() {
+            copied += copy_tree(&path, &dst.join(name))?;
+        } else {
+            copied += copy_file_if_present(&path, &dst.join(name))?;
+        }
+    }
+    Ok(copied)
 }
 
 /// Writes `bytes` to `path` whole or not at all (`crate::fs`); errors name `path`.

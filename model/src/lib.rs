@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod bert;
+pub mod card;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu_math;

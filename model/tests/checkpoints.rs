@@ -93,6 +93,54 @@ fn round_trip_is_exact_for_minilm() {
     round_trip(&minilm_dir(), Task::Base);
 }
 
+/// sentence-transformers' files (pooling, normalization, prompts) survive an export byte for
+/// byte; a head model gets none of them (they describe an embedding model).
+#[test]
+fn sentence_transformers_files_survive_export() {
+    let dir = minilm_dir();
+    let device = Default::default();
+    let (model, _) = checkpoint::load::<Cpu>(&dir, &LoadOptions::default(), &device).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    checkpoint::save(&model, out.path(), Some(&dir), Layout::HuggingFace).unwrap();
+    for name in [
+        "modules.json",
+        "sentence_bert_config.json",
+        "config_sentence_transformers.json",
+        "1_Pooling/config.json",
+    ] {
+        let want = std::fs::read(dir.join(name)).unwrap();
+        let got = std::fs::read(out.path().join(name))
+            .unwrap_or_else(|e| panic!("{name} was not exported: {e}"));
+        assert_eq!(got, want, "{name} differs from the original");
+    }
+
+    let options = LoadOptions {
+        task: Some(Task::SequenceClassification),
+        allow_head_mismatch: true,
+        seed: 1,
+    };
+    let (head, _) = checkpoint::load::<Cpu>(&dir, &options, &device).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    checkpoint::save(&head, out.path(), Some(&dir), Layout::Bertkit).unwrap();
+    assert!(!out.path().join("modules.json").exists());
+    assert!(!out.path().join("1_Pooling").exists());
+
+    // A module path leaving the folder is refused, naming modules.json.
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::write(
+        bad.path().join("modules.json"),
+        r#"[{"idx": 1, "name": "1", "path": "../../etc", "type": "x"}]"#,
+    )
+    .unwrap();
+    let err = checkpoint::copy_sentence_transformers_files(bad.path(), out.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("modules.json") && err.contains("../../etc"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bertkit_checkpoint_records_its_task() {
     let device = Default::default();

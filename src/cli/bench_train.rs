@@ -47,7 +47,7 @@ pub struct BenchTrainArgs {
     pub mlm_fraction: f64,
     #[arg(long, default_value = "adamw")]
     pub optimizer: String,
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "fp32")]
     pub precision: String,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,

@@ -261,8 +261,8 @@ pub struct FinetuneArgs {
     /// Stop after this many epochs without improvement of the main validation metric.
     #[arg(long)]
     pub patience: Option<usize>,
-    /// f32, bf16 or fp16 (dynamic loss scaling).
-    #[arg(long, default_value = "f32")]
+    /// fp32 (or f32), bf16 or fp16 (dynamic loss scaling).
+    #[arg(long, default_value = "fp32")]
     pub precision: Precision,
     /// Use only the first N training examples.
     #[arg(long)]
@@ -334,6 +334,7 @@ fn finetune_on<B: Backend>(device: &B::Device, args: &FinetuneArgs) -> Result<()
         },
         eval_batch_size: args.eval_batch_size,
         overwrite: args.overwrite,
+        command: bertkit_model::card::command_line(),
     };
     let r = run::finetune::<Autodiff<B>>(&o, device)?;
     let best = r.summary.best.as_ref();

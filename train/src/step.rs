@@ -25,6 +25,8 @@ pub const LOSS_SCALE_WINDOW: u64 = 2000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
+    /// Written `fp32` (as plans and `--precision` spell it); `f32` is read too.
+    #[serde(rename = "fp32", alias = "f32")]
     F32,
     /// bf16 compute, f32 master weights and optimizer state.
     Bf16,
@@ -43,6 +45,16 @@ impl Precision {
     }
 }
 
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        })
+    }
+}
+
 impl std::str::FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -51,7 +63,7 @@ impl std::str::FromStr for Precision {
             "bf16" => Ok(Precision::Bf16),
             "f16" | "fp16" => Ok(Precision::Fp16),
             _ => Err(format!(
-                "unknown precision {s:?}; expected f32, bf16 or fp16"
+                "unknown precision {s:?}; expected fp32 (or f32), bf16 or fp16"
             )),
         }
     }

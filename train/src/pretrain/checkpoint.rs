@@ -99,7 +99,7 @@ pub fn write<B: Backend>(
     for entry in std::fs::read_dir(&tmp).with_context(|| format!("listing {}", tmp.display()))? {
         let path = entry?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        if let Some(name) = name.filter(|n| !n.starts_with('.')) {
+        if let Some(name) = name.filter(|n| !n.starts_with('.') && path.is_file()) {
             let (bytes, sha256) = file_sha256(&path)?;
             sums.insert(name, FileSum { bytes, sha256 });
         }
