@@ -351,6 +351,138 @@ fn ner_and_qa_fit_the_fixtures_end_to_end() {
     assert_eq!(p["answer"], q["answers"][0]["text"], "{p}");
 }
 
+/// HF Trainer's flag names work as aliases, and a value outside a closed set is refused with
+/// the list of values.
+#[test]
+fn hf_trainer_flag_names_and_closed_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("text,label\n");
+    for (text, label, _) in toy_rows(24) {
+        csv.push_str(&format!("{text},{label}\n"));
+    }
+    let csv = write(dir.path(), "toy.csv", &csv);
+    let out = dir.path().join("out");
+    let printed = finetune(&[
+        "--task",
+        "classify",
+        "--model",
+        s(&tiny()),
+        "--train",
+        s(&csv),
+        "--validation",
+        s(&csv),
+        "--output-dir",
+        s(&out),
+        "--num-train-epochs",
+        "2",
+        "--per-device-train-batch-size",
+        "4",
+        "--gradient-accumulation-steps",
+        "3",
+        "--learning-rate",
+        "1e-3",
+        "--logging-steps",
+        "1",
+        "--precision",
+        "f32",
+    ]);
+    // 24 examples in micro-batches of 4, 3 per step: 2 steps an epoch.
+    let m = json(&out.join("metrics.json"));
+    assert_eq!(m["train"]["steps"], 4, "{printed}");
+    assert_eq!(
+        jsonl(&out.join("metrics.jsonl"))
+            .iter()
+            .filter(|r| r["split"] == "train")
+            .count(),
+        4
+    );
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        card.contains("| learning rate | 1e-3 |") && card.contains("| precision | fp32 |"),
+        "{card}"
+    );
+    // --overwrite-output-dir replaces the model.
+    let again = fails(&[
+        "finetune",
+        "--task",
+        "classify",
+        "--model",
+        s(&tiny()),
+        "--train",
+        s(&csv),
+        "--validation",
+        s(&csv),
+        "--output-dir",
+        s(&out),
+    ]);
+    assert!(again.contains("--overwrite"), "{again}");
+    finetune(&[
+        "--task",
+        "classify",
+        "--model",
+        s(&tiny()),
+        "--train",
+        s(&csv),
+        "--validation",
+        s(&csv),
+        "--output-dir",
+        s(&out),
+        "--overwrite-output-dir",
+        "--max-steps",
+        "1",
+    ]);
+    assert_eq!(json(&out.join("metrics.json"))["train"]["steps"], 1);
+
+    for (flag, typo, listed) in [
+        ("--task", "clasify", "classify, ner, qa"),
+        ("--precision", "fp64", "fp32, bf16, fp16"),
+        (
+            "--problem-type",
+            "multilabel",
+            "single-label, multi-label, regression",
+        ),
+        ("--glue", "sst-2", "cola, sst2, mrpc"),
+        ("--format", "xlsx", "csv, tsv, jsonl, parquet, conll, squad"),
+        ("--tag-scheme", "bioes", "iob2, bio, iob1"),
+    ] {
+        let task = if flag == "--task" {
+            "--format"
+        } else {
+            "--task"
+        };
+        let value = if flag == "--task" { "csv" } else { "classify" };
+        let err = fails(&[
+            "finetune",
+            flag,
+            typo,
+            task,
+            value,
+            "--model",
+            "m",
+            "--train",
+            "t",
+            "--validation",
+            "v",
+            "--out",
+            "o",
+        ]);
+        assert!(
+            err.contains(typo) && err.contains(listed),
+            "{flag} {typo}: {err}"
+        );
+    }
+    let err = fails(&[
+        "export",
+        "--model",
+        "m",
+        "--out",
+        "o",
+        "--precision",
+        "int4",
+    ]);
+    assert!(err.contains("fp32, fp16, bf16, int8"), "{err}");
+}
+
 #[test]
 fn every_problem_type_and_glue_layout_trains_on_a_tiny_model() {
     let dir = tempfile::tempdir().unwrap();

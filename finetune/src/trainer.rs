@@ -131,7 +131,7 @@ where
     let mut logger = Logger::open(out, s.tensorboard, total, 0, s.progress_bar)?;
     logger.println(format!(
         "fine-tuning {} ({} parameters) on {} examples: {epochs} epoch(s), {total} steps of {} \
-         ({} x {accumulation}), lr {:e}, warmup {}, {:?}",
+         ({} x {accumulation}), lr {:e}, warmup {}, {}",
         model.task.architecture(),
         model.num_params(),
         train.len(),

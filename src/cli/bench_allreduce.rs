@@ -18,7 +18,7 @@ pub struct BenchAllreduceArgs {
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
     /// `tcp` (the CPU ring) or `nccl` (needs --features cuda and a GPU per rank).
-    #[arg(long, default_value = "tcp")]
+    #[arg(long, default_value = "tcp", value_parser = ["tcp", "nccl"])]
     pub backend: String,
     /// Seconds a rank waits in a collective.
     #[arg(long, default_value_t = 600.0)]

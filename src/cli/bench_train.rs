@@ -45,9 +45,9 @@ pub struct BenchTrainArgs {
     /// Share of positions with an MLM label (the peer's `--mlm-fraction`).
     #[arg(long, default_value_t = 0.15)]
     pub mlm_fraction: f64,
-    #[arg(long, default_value = "adamw")]
+    #[arg(long, default_value = "adamw", value_parser = ["adamw", "lamb"])]
     pub optimizer: String,
-    #[arg(long, default_value = "fp32")]
+    #[arg(long, default_value = "fp32", value_parser = ["fp32", "bf16", "fp16"])]
     pub precision: String,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,

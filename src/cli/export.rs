@@ -36,9 +36,9 @@ pub struct ExportArgs {
     pub format: ExportFormat,
     /// fp32, fp16, bf16 (half-precision storage) or int8 (per-channel weights, dynamic
     /// activation scales).
-    #[arg(long, default_value = "fp32")]
+    #[arg(long, default_value = "fp32", value_parser = super::one_of::<Precision>(&["fp32", "fp16", "bf16", "int8", "~f32"]))]
     pub precision: Precision,
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", value_parser = super::one_of::<Target>(&["cpu", "cuda"]))]
     pub target: Target,
     /// The most sequences the runtime runs at once.
     #[arg(long, default_value_t = 32)]

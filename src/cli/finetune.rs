@@ -15,21 +15,21 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::Args;
 
-use super::with_backend;
+use super::{one_of, with_backend, TRAIN_PRECISIONS};
 
 /// How to read a task's data (saved in the model's finetune.json by `finetune`; `eval` and
 /// `predict` use the saved values unless given here).
 #[derive(Args, Debug, Clone, Default)]
 pub struct TaskArgs {
-    /// classify, ner or qa.
-    #[arg(long)]
+    /// The task (required unless the model was fine-tuned by bertkit).
+    #[arg(long, value_parser = one_of::<TaskKind>(&["classify", "ner", "qa"]))]
     pub task: Option<TaskKind>,
-    /// csv, tsv, jsonl, parquet, conll or squad (default: from the file extension).
-    #[arg(long)]
+    /// The data's format [default: from the file extension].
+    #[arg(long, value_parser = one_of::<Format>(&["csv", "tsv", "jsonl", "parquet", "conll", "squad"]))]
     pub format: Option<Format>,
-    /// classify: one of the nine GLUE tasks, read from its official TSV files (cola, sst2,
-    /// mrpc, qqp, stsb, mnli, qnli, rte, wnli) with its official metrics.
-    #[arg(long)]
+    /// classify: one of the nine GLUE tasks, read from its official TSV files with its
+    /// official metrics.
+    #[arg(long, ignore_case = true, value_parser = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"])]
     pub glue: Option<String>,
     /// classify: the text column [default: text].
     #[arg(long)]
@@ -40,9 +40,9 @@ pub struct TaskArgs {
     /// classify: the label column [default: label].
     #[arg(long)]
     pub label_column: Option<String>,
-    /// classify: single-label, multi-label or regression [default: from the labels: lists are
-    /// multi-label, non-integer numbers regression].
-    #[arg(long)]
+    /// classify: the kind of labels [default: from the labels: lists are multi-label,
+    /// non-integer numbers regression].
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(problem_types()))]
     pub problem_type: Option<String>,
     /// classify, multi-label: separator of labels written in one text cell [default: ,].
     #[arg(long)]
@@ -53,8 +53,8 @@ pub struct TaskArgs {
     /// ner: the tags column of table formats [default: tags].
     #[arg(long)]
     pub tags_column: Option<String>,
-    /// ner: iob2 (BIO) or iob1 [default: iob2].
-    #[arg(long)]
+    /// ner: the tagging scheme (bio is iob2) [default: iob2].
+    #[arg(long, ignore_case = true, value_parser = ["iob2", "bio", "iob1"])]
     pub tag_scheme: Option<String>,
     /// Tokens per input, special tokens included [default: 128; qa 384].
     #[arg(long)]
@@ -66,13 +66,13 @@ pub struct TaskArgs {
     #[arg(long)]
     pub max_query_length: Option<usize>,
     /// qa: candidate spans considered per question [default: 20].
-    #[arg(long)]
+    #[arg(long, visible_alias = "n-best-size")]
     pub n_best: Option<usize>,
     /// qa: the longest answer in tokens [default: 30].
     #[arg(long)]
     pub max_answer_length: Option<usize>,
     /// qa: SQuAD v2.0 (questions may have no answer).
-    #[arg(long)]
+    #[arg(long, visible_alias = "version-2-with-negative")]
     pub version_2: bool,
     /// qa v2: answer "" when the null score beats the best span by more than this [default: 0].
     #[arg(long)]
@@ -83,9 +83,24 @@ pub struct TaskArgs {
     pub skip_invalid: bool,
 }
 
+/// `--problem-type`'s values; HF's `problem_type` spellings are read too.
+fn problem_types() -> [clap::builder::PossibleValue; 6] {
+    use clap::builder::PossibleValue;
+    [
+        PossibleValue::new("single-label"),
+        PossibleValue::new("multi-label"),
+        PossibleValue::new("regression"),
+        PossibleValue::new("single_label_classification").hide(true),
+        PossibleValue::new("multi_label_classification").hide(true),
+        PossibleValue::new("single_label").hide(true),
+    ]
+}
+
 fn parse_problem(s: &str) -> Result<ProblemType> {
     Ok(match s {
-        "single-label" | "single_label_classification" => ProblemType::SingleLabelClassification,
+        "single-label" | "single_label" | "single_label_classification" => {
+            ProblemType::SingleLabelClassification
+        }
         "multi-label" | "multi_label_classification" => ProblemType::MultiLabelClassification,
         "regression" => ProblemType::Regression,
         _ => bail!("--problem-type {s:?}: expected single-label, multi-label or regression"),
@@ -235,19 +250,29 @@ pub struct FinetuneArgs {
     #[arg(long)]
     pub validation: PathBuf,
     /// The output folder: the best model, finetune.json, metrics.json, metrics.jsonl, tensorboard/.
-    #[arg(long)]
+    #[arg(long, visible_alias = "output-dir")]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, visible_alias = "num-train-epochs")]
     pub epochs: usize,
     /// Stop after this many optimizer steps (the schedule ends there).
     #[arg(long)]
     pub max_steps: Option<u64>,
-    #[arg(long, default_value_t = 32)]
+    /// Sequences per micro-batch (on each rank when data-parallel).
+    #[arg(
+        long,
+        default_value_t = 32,
+        visible_alias = "per-device-train-batch-size"
+    )]
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(
+        long,
+        default_value_t = 1,
+        visible_alias = "gradient-accumulation-steps"
+    )]
     pub accumulation: usize,
-    #[arg(long, default_value_t = 5e-5)]
+    /// The peak learning rate.
+    #[arg(long, default_value_t = 5e-5, visible_alias = "learning-rate")]
     pub lr: f64,
     /// Linear warmup over this fraction of the steps, then linear decay to 0.
     #[arg(long, default_value_t = 0.1)]
@@ -261,8 +286,8 @@ pub struct FinetuneArgs {
     /// Stop after this many epochs without improvement of the main validation metric.
     #[arg(long)]
     pub patience: Option<usize>,
-    /// fp32 (or f32), bf16 or fp16 (dynamic loss scaling).
-    #[arg(long, default_value = "fp32")]
+    /// The compute precision (fp16 with dynamic loss scaling; f32 is read as fp32).
+    #[arg(long, default_value = "fp32", value_parser = one_of::<Precision>(TRAIN_PRECISIONS))]
     pub precision: Precision,
     /// Use only the first N training examples.
     #[arg(long)]
@@ -272,13 +297,14 @@ pub struct FinetuneArgs {
     pub max_eval_examples: Option<usize>,
     #[arg(long, default_value_t = 64)]
     pub eval_batch_size: usize,
-    #[arg(long, default_value_t = 10)]
+    /// Log the training loss every N optimizer steps.
+    #[arg(long, default_value_t = 10, visible_alias = "logging-steps")]
     pub log_every: u64,
     /// Also write TensorBoard event files (out/tensorboard/).
     #[arg(long)]
     pub tensorboard: bool,
     /// Replace a model already in --out.
-    #[arg(long)]
+    #[arg(long, visible_alias = "overwrite-output-dir")]
     pub overwrite: bool,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,

@@ -14,6 +14,25 @@ pub mod quickstart;
 pub mod serve;
 pub mod vocab;
 
+/// A parser for a flag with a closed set of values, each turned into a `T` by its `FromStr`:
+/// `--help` lists them and a typo is refused with the list. A value written `~name` is accepted
+/// but not listed (an old or alternative spelling).
+pub fn one_of<T>(values: &'static [&'static str]) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Clone + Send + Sync + 'static,
+    T::Err: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+{
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(values.iter().map(|v| match v.strip_prefix('~') {
+        Some(hidden) => PossibleValue::new(hidden).hide(true),
+        None => PossibleValue::new(*v),
+    }))
+    .try_map(|s| s.parse::<T>())
+}
+
+/// The spellings of a precision of training (`fp32` is also read as `f32`).
+pub const TRAIN_PRECISIONS: &[&str] = &["fp32", "bf16", "fp16", "~f32"];
+
 /// Calls `$f::<Backend>(&device, args...)` with the backend and device `$spec` names.
 macro_rules! with_backend {
     ($spec:expr, $f:ident ( $($arg:expr),* )) => {{

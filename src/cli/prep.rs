@@ -15,7 +15,7 @@ pub struct InputArgs {
     pub input: Vec<String>,
     /// auto (by extension, then content), text (blank-line separated documents), jsonl,
     /// parquet, wikipedia (pages-articles XML, plain or .bz2).
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", value_parser = super::one_of::<Format>(&["auto", "text", "jsonl", "parquet", "wikipedia", "~txt", "~json", "~ndjson", "~wiki", "~xml"]))]
     pub format: Format,
     /// JSONL field holding the text.
     #[arg(long, default_value = "text")]
@@ -28,7 +28,7 @@ pub struct InputArgs {
     pub max_line_bytes: u64,
     /// What to do with bad input (invalid UTF-8, malformed JSON, unreadable files): skip it and
     /// count it in the summary, or fail at the first.
-    #[arg(long, default_value = "skip")]
+    #[arg(long, default_value = "skip", value_parser = super::one_of::<OnError>(&["skip", "fail"]))]
     pub on_error: OnError,
 }
 

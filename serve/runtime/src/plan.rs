@@ -54,7 +54,7 @@ impl std::str::FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "fp32" => Ok(Precision::Fp32),
+            "fp32" | "f32" => Ok(Precision::Fp32),
             "fp16" => Ok(Precision::Fp16),
             "bf16" => Ok(Precision::Bf16),
             "int8" => Ok(Precision::Int8),
