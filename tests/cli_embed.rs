@@ -304,3 +304,77 @@ fn quickstart_runs_every_stage() {
     let meta = bertkit_runtime::PlanMeta::read(&dir.path().join("finetuned-int8.plan")).unwrap();
     assert_eq!(meta.precision, bertkit_runtime::Precision::Int8);
 }
+
+/// `--model ORG/NAME` reads the model from the local Hugging Face hub cache (HF_HUB_CACHE or
+/// HF_HOME), laid out as huggingface_hub writes it (refs/main, snapshots/COMMIT/ of links into
+/// blobs/), offline; a name that is not there is an error naming the cache folder looked in.
+#[test]
+fn models_by_name_come_from_the_hub_cache() {
+    let home = tempfile::tempdir().unwrap();
+    let repo_dir = home
+        .path()
+        .join("hub/models--sentence-transformers--all-MiniLM-L6-v2");
+    let commit = "8b3219a92973c328a8e22fadcfa821b5dc75636a";
+    let snap = repo_dir.join("snapshots").join(commit);
+    std::fs::create_dir_all(snap.join("1_Pooling")).unwrap();
+    std::fs::create_dir_all(repo_dir.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs/main"), commit).unwrap();
+    for (i, name) in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+        "modules.json",
+        "1_Pooling/config.json",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let blob = repo_dir.join("blobs").join(format!("blob{i}"));
+        std::os::unix::fs::symlink(minilm().join(name), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, snap.join(name)).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_inputs(dir.path());
+    let by_path = dir.path().join("path.jsonl");
+    ok(embed_cmd(&minilm(), &input, &by_path, &[]));
+    let by_name = dir.path().join("name.jsonl");
+    let run = |model: &str, output: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_bertkit"))
+            .current_dir(dir.path())
+            .env_remove("HF_HUB_CACHE")
+            .env("HF_HOME", home.path())
+            .args(["embed", "--model", model, "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(output)
+            .output()
+            .unwrap()
+    };
+    ok(run("sentence-transformers/all-MiniLM-L6-v2", &by_name));
+    assert_eq!(
+        std::fs::read(&by_path).unwrap(),
+        std::fs::read(&by_name).unwrap()
+    );
+    let info = Command::new(env!("CARGO_BIN_EXE_bertkit"))
+        .env("HF_HUB_CACHE", home.path().join("hub"))
+        .args(["info", "sentence-transformers/all-MiniLM-L6-v2"])
+        .output()
+        .unwrap();
+    assert!(ok(info).contains("22713216"));
+
+    let out = run(
+        "sentence-transformers/all-mpnet-base-v2",
+        &dir.path().join("x.jsonl"),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("models--sentence-transformers--all-mpnet-base-v2")
+            && err.contains("Hugging Face cache"),
+        "{err}"
+    );
+}

@@ -73,17 +73,37 @@ pub struct LoadOptions {
     pub seed: u64,
 }
 
-/// A folder given directly, or the folder of a file inside it.
+/// A folder given directly, the folder of a file inside it, or, for a name that is no path
+/// here (`sentence-transformers/all-MiniLM-L6-v2`), its snapshot in the local Hugging Face hub
+/// cache ([`crate::hub`]; offline).
 pub fn model_dir(path: &Path) -> PathBuf {
     if path.is_file() {
         path.parent().map(Path::to_path_buf).unwrap_or_default()
-    } else {
+    } else if path.exists() {
         path.to_path_buf()
+    } else {
+        path.to_str()
+            .and_then(crate::hub::snapshot)
+            .unwrap_or_else(|| path.to_path_buf())
     }
 }
 
 /// Reads `config.json`, and the task the folder was saved for.
 pub fn read_config(dir: &Path) -> Result<(BertConfig, Task)> {
+    let dir = &model_dir(dir);
+    if !dir.exists() {
+        let name = dir.to_string_lossy();
+        let hint = match (crate::hub::is_repo_id(&name), crate::hub::cache_dir()) {
+            (true, Some(cache)) => format!(
+                "no such model folder, and no model of that name in the Hugging Face cache ({} \
+                 not found; download it with `huggingface-cli download {name}`, or set HF_HOME \
+                 or HF_HUB_CACHE)",
+                crate::hub::repo_dir(&cache, &name).display()
+            ),
+            _ => "no such model folder".to_string(),
+        };
+        return Err(Error::invalid(dir, hint));
+    }
     let config = BertConfig::from_file(&dir.join(CONFIG_FILE))?;
     let meta_path = dir.join(METADATA_FILE);
     if meta_path.exists() {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fs;
 pub mod fused;
 pub mod heads;
+pub mod hub;
 pub mod nn;
 pub mod pooling;
 pub mod tokenizer;
