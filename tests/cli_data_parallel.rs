@@ -79,7 +79,7 @@ fn pretrain_args(out: &Path, extra: &[&str]) -> Vec<String> {
         format!("out={:?}", out.display().to_string()),
         "eval.every=0".into(),
         "log.every=1".into(),
-        "log.tensorboard=false".into(),
+        "log.report_to=jsonl".into(),
         "distributed.timeout_s=30".into(),
         "distributed.rendezvous_timeout_s=60".into(),
     ];

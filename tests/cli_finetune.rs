@@ -104,7 +104,8 @@ fn minilm_learns_movie_review_sentiment() {
         "64",
         "--lr",
         "1e-4",
-        "--tensorboard",
+        "--report-to",
+        "tensorboard",
     ]);
     let metrics = json(&out.join("metrics.json"));
     let acc = metrics["best"]["accuracy"].as_f64().unwrap();
@@ -119,6 +120,10 @@ fn minilm_learns_movie_review_sentiment() {
     assert_eq!(config["id2label"]["1"], "positive");
     assert_eq!(config["problem_type"], "single_label_classification");
     assert!(out.join("tensorboard").read_dir().unwrap().next().is_some());
+    assert!(
+        !out.join("metrics.jsonl").exists(),
+        "--report-to tensorboard wrote metrics.jsonl"
+    );
 
     // The model card parses with huggingface_hub, as the Hub reads it.
     let card = model_card(&out);
@@ -396,6 +401,8 @@ fn hf_trainer_flag_names_and_closed_sets() {
             .count(),
         4
     );
+    // By default both metrics.jsonl and TensorBoard, as for pretraining.
+    assert!(out.join("tensorboard").is_dir());
     let card = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(
         card.contains("| learning rate | 1e-3 |") && card.contains("| precision | fp32 |"),

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use bertkit_model::heads::Bert;
 use bertkit_train::distributed::ProcessGroup;
-use bertkit_train::logger::Logger;
+use bertkit_train::logger::{Logger, ReportTo};
 use bertkit_train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use bertkit_train::rng::Rng;
 use bertkit_train::schedule::{ScheduleConfig, ScheduleKind};
@@ -43,7 +43,8 @@ pub struct TrainSettings {
     pub precision: Precision,
     /// Log the training loss every N steps.
     pub log_every: u64,
-    pub tensorboard: bool,
+    /// metrics.jsonl and/or TensorBoard.
+    pub report_to: ReportTo,
     pub progress_bar: bool,
 }
 
@@ -128,7 +129,7 @@ where
         max_grad_norm: s.max_grad_norm,
         nvlamb: false,
     });
-    let mut logger = Logger::open(out, s.tensorboard, total, 0, s.progress_bar)?;
+    let mut logger = Logger::open(out, s.report_to, total, 0, s.progress_bar)?;
     logger.println(format!(
         "fine-tuning {} ({} parameters) on {} examples: {epochs} epoch(s), {total} steps of {} \
          ({} x {accumulation}), lr {:e}, warmup {}, {}",

@@ -33,7 +33,7 @@ for run in cpu:f32:60 cuda:f32:$LIMIT cuda:bf16:$LIMIT; do
         --set model=/tmp/mini-nodrop.toml --set "data=\"$DATA\"" --set "out=\"/tmp/run-$dev-$prec\"" \
         --set "precision=\"$prec\"" --set batch.global=32 --set batch.micro=32 \
         --set schedule.steps=6 --set log.every=1 --set eval.every=0 --set checkpoint.every=0 \
-        --set log.tensorboard=false > "$OUT/pretrain-$dev-$prec.log" 2>&1 \
+        --set log.report_to=jsonl > "$OUT/pretrain-$dev-$prec.log" 2>&1 \
         || { echo "pretrain $dev $prec failed:"; tail -20 "$OUT/pretrain-$dev-$prec.log"; }
     cp "/tmp/run-$dev-$prec/metrics.jsonl" "$OUT/losses-$dev-$prec.jsonl" 2>/dev/null
     save_cubecl_cache

@@ -71,7 +71,7 @@ for dev in cpu cuda; do
     timeout "$t" "$BK" pretrain --config configs/pretrain/cpu-tiny.toml --device "$dev" \
         --set model=/tmp/mini-nodrop.toml --set "data=\"$PWD/.gpu/data\"" --set "out=\"/tmp/run-$dev\"" \
         --set batch.global=32 --set batch.micro=32 --set schedule.steps=6 --set log.every=1 \
-        --set eval.every=0 --set checkpoint.every=0 --set log.tensorboard=false > "$OUT/pretrain-$dev.log" 2>&1
+        --set eval.every=0 --set checkpoint.every=0 --set log.report_to=jsonl > "$OUT/pretrain-$dev.log" 2>&1
     log "pretrain $dev rc=$? (limit $t s)"
     cp "/tmp/run-$dev/metrics.jsonl" "$OUT/losses-$dev.jsonl" 2>/dev/null
     save_cubecl_cache

@@ -10,6 +10,7 @@ use bertkit_finetune::spec::{ClassifySpec, NerSpec, QaSpec, TagScheme, TaskKind,
 use bertkit_finetune::trainer::TrainSettings;
 use bertkit_model::backend::DeviceSpec;
 use bertkit_model::config::ProblemType;
+use bertkit_train::logger::ReportTo;
 use bertkit_train::step::Precision;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
@@ -81,6 +82,11 @@ pub struct TaskArgs {
     /// (counted and reported) instead of stopping at the first.
     #[arg(long)]
     pub skip_invalid: bool,
+}
+
+/// `--report-to`: a comma-separated list of tensorboard, jsonl, all, none.
+pub fn parse_report_to(s: &str) -> Result<ReportTo, String> {
+    s.parse()
 }
 
 /// `--problem-type`'s values; HF's `problem_type` spellings are read too.
@@ -300,9 +306,10 @@ pub struct FinetuneArgs {
     /// Log the training loss every N optimizer steps.
     #[arg(long, default_value_t = 10, visible_alias = "logging-steps")]
     pub log_every: u64,
-    /// Also write TensorBoard event files (out/tensorboard/).
-    #[arg(long)]
-    pub tensorboard: bool,
+    /// Where the metrics go: metrics.jsonl, TensorBoard event files (out/tensorboard/), both
+    /// (all) or none; comma-separated.
+    #[arg(long, default_value = "jsonl,tensorboard", value_parser = clap::builder::ValueParser::new(parse_report_to))]
+    pub report_to: ReportTo,
     /// Replace a model already in --out.
     #[arg(long, visible_alias = "overwrite-output-dir")]
     pub overwrite: bool,
@@ -355,7 +362,7 @@ fn finetune_on<B: Backend>(device: &B::Device, args: &FinetuneArgs) -> Result<()
             patience: args.patience,
             precision: args.precision,
             log_every: args.log_every,
-            tensorboard: args.tensorboard,
+            report_to: args.report_to,
             progress_bar: std::io::stderr().is_terminal(),
         },
         eval_batch_size: args.eval_batch_size,

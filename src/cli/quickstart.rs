@@ -361,7 +361,10 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         max_eval_examples: None,
         eval_batch_size: 64,
         log_every: 20,
-        tensorboard: false,
+        report_to: bertkit_train::logger::ReportTo {
+            jsonl: true,
+            tensorboard: false,
+        },
         overwrite: true,
         device,
     })?;

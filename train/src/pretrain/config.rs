@@ -9,6 +9,7 @@ use bertkit_model::config::BertConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::distributed::DistributedSettings;
+use crate::logger::ReportTo;
 use crate::masking::MaskingConfig;
 use crate::optim::OptimizerConfig;
 use crate::schedule::ScheduleConfig;
@@ -140,14 +141,15 @@ impl Default for EvalSettings {
 pub struct LogSettings {
     /// Write metrics every this many steps.
     pub every: u64,
-    pub tensorboard: bool,
+    /// Where: `jsonl,tensorboard` (default), `jsonl`, `tensorboard`, `all` or `none`.
+    pub report_to: ReportTo,
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
             every: 10,
-            tensorboard: true,
+            report_to: ReportTo::default(),
         }
     }
 }

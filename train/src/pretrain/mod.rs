@@ -211,7 +211,7 @@ pub fn run<AD: AutodiffBackend>(
     let mut logger = if main {
         Logger::open(
             &cfg.out,
-            cfg.log.tensorboard,
+            cfg.log.report_to,
             total,
             state.step,
             opts.progress_bar,
