@@ -758,3 +758,140 @@ fn bad_input_is_named_by_file_and_line_and_can_be_skipped() {
         "{err}"
     );
 }
+
+/// `--save-steps` writes checkpoints through the pretraining's checkpoint code; a run resumed
+/// from one (`--resume auto`) ends bit for bit where the uninterrupted run did: the same
+/// checkpoints, best model, evaluations and logged losses; a damaged checkpoint is reported
+/// and skipped; a changed setting is refused.
+#[test]
+fn finetuning_resumes_bit_for_bit_from_its_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("text,label\n");
+    for (text, label, _) in toy_rows(24) {
+        csv.push_str(&format!("{text},{label}\n"));
+    }
+    let csv = write(dir.path(), "toy.csv", &csv);
+    let a = dir.path().join("a");
+    // 24 examples, batches of 4: 6 steps an epoch, 18 in all; checkpoints at 4, 8, 12 (after
+    // epoch 2's evaluation) and 16. Dropout is on (the tiny model's 0.1).
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "--task",
+            "classify",
+            "--model",
+            s(&tiny()),
+            "--train",
+            s(&csv),
+            "--validation",
+            s(&csv),
+            "--out",
+            s(out),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+            "--save-steps",
+            "4",
+            "--save-total-limit",
+            "10",
+            "--logging-steps",
+            "1",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let args_a = args(&a);
+    finetune(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
+    let ckpts = |out: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        ckpts(&a),
+        [
+            "step-00000004",
+            "step-00000008",
+            "step-00000012",
+            "step-00000016"
+        ]
+    );
+    let state = json(&a.join("checkpoints/step-00000012/trainer_state.json"));
+    assert_eq!(state["epochs_evaluated"], 2, "{state}");
+    assert_eq!(state["evaluations"].as_array().unwrap().len(), 2);
+
+    // An interrupted run: its folder as it was after step 8 plus a damaged step-8 checkpoint
+    // (a truncated model file), so the resume starts at step 4.
+    let b = dir.path().join("b");
+    common::copy_dir(&a, &b);
+    for step in ["12", "16"] {
+        std::fs::remove_dir_all(b.join(format!("checkpoints/step-000000{step}"))).unwrap();
+    }
+    let damaged = b.join("checkpoints/step-00000008/model.safetensors");
+    let bytes = std::fs::read(&damaged).unwrap();
+    std::fs::write(&damaged, &bytes[..bytes.len() / 2]).unwrap();
+    let args_b = args(&b);
+    let mut resume: Vec<&str> = args_b.iter().map(String::as_str).collect();
+    resume.extend(["--resume", "auto"]);
+    let out = bertkit().arg("finetune").args(&resume).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("skipping checkpoint") && stderr.contains("step-00000008"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("resuming from") && stderr.contains("(step 4)"),
+        "{stderr}"
+    );
+    for file in [
+        "model.safetensors",
+        "checkpoints/step-00000016/model.safetensors",
+        "checkpoints/step-00000016/optimizer.safetensors",
+        "checkpoints/step-00000012/model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(file)).unwrap(),
+            std::fs::read(b.join(file)).unwrap(),
+            "{file} differs after the resume"
+        );
+    }
+    let (ma, mb) = (json(&a.join("metrics.json")), json(&b.join("metrics.json")));
+    assert_eq!(ma["evaluations"], mb["evaluations"]);
+    assert_eq!(ma["best"], mb["best"]);
+    let losses = |out: &Path| -> Vec<(u64, f64)> {
+        jsonl(&out.join("metrics.jsonl"))
+            .iter()
+            .filter(|r| r["split"] == "train")
+            .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
+            .collect()
+    };
+    assert_eq!(losses(&a), losses(&b));
+    assert_eq!(losses(&a).len(), 18);
+
+    // Another batch size cannot continue these checkpoints; without --resume the folder is
+    // refused.
+    let mut cmd: Vec<&str> = vec!["finetune"];
+    cmd.extend(args_b.iter().map(String::as_str));
+    let at = cmd.iter().position(|a| *a == "--batch-size").unwrap();
+    cmd[at + 1] = "8";
+    cmd.extend(["--resume", "auto"]);
+    let err = fails(&cmd);
+    assert!(
+        err.contains("batch_size: 4") && err.contains("batch_size: 8"),
+        "{err}"
+    );
+    let mut cmd = vec!["finetune"];
+    cmd.extend(args_b.iter().map(String::as_str));
+    let err = fails(&cmd);
+    assert!(
+        err.contains("already has checkpoints") && err.contains("--resume auto"),
+        "{err}"
+    );
+}

@@ -17,7 +17,8 @@ use crate::data::squad::QaExample;
 use crate::data::{ReadOptions, Skipped};
 use crate::spec::{TaskKind, TaskSpec};
 use crate::tasks::{self, classify, ner, qa, Feature, Logits};
-use crate::trainer::{self, Evaluation, TrainSettings, TrainSummary};
+use crate::trainer::{self, Checkpoints, Evaluation, FinetuneState, TrainSettings, TrainSummary};
+use bertkit_train::checkpoint::{self as train_ckpt, Resume};
 
 pub const METRICS_FILE: &str = "metrics.json";
 
@@ -238,6 +239,8 @@ pub struct FinetuneOptions {
     pub overwrite: bool,
     /// The command line that started the run (for the model card and metrics.json).
     pub command: String,
+    /// Continue from a checkpoint of `out/checkpoints` (`TrainSettings::save_steps`).
+    pub resume: Resume,
 }
 
 pub struct FinetuneResult {
@@ -253,7 +256,23 @@ pub fn finetune<AD: AutodiffBackend>(
     o: &FinetuneOptions,
     device: &AD::Device,
 ) -> Result<FinetuneResult> {
-    if o.out.join(model_ckpt::CONFIG_FILE).exists() && !o.overwrite {
+    let ckpt_root = o.out.join("checkpoints");
+    if o.overwrite && o.resume == Resume::Never && ckpt_root.exists() {
+        std::fs::remove_dir_all(&ckpt_root)
+            .with_context(|| format!("removing {}", ckpt_root.display()))?;
+    }
+    let resumed = train_ckpt::choose::<FinetuneState>(&o.resume, &ckpt_root, &o.out)?;
+    if let Some((dir, state)) = &resumed {
+        if state.best.is_some() && !o.out.join(model_ckpt::CONFIG_FILE).exists() {
+            bail!(
+                "{} has no model, but the checkpoint {} comes after evaluations whose best model \
+                 the run wrote to its own output folder: resume into that folder",
+                o.out.display(),
+                dir.display()
+            );
+        }
+    }
+    if resumed.is_none() && o.out.join(model_ckpt::CONFIG_FILE).exists() && !o.overwrite {
         bail!(
             "{} already holds a model; choose another --out or pass --overwrite",
             o.out.display()
@@ -330,18 +349,23 @@ pub fn finetune<AD: AutodiffBackend>(
         }
     }
 
+    // Resuming: the checkpoint's weights (its head and labels were made by this run).
+    let load_from = resumed
+        .as_ref()
+        .map(|(d, _)| d.clone())
+        .unwrap_or(model_dir.clone());
     let (model, report) = model_ckpt::load_with_config::<AD>(
-        &model_dir,
+        &load_from,
         config,
         spec.task.model_task(),
         &LoadOptions {
             task: Some(spec.task.model_task()),
-            allow_head_mismatch: true,
+            allow_head_mismatch: resumed.is_none(),
             seed: o.settings.seed,
         },
         device,
     )
-    .with_context(|| format!("loading {}", model_dir.display()))?;
+    .with_context(|| format!("loading {}", load_from.display()))?;
     if !report.fresh.is_empty() {
         eprintln!("new parameters (initialized): {}", report.fresh.join(", "));
     }
@@ -356,6 +380,11 @@ pub fn finetune<AD: AutodiffBackend>(
         pad_id,
         &o.settings,
         &o.out,
+        &Checkpoints {
+            root: ckpt_root,
+            tokenizer_dir: &model_dir,
+            resume: resumed,
+        },
         device,
         |m: &Bert<AD::InnerBackend>, epoch, step| {
             let logits =

@@ -1,12 +1,16 @@
 //! The fine-tuning loop: epochs of shuffled micro-batches, each optimizer step through the
 //! shared [`bertkit_train::step::train_step`] (AdamW, warmup + linear decay, gradient
 //! accumulation and clipping, the run's precision), logs through the pretraining [`Logger`],
-//! an evaluation after every epoch, the best model kept, early stopping.
+//! an evaluation after every epoch, the best model kept, early stopping, and checkpoints
+//! through the pretraining's [`bertkit_train::checkpoint`] (`--save-steps`), from which a run
+//! resumes bit for bit (`--resume auto|DIR`).
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use bertkit_model::heads::Bert;
+use bertkit_train::checkpoint::{self, State};
 use bertkit_train::distributed::ProcessGroup;
 use bertkit_train::logger::{Logger, ReportTo};
 use bertkit_train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
@@ -15,6 +19,7 @@ use bertkit_train::schedule::{ScheduleConfig, ScheduleKind};
 use bertkit_train::step::{self, LossScale, Precision, StepSettings};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
 
 use crate::tasks::{self, Feature};
 
@@ -41,6 +46,12 @@ pub struct TrainSettings {
     /// Stop after this many evaluations without improvement of the main metric.
     pub patience: Option<usize>,
     pub precision: Precision,
+    /// Write a checkpoint (model, optimizer, trainer state) every N optimizer steps into
+    /// `out/checkpoints/` (0: none). One that falls on an epoch's end is written after its
+    /// evaluation.
+    pub save_steps: u64,
+    /// Keep the newest N checkpoints.
+    pub save_total_limit: usize,
     /// Log the training loss every N steps.
     pub log_every: u64,
     /// metrics.jsonl and/or TensorBoard.
@@ -50,7 +61,7 @@ pub struct TrainSettings {
 
 /// One evaluation: metrics in order, the first is the one the best model is chosen by
 /// (higher is better).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     pub epoch: usize,
     pub step: u64,
@@ -73,6 +84,92 @@ impl Evaluation {
     }
 }
 
+/// The settings a resumed fine-tuning run must share with the one that wrote the checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunIdentity {
+    pub batch_size: usize,
+    pub accumulation: usize,
+    pub world_size: usize,
+    pub seed: u64,
+    /// The schedule's length in optimizer steps.
+    pub total_steps: u64,
+    /// The training features: how many, and a digest of their token ids and targets.
+    pub features: usize,
+    pub features_sha256: String,
+}
+
+impl RunIdentity {
+    pub fn of(train: &[Feature], s: &TrainSettings, world_size: usize) -> RunIdentity {
+        let mut bytes = Vec::new();
+        for f in train {
+            let text =
+                serde_json::json!([f.input_ids, f.token_type_ids, format!("{:?}", f.target)]);
+            bytes.extend(text.to_string().into_bytes());
+            bytes.push(b'\n');
+        }
+        let (_, _, total) = schedule_length(train.len(), s);
+        RunIdentity {
+            batch_size: s.batch_size.max(1),
+            accumulation: s.accumulation.max(1),
+            world_size,
+            seed: s.seed,
+            total_steps: total,
+            features: train.len(),
+            features_sha256: bertkit_model::fs::sha256_hex(&bytes),
+        }
+    }
+}
+
+/// `trainer_state.json` of a fine-tuning checkpoint: where the run is and what it has seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneState {
+    pub step: u64,
+    pub optimizer_steps: u64,
+    pub loss_scale: f64,
+    pub good_steps: u64,
+    /// Epochs whose evaluation is done.
+    pub epochs_evaluated: usize,
+    pub evaluations: Vec<Evaluation>,
+    pub best: Option<Evaluation>,
+    pub since_best: usize,
+    pub losses: Vec<(u64, f64)>,
+    /// The loss window not yet logged: sum and steps.
+    pub loss_sum: f64,
+    pub logged: usize,
+    pub sequences: u64,
+    pub busy_s: f64,
+    pub identity: RunIdentity,
+}
+
+impl State for FinetuneState {
+    fn step(&self) -> u64 {
+        self.step
+    }
+    fn optimizer_steps(&self) -> u64 {
+        self.optimizer_steps
+    }
+}
+
+/// Micro-batches per epoch, optimizer steps per epoch, steps of the whole run.
+fn schedule_length(examples: usize, s: &TrainSettings) -> (usize, u64, u64) {
+    let micro_per_epoch = examples.div_ceil(s.batch_size.max(1));
+    let steps_per_epoch = micro_per_epoch.div_ceil(s.accumulation.max(1)) as u64;
+    let total = s
+        .max_steps
+        .unwrap_or(steps_per_epoch * s.epochs.max(1) as u64);
+    (micro_per_epoch, steps_per_epoch, total)
+}
+
+/// Where checkpoints go and what a run continues from.
+pub struct Checkpoints<'a> {
+    /// `out/checkpoints`.
+    pub root: PathBuf,
+    /// The tokenizer files copied into each checkpoint.
+    pub tokenizer_dir: &'a Path,
+    /// The checkpoint to continue from (verified) and its state.
+    pub resume: Option<(PathBuf, FinetuneState)>,
+}
+
 #[derive(Debug, Clone)]
 pub struct TrainSummary {
     pub steps: u64,
@@ -85,7 +182,9 @@ pub struct TrainSummary {
 }
 
 /// Trains `model` on `train`; after each epoch calls `evaluate` on the model (inference) and,
-/// when the main metric improves on the best so far, `keep` to save it.
+/// when the main metric improves on the best so far, `keep` to save it. With
+/// `ckpt.resume`, `model` holds the checkpoint's weights and the run continues after its step:
+/// the same batches, dropout, optimizer moments and schedule as the run that wrote it.
 #[allow(clippy::too_many_arguments)]
 pub fn train<AD, E, K>(
     mut model: Bert<AD>,
@@ -94,6 +193,7 @@ pub fn train<AD, E, K>(
     pad_id: u32,
     s: &TrainSettings,
     out: &std::path::Path,
+    ckpt: &Checkpoints,
     device: &AD::Device,
     mut evaluate: E,
     mut keep: K,
@@ -108,11 +208,7 @@ where
     }
     let batch = s.batch_size.max(1);
     let accumulation = s.accumulation.max(1);
-    let micro_per_epoch = train.len().div_ceil(batch);
-    let steps_per_epoch = micro_per_epoch.div_ceil(accumulation) as u64;
-    let total = s
-        .max_steps
-        .unwrap_or(steps_per_epoch * s.epochs.max(1) as u64);
+    let (_, steps_per_epoch, total) = schedule_length(train.len(), s);
     let epochs = total.div_ceil(steps_per_epoch) as usize;
     let schedule = ScheduleConfig {
         name: ScheduleKind::Linear,
@@ -129,10 +225,51 @@ where
         max_grad_norm: s.max_grad_norm,
         nvlamb: false,
     });
-    let mut logger = Logger::open(out, s.report_to, total, 0, s.progress_bar)?;
+    let identity = RunIdentity::of(train, s, 1);
+    let mut state = match &ckpt.resume {
+        Some((dir, state)) => {
+            if state.identity != identity {
+                bail!(
+                    "checkpoint {} was written by a run with {:?}; this run has {:?}: resume with \
+                     the same data, batch size, accumulation, seed and number of steps",
+                    dir.display(),
+                    state.identity,
+                    identity
+                );
+            }
+            checkpoint::restore_optimizer(
+                &mut optimizer,
+                dir,
+                state.optimizer_steps,
+                &model,
+                device,
+            )?;
+            state.clone()
+        }
+        None => FinetuneState {
+            step: 0,
+            optimizer_steps: 0,
+            loss_scale: LossScale::new(s.precision, 65536.0).scale,
+            good_steps: 0,
+            epochs_evaluated: 0,
+            evaluations: Vec::new(),
+            best: None,
+            since_best: 0,
+            losses: Vec::new(),
+            loss_sum: 0.0,
+            logged: 0,
+            sequences: 0,
+            busy_s: 0.0,
+            identity,
+        },
+    };
+    if s.save_steps > 0 {
+        checkpoint::remove_unfinished(&ckpt.root)?;
+    }
+    let mut logger = Logger::open(out, s.report_to, total, state.step, s.progress_bar)?;
     logger.println(format!(
         "fine-tuning {} ({} parameters) on {} examples: {epochs} epoch(s), {total} steps of {} \
-         ({} x {accumulation}), lr {:e}, warmup {}, {}",
+         ({} x {accumulation}), lr {:e}, warmup {}, {}{}",
         model.task.architecture(),
         model.num_params(),
         train.len(),
@@ -141,30 +278,44 @@ where
         s.lr,
         s.warmup_ratio,
         s.precision,
+        match &ckpt.resume {
+            Some((dir, st)) => format!("; resuming from {} (step {})", dir.display(), st.step),
+            None => String::new(),
+        }
     ));
-    let mut summary = TrainSummary {
-        steps: 0,
-        evaluations: Vec::new(),
-        best: None,
-        stopped_early: false,
-        sequences_per_s: 0.0,
-        losses: Vec::new(),
-    };
-    let mut scale = LossScale::new(s.precision, 65536.0);
-    let (mut busy, mut sequences) = (0.0f64, 0u64);
+    // A run resumed after the evaluation that stopped it early stays stopped.
+    let mut stopped_early = s.patience.is_some_and(|p| state.since_best >= p) && state.step < total;
+    let epochs = if stopped_early { 0 } else { epochs };
     // Since the last log: step time, sequences and non-padding tokens.
     let (mut w_busy, mut w_seqs, mut w_tokens) = (0.0f64, 0u64, 0u64);
-    let mut since_best = 0usize;
-    let mut step = 0u64;
-    'epochs: for epoch in 1..=epochs {
+    let save = |model: &Bert<AD>,
+                optimizer: &Optimizer<AD::InnerBackend>,
+                state: &FinetuneState|
+     -> Result<()> {
+        checkpoint::write(
+            &ckpt.root,
+            &model.valid(),
+            ckpt.tokenizer_dir,
+            &optimizer.to_host(),
+            state,
+            s.save_total_limit.max(1),
+        )?;
+        Ok(())
+    };
+    'epochs: for epoch in (state.epochs_evaluated + 1)..=epochs {
         let mut order: Vec<usize> = (0..train.len()).collect();
         Rng::derive(&[s.seed, TAG_SHUFFLE, epoch as u64]).shuffle(&mut order);
         let micro: Vec<Vec<&Feature>> = order
             .chunks(batch)
             .map(|c| c.iter().map(|&i| &train[i]).collect())
             .collect();
-        let (mut loss_sum, mut logged) = (0.0, 0usize);
-        for group in micro.chunks(accumulation) {
+        let first_step = (epoch as u64 - 1) * steps_per_epoch;
+        let groups: Vec<&[Vec<&Feature>]> = micro.chunks(accumulation).collect();
+        for (g, group) in groups.iter().enumerate() {
+            let step = first_step + g as u64;
+            if step < state.step {
+                continue; // done before the checkpoint this run resumed from
+            }
             if step >= total {
                 break;
             }
@@ -180,7 +331,7 @@ where
                     lr,
                     max_grad_norm: s.max_grad_norm,
                     precision: s.precision,
-                    loss_scale: scale.scale,
+                    loss_scale: state.loss_scale,
                     dropout_seed: [s.seed, step],
                 },
                 &mut ProcessGroup::single(),
@@ -189,13 +340,20 @@ where
             )?;
             model = next;
             let secs = started.elapsed().as_secs_f64();
-            busy += secs;
-            sequences += all.len() as u64;
+            state.busy_s += secs;
+            state.sequences += all.len() as u64;
             w_busy += secs;
             w_seqs += all.len() as u64;
             w_tokens += all.iter().map(|f| f.input_ids.len() as u64).sum::<u64>();
+            let mut scale = LossScale {
+                scale: state.loss_scale,
+                good_steps: state.good_steps,
+            };
             scale.update(s.precision, o.updated);
-            if !o.updated {
+            (state.loss_scale, state.good_steps) = (scale.scale, scale.good_steps);
+            if o.updated {
+                state.optimizer_steps = optimizer.steps;
+            } else {
                 logger.println(format!(
                     "step {}: non-finite loss or gradients (loss {}, grad norm {}); skipped",
                     step + 1,
@@ -203,11 +361,12 @@ where
                     o.grad_norm
                 ));
             }
-            step += 1;
-            loss_sum += o.loss;
-            logged += 1;
+            state.step = step + 1;
+            let step = state.step;
+            state.loss_sum += o.loss;
+            state.logged += 1;
             if step.is_multiple_of(s.log_every.max(1)) || step == total {
-                let loss = loss_sum / logged.max(1) as f64;
+                let loss = state.loss_sum / state.logged.max(1) as f64;
                 let rate = w_seqs as f64 / w_busy.max(1e-9);
                 let tokens_per_s = w_tokens as f64 / w_busy.max(1e-9);
                 (w_busy, w_seqs, w_tokens) = (0.0, 0, 0);
@@ -223,7 +382,7 @@ where
                         ("tokens_per_s", tokens_per_s),
                     ],
                 )?;
-                summary.losses.push((step, loss));
+                state.losses.push((step, loss));
                 let line = format!(
                     "epoch {epoch} loss {loss:.4} lr {lr:.2e} |g| {:.3} {rate:.1} seq/s",
                     o.grad_norm
@@ -233,9 +392,14 @@ where
                 } else {
                     logger.println(format!("step {step}/{total} {line}"));
                 }
-                (loss_sum, logged) = (0.0, 0);
+                (state.loss_sum, state.logged) = (0.0, 0);
+            }
+            let ends_epoch = g + 1 == groups.len() || step == total;
+            if s.save_steps > 0 && step.is_multiple_of(s.save_steps) && !ends_epoch {
+                save(&model, &optimizer, &state)?;
             }
         }
+        let step = state.step;
         let eval = evaluate(&model.valid(), epoch, step)?;
         let values: Vec<(&str, f64)> = eval.metrics.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         logger.record(step, "eval", &values)?;
@@ -247,33 +411,43 @@ where
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        let improved = summary
+        let improved = state
             .best
             .as_ref()
             .is_none_or(|b| eval.main() > b.main() || b.main().is_nan());
         if improved {
             keep(&model.valid(), &eval)?;
-            summary.best = Some(eval.clone());
-            since_best = 0;
+            state.best = Some(eval.clone());
+            state.since_best = 0;
         } else {
-            since_best += 1;
+            state.since_best += 1;
         }
-        summary.evaluations.push(eval);
-        if s.patience.is_some_and(|p| since_best >= p) && step < total {
+        state.evaluations.push(eval);
+        state.epochs_evaluated = epoch;
+        if s.save_steps > 0 && step.is_multiple_of(s.save_steps) {
+            save(&model, &optimizer, &state)?;
+        }
+        if s.patience.is_some_and(|p| state.since_best >= p) && step < total {
             logger.println(format!(
-                "stopping early: no improvement of {} for {since_best} evaluation(s)",
-                summary.evaluations[0]
+                "stopping early: no improvement of {} for {} evaluation(s)",
+                state.evaluations[0]
                     .metrics
                     .first()
                     .map(|(k, _)| k.as_str())
-                    .unwrap_or("the main metric")
+                    .unwrap_or("the main metric"),
+                state.since_best
             ));
-            summary.stopped_early = true;
+            stopped_early = true;
             break 'epochs;
         }
     }
     logger.finish();
-    summary.steps = step;
-    summary.sequences_per_s = sequences as f64 / busy.max(1e-9);
-    Ok(summary)
+    Ok(TrainSummary {
+        steps: state.step,
+        evaluations: state.evaluations,
+        best: state.best,
+        stopped_early,
+        sequences_per_s: state.sequences as f64 / state.busy_s.max(1e-9),
+        losses: state.losses,
+    })
 }

@@ -10,6 +10,7 @@ use bertkit_finetune::spec::{ClassifySpec, NerSpec, QaSpec, TagScheme, TaskKind,
 use bertkit_finetune::trainer::TrainSettings;
 use bertkit_model::backend::DeviceSpec;
 use bertkit_model::config::ProblemType;
+use bertkit_train::checkpoint::Resume;
 use bertkit_train::logger::ReportTo;
 use bertkit_train::step::Precision;
 use burn::backend::Autodiff;
@@ -310,9 +311,25 @@ pub struct FinetuneArgs {
     /// (all) or none; comma-separated.
     #[arg(long, default_value = "jsonl,tensorboard", value_parser = clap::builder::ValueParser::new(parse_report_to))]
     pub report_to: ReportTo,
-    /// Replace a model already in --out.
+    /// Replace a model already in --out (and its checkpoints).
     #[arg(long, visible_alias = "overwrite-output-dir")]
     pub overwrite: bool,
+    /// Write a checkpoint (model, optimizer, trainer state; atomic, checksummed) every N
+    /// optimizer steps into OUT/checkpoints/ (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub save_steps: u64,
+    /// Keep the newest N checkpoints.
+    #[arg(long, default_value_t = 2)]
+    pub save_total_limit: usize,
+    /// `auto`: continue from the newest valid checkpoint in OUT/checkpoints (a damaged one is
+    /// reported and skipped); a checkpoint folder; or `never`. The resumed run continues bit
+    /// for bit (on the CPU).
+    #[arg(
+        long,
+        default_value = "never",
+        visible_alias = "resume-from-checkpoint"
+    )]
+    pub resume: Resume,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSpec,
 }
@@ -363,11 +380,14 @@ fn finetune_on<B: Backend>(device: &B::Device, args: &FinetuneArgs) -> Result<()
             precision: args.precision,
             log_every: args.log_every,
             report_to: args.report_to,
+            save_steps: args.save_steps,
+            save_total_limit: args.save_total_limit,
             progress_bar: std::io::stderr().is_terminal(),
         },
         eval_batch_size: args.eval_batch_size,
         overwrite: args.overwrite,
         command: bertkit_model::card::command_line(),
+        resume: args.resume.clone(),
     };
     let r = run::finetune::<Autodiff<B>>(&o, device)?;
     let best = r.summary.best.as_ref();

@@ -366,6 +366,9 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
             tensorboard: false,
         },
         overwrite: true,
+        save_steps: 0,
+        save_total_limit: 2,
+        resume: bertkit_train::checkpoint::Resume::Never,
         device,
     })?;
     let metrics: serde_json::Value = serde_json::from_str(

@@ -1,6 +1,7 @@
 //! Pretraining: corpus readers, vocabulary training, preparation of parquet shards, and the
 //! dynamic-masking loader that feeds the training loop.
 
+pub mod checkpoint;
 pub mod corpus;
 pub mod distributed;
 pub mod instances;

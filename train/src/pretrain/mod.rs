@@ -20,7 +20,7 @@
 //! checkpoint to resume from, broadcasts its initial weights, and alone writes checkpoints,
 //! logs and held-out evaluations.
 
-pub mod checkpoint;
+pub use crate::checkpoint::{self, Resume};
 pub mod config;
 pub mod objective;
 
@@ -33,37 +33,16 @@ use bertkit_model::heads::{Bert, Task};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
+use crate::checkpoint::{RunIdentity, TrainerState};
 use crate::distributed::{grads::broadcast_params, ProcessGroup};
 use crate::loader::{Loader, LoaderConfig, Position};
 use crate::logger::Logger;
 use crate::manifest::{Manifest, MANIFEST_FILE};
-use crate::optim::{self, Optimizer};
+use crate::optim::Optimizer;
 use crate::shards::file_sha256;
 use crate::step::{self, max_abs_param, LossScale, StepSettings};
-use checkpoint::{RunIdentity, TrainerState};
 use config::{Precision, PretrainConfig};
 use objective::{StepCounts, StepStats};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resume {
-    /// Start fresh; refuse an `out` that already has checkpoints.
-    Never,
-    /// Continue from the newest valid checkpoint in `out`, else start fresh.
-    Auto,
-    /// Continue from this checkpoint folder.
-    From(PathBuf),
-}
-
-impl std::str::FromStr for Resume {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "never" | "no" => Resume::Never,
-            "auto" => Resume::Auto,
-            path => Resume::From(PathBuf::from(path)),
-        })
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -111,24 +90,10 @@ pub fn run<AD: AutodiffBackend>(
     let ckpt_root = cfg.out.join("checkpoints");
 
     // Rank 0 chooses; the others verify the same folder (the run folder is shared).
-    let chosen = match &opts.resume {
-        _ if !main => None,
-        Resume::Never => {
-            if let Some(last) = checkpoint::list(&ckpt_root)?.last() {
-                bail!(
-                    "{} already has checkpoints (newest {}); pass --resume auto to continue that \
-                     run, or choose another out",
-                    cfg.out.display(),
-                    last.display()
-                );
-            }
-            None
-        }
-        // The logger is not open yet (it needs the step to resume at): report on stderr.
-        Resume::Auto => checkpoint::latest_valid(&ckpt_root, |dir, e| {
-            eprintln!("skipping checkpoint {}: {e:#}", dir.display())
-        })?,
-        Resume::From(dir) => Some((dir.clone(), checkpoint::verify(dir)?)),
+    let chosen = if main {
+        checkpoint::choose(&opts.resume, &ckpt_root, &cfg.out)?
+    } else {
+        None
     };
     let resumed = agree_on_checkpoint(chosen, group)?;
     if main {
@@ -147,16 +112,13 @@ pub fn run<AD: AutodiffBackend>(
                 );
             }
             let model = load_model::<AD>(dir, task, cfg.seed, device)?;
-            optimizer.load_host(
+            checkpoint::restore_optimizer(
+                &mut optimizer,
+                dir,
                 state.optimizer_steps,
-                checkpoint::read_optimizer(dir)?,
+                &model,
                 device,
             )?;
-            let names: Vec<String> = optim::param_names(&model)
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect();
-            optimizer.check_names(&names)?;
             (model, state.clone())
         }
         None => {

@@ -1,11 +1,13 @@
-//! Training checkpoints: everything a run needs to continue exactly where it stopped.
+//! Training checkpoints, of pretraining and fine-tuning alike: everything a run needs to
+//! continue exactly where it stopped.
 //!
 //! `OUT/checkpoints/step-NNNNNNNN/` is a bertkit model folder (config.json, model.safetensors,
 //! tokenizer files, bertkit.json: usable by every other command as it is) plus
 //! - `optimizer.safetensors`: the optimizer's moments under `PARAM.exp_avg` / `PARAM.exp_avg_sq`,
 //!   flattened, f32;
-//! - `trainer_state.json`: step, optimizer steps, loss scale, counters, the loader's position,
-//!   and the settings a resume must share with the run that wrote it;
+//! - `trainer_state.json`: the run's [`State`] (pretraining: [`TrainerState`], step, optimizer
+//!   steps, loss scale, counters, the loader's position, and the settings a resume must share
+//!   with the run that wrote it; fine-tuning: its own, with the evaluations so far);
 //! - `checksums.json`, written last: the size and sha256 of every other file.
 //!
 //! The folder is written under a hidden temporary name and renamed into place, so a checkpoint
@@ -20,6 +22,7 @@ use bertkit_model::checkpoint::{self as model_ckpt, write_atomic, Layout};
 use bertkit_model::heads::Bert;
 use burn::tensor::backend::Backend;
 use safetensors::tensor::{Dtype, TensorView};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::loader::Position;
@@ -29,6 +32,68 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const CHECKSUM_FILE: &str = "checksums.json";
 const PREFIX: &str = "step-";
+
+/// What a kind of run keeps in `trainer_state.json`.
+pub trait State: Serialize + DeserializeOwned {
+    /// Optimizer steps of the run done (the checkpoint's folder is named by it).
+    fn step(&self) -> u64;
+    /// Updates the optimizer applied (its bias-correction `t`).
+    fn optimizer_steps(&self) -> u64;
+}
+
+impl State for TrainerState {
+    fn step(&self) -> u64 {
+        self.step
+    }
+    fn optimizer_steps(&self) -> u64 {
+        self.optimizer_steps
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Start fresh; refuse an `out` that already has checkpoints.
+    Never,
+    /// Continue from the newest valid checkpoint in `out`, else start fresh.
+    Auto,
+    /// Continue from this checkpoint folder.
+    From(PathBuf),
+}
+
+impl std::str::FromStr for Resume {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "never" | "no" => Resume::Never,
+            "auto" => Resume::Auto,
+            path => Resume::From(PathBuf::from(path)),
+        })
+    }
+}
+
+/// The checkpoint a run starts from: `Never` refuses a run folder `out` that already has
+/// checkpoints under `root`; `Auto` takes the newest that passes [`verify`] (each damaged one
+/// is reported on stderr and skipped; none: a fresh start); `From` verifies the one given.
+pub fn choose<S: State>(resume: &Resume, root: &Path, out: &Path) -> Result<Option<(PathBuf, S)>> {
+    Ok(match resume {
+        Resume::Never => {
+            if let Some(last) = list(root)?.last() {
+                bail!(
+                    "{} already has checkpoints (newest {}); pass --resume auto to continue that \
+                     run, or choose another output folder",
+                    out.display(),
+                    last.display()
+                );
+            }
+            None
+        }
+        // The run's logger is not open yet (it needs the step to resume at): report on stderr.
+        Resume::Auto => latest_valid(root, |dir, e| {
+            eprintln!("skipping checkpoint {}: {e:#}", dir.display())
+        })?,
+        Resume::From(dir) => Some((dir.clone(), verify(dir)?)),
+    })
+}
 
 /// The settings a resumed run must share with the run that wrote the checkpoint: a different
 /// batch split or data would silently change what "the next batch" means.
@@ -73,16 +138,16 @@ pub fn step_dir(root: &Path, step: u64) -> PathBuf {
 
 /// Writes a checkpoint of `model` and the optimizer state under `root`, then keeps the newest
 /// `keep` checkpoints. Returns the new folder.
-pub fn write<B: Backend>(
+pub fn write<B: Backend, S: State>(
     root: &Path,
     model: &Bert<B>,
     tokenizer_dir: &Path,
     optimizer: &BTreeMap<String, Vec<f32>>,
-    state: &TrainerState,
+    state: &S,
     keep: usize,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-    let dir = step_dir(root, state.step);
+    let dir = step_dir(root, state.step());
     let tmp = bertkit_model::fs::temp_path(&dir);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
@@ -91,7 +156,7 @@ pub fn write<B: Backend>(
         .with_context(|| format!("writing the model to {}", tmp.display()))?;
     write_atomic(
         &tmp.join(OPTIMIZER_FILE),
-        &optimizer_bytes(optimizer, state)?,
+        &optimizer_bytes(optimizer, state.optimizer_steps())?,
     )?;
     let json = serde_json::to_string_pretty(state)?;
     write_atomic(&tmp.join(STATE_FILE), json.as_bytes())?;
@@ -122,7 +187,7 @@ pub fn write<B: Backend>(
     Ok(dir)
 }
 
-fn optimizer_bytes(tensors: &BTreeMap<String, Vec<f32>>, state: &TrainerState) -> Result<Vec<u8>> {
+fn optimizer_bytes(tensors: &BTreeMap<String, Vec<f32>>, optimizer_steps: u64) -> Result<Vec<u8>> {
     let raw: Vec<(&String, Vec<u8>, usize)> = tensors
         .iter()
         .map(|(n, v)| (n, v.iter().flat_map(|x| x.to_le_bytes()).collect(), v.len()))
@@ -136,11 +201,25 @@ fn optimizer_bytes(tensors: &BTreeMap<String, Vec<f32>>, state: &TrainerState) -
             ))
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta = HashMap::from([(
-        "optimizer_steps".to_string(),
-        state.optimizer_steps.to_string(),
-    )]);
+    let meta = HashMap::from([("optimizer_steps".to_string(), optimizer_steps.to_string())]);
     Ok(safetensors::serialize(views, Some(meta))?)
+}
+
+/// Loads the optimizer state of the checkpoint `dir` (its moments, `optimizer_steps` updates
+/// done) and checks it names exactly the parameters of `model`.
+pub fn restore_optimizer<AD: burn::tensor::backend::AutodiffBackend>(
+    optimizer: &mut crate::optim::Optimizer<AD::InnerBackend>,
+    dir: &Path,
+    optimizer_steps: u64,
+    model: &Bert<AD>,
+    device: &AD::Device,
+) -> Result<()> {
+    optimizer.load_host(optimizer_steps, read_optimizer(dir)?, device)?;
+    let names: Vec<String> = crate::optim::param_names(model)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    optimizer.check_names(&names)
 }
 
 /// The optimizer's tensors of a checkpoint folder.
@@ -169,7 +248,7 @@ pub fn read_optimizer(dir: &Path) -> Result<BTreeMap<String, Vec<f32>>> {
 }
 
 /// Checks every file of a checkpoint folder against its `checksums.json` and reads its state.
-pub fn verify(dir: &Path) -> Result<TrainerState> {
+pub fn verify<S: State>(dir: &Path) -> Result<S> {
     let sums_path = dir.join(CHECKSUM_FILE);
     let text = std::fs::read_to_string(&sums_path).with_context(|| {
         format!(
@@ -254,10 +333,10 @@ pub fn list(root: &Path) -> Result<Vec<PathBuf>> {
 
 /// The newest checkpoint under `root` that passes [`verify`]; each one that fails is reported
 /// through `report` (and skipped).
-pub fn latest_valid(
+pub fn latest_valid<S: State>(
     root: &Path,
     mut report: impl FnMut(&Path, &anyhow::Error),
-) -> Result<Option<(PathBuf, TrainerState)>> {
+) -> Result<Option<(PathBuf, S)>> {
     for dir in list(root)?.into_iter().rev() {
         match verify(&dir) {
             Ok(state) => return Ok(Some((dir, state))),
