@@ -49,7 +49,7 @@ enum Command {
     Pretrain(cli::pretrain::PretrainArgs),
     /// Fine-tune a model on a task: classify (GLUE, CSV/TSV/JSONL/parquet), ner (CoNLL,
     /// JSONL), qa (SQuAD v1.1/v2.0).
-    Finetune(cli::finetune::FinetuneArgs),
+    Finetune(Box<cli::finetune::FinetuneArgs>),
     /// Evaluate a fine-tuned model on labelled data with the task's metrics.
     Eval(cli::finetune::EvalArgs),
     /// Predict with a fine-tuned model: JSONL in, JSONL out.
@@ -111,7 +111,23 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let command = Cli::parse().command;
+    let (argv, recipe) = match cli::recipe::expand(std::env::args_os().collect()) {
+        Ok(expanded) => expanded,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let command = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli.command,
+        Err(e) => {
+            let _ = e.print();
+            if let (Some(path), true) = (recipe, e.use_stderr()) {
+                eprintln!("(settings were read from {} and its --set)", path.display());
+            }
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
     if matches!(
         command,
         Command::Pretrain(_)

@@ -895,3 +895,77 @@ fn finetuning_resumes_bit_for_bit_from_its_checkpoints() {
         "{err}"
     );
 }
+
+/// A fine-tuning run from a recipe: the file's keys are the flags, `--set` changes the file,
+/// the command line wins over both; configs/finetune/*.toml are all valid recipes; a key that
+/// is no flag is refused naming the file.
+#[test]
+fn recipes_configure_finetuning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("text,label\n");
+    for (text, label, _) in toy_rows(24) {
+        csv.push_str(&format!("{text},{label}\n"));
+    }
+    let csv = write(dir.path(), "toy.csv", &csv);
+    let out = dir.path().join("out");
+    let recipe = write(
+        dir.path(),
+        "toy.toml",
+        &format!(
+            "task = \"classify\"\nmodel = {:?}\ntrain = {:?}\nvalidation = {:?}\nout = {:?}\n\
+             epochs = 3\nbatch_size = 4\nlr = 1e-3\nreport_to = \"jsonl\"\noverwrite = true\n",
+            s(&tiny()),
+            s(&csv),
+            s(&csv),
+            s(&out)
+        ),
+    );
+    finetune(&[
+        "--config",
+        s(&recipe),
+        "--set",
+        "epochs=1",
+        "--learning-rate",
+        "5e-4",
+    ]);
+    let m = json(&out.join("metrics.json"));
+    assert_eq!(m["train"]["steps"], 6, "--set epochs=1: 24 / 4 = 6 steps");
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains("| learning rate | 5e-4 |"), "{card}");
+    assert!(!out.join("tensorboard").exists(), "report_to = jsonl");
+
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "task = \"classify\"\nbatch_sise = 4\n",
+    );
+    let err = fails(&["finetune", "--config", s(&bad)]);
+    assert!(
+        err.contains("bad.toml") && err.contains("batch_sise"),
+        "{err}"
+    );
+    let err = fails(&["finetune", "--config", s(&recipe), "--set", "lr=fast"]);
+    assert!(err.contains("fast") && err.contains("toy.toml"), "{err}");
+
+    let mut recipes: Vec<PathBuf> = std::fs::read_dir(repo().join("configs/finetune"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    recipes.sort();
+    assert!(recipes.len() >= 11, "{recipes:?}");
+    for r in &recipes {
+        // Every key is a flag and every value parses: the run gets as far as the model.
+        let err = fails(&[
+            "finetune",
+            "--config",
+            s(r),
+            "--set",
+            "model=no-such-model-dir",
+        ]);
+        assert!(
+            err.contains("no-such-model-dir") && err.contains("no such model folder"),
+            "{}: {err}",
+            r.display()
+        );
+    }
+}

@@ -279,8 +279,8 @@ pub fn finetune<AD: AutodiffBackend>(
         );
     }
     let model_dir = model_ckpt::model_dir(&o.model);
-    let tokenizer = BertTokenizer::from_dir(&model_dir)?;
     let (mut config, _) = model_ckpt::read_config(&model_dir)?;
+    let tokenizer = BertTokenizer::from_dir(&model_dir)?;
     let mut spec = o.spec.clone();
     if spec.max_seq_length > config.max_position_embeddings {
         bail!(

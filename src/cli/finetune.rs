@@ -247,6 +247,13 @@ impl TaskArgs {
 
 #[derive(Args, Debug)]
 pub struct FinetuneArgs {
+    /// A recipe (configs/finetune/*.toml): its keys are these flags' names; flags given here
+    /// win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Change a value of the recipe: `--set lr=3e-5` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     #[command(flatten)]
     pub data: TaskArgs,
     /// The model to start from: a bertkit checkpoint or a Hugging Face folder.

@@ -11,6 +11,7 @@ pub mod launch;
 pub mod prep;
 pub mod pretrain;
 pub mod quickstart;
+pub mod recipe;
 pub mod serve;
 pub mod vocab;
 

@@ -337,6 +337,8 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
     }
     let finetuned = out.join("finetuned");
     super::finetune::finetune(&super::finetune::FinetuneArgs {
+        config: None,
+        set: Vec::new(),
         data: super::finetune::TaskArgs {
             task: Some(bertkit_finetune::spec::TaskKind::Classify),
             max_seq_length: Some(32),

@@ -266,7 +266,7 @@ pub fn read_model_config(path: &Path, default_vocab: usize) -> Result<BertConfig
     Ok(config)
 }
 
-fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+pub fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
     let (key, raw) = assignment
         .split_once('=')
         .with_context(|| format!("--set {assignment:?}: expected key=value"))?;
