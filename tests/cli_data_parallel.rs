@@ -210,6 +210,127 @@ fn two_ranks_make_the_updates_of_one_rank_with_twice_the_batch() {
     assert_eq!(records.lines().count(), 6, "{records}");
 }
 
+/// `bertkit launch -- bertkit finetune`: 2 ranks of batch 4 make the updates of 1 rank of batch
+/// 4 with 2 accumulation steps (dropout on: rank r draws what micro-batch r draws in one
+/// process), with the same evaluations; only rank 0 writes; a 2-rank run resumes from its
+/// checkpoint to the same weights.
+#[test]
+fn two_rank_finetuning_makes_the_updates_of_one_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("text,label\n");
+    for i in 0..24 {
+        let (word, label) = if i % 2 == 0 {
+            (["boat", "sea", "harbour", "net"][i / 2 % 4], "water")
+        } else {
+            (["field", "road", "house", "hill"][i / 2 % 4], "land")
+        };
+        csv.push_str(&format!("the cat saw the {word} at dawn,{label}\n"));
+    }
+    let data = dir.path().join("toy.csv");
+    std::fs::write(&data, csv).unwrap();
+    let tiny = repo().join("tests/fixtures/hf-reference/tiny_heads/sequence_classification");
+    // 24 examples, 8 a step: 3 steps an epoch, 6 in all; a checkpoint after each epoch.
+    let args = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "finetune",
+            "--task",
+            "classify",
+            "--model",
+            tiny.to_str().unwrap(),
+            "--train",
+            data.to_str().unwrap(),
+            "--validation",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--lr",
+            "1e-3",
+            "--batch-size",
+            "4",
+            "--logging-steps",
+            "1",
+            "--report-to",
+            "jsonl",
+            "--save-steps",
+            "3",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        v.extend(extra.iter().map(|a| a.to_string()));
+        v
+    };
+    let two = dir.path().join("two");
+    let port = free_port().to_string();
+    let printed = run_ok(
+        bertkit()
+            .args([
+                "launch",
+                "--nproc-per-node",
+                "2",
+                "--master-port",
+                &port,
+                "--",
+            ])
+            .arg(env!("CARGO_BIN_EXE_bertkit"))
+            .args(args(&two, &[])),
+    );
+    assert!(printed.contains("[rank 0] fine-tuned 6 steps"), "{printed}");
+    assert!(!printed.contains("[rank 1] fine-tuned"), "{printed}");
+    let one = dir.path().join("one");
+    run_ok(bertkit().args(args(&one, &["--accumulation", "2"])));
+    let last = |out: &Path| out.join("checkpoints/step-00000006");
+    let d = max_weight_diff(&last(&two), &last(&one));
+    assert!(d <= 1e-6, "2 ranks x 4 vs 1 rank x 2 x 4: {d}");
+    let first = two.join("checkpoints/step-00000003");
+    assert!(
+        max_weight_diff(&last(&two), &first) > 1e-3,
+        "the runs did not train"
+    );
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let evals = |out: &Path| json(out.join("metrics.json"))["evaluations"].clone();
+    assert_eq!(evals(&two), evals(&one));
+    let losses = |out: &Path| -> Vec<f64> {
+        common::jsonl(&out.join("metrics.jsonl"))
+            .iter()
+            .filter(|r| r["split"] == "train")
+            .map(|r| r["loss"].as_f64().unwrap())
+            .collect()
+    };
+    let (l2, l1) = (losses(&two), losses(&one));
+    assert_eq!(l2.len(), 6);
+    for (a, b) in l2.iter().zip(&l1) {
+        assert!((a - b).abs() <= 1e-6, "{l2:?} vs {l1:?}");
+    }
+
+    // Resumed on 2 ranks from the epoch-1 checkpoint: the same final weights.
+    let resumed = dir.path().join("resumed");
+    common::copy_dir(&two, &resumed);
+    std::fs::remove_dir_all(last(&resumed)).unwrap();
+    let port = free_port().to_string();
+    run_ok(
+        bertkit()
+            .args([
+                "launch",
+                "--nproc-per-node",
+                "2",
+                "--master-port",
+                &port,
+                "--",
+            ])
+            .arg(env!("CARGO_BIN_EXE_bertkit"))
+            .args(args(&resumed, &["--resume", "auto"])),
+    );
+    assert_eq!(
+        std::fs::read(last(&two).join("model.safetensors")).unwrap(),
+        std::fs::read(last(&resumed).join("model.safetensors")).unwrap()
+    );
+}
+
 #[test]
 fn a_two_rank_run_resumes_exactly() {
     let dir = tempfile::tempdir().unwrap();

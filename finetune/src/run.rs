@@ -19,6 +19,7 @@ use crate::spec::{TaskKind, TaskSpec};
 use crate::tasks::{self, classify, ner, qa, Feature, Logits};
 use crate::trainer::{self, Checkpoints, Evaluation, FinetuneState, TrainSettings, TrainSummary};
 use bertkit_train::checkpoint::{self as train_ckpt, Resume};
+use bertkit_train::distributed::ProcessGroup;
 
 pub const METRICS_FILE: &str = "metrics.json";
 
@@ -252,16 +253,27 @@ pub struct FinetuneResult {
 
 /// Fine-tunes `o.model` on `o.train`; `o.out` receives the best model (by the main validation
 /// metric), `finetune.json`, `metrics.json`, `metrics.jsonl` and TensorBoard logs.
+///
+/// Under `bertkit launch` (several ranks in `group`) each rank reads the data, trains on its
+/// share of every step's examples, and the gradients are summed over the ranks; rank 0
+/// evaluates, writes the model, checkpoints and logs.
 pub fn finetune<AD: AutodiffBackend>(
     o: &FinetuneOptions,
+    group: &mut ProcessGroup,
     device: &AD::Device,
 ) -> Result<FinetuneResult> {
+    let main = group.is_main();
     let ckpt_root = o.out.join("checkpoints");
-    if o.overwrite && o.resume == Resume::Never && ckpt_root.exists() {
+    if main && o.overwrite && o.resume == Resume::Never && ckpt_root.exists() {
         std::fs::remove_dir_all(&ckpt_root)
             .with_context(|| format!("removing {}", ckpt_root.display()))?;
     }
-    let resumed = train_ckpt::choose::<FinetuneState>(&o.resume, &ckpt_root, &o.out)?;
+    let chosen = if main {
+        train_ckpt::choose::<FinetuneState>(&o.resume, &ckpt_root, &o.out)?
+    } else {
+        None
+    };
+    let resumed = train_ckpt::agree(chosen, group)?;
     if let Some((dir, state)) = &resumed {
         if state.best.is_some() && !o.out.join(model_ckpt::CONFIG_FILE).exists() {
             bail!(
@@ -272,7 +284,7 @@ pub fn finetune<AD: AutodiffBackend>(
             );
         }
     }
-    if resumed.is_none() && o.out.join(model_ckpt::CONFIG_FILE).exists() && !o.overwrite {
+    if main && resumed.is_none() && o.out.join(model_ckpt::CONFIG_FILE).exists() && !o.overwrite {
         bail!(
             "{} already holds a model; choose another --out or pass --overwrite",
             o.out.display()
@@ -366,7 +378,8 @@ pub fn finetune<AD: AutodiffBackend>(
         device,
     )
     .with_context(|| format!("loading {}", load_from.display()))?;
-    if !report.fresh.is_empty() {
+    let model = bertkit_train::distributed::grads::broadcast_params(model, group)?;
+    if !report.fresh.is_empty() && main {
         eprintln!("new parameters (initialized): {}", report.fresh.join(", "));
     }
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
@@ -385,6 +398,7 @@ pub fn finetune<AD: AutodiffBackend>(
             tokenizer_dir: &model_dir,
             resume: resumed,
         },
+        group,
         device,
         |m: &Bert<AD::InnerBackend>, epoch, step| {
             let logits =
@@ -400,69 +414,71 @@ pub fn finetune<AD: AutodiffBackend>(
             spec.write(&o.out)
         },
     )?;
-    let file_name = |p: &Path| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| p.display().to_string())
-    };
-    let metrics = json!({
-        "task": spec.task,
-        "base_model": o.model.display().to_string(),
-        "command": o.command,
-        "main_metric": summary.best.as_ref().and_then(|b| b.metrics.first()).map(|(k, _)| k),
-        "data": { "train": file_name(&o.train), "validation": file_name(&o.validation) },
-        "best": summary.best.as_ref().map(Evaluation::to_json),
-        "evaluations": summary.evaluations.iter().map(Evaluation::to_json).collect::<Vec<_>>(),
-        "train": {
-            "examples": train.examples(),
-            "features": train.features().len(),
-            "steps": summary.steps,
-            "sequences_per_s": summary.sequences_per_s,
-            "stopped_early": summary.stopped_early,
-            "skipped_invalid": train_skipped.count,
-        },
-        "validation": {
-            "examples": validation.examples(),
-            "skipped_invalid": eval_skipped.count,
-        },
-    });
-    model_ckpt::write_atomic(
-        &o.out.join(METRICS_FILE),
-        serde_json::to_string_pretty(&metrics)?.as_bytes(),
-    )?;
-    let t = &o.settings;
-    bertkit_model::card::ModelCard {
-        name: file_name(&o.out),
-        task: Some(spec.task.model_task()),
-        base_model: Some(o.model.display().to_string()),
-        library: "transformers".into(),
-        license: bertkit_model::card::read_license(&model_dir),
-        labels: labels.clone(),
-        datasets: vec![file_name(&o.train), file_name(&o.validation)],
-        eval_dataset: Some(file_name(&o.validation)),
-        metrics: summary
-            .best
-            .as_ref()
-            .map(|b| b.metrics.clone())
-            .unwrap_or_default(),
-        hyperparameters: [
-            ("epochs", t.epochs.to_string()),
-            ("optimizer steps", summary.steps.to_string()),
-            ("batch size", t.batch_size.to_string()),
-            ("gradient accumulation", t.accumulation.to_string()),
-            ("learning rate", format!("{:e}", t.lr)),
-            ("warmup ratio", t.warmup_ratio.to_string()),
-            ("weight decay", t.weight_decay.to_string()),
-            ("max sequence length", spec.max_seq_length.to_string()),
-            ("precision", t.precision.to_string()),
-            ("seed", t.seed.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect(),
-        commands: vec![o.command.clone()],
+    if main {
+        let file_name = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string())
+        };
+        let metrics = json!({
+            "task": spec.task,
+            "base_model": o.model.display().to_string(),
+            "command": o.command,
+            "main_metric": summary.best.as_ref().and_then(|b| b.metrics.first()).map(|(k, _)| k),
+            "data": { "train": file_name(&o.train), "validation": file_name(&o.validation) },
+            "best": summary.best.as_ref().map(Evaluation::to_json),
+            "evaluations": summary.evaluations.iter().map(Evaluation::to_json).collect::<Vec<_>>(),
+            "train": {
+                "examples": train.examples(),
+                "features": train.features().len(),
+                "steps": summary.steps,
+                "sequences_per_s": summary.sequences_per_s,
+                "stopped_early": summary.stopped_early,
+                "skipped_invalid": train_skipped.count,
+            },
+            "validation": {
+                "examples": validation.examples(),
+                "skipped_invalid": eval_skipped.count,
+            },
+        });
+        model_ckpt::write_atomic(
+            &o.out.join(METRICS_FILE),
+            serde_json::to_string_pretty(&metrics)?.as_bytes(),
+        )?;
+        let t = &o.settings;
+        bertkit_model::card::ModelCard {
+            name: file_name(&o.out),
+            task: Some(spec.task.model_task()),
+            base_model: Some(o.model.display().to_string()),
+            library: "transformers".into(),
+            license: bertkit_model::card::read_license(&model_dir),
+            labels: labels.clone(),
+            datasets: vec![file_name(&o.train), file_name(&o.validation)],
+            eval_dataset: Some(file_name(&o.validation)),
+            metrics: summary
+                .best
+                .as_ref()
+                .map(|b| b.metrics.clone())
+                .unwrap_or_default(),
+            hyperparameters: [
+                ("epochs", t.epochs.to_string()),
+                ("optimizer steps", summary.steps.to_string()),
+                ("batch size", t.batch_size.to_string()),
+                ("gradient accumulation", t.accumulation.to_string()),
+                ("learning rate", format!("{:e}", t.lr)),
+                ("warmup ratio", t.warmup_ratio.to_string()),
+                ("weight decay", t.weight_decay.to_string()),
+                ("max sequence length", spec.max_seq_length.to_string()),
+                ("precision", t.precision.to_string()),
+                ("seed", t.seed.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            commands: vec![o.command.clone()],
+        }
+        .write(&o.out)?;
     }
-    .write(&o.out)?;
     Ok(FinetuneResult {
         summary,
         labels,

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use bertkit_model::heads::Bert;
 use bertkit_train::checkpoint::{self, State};
 use bertkit_train::distributed::ProcessGroup;
@@ -107,7 +107,7 @@ impl RunIdentity {
             bytes.extend(text.to_string().into_bytes());
             bytes.push(b'\n');
         }
-        let (_, _, total) = schedule_length(train.len(), s);
+        let (_, total) = schedule_length(train.len(), s, world_size);
         RunIdentity {
             batch_size: s.batch_size.max(1),
             accumulation: s.accumulation.max(1),
@@ -150,14 +150,48 @@ impl State for FinetuneState {
     }
 }
 
-/// Micro-batches per epoch, optimizer steps per epoch, steps of the whole run.
-fn schedule_length(examples: usize, s: &TrainSettings) -> (usize, u64, u64) {
-    let micro_per_epoch = examples.div_ceil(s.batch_size.max(1));
-    let steps_per_epoch = micro_per_epoch.div_ceil(s.accumulation.max(1)) as u64;
+/// Examples per optimizer step (all ranks), optimizer steps per epoch and in the whole run.
+fn step_size(s: &TrainSettings, world_size: usize) -> usize {
+    s.batch_size.max(1) * s.accumulation.max(1) * world_size.max(1)
+}
+
+/// Optimizer steps per epoch and in the whole run.
+fn schedule_length(examples: usize, s: &TrainSettings, world_size: usize) -> (u64, u64) {
+    let steps_per_epoch = examples.div_ceil(step_size(s, world_size)) as u64;
     let total = s
         .max_steps
         .unwrap_or(steps_per_epoch * s.epochs.max(1) as u64);
-    (micro_per_epoch, steps_per_epoch, total)
+    (steps_per_epoch, total)
+}
+
+/// This rank's examples of one optimizer step: its contiguous share of the step's examples
+/// (`step`, in the epoch's order), so that rank r of n with accumulation a takes the
+/// micro-batches r*a .. (r+1)*a a single process with accumulation n*a would take. A step with
+/// fewer examples than ranks (an epoch's last) repeats its examples until each rank has one,
+/// as torch's DistributedSampler pads. Returns the step's examples (for the loss's
+/// denominators) and this rank's.
+fn rank_share(step: &[usize], rank: usize, world: usize) -> (Vec<usize>, Vec<usize>) {
+    let mut all = step.to_vec();
+    while all.len() < world {
+        all.push(step[all.len() % step.len()]);
+    }
+    let (start, end) = (rank * all.len() / world, (rank + 1) * all.len() / world);
+    let mine = all[start..end].to_vec();
+    (all, mine)
+}
+
+/// Rank 0's evaluation, given to every rank (each decides on the best model and early stopping
+/// alike).
+fn share_evaluation(eval: Option<Evaluation>, group: &mut ProcessGroup) -> Result<Evaluation> {
+    if group.world_size == 1 {
+        return eval.context("no evaluation");
+    }
+    let mut bytes = match &eval {
+        Some(e) => serde_json::to_vec(e)?,
+        None => Vec::new(),
+    };
+    group.broadcast(&mut bytes)?;
+    Ok(serde_json::from_slice(&bytes)?)
 }
 
 /// Where checkpoints go and what a run continues from.
@@ -194,6 +228,7 @@ pub fn train<AD, E, K>(
     s: &TrainSettings,
     out: &std::path::Path,
     ckpt: &Checkpoints,
+    group: &mut ProcessGroup,
     device: &AD::Device,
     mut evaluate: E,
     mut keep: K,
@@ -208,7 +243,9 @@ where
     }
     let batch = s.batch_size.max(1);
     let accumulation = s.accumulation.max(1);
-    let (_, steps_per_epoch, total) = schedule_length(train.len(), s);
+    let world = group.world_size.max(1);
+    let main = group.is_main();
+    let (steps_per_epoch, total) = schedule_length(train.len(), s, world);
     let epochs = total.div_ceil(steps_per_epoch) as usize;
     let schedule = ScheduleConfig {
         name: ScheduleKind::Linear,
@@ -225,7 +262,7 @@ where
         max_grad_norm: s.max_grad_norm,
         nvlamb: false,
     });
-    let identity = RunIdentity::of(train, s, 1);
+    let identity = RunIdentity::of(train, s, world);
     let mut state = match &ckpt.resume {
         Some((dir, state)) => {
             if state.identity != identity {
@@ -263,18 +300,27 @@ where
             identity,
         },
     };
-    if s.save_steps > 0 {
+    if s.save_steps > 0 && main {
         checkpoint::remove_unfinished(&ckpt.root)?;
     }
-    let mut logger = Logger::open(out, s.report_to, total, state.step, s.progress_bar)?;
+    let mut logger = if main {
+        Logger::open(out, s.report_to, total, state.step, s.progress_bar)?
+    } else {
+        Logger::silent()
+    };
     logger.println(format!(
         "fine-tuning {} ({} parameters) on {} examples: {epochs} epoch(s), {total} steps of {} \
-         ({} x {accumulation}), lr {:e}, warmup {}, {}{}",
+         ({} x {accumulation}{}), lr {:e}, warmup {}, {}{}",
         model.task.architecture(),
         model.num_params(),
         train.len(),
-        batch * accumulation,
+        step_size(s, world),
         batch,
+        if world > 1 {
+            format!(" x {world} ranks, {}", group.backend_name())
+        } else {
+            String::new()
+        },
         s.lr,
         s.warmup_ratio,
         s.precision,
@@ -292,6 +338,9 @@ where
                 optimizer: &Optimizer<AD::InnerBackend>,
                 state: &FinetuneState|
      -> Result<()> {
+        if !main {
+            return Ok(());
+        }
         checkpoint::write(
             &ckpt.root,
             &model.valid(),
@@ -305,13 +354,9 @@ where
     'epochs: for epoch in (state.epochs_evaluated + 1)..=epochs {
         let mut order: Vec<usize> = (0..train.len()).collect();
         Rng::derive(&[s.seed, TAG_SHUFFLE, epoch as u64]).shuffle(&mut order);
-        let micro: Vec<Vec<&Feature>> = order
-            .chunks(batch)
-            .map(|c| c.iter().map(|&i| &train[i]).collect())
-            .collect();
         let first_step = (epoch as u64 - 1) * steps_per_epoch;
-        let groups: Vec<&[Vec<&Feature>]> = micro.chunks(accumulation).collect();
-        for (g, group) in groups.iter().enumerate() {
+        let groups: Vec<&[usize]> = order.chunks(step_size(s, world)).collect();
+        for (g, indices) in groups.iter().enumerate() {
             let step = first_step + g as u64;
             if step < state.step {
                 continue; // done before the checkpoint this run resumed from
@@ -319,14 +364,19 @@ where
             if step >= total {
                 break;
             }
-            let all: Vec<&Feature> = group.iter().flatten().copied().collect();
+            let (all, mine) = rank_share(indices, group.rank, world);
+            let all: Vec<&Feature> = all.iter().map(|&i| &train[i]).collect();
+            let micro: Vec<Vec<&Feature>> = mine
+                .chunks(batch)
+                .map(|c| c.iter().map(|&i| &train[i]).collect())
+                .collect();
             let units = tasks::loss_units(&all, num_labels);
             let lr = s.lr * schedule.factor(step);
             let started = Instant::now();
             let (next, o) = step::train_step(
                 model,
                 &mut optimizer,
-                group.len(),
+                micro.len(),
                 &StepSettings {
                     lr,
                     max_grad_norm: s.max_grad_norm,
@@ -334,9 +384,9 @@ where
                     loss_scale: state.loss_scale,
                     dropout_seed: [s.seed, step],
                 },
-                &mut ProcessGroup::single(),
+                group,
                 device,
-                |m, i| tasks::micro_loss(m, &group[i], units, pad_id, device),
+                |m, i| tasks::micro_loss(m, &micro[i], units, pad_id, device),
             )?;
             model = next;
             let secs = started.elapsed().as_secs_f64();
@@ -400,7 +450,12 @@ where
             }
         }
         let step = state.step;
-        let eval = evaluate(&model.valid(), epoch, step)?;
+        let eval = if main {
+            Some(evaluate(&model.valid(), epoch, step)?)
+        } else {
+            None
+        };
+        let eval = share_evaluation(eval, group)?;
         let values: Vec<(&str, f64)> = eval.metrics.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         logger.record(step, "eval", &values)?;
         logger.println(format!(
@@ -416,7 +471,9 @@ where
             .as_ref()
             .is_none_or(|b| eval.main() > b.main() || b.main().is_nan());
         if improved {
-            keep(&model.valid(), &eval)?;
+            if main {
+                keep(&model.valid(), &eval)?;
+            }
             state.best = Some(eval.clone());
             state.since_best = 0;
         } else {
@@ -450,4 +507,25 @@ where
         sequences_per_s: state.sequences as f64 / state.busy_s.max(1e-9),
         losses: state.losses,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rank_share;
+
+    #[test]
+    fn ranks_take_contiguous_shares_and_short_steps_are_padded() {
+        let step: Vec<usize> = (10..18).collect();
+        assert_eq!(
+            rank_share(&step, 0, 2),
+            (step.clone(), vec![10, 11, 12, 13])
+        );
+        assert_eq!(rank_share(&step, 1, 2).1, vec![14, 15, 16, 17]);
+        assert_eq!(rank_share(&step, 0, 1).1, step);
+        // An epoch's last step with fewer examples than ranks: each rank gets one.
+        let (all, mine) = rank_share(&[7], 2, 3);
+        assert_eq!((all, mine), (vec![7, 7, 7], vec![7]));
+        let shares: Vec<Vec<usize>> = (0..3).map(|r| rank_share(&[1, 2, 3, 4], r, 3).1).collect();
+        assert_eq!(shares, [vec![1], vec![2], vec![3, 4]]);
+    }
 }

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use bertkit_finetune::data::{Format, ReadOptions};
 use bertkit_finetune::run::{self, FinetuneOptions};
 use bertkit_finetune::spec::{ClassifySpec, NerSpec, QaSpec, TagScheme, TaskKind, TaskSpec};
@@ -11,6 +11,7 @@ use bertkit_finetune::trainer::TrainSettings;
 use bertkit_model::backend::DeviceSpec;
 use bertkit_model::config::ProblemType;
 use bertkit_train::checkpoint::Resume;
+use bertkit_train::distributed::{DistributedSettings, ProcessEnv, ProcessGroup};
 use bertkit_train::logger::ReportTo;
 use bertkit_train::step::Precision;
 use burn::backend::Autodiff;
@@ -341,11 +342,38 @@ pub struct FinetuneArgs {
     pub device: DeviceSpec,
 }
 
+/// Fine-tunes, data-parallel when started by `bertkit launch` / torchrun / srun (RANK,
+/// WORLD_SIZE, ... or SLURM_*): ranks meet as pretraining's do (the TCP ring on the CPU, NCCL
+/// on CUDA, each rank on GPU LOCAL_RANK), and `--batch-size` is per rank.
 pub fn finetune(args: &FinetuneArgs) -> Result<()> {
-    with_backend!(args.device, finetune_on(args))
+    let env = ProcessEnv::from_env()?;
+    let device = match args.device {
+        DeviceSpec::Cuda(0) if env.world_size > 1 => DeviceSpec::Cuda(env.local_rank),
+        d => d,
+    };
+    let mut group = if env.world_size > 1 {
+        let hash = bertkit_model::fs::sha256_hex(
+            format!("{} {args:?}", env!("CARGO_PKG_VERSION")).as_bytes(),
+        );
+        let nccl = matches!(device, DeviceSpec::Cuda(_));
+        ProcessGroup::join(&env, &DistributedSettings::default(), &hash, nccl)
+            .with_context(|| format!("rank {} of {} ({})", env.rank, env.world_size, env.source))?
+    } else {
+        ProcessGroup::single()
+    };
+    let result = with_backend!(device, finetune_on(args, &mut group));
+    if let Err(e) = &result {
+        // The other ranks stop at their next collective and name this one.
+        group.abort(&format!("{e:#}"));
+    }
+    result
 }
 
-fn finetune_on<B: Backend>(device: &B::Device, args: &FinetuneArgs) -> Result<()> {
+fn finetune_on<B: Backend>(
+    device: &B::Device,
+    args: &FinetuneArgs,
+    group: &mut ProcessGroup,
+) -> Result<()> {
     let mut spec = args.data.spec(None)?;
     if args.data.max_seq_length.is_none() {
         // The default length, unless the model's position table is shorter.
@@ -389,14 +417,17 @@ fn finetune_on<B: Backend>(device: &B::Device, args: &FinetuneArgs) -> Result<()
             report_to: args.report_to,
             save_steps: args.save_steps,
             save_total_limit: args.save_total_limit,
-            progress_bar: std::io::stderr().is_terminal(),
+            progress_bar: std::io::stderr().is_terminal() && group.is_main(),
         },
         eval_batch_size: args.eval_batch_size,
         overwrite: args.overwrite,
         command: bertkit_model::card::command_line(),
         resume: args.resume.clone(),
     };
-    let r = run::finetune::<Autodiff<B>>(&o, device)?;
+    let r = run::finetune::<Autodiff<B>>(&o, group, device)?;
+    if !group.is_main() {
+        return Ok(());
+    }
     let best = r.summary.best.as_ref();
     println!(
         "fine-tuned {} steps on {} examples ({:.1} sequences/s){}",

@@ -95,6 +95,37 @@ pub fn choose<S: State>(resume: &Resume, root: &Path, out: &Path) -> Result<Opti
     })
 }
 
+/// Every rank resumes from the checkpoint rank 0 chose (`None`: a fresh start), verified
+/// again by each rank.
+pub fn agree<S: State>(
+    chosen: Option<(PathBuf, S)>,
+    group: &mut crate::distributed::ProcessGroup,
+) -> Result<Option<(PathBuf, S)>> {
+    if group.world_size == 1 {
+        return Ok(chosen);
+    }
+    let mut path = chosen
+        .as_ref()
+        .map(|(dir, _)| dir.to_string_lossy().into_owned().into_bytes())
+        .unwrap_or_default();
+    group.broadcast(&mut path)?;
+    if group.is_main() {
+        return Ok(chosen);
+    }
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let dir = PathBuf::from(String::from_utf8_lossy(&path).into_owned());
+    let state = verify(&dir).with_context(|| {
+        format!(
+            "rank 0 resumes from {} but this rank cannot read it (is the run folder on a file \
+             system every node shares?)",
+            dir.display()
+        )
+    })?;
+    Ok(Some((dir, state)))
+}
+
 /// The settings a resumed run must share with the run that wrote the checkpoint: a different
 /// batch split or data would silently change what "the next batch" means.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

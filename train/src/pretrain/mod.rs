@@ -91,11 +91,11 @@ pub fn run<AD: AutodiffBackend>(
 
     // Rank 0 chooses; the others verify the same folder (the run folder is shared).
     let chosen = if main {
-        checkpoint::choose(&opts.resume, &ckpt_root, &cfg.out)?
+        checkpoint::choose::<TrainerState>(&opts.resume, &ckpt_root, &cfg.out)?
     } else {
         None
     };
-    let resumed = agree_on_checkpoint(chosen, group)?;
+    let resumed = checkpoint::agree(chosen, group)?;
     if main {
         checkpoint::remove_unfinished(&ckpt_root)?;
     }
@@ -391,36 +391,6 @@ pub fn pretrain_step<AD: AutodiffBackend>(
             updated: out.updated,
         },
     ))
-}
-
-/// Every rank resumes from the checkpoint rank 0 chose (`None`: a fresh start), verified
-/// again by each rank.
-fn agree_on_checkpoint(
-    chosen: Option<(PathBuf, TrainerState)>,
-    group: &mut ProcessGroup,
-) -> Result<Option<(PathBuf, TrainerState)>> {
-    if group.world_size == 1 {
-        return Ok(chosen);
-    }
-    let mut path = chosen
-        .as_ref()
-        .map(|(dir, _)| dir.to_string_lossy().into_owned().into_bytes())
-        .unwrap_or_default();
-    group.broadcast(&mut path)?;
-    if group.is_main() {
-        return Ok(chosen);
-    }
-    if path.is_empty() {
-        return Ok(None);
-    }
-    let dir = PathBuf::from(String::from_utf8_lossy(&path).into_owned());
-    let state = checkpoint::verify(&dir).with_context(|| {
-        format!(
-            "rank 0 resumes from {} but this rank cannot read it (is the run folder on a              file system every node shares?)",
-            dir.display()
-        )
-    })?;
-    Ok(Some((dir, state)))
 }
 
 pub struct PretrainStep {
