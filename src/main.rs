@@ -54,6 +54,8 @@ enum Command {
     Eval(cli::finetune::EvalArgs),
     /// Predict with a fine-tuned model: JSONL in, JSONL out.
     Predict(cli::finetune::PredictArgs),
+    /// Draw a run's loss and evaluation curves (metrics.jsonl) as an SVG.
+    Plot(cli::plot::PlotArgs),
     /// Time one pretraining step on a synthetic batch (the peer of
     /// scripts/bench/pretrain_peer.py), optionally with the device's matmul rate for MFU.
     BenchTrain(cli::bench_train::BenchTrainArgs),
@@ -168,6 +170,7 @@ fn main() -> ExitCode {
         Command::Finetune(args) => cli::finetune::finetune(&args),
         Command::Eval(args) => cli::finetune::eval(&args),
         Command::Predict(args) => cli::finetune::predict(&args),
+        Command::Plot(args) => cli::plot::run(&args),
         Command::BenchTrain(args) => cli::bench_train::run(&args),
         Command::BenchAllreduce(args) => cli::bench_allreduce::run(&args),
         // The launcher exits with the failing rank's status.

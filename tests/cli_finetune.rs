@@ -403,6 +403,21 @@ fn hf_trainer_flag_names_and_closed_sets() {
     );
     // By default both metrics.jsonl and TensorBoard, as for pretraining.
     assert!(out.join("tensorboard").is_dir());
+    // `bertkit plot` draws them: one loss line with a point per logged step, one line per
+    // evaluation metric.
+    run_ok(bertkit().args(["plot", s(&out)]));
+    let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
+    let series = |name: &str| -> usize {
+        let at = svg
+            .find(&format!("data-series=\"{name}\""))
+            .unwrap_or_else(|| panic!("no {name} curve: {svg}"));
+        let points = &svg[at..];
+        let points = &points[points.find("points=\"").unwrap() + 8..];
+        points[..points.find('"').unwrap()].split(' ').count()
+    };
+    assert_eq!(series("loss"), 4);
+    assert_eq!(series("accuracy"), 2);
+    assert_eq!(series("matthews_correlation"), 2);
     let card = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(
         card.contains("| learning rate | 1e-3 |") && card.contains("| precision | fp32 |"),

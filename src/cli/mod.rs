@@ -8,6 +8,7 @@ pub mod export;
 pub mod finetune;
 pub mod info;
 pub mod launch;
+pub mod plot;
 pub mod prep;
 pub mod pretrain;
 pub mod quickstart;

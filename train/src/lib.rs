@@ -10,6 +10,7 @@ pub mod logger;
 pub mod manifest;
 pub mod masking;
 pub mod optim;
+pub mod plot;
 pub mod prep;
 pub mod pretrain;
 pub mod rng;
