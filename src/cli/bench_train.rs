@@ -19,6 +19,9 @@ use bertkit_train::pretrain::config::{read_model_config, Precision};
 use bertkit_train::pretrain::pretrain_step;
 use bertkit_train::rng::Rng;
 use bertkit_train::step::{LossScale, StepSettings};
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
@@ -57,10 +60,39 @@ pub struct BenchTrainArgs {
     /// One JSON line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them
+    /// (burn's balanced checkpointing; pretraining's `memory.checkpoint_activations`).
+    #[arg(long, visible_alias = "gradient-checkpointing")]
+    pub checkpoint_activations: bool,
 }
 
 pub fn run(args: &BenchTrainArgs) -> Result<()> {
-    with_backend!(args.device, run_on(args))
+    if args.checkpoint_activations {
+        with_backend!(args.device, run_on_checkpointed(args))
+    } else {
+        with_backend!(args.device, run_on_plain(args))
+    }
+}
+
+fn run_on_plain<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
+    run_on::<B, NoCheckpointing>(device, args)
+}
+
+fn run_on_checkpointed<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
+    run_on::<B, BalancedCheckpointing>(device, args)
+}
+
+/// This process's peak resident memory in MiB (the CPU backend's tensors live there).
+pub fn peak_rss_mib() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage writes into the zeroed struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+            return Some(usage.ru_maxrss as f64 / 1024.0);
+        }
+    }
+    None
 }
 
 fn parse<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
@@ -68,13 +100,16 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
         .map_err(|e| anyhow::anyhow!("--{what} {s:?}: {e}"))
 }
 
-fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
-    type AD<B> = Autodiff<B>;
+fn run_on<B: Backend, C: CheckpointStrategy>(
+    device: &B::Device,
+    args: &BenchTrainArgs,
+) -> Result<()> {
+    type AD<B, C> = Autodiff<B, C>;
     let precision: Precision = parse("precision", &args.precision)?;
     let kind: OptimizerKind = parse("optimizer", &args.optimizer)?;
     let mut config = read_model_config(&args.model, args.vocab)?;
     config.vocab_size = args.vocab;
-    let model = model_ckpt::init::<AD<B>>(&config, Task::Pretraining, 0, device)?;
+    let model = model_ckpt::init::<AD<B, C>>(&config, Task::Pretraining, 0, device)?;
     let mut optimizer = Optimizer::<B>::new(OptimizerConfig {
         name: kind,
         lr: 1e-4,
@@ -112,7 +147,7 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
             device,
         )?;
         model = next;
-        AD::<B>::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
+        AD::<B, C>::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
         if step >= args.warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
@@ -145,6 +180,8 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
         "matmul_tflop_s": matmul.map(|m| m / 1e12),
         "mfu": matmul.map(|m| achieved / m),
         "losses": losses,
+        "checkpoint_activations": args.checkpoint_activations,
+        "peak_rss_mib": peak_rss_mib(),
     });
     if args.json {
         println!("{result}");
