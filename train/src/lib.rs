@@ -1,22 +1,46 @@
-//! Pretraining: corpus readers, vocabulary training, preparation of parquet shards, and the
-//! dynamic-masking loader that feeds the training loop.
+//! bertkit-train: two pipelines, data preparation and training, plus what fine-tuning shares.
+//!
+//! **Preparation** (`bertkit vocab`, `bertkit prep`), corpus to shards:
+//! 1. [`corpus`]: every input format (text, JSONL, parquet, Wikipedia XML) as documents;
+//! 2. [`vocab`]: a WordPiece vocabulary trained on them (optional);
+//! 3. [`sentences`]: documents split into sentences;
+//! 4. [`instances`]: tokenized sentences packed into training sequences (NSP pairs);
+//! 5. [`shards`] and [`manifest`]: parquet shards and the manifest written last;
+//!    [`prep`] runs 1, 3-5 in parallel.
+//!
+//! **Training** (`bertkit pretrain`; the step, optimizers, checkpoints and logs are fine-tuning's
+//! too):
+//! 1. [`loader`]: batches from the shards, dynamically masked ([`masking`]), seekable;
+//! 2. [`step`]: one optimizer step: forward and backward of each micro-batch, gradients summed
+//!    over the ranks ([`distributed`]), clipping, the update ([`optim`]: LAMB, AdamW) at the
+//!    [`schedule`]'s learning rate;
+//! 3. [`pretrain`]: the loop (objective, evaluation, the recipe in [`pretrain::config`]);
+//! 4. [`checkpoint`]: checkpoints and exact resume;
+//! 5. [`logger`]: metrics.jsonl, [`tensorboard`] event files and the progress bar; [`plot`]
+//!    draws a run's curves.
+//!
+//! [`rng`] is the deterministic generator every stage draws from.
 
-pub mod checkpoint;
+// Preparation.
 pub mod corpus;
-pub mod distributed;
 pub mod instances;
+pub mod manifest;
+pub mod prep;
+pub mod sentences;
+pub mod shards;
+pub mod vocab;
+
+// Training.
+pub mod checkpoint;
+pub mod distributed;
 pub mod loader;
 pub mod logger;
-pub mod manifest;
 pub mod masking;
 pub mod optim;
 pub mod plot;
-pub mod prep;
 pub mod pretrain;
-pub mod rng;
 pub mod schedule;
-pub mod sentences;
-pub mod shards;
 pub mod step;
 pub mod tensorboard;
-pub mod vocab;
+
+pub mod rng;

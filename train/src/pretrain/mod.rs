@@ -70,84 +70,18 @@ pub fn run<AD: AutodiffBackend>(
     group: &mut ProcessGroup,
     device: &AD::Device,
 ) -> Result<RunSummary> {
+    let Setup {
+        manifest,
+        task,
+        accumulation,
+        mut model,
+        mut optimizer,
+        mut state,
+        resumed,
+    } = setup::<AD>(cfg, opts, group, device)?;
     let world_size = group.world_size;
     let main = group.is_main();
-    let accumulation = cfg.accumulation(world_size)?;
-    let manifest = Manifest::read(&cfg.data)?;
-    let (_, data_sha) = file_sha256(&cfg.data.join(MANIFEST_FILE))?;
-    let identity = RunIdentity {
-        micro_batch: cfg.batch.micro,
-        accumulation,
-        world_size,
-        seed: cfg.seed,
-        data_manifest_sha256: data_sha,
-    };
-    let task = if manifest.settings.nsp {
-        Task::Pretraining
-    } else {
-        Task::MaskedLm
-    };
     let ckpt_root = cfg.out.join("checkpoints");
-
-    // Rank 0 chooses; the others verify the same folder (the run folder is shared).
-    let chosen = if main {
-        checkpoint::choose::<TrainerState>(&opts.resume, &ckpt_root, &cfg.out)?
-    } else {
-        None
-    };
-    let resumed = checkpoint::agree(chosen, group)?;
-    if main {
-        checkpoint::remove_unfinished(&ckpt_root)?;
-    }
-    let mut optimizer = Optimizer::<AD::InnerBackend>::new(cfg.optimizer.clone());
-    let (mut model, mut state) = match &resumed {
-        Some((dir, state)) => {
-            if state.identity != identity {
-                bail!(
-                    "checkpoint {} was written by a run with {:?}; this run has {:?}: resume \
-                     with the same batch sizes, world size, seed and data",
-                    dir.display(),
-                    state.identity,
-                    identity
-                );
-            }
-            let model = load_model::<AD>(dir, task, cfg.seed, device)?;
-            checkpoint::restore_optimizer(
-                &mut optimizer,
-                dir,
-                state.optimizer_steps,
-                &model,
-                device,
-            )?;
-            (model, state.clone())
-        }
-        None => {
-            let model = match &cfg.init_from {
-                Some(dir) => load_model::<AD>(dir, task, cfg.seed, device)?,
-                None => {
-                    let config =
-                        config::read_model_config(&cfg.model, manifest.tokenizer.vocab_size)?;
-                    model_ckpt::init::<AD>(&config, task, cfg.seed, device)?
-                }
-            };
-            let source = cfg.init_from.as_deref().unwrap_or(&cfg.model);
-            check_fits(&model.config, &manifest, source)?;
-            let model = broadcast_params(model, group)?;
-            let state = TrainerState {
-                step: 0,
-                optimizer_steps: 0,
-                position: Position::default(),
-                loss_scale: LossScale::new(cfg.precision, cfg.initial_loss_scale).scale,
-                good_steps: 0,
-                nonfinite_in_a_row: 0,
-                skipped_steps: 0,
-                sequences: 0,
-                tokens: 0,
-                identity: identity.clone(),
-            };
-            (model, state)
-        }
-    };
 
     let mut loader = Loader::open(
         &cfg.data,
@@ -201,14 +135,14 @@ pub fn run<AD: AutodiffBackend>(
         cfg.optimizer.name,
         cfg.schedule.name,
         match &resumed {
-            Some((dir, s)) => format!("; resuming from {} (step {})", dir.display(), s.step),
+            Some(dir) => format!("; resuming from {} (step {})", dir.display(), state.step),
             None => String::new(),
         }
     ));
 
     let mut summary = RunSummary {
         steps: state.step,
-        resumed_from: resumed.as_ref().map(|(d, _)| d.clone()),
+        resumed_from: resumed.clone(),
         skipped_steps: 0,
         losses: Vec::new(),
         last_checkpoint: None,
@@ -351,6 +285,117 @@ pub fn run<AD: AutodiffBackend>(
     summary.steps = state.step;
     summary.skipped_steps = state.skipped_steps - skipped_before;
     Ok(summary)
+}
+
+/// What a run starts from: the data's manifest, the task, and the model, optimizer and
+/// counters, fresh (from the recipe's model or `init_from`) or restored from the checkpoint
+/// rank 0 chose (`opts.resume`), which must have been written with the same batch split, world
+/// size, seed and data.
+struct Setup<AD: AutodiffBackend> {
+    manifest: Manifest,
+    task: Task,
+    accumulation: usize,
+    model: Bert<AD>,
+    optimizer: Optimizer<AD::InnerBackend>,
+    state: TrainerState,
+    /// The checkpoint folder resumed from.
+    resumed: Option<PathBuf>,
+}
+
+fn setup<AD: AutodiffBackend>(
+    cfg: &PretrainConfig,
+    opts: &RunOptions,
+    group: &mut ProcessGroup,
+    device: &AD::Device,
+) -> Result<Setup<AD>> {
+    let world_size = group.world_size;
+    let main = group.is_main();
+    let accumulation = cfg.accumulation(world_size)?;
+    let manifest = Manifest::read(&cfg.data)?;
+    let (_, data_sha) = file_sha256(&cfg.data.join(MANIFEST_FILE))?;
+    let identity = RunIdentity {
+        micro_batch: cfg.batch.micro,
+        accumulation,
+        world_size,
+        seed: cfg.seed,
+        data_manifest_sha256: data_sha,
+    };
+    let task = if manifest.settings.nsp {
+        Task::Pretraining
+    } else {
+        Task::MaskedLm
+    };
+    let ckpt_root = cfg.out.join("checkpoints");
+
+    // Rank 0 chooses; the others verify the same folder (the run folder is shared).
+    let chosen = if main {
+        checkpoint::choose::<TrainerState>(&opts.resume, &ckpt_root, &cfg.out)?
+    } else {
+        None
+    };
+    let resumed = checkpoint::agree(chosen, group)?;
+    if main {
+        checkpoint::remove_unfinished(&ckpt_root)?;
+    }
+    let mut optimizer = Optimizer::<AD::InnerBackend>::new(cfg.optimizer.clone());
+    let (model, state) = match &resumed {
+        Some((dir, state)) => {
+            if state.identity != identity {
+                bail!(
+                    "checkpoint {} was written by a run with {:?}; this run has {:?}: resume \
+                     with the same batch sizes, world size, seed and data",
+                    dir.display(),
+                    state.identity,
+                    identity
+                );
+            }
+            let model = load_model::<AD>(dir, task, cfg.seed, device)?;
+            checkpoint::restore_optimizer(
+                &mut optimizer,
+                dir,
+                state.optimizer_steps,
+                &model,
+                device,
+            )?;
+            (model, state.clone())
+        }
+        None => {
+            let model = match &cfg.init_from {
+                Some(dir) => load_model::<AD>(dir, task, cfg.seed, device)?,
+                None => {
+                    let config =
+                        config::read_model_config(&cfg.model, manifest.tokenizer.vocab_size)?;
+                    model_ckpt::init::<AD>(&config, task, cfg.seed, device)?
+                }
+            };
+            let source = cfg.init_from.as_deref().unwrap_or(&cfg.model);
+            check_fits(&model.config, &manifest, source)?;
+            let model = broadcast_params(model, group)?;
+            let state = TrainerState {
+                step: 0,
+                optimizer_steps: 0,
+                position: Position::default(),
+                loss_scale: LossScale::new(cfg.precision, cfg.initial_loss_scale).scale,
+                good_steps: 0,
+                nonfinite_in_a_row: 0,
+                skipped_steps: 0,
+                sequences: 0,
+                tokens: 0,
+                identity: identity.clone(),
+            };
+            (model, state)
+        }
+    };
+
+    Ok(Setup {
+        manifest,
+        task,
+        accumulation,
+        model,
+        optimizer,
+        state,
+        resumed: resumed.map(|(dir, _)| dir),
+    })
 }
 
 /// One optimizer step over `batches` (this rank's micro-batches of the step) with the
