@@ -369,7 +369,7 @@ impl Model {
                 Err(_) => return Err(ApiError::unavailable("the model worker has stopped")),
             }
         }
-        trace::record_batches(tokens, started.elapsed(), &done.iter().collect::<Vec<_>>());
+        trace::record_batches(tokens, started.elapsed(), &done);
         Ok(done.into_iter().map(|d| d.output).collect())
     }
 

@@ -163,7 +163,7 @@ pub fn record_tokenization(inputs: usize, characters: usize, took: Duration) {
 
 /// The model ran the request's inputs (`tokens` tokens in all) as `done` says, `wall` from
 /// queueing the first to the last answer.
-pub fn record_batches(tokens: usize, wall: Duration, done: &[&Done]) {
+pub fn record_batches(tokens: usize, wall: Duration, done: &[Done]) {
     current(|t| {
         t.with(|s| {
             s.tokens += tokens;
@@ -225,11 +225,11 @@ mod tests {
             .scope(async {
                 record_model("m");
                 record_tokenization(3, 40, Duration::from_millis(7));
-                record_batches(12, Duration::from_millis(1350), &[&a, &b, &c]);
+                record_batches(12, Duration::from_millis(1350), &[a, b, c]);
             })
             .await;
         // Outside a request nothing is recorded, and nothing fails.
-        record_batches(99, Duration::from_secs(1), &[&a]);
+        record_batches(99, Duration::from_secs(1), &[done(1, 0.010, 0.5)]);
         let s = trace.split();
         assert_eq!(s.model.as_deref(), Some("m"));
         assert_eq!(

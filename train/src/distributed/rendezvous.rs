@@ -60,7 +60,7 @@ pub fn join(
         rank: env.rank,
         world_size: env.world_size,
         config_hash: config_hash.to_string(),
-        host: hostname(),
+        host: bertkit_model::fs::hostname().to_string(),
         pid: std::process::id(),
         addr: env.master_addr.clone(),
         ring_port: 0,
@@ -345,15 +345,6 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
         .with_context(|| format!("cannot resolve {host}:{port}"))?
         .next()
         .with_context(|| format!("{host}:{port} resolves to no address"))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown host".into())
 }
 
 fn short(hash: &str) -> &str {
