@@ -281,6 +281,10 @@ fn quickstart_runs_every_stage() {
     .unwrap();
     assert!(m["best"]["accuracy"].as_f64().unwrap() >= 0.9, "{m}");
     assert!(out.contains("validation accuracy"), "{out}");
+    // Its curves drawn and its model card written.
+    assert!(out.contains("curves of"), "{out}");
+    assert!(dir.path().join("finetuned/curves.svg").exists());
+    assert!(dir.path().join("finetuned/README.md").exists());
     // Two ranks trained 20 steps; rank 0 alone logged them.
     assert!(out.contains("[rank 0] pretrain: 20 steps"), "{out}");
     let records =

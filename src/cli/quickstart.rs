@@ -382,6 +382,13 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         metrics["best"]["accuracy"].as_f64().unwrap_or(f64::NAN),
         rows.len() - split
     );
+    // Its curves without TensorBoard (`bertkit plot`), and the model card beside the weights.
+    print!("    ");
+    super::plot::run(&super::plot::PlotArgs {
+        run: finetuned.clone(),
+        out: None,
+    })?;
+    println!("    model card: {}", finetuned.join("README.md").display());
 
     stage(
         10,
