@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bertkit_finetune::data::ner::NerSentence;
-use bertkit_finetune::data::squad::QaExample;
-use bertkit_finetune::data::Skipped;
-use bertkit_finetune::spec::{QaSpec, TagScheme, TaskSpec};
-use bertkit_finetune::tasks::{self, classify, ner, qa, Feature, Logits};
 use bertkit_model::config::ProblemType;
 use bertkit_model::TextInput;
 use bertkit_runtime::{
     check_input, Encoded, PlanMeta, PlanTask, Runtime, RuntimeOptions, SeqOutput,
 };
+use bertkit_tasks::data::ner::NerSentence;
+use bertkit_tasks::data::squad::QaExample;
+use bertkit_tasks::data::Skipped;
+use bertkit_tasks::spec::{QaSpec, TagScheme, TaskSpec};
+use bertkit_tasks::task::{self as tasks, classify, ner, qa, Feature, Logits};
 use serde_json::Value;
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::Json;
-use bertkit_finetune::data::ner::NerSentence;
-use bertkit_finetune::data::squad::QaExample;
 use bertkit_model::TextInput;
 use bertkit_runtime::PlanTask;
+use bertkit_tasks::data::ner::NerSentence;
+use bertkit_tasks::data::squad::QaExample;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
