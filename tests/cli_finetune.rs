@@ -71,6 +71,15 @@ fn toy_rows(n: usize) -> Vec<(String, &'static str, f64)> {
         .collect()
 }
 
+/// `n` of [`toy_rows`] as a `text,label` CSV file `dir/name`.
+fn toy_csv(dir: &Path, name: &str, n: usize) -> PathBuf {
+    let mut csv = String::from("text,label\n");
+    for (text, label, _) in toy_rows(n) {
+        csv.push_str(&format!("{text},{label}\n"));
+    }
+    write(dir, name, &csv)
+}
+
 #[test]
 fn minilm_learns_movie_review_sentiment() {
     // The reduced CI version of scripts/bench/finetune_sentiment.sh: 1280 training sentences,
@@ -361,11 +370,7 @@ fn ner_and_qa_fit_the_fixtures_end_to_end() {
 #[test]
 fn hf_trainer_flag_names_and_closed_sets() {
     let dir = tempfile::tempdir().unwrap();
-    let mut csv = String::from("text,label\n");
-    for (text, label, _) in toy_rows(24) {
-        csv.push_str(&format!("{text},{label}\n"));
-    }
-    let csv = write(dir.path(), "toy.csv", &csv);
+    let csv = toy_csv(dir.path(), "toy.csv", 24);
     let out = dir.path().join("out");
     let printed = finetune(&[
         "--task",
@@ -658,13 +663,7 @@ fn every_problem_type_and_glue_layout_trains_on_a_tiny_model() {
 #[test]
 fn bad_input_is_named_by_file_and_line_and_can_be_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let good = {
-        let mut t = String::from("text,label\n");
-        for (text, label, _) in toy_rows(16) {
-            t.push_str(&format!("{text},{label}\n"));
-        }
-        write(dir.path(), "train.csv", &t)
-    };
+    let good = { toy_csv(dir.path(), "train.csv", 16) };
     let base = |train: &Path, validation: &Path, out: &str| -> Vec<String> {
         [
             "finetune",
@@ -781,11 +780,7 @@ fn bad_input_is_named_by_file_and_line_and_can_be_skipped() {
 #[test]
 fn finetuning_resumes_bit_for_bit_from_its_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
-    let mut csv = String::from("text,label\n");
-    for (text, label, _) in toy_rows(24) {
-        csv.push_str(&format!("{text},{label}\n"));
-    }
-    let csv = write(dir.path(), "toy.csv", &csv);
+    let csv = toy_csv(dir.path(), "toy.csv", 24);
     let a = dir.path().join("a");
     // 24 examples, batches of 4: 6 steps an epoch, 18 in all; checkpoints at 4, 8, 12 (after
     // epoch 2's evaluation) and 16. Dropout is on (the tiny model's 0.1).
@@ -917,11 +912,7 @@ fn finetuning_resumes_bit_for_bit_from_its_checkpoints() {
 #[test]
 fn recipes_configure_finetuning() {
     let dir = tempfile::tempdir().unwrap();
-    let mut csv = String::from("text,label\n");
-    for (text, label, _) in toy_rows(24) {
-        csv.push_str(&format!("{text},{label}\n"));
-    }
-    let csv = write(dir.path(), "toy.csv", &csv);
+    let csv = toy_csv(dir.path(), "toy.csv", 24);
     let out = dir.path().join("out");
     let recipe = write(
         dir.path(),
