@@ -251,13 +251,7 @@ pub fn save<B: Backend>(
 pub fn copy_tokenizer_files(from: &Path, to: &Path, config: &BertConfig) -> Result<()> {
     let mut copied = 0;
     for name in TOKENIZER_FILES {
-        let src = from.join(name);
-        let dst = to.join(name);
-        if src.exists() && src != dst {
-            let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
-            write_atomic(&dst, &bytes)?;
-            copied += 1;
-        }
+        copied += copy_file_if_present(&from.join(name), &to.join(name))?;
     }
     if copied == 0 && !to.join("tokenizer.json").exists() && !to.join("vocab.txt").exists() {
         return Err(Error::invalid(
