@@ -86,11 +86,6 @@ pub struct TaskArgs {
     pub skip_invalid: bool,
 }
 
-/// `--report-to`: a comma-separated list of tensorboard, jsonl, all, none.
-pub fn parse_report_to(s: &str) -> Result<ReportTo, String> {
-    s.parse()
-}
-
 /// `--problem-type`'s values; HF's `problem_type` spellings are read too.
 fn problem_types() -> [clap::builder::PossibleValue; 6] {
     use clap::builder::PossibleValue;
@@ -317,7 +312,7 @@ pub struct FinetuneArgs {
     pub log_every: u64,
     /// Where the metrics go: metrics.jsonl, TensorBoard event files (out/tensorboard/), both
     /// (all) or none; comma-separated.
-    #[arg(long, default_value = "jsonl,tensorboard", value_parser = clap::builder::ValueParser::new(parse_report_to))]
+    #[arg(long, default_value = "jsonl,tensorboard")]
     pub report_to: ReportTo,
     /// Replace a model already in --out (and its checkpoints).
     #[arg(long, visible_alias = "overwrite-output-dir")]
