@@ -150,7 +150,7 @@ impl State for FinetuneState {
     }
 }
 
-/// Examples per optimizer step (all ranks), optimizer steps per epoch and in the whole run.
+/// Examples per optimizer step (all ranks).
 fn step_size(s: &TrainSettings, world_size: usize) -> usize {
     s.batch_size.max(1) * s.accumulation.max(1) * world_size.max(1)
 }
