@@ -91,6 +91,24 @@ fn pretrain_args(out: &Path, extra: &[&str]) -> Vec<String> {
 }
 
 /// Rank `rank` of `world` as torchrun would start it.
+/// `bertkit launch --nproc-per-node 2 -- bertkit ARGS` on a free port; what it printed.
+fn launch_two(args: &[String]) -> String {
+    let port = free_port().to_string();
+    run_ok(
+        bertkit()
+            .args([
+                "launch",
+                "--nproc-per-node",
+                "2",
+                "--master-port",
+                &port,
+                "--",
+            ])
+            .arg(env!("CARGO_BIN_EXE_bertkit"))
+            .args(args),
+    )
+}
+
 fn rank(rank: usize, world: usize, port: u16, args: &[String]) -> Command {
     let mut c = bertkit();
     c.args(args)
@@ -168,20 +186,7 @@ fn two_ranks_make_the_updates_of_one_rank_with_twice_the_batch() {
         &dir.path().join("two"),
         &[STEPS, "batch.global=16", "batch.micro=8"],
     );
-    let port = free_port().to_string();
-    let out = run_ok(
-        bertkit()
-            .args([
-                "launch",
-                "--nproc-per-node",
-                "2",
-                "--master-port",
-                &port,
-                "--",
-            ])
-            .arg(env!("CARGO_BIN_EXE_bertkit"))
-            .args(&two),
-    );
+    let out = launch_two(&two);
     assert!(out.contains("[rank 0] pretrain: 6 steps"), "{out}");
     run_ok(bertkit().args(pretrain_args(
         &dir.path().join("big"),
@@ -263,20 +268,7 @@ fn two_rank_finetuning_makes_the_updates_of_one_rank() {
         v
     };
     let two = dir.path().join("two");
-    let port = free_port().to_string();
-    let printed = run_ok(
-        bertkit()
-            .args([
-                "launch",
-                "--nproc-per-node",
-                "2",
-                "--master-port",
-                &port,
-                "--",
-            ])
-            .arg(env!("CARGO_BIN_EXE_bertkit"))
-            .args(args(&two, &[])),
-    );
+    let printed = launch_two(&args(&two, &[]));
     assert!(printed.contains("[rank 0] fine-tuned 6 steps"), "{printed}");
     assert!(!printed.contains("[rank 1] fine-tuned"), "{printed}");
     let one = dir.path().join("one");
@@ -311,20 +303,7 @@ fn two_rank_finetuning_makes_the_updates_of_one_rank() {
     let resumed = dir.path().join("resumed");
     common::copy_dir(&two, &resumed);
     std::fs::remove_dir_all(last(&resumed)).unwrap();
-    let port = free_port().to_string();
-    run_ok(
-        bertkit()
-            .args([
-                "launch",
-                "--nproc-per-node",
-                "2",
-                "--master-port",
-                &port,
-                "--",
-            ])
-            .arg(env!("CARGO_BIN_EXE_bertkit"))
-            .args(args(&resumed, &["--resume", "auto"])),
-    );
+    launch_two(&args(&resumed, &["--resume", "auto"]));
     assert_eq!(
         std::fs::read(last(&two).join("model.safetensors")).unwrap(),
         std::fs::read(last(&resumed).join("model.safetensors")).unwrap()

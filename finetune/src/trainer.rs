@@ -46,6 +46,9 @@ pub struct TrainSettings {
     /// Stop after this many evaluations without improvement of the main metric.
     pub patience: Option<usize>,
     pub precision: Precision,
+    /// Activation checkpointing: recompute each encoder layer in the backward pass instead of
+    /// keeping its activations (less memory, the same numbers; `step::StepSettings`).
+    pub gradient_checkpointing: bool,
     /// Write a checkpoint (model, optimizer, trainer state) every N optimizer steps into
     /// `out/checkpoints/` (0: none). One that falls on an epoch's end is written after its
     /// evaluation.
@@ -100,12 +103,17 @@ pub struct RunIdentity {
 
 impl RunIdentity {
     pub fn of(train: &[Feature], s: &TrainSettings, world_size: usize) -> RunIdentity {
-        let mut bytes = Vec::new();
+        // Each feature as its lengths, ids and type ids (little-endian u32) and its target,
+        // streamed: a SQuAD-sized set is hundreds of MB as text.
+        let mut digest = bertkit_model::fs::Sha256Stream::default();
         for f in train {
-            let text =
-                serde_json::json!([f.input_ids, f.token_type_ids, format!("{:?}", f.target)]);
-            bytes.extend(text.to_string().into_bytes());
-            bytes.push(b'\n');
+            for ids in [&f.input_ids, &f.token_type_ids] {
+                digest.update(&(ids.len() as u64).to_le_bytes());
+                for id in ids.iter() {
+                    digest.update(&id.to_le_bytes());
+                }
+            }
+            digest.update(format!("{:?}\n", f.target).as_bytes());
         }
         let (_, total) = schedule_length(train.len(), s, world_size);
         RunIdentity {
@@ -115,7 +123,7 @@ impl RunIdentity {
             seed: s.seed,
             total_steps: total,
             features: train.len(),
-            features_sha256: bertkit_model::fs::sha256_hex(&bytes),
+            features_sha256: digest.hex(),
         }
     }
 }
@@ -383,10 +391,11 @@ where
                     precision: s.precision,
                     loss_scale: state.loss_scale,
                     dropout_seed: [s.seed, step],
+                    checkpoint_activations: s.gradient_checkpointing,
                 },
                 group,
                 device,
-                |m, i| tasks::micro_loss(m, &micro[i], units, pad_id, device),
+                |m, e, i| tasks::micro_loss(m, e, &micro[i], units, pad_id, device),
             )?;
             model = next;
             let secs = started.elapsed().as_secs_f64();
@@ -511,7 +520,63 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::rank_share;
+    use super::*;
+    use crate::tasks::Target;
+
+    /// The digest covers every id, type id and target, and nothing else.
+    #[test]
+    fn run_identity_digests_the_features() {
+        let s = TrainSettings {
+            epochs: 1,
+            max_steps: None,
+            batch_size: 2,
+            accumulation: 1,
+            lr: 1e-4,
+            warmup_ratio: 0.0,
+            weight_decay: 0.0,
+            adam_eps: 1e-8,
+            max_grad_norm: 1.0,
+            seed: 1,
+            patience: None,
+            precision: Precision::F32,
+            gradient_checkpointing: false,
+            save_steps: 0,
+            save_total_limit: 1,
+            log_every: 1,
+            report_to: ReportTo::default(),
+            progress_bar: false,
+        };
+        let feature = |ids: Vec<u32>, types: Vec<u32>, target| Feature {
+            example: 0,
+            input_ids: ids,
+            token_type_ids: types,
+            target,
+        };
+        let base = vec![
+            feature(vec![101, 7, 102], vec![0, 0, 0], Target::Class(1)),
+            feature(vec![101, 8], vec![0, 0], Target::Class(0)),
+        ];
+        let id = |f: &[Feature]| RunIdentity::of(f, &s, 1).features_sha256;
+        assert_eq!(id(&base), id(&base.clone()));
+        let mut other = base.clone();
+        other[1].input_ids[1] = 9;
+        assert_ne!(id(&base), id(&other));
+        let mut other = base.clone();
+        other[0].token_type_ids[2] = 1;
+        assert_ne!(id(&base), id(&other));
+        let mut other = base.clone();
+        other[1].target = Target::Class(1);
+        assert_ne!(id(&base), id(&other));
+        // Where one feature ends and the next begins is part of it.
+        let mut other = base.clone();
+        let moved = other[0].input_ids.pop().unwrap();
+        other[1].input_ids.insert(0, moved);
+        assert_ne!(id(&base), id(&other));
+        // The example index is not (QA windows are numbered after filtering).
+        let mut other = base.clone();
+        other[1].example = 5;
+        assert_eq!(id(&base), id(&other));
+    }
 
     #[test]
     fn ranks_take_contiguous_shares_and_short_steps_are_padded() {

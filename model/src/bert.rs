@@ -362,12 +362,19 @@ impl<B: Backend> BertModel<B> {
         }
     }
 
-    /// The last hidden state `[batch, seq, hidden]`.
-    pub fn encode(&self, input: &BertInput<B>) -> Tensor<B, 3> {
+    /// What the first layer takes: the embeddings' output `[batch, seq, hidden]` and the
+    /// attention mask every layer uses.
+    pub fn embed(&self, input: &BertInput<B>) -> (Tensor<B, 3>, AttentionMask<B>) {
         let mask = AttentionMask::new(&input.attention_mask);
-        let mut x = self
+        let x = self
             .embeddings
             .forward(input.input_ids.clone(), input.token_type_ids.clone());
+        (x, mask)
+    }
+
+    /// The last hidden state `[batch, seq, hidden]`: [`Self::embed`], then every layer.
+    pub fn encode(&self, input: &BertInput<B>) -> Tensor<B, 3> {
+        let (mut x, mask) = self.embed(input);
         for layer in &self.encoder.layer {
             x = layer.forward(x, &mask);
         }

@@ -267,7 +267,11 @@ impl<B: Backend> Bert<B> {
     }
 
     pub fn forward(&self, input: &BertInput<B>) -> BertOutput<B> {
-        let hidden = self.bert.encode(input);
+        self.heads(self.bert.encode(input))
+    }
+
+    /// Everything after the encoder: the pooler and the task's heads on the last hidden state.
+    pub fn heads(&self, hidden: Tensor<B, 3>) -> BertOutput<B> {
         let pooled = self.bert.pooler.as_ref().map(|p| p.forward(hidden.clone()));
         let cls_dropout = self.config.classifier_dropout_prob();
         let word_embeddings = || self.bert.embeddings.word_embeddings.weight.val();

@@ -19,9 +19,6 @@ use bertkit_train::pretrain::config::{read_model_config, Precision};
 use bertkit_train::pretrain::pretrain_step;
 use bertkit_train::rng::Rng;
 use bertkit_train::step::{LossScale, StepSettings};
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
@@ -60,26 +57,14 @@ pub struct BenchTrainArgs {
     /// One JSON line instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Recompute memory-bound activations in the backward pass instead of keeping them
-    /// (burn's balanced checkpointing; pretraining's `memory.checkpoint_activations`).
+    /// Keep only each encoder layer's input and recompute the layer in the backward pass
+    /// (pretraining's `memory.checkpoint_activations`).
     #[arg(long, visible_alias = "gradient-checkpointing")]
     pub checkpoint_activations: bool,
 }
 
 pub fn run(args: &BenchTrainArgs) -> Result<()> {
-    if args.checkpoint_activations {
-        with_backend!(args.device, run_on_checkpointed(args))
-    } else {
-        with_backend!(args.device, run_on_plain(args))
-    }
-}
-
-fn run_on_plain<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
-    run_on::<B, NoCheckpointing>(device, args)
-}
-
-fn run_on_checkpointed<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
-    run_on::<B, BalancedCheckpointing>(device, args)
+    with_backend!(args.device, run_on(args))
 }
 
 /// This process's peak resident memory in MiB (the CPU backend's tensors live there).
@@ -100,16 +85,13 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
         .map_err(|e| anyhow::anyhow!("--{what} {s:?}: {e}"))
 }
 
-fn run_on<B: Backend, C: CheckpointStrategy>(
-    device: &B::Device,
-    args: &BenchTrainArgs,
-) -> Result<()> {
-    type AD<B, C> = Autodiff<B, C>;
+fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
+    type AD<B> = Autodiff<B>;
     let precision: Precision = parse("precision", &args.precision)?;
     let kind: OptimizerKind = parse("optimizer", &args.optimizer)?;
     let mut config = read_model_config(&args.model, args.vocab)?;
     config.vocab_size = args.vocab;
-    let model = model_ckpt::init::<AD<B, C>>(&config, Task::Pretraining, 0, device)?;
+    let model = model_ckpt::init::<AD<B>>(&config, Task::Pretraining, 0, device)?;
     let mut optimizer = Optimizer::<B>::new(OptimizerConfig {
         name: kind,
         lr: 1e-4,
@@ -136,6 +118,7 @@ fn run_on<B: Backend, C: CheckpointStrategy>(
             precision,
             loss_scale: LossScale::new(precision, 1024.0).scale,
             dropout_seed: [0, step as u64],
+            checkpoint_activations: args.checkpoint_activations,
         };
         let (next, out) = pretrain_step(
             model,
@@ -147,7 +130,7 @@ fn run_on<B: Backend, C: CheckpointStrategy>(
             device,
         )?;
         model = next;
-        AD::<B, C>::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
+        AD::<B>::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
         if step >= args.warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }

@@ -359,6 +359,7 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         seed: 42,
         patience: None,
         precision: bertkit_train::step::Precision::F32,
+        gradient_checkpointing: false,
         max_train_examples: None,
         max_eval_examples: None,
         eval_batch_size: 64,

@@ -11,7 +11,8 @@
 //! **Training** (`bertkit pretrain`; the step, optimizers, checkpoints and logs are fine-tuning's
 //! too):
 //! 1. [`loader`]: batches from the shards, dynamically masked ([`masking`]), seekable;
-//! 2. [`step`]: one optimizer step: forward and backward of each micro-batch, gradients summed
+//! 2. [`step`]: one optimizer step: forward and backward of each micro-batch (all activations
+//!    kept, or each layer recomputed: [`activations`]), gradients summed
 //!    over the ranks ([`distributed`]), clipping, the update ([`optim`]: LAMB, AdamW) at the
 //!    [`schedule`]'s learning rate;
 //! 3. [`pretrain`]: the loop (objective, evaluation, the recipe in [`pretrain::config`]);
@@ -31,6 +32,7 @@ pub mod shards;
 pub mod vocab;
 
 // Training.
+pub mod activations;
 pub mod checkpoint;
 pub mod distributed;
 pub mod loader;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use anyhow::Result;
 use bertkit_model::heads::Bert;
 
+use crate::activations::{self, Encode, Recompute, Seeded};
 use crate::distributed::{grads, ProcessGroup};
 use crate::optim::{self, Optimizer};
 use crate::rng::Rng;
@@ -117,6 +118,10 @@ pub struct StepSettings {
     pub loss_scale: f64,
     /// (run seed, step): micro-batch `i` seeds dropout with `derive(seed, TAG, step, i)`.
     pub dropout_seed: [u64; 2],
+    /// Keep only each layer's input and recompute the layer in the backward pass
+    /// ([`activations::Recompute`]): less memory, about one more forward pass of time, the same
+    /// numbers.
+    pub checkpoint_activations: bool,
 }
 
 /// One micro-batch's contribution: the loss to differentiate (already divided by the step's
@@ -137,10 +142,11 @@ pub struct StepOutput {
     pub updated: bool,
 }
 
-/// One optimizer step over this rank's `micro_batches` micro-batches; `micro_loss(model, i)`
-/// computes the forward pass and loss of micro-batch `i` with `model` (its parameters cast to
-/// the step's precision inside the autodiff graph, so the gradients land on the f32
-/// parameters).
+/// One optimizer step over this rank's `micro_batches` micro-batches; `micro_loss(model,
+/// encoder, i)` computes the forward pass and loss of micro-batch `i` with `model` (its
+/// parameters in the step's precision; the gradients land on the f32 parameters), getting the
+/// last hidden state from `encoder` ([`activations::Seeded`], or [`activations::Recompute`]
+/// with `checkpoint_activations`).
 ///
 /// With several ranks, the micro-batch losses must already be divided by the denominators of
 /// the whole step on all ranks: the gradients and the statistics are then summed over the
@@ -153,50 +159,14 @@ pub fn train_step<AD, F>(
     s: &StepSettings,
     group: &mut ProcessGroup,
     device: &AD::Device,
-    mut micro_loss: F,
+    micro_loss: F,
 ) -> Result<(Bert<AD>, StepOutput)>
 where
     AD: AutodiffBackend,
-    F: FnMut(&Bert<AD>, usize) -> MicroLoss<AD>,
+    F: FnMut(&Bert<AD>, &mut dyn Encode<AD>, usize) -> MicroLoss<AD>,
 {
-    // Subnormal gradients cost Intel cores ~18x (bertkit_model::denormals); cheap to repeat.
-    bertkit_model::denormals::flush_denormals();
-    let mut accumulator = GradientsAccumulator::<Bert<AD>>::new();
-    let mut sums: Option<Tensor<AD::InnerBackend, 1>> = None;
-    for i in 0..micro_batches {
-        let [seed, step] = s.dropout_seed;
-        // Each rank's micro-batches draw their own dropout (rank 0's as a single process's).
-        let index = (group.rank * micro_batches + i) as u64;
-        AD::seed(
-            device,
-            Rng::derive(&[seed, TAG_DROPOUT, step, index]).next_u64(),
-        );
-        let compute = match s.precision {
-            Precision::F32 => model.clone(),
-            p => cast_params(model.clone(), p.dtype()),
-        };
-        let micro = micro_loss(&compute, i);
-        let value = micro.loss.clone().detach().inner().cast(DType::F32);
-        let loss = if s.precision == Precision::Fp16 {
-            micro.loss * s.loss_scale
-        } else {
-            micro.loss
-        };
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        accumulator.accumulate(&model, grads);
-        let stats = Tensor::cat(vec![value, micro.stats.inner().cast(DType::F32)], 0);
-        sums = Some(match sums {
-            Some(t) => t + stats,
-            None => stats,
-        });
-    }
-    let mut grads = accumulator.grads();
-    if s.precision == Precision::Fp16 {
-        optim::scale_grads(&model, &mut grads, 1.0 / s.loss_scale);
-    }
-    let mut sums: Vec<f32> = sums
-        .map(|t| bertkit_model::nn::to_host(t).data)
-        .unwrap_or_else(|| vec![0.0]);
+    let (mut grads, mut sums) =
+        accumulate_gradients(&model, micro_batches, s, group.rank, device, micro_loss);
     grads::all_reduce_grads(&model, &mut grads, group)?;
     group.all_reduce_f32(&mut sums)?;
     let loss = sums.remove(0) as f64;
@@ -217,6 +187,74 @@ where
             updated,
         },
     ))
+}
+
+/// The first half of [`train_step`] on this rank alone: forward and backward of each
+/// micro-batch, the gradients summed (f32, fp16's loss scale divided out) and the micro-batches'
+/// `[loss, stats...]` summed and read back.
+pub fn accumulate_gradients<AD, F>(
+    model: &Bert<AD>,
+    micro_batches: usize,
+    s: &StepSettings,
+    rank: usize,
+    device: &AD::Device,
+    mut micro_loss: F,
+) -> (GradientsParams, Vec<f32>)
+where
+    AD: AutodiffBackend,
+    F: FnMut(&Bert<AD>, &mut dyn Encode<AD>, usize) -> MicroLoss<AD>,
+{
+    // Subnormal gradients cost Intel cores ~18x (bertkit_model::denormals); cheap to repeat.
+    bertkit_model::denormals::flush_denormals();
+    let mut accumulator = GradientsAccumulator::<Bert<AD>>::new();
+    let mut sums: Option<Tensor<AD::InnerBackend, 1>> = None;
+    let scaled = |loss: Tensor<AD, 1>| {
+        if s.precision == Precision::Fp16 {
+            loss * s.loss_scale
+        } else {
+            loss
+        }
+    };
+    for i in 0..micro_batches {
+        let [seed, step] = s.dropout_seed;
+        // Each rank's micro-batches draw their own dropout (rank 0's as a single process's).
+        let index = (rank * micro_batches + i) as u64;
+        let micro_seed = Rng::derive(&[seed, TAG_DROPOUT, step, index]).next_u64();
+        AD::seed(device, micro_seed);
+        let micro = if s.checkpoint_activations {
+            let compute = match s.precision {
+                Precision::F32 => model.clone(),
+                p => activations::leaf_params(model.clone(), p.dtype()),
+            };
+            let mut encoder = Recompute::new(micro_seed);
+            let micro = micro_loss(&compute, &mut encoder, i);
+            encoder.backward(scaled(micro.loss.clone()), &compute, &mut accumulator);
+            micro
+        } else {
+            let compute = match s.precision {
+                Precision::F32 => model.clone(),
+                p => cast_params(model.clone(), p.dtype()),
+            };
+            let micro = micro_loss(&compute, &mut Seeded { micro_seed }, i);
+            let loss = scaled(micro.loss.clone());
+            accumulator.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
+            micro
+        };
+        let value = micro.loss.detach().inner().cast(DType::F32);
+        let stats = Tensor::cat(vec![value, micro.stats.inner().cast(DType::F32)], 0);
+        sums = Some(match sums {
+            Some(t) => t + stats,
+            None => stats,
+        });
+    }
+    let mut grads = accumulator.grads();
+    if s.precision == Precision::Fp16 {
+        optim::scale_grads(model, &mut grads, 1.0 / s.loss_scale);
+    }
+    let sums = sums
+        .map(|t| bertkit_model::nn::to_host(t).data)
+        .unwrap_or_else(|| vec![0.0]);
+    (grads, sums)
 }
 
 /// Cross entropy summed over rows of `logits [n, classes]` (computed in f32) and the number of

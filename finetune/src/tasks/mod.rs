@@ -6,6 +6,7 @@ pub use bertkit_tasks::task::*;
 
 use bertkit_model::heads::{Bert, BertOutput};
 use bertkit_model::tokenizer::Batch;
+use bertkit_train::activations::Encode;
 use bertkit_train::step::MicroLoss;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
@@ -40,7 +41,7 @@ fn bce_with_logits_sum<B: Backend>(x: Tensor<B, 2>, y: Tensor<B, 2>) -> Tensor<B
     (x.clone().clamp_min(0.0) - x.clone() * y + x.abs().neg().exp().log1p()).sum()
 }
 
-/// Forward pass and loss of one micro-batch: the sum over its targets divided by `units` (the
+/// Forward pass (the hidden state from `encoder`) and loss of one micro-batch: the sum over its targets divided by `units` (the
 /// step's [`loss_units`]). Losses as Hugging Face's heads compute them: cross entropy
 /// (single-label, tokens), binary cross entropy with logits (multi-label), mean squared error
 /// (regression), and the mean of the start and end cross entropies (QA). `stats` is
@@ -48,13 +49,14 @@ fn bce_with_logits_sum<B: Backend>(x: Tensor<B, 2>, y: Tensor<B, 2>) -> Tensor<B
 /// both right).
 pub fn micro_loss<B: Backend>(
     model: &Bert<B>,
+    encoder: &mut dyn Encode<B>,
     features: &[&Feature],
     units: usize,
     pad_id: u32,
     device: &B::Device,
 ) -> MicroLoss<B> {
     let batch = pad(features, pad_id);
-    let out = forward(model, &batch, device);
+    let out = model.heads(encoder.encode(&model.bert, &batch.to_input::<B>(device)));
     let zero = || Tensor::<B, 1>::zeros([1], device);
     let (b, t) = (batch.batch_size, batch.seq_len);
     let (sum, correct) = match features.first().map(|f| &f.target) {

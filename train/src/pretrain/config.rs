@@ -46,6 +46,8 @@ pub struct PretrainConfig {
     #[serde(default)]
     pub checkpoint: CheckpointSettings,
     #[serde(default)]
+    pub memory: MemorySettings,
+    #[serde(default)]
     pub eval: EvalSettings,
     #[serde(default)]
     pub log: LogSettings,
@@ -98,6 +100,15 @@ impl MaskingSettings {
             ..MaskingConfig::default()
         }
     }
+}
+
+/// Memory against time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemorySettings {
+    /// Activation (gradient) checkpointing: keep each encoder layer's input only and recompute
+    /// the layer in the backward pass. Same numbers, less memory, about a third more time.
+    pub checkpoint_activations: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -322,9 +333,11 @@ warmup = 0.1
                 "optimizer.lr=5e-4".into(),
                 "out=runs/x".into(),
                 "checkpoint.every=3".into(),
+                "memory.checkpoint_activations=true".into(),
             ],
         )
         .unwrap();
+        assert!(c.memory.checkpoint_activations);
         assert_eq!(c.optimizer.lr, 5e-4);
         assert_eq!(c.out, PathBuf::from("runs/x"));
         assert_eq!(c.checkpoint.every, 3);

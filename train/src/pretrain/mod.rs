@@ -33,6 +33,7 @@ use bertkit_model::heads::{Bert, Task};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
+use crate::activations::Plain;
 use crate::checkpoint::{RunIdentity, TrainerState};
 use crate::distributed::{grads::broadcast_params, ProcessGroup};
 use crate::loader::{Loader, LoaderConfig, Position};
@@ -167,6 +168,7 @@ pub fn run<AD: AutodiffBackend>(
                 precision: cfg.precision,
                 loss_scale: state.loss_scale,
                 dropout_seed: [cfg.seed, step],
+                checkpoint_activations: cfg.memory.checkpoint_activations,
             },
             manifest.settings.nsp,
             group,
@@ -421,10 +423,15 @@ pub fn pretrain_step<AD: AutodiffBackend>(
         masked: all[0] as usize,
         sequences: all[1] as usize,
     };
-    let (model, out) =
-        step::train_step(model, optimizer, batches.len(), s, group, device, |m, i| {
-            objective::micro_loss(m, &batches[i], counts, device)
-        })?;
+    let (model, out) = step::train_step(
+        model,
+        optimizer,
+        batches.len(),
+        s,
+        group,
+        device,
+        |m, e, i| objective::micro_loss(m, e, &batches[i], counts, device),
+    )?;
     let stats = StepStats::from_sums(&out.sums, counts, nsp);
     Ok((
         model,
@@ -581,7 +588,7 @@ impl Evaluator {
         let counts = StepCounts::of(&batches);
         let mut sums = vec![0.0f32; 4];
         for b in &batches {
-            let micro = objective::micro_loss(model, b, counts, device);
+            let micro = objective::micro_loss(model, &mut Plain, b, counts, device);
             for (s, v) in sums
                 .iter_mut()
                 .zip(bertkit_model::nn::to_host(micro.stats).data)

@@ -9,6 +9,7 @@ use bertkit_model::heads::Bert;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use crate::activations::Encode;
 use crate::loader::Batch;
 use crate::masking::IGNORE_LABEL;
 use crate::step::{cross_entropy_sum, MicroLoss};
@@ -76,16 +77,17 @@ impl StepStats {
     }
 }
 
-/// Forward pass and loss of one micro-batch. `model` must have the MLM head (and the NSP head
+/// Forward pass (the encoder's hidden state from `encoder`) and loss of one micro-batch. `model` must have the MLM head (and the NSP head
 /// when the batch has NSP labels).
 pub fn micro_loss<B: Backend>(
     model: &Bert<B>,
+    encoder: &mut dyn Encode<B>,
     batch: &Batch,
     counts: StepCounts,
     device: &B::Device,
 ) -> MicroLoss<B> {
     let input = batch.inputs.to_input::<B>(device);
-    let hidden = model.bert.encode(&input);
+    let hidden = encoder.encode(&model.bert, &input);
     let [b, t, h] = hidden.dims();
 
     let (positions, labels): (Vec<i64>, Vec<i64>) = batch

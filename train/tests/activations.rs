@@ -1,0 +1,162 @@
+//! Activation checkpointing (`StepSettings::checkpoint_activations`) changes memory, not numbers:
+//! with dropout on, the step that recomputes each layer in the backward pass has the loss and the
+//! gradients of the step that keeps every activation, in every precision.
+
+use bertkit_model::backend::Cpu;
+use bertkit_model::checkpoint::init;
+use bertkit_model::config::BertConfig;
+use bertkit_model::heads::{Bert, Task};
+use bertkit_model::tokenizer::Batch as InputBatch;
+use bertkit_train::loader::Batch;
+use bertkit_train::masking::IGNORE_LABEL;
+use bertkit_train::pretrain::objective::{micro_loss, StepCounts};
+use bertkit_train::rng::Rng;
+use bertkit_train::step::{accumulate_gradients, Precision, StepSettings};
+use burn::backend::Autodiff;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+
+type AD = Autodiff<Cpu>;
+
+/// The backend's dropout generator is one per process: the tests take turns.
+static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn model(dropout: f64) -> Bert<AD> {
+    let config = BertConfig::from_json(&format!(
+        r#"{{"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 32,
+            "hidden_dropout_prob": {dropout}, "attention_probs_dropout_prob": {dropout}}}"#
+    ))
+    .expect("a valid config");
+    init::<AD>(&config, Task::Pretraining, 7, &Default::default()).expect("a model")
+}
+
+/// `batch` sequences of 12 tokens, the last one padded after 7, a fifth of the real tokens
+/// labelled for MLM, NSP labels.
+fn batch(seed: u64, batch: usize) -> Batch {
+    let (seq, mut rng) = (12, Rng::new(seed));
+    let n = batch * seq;
+    let input_ids: Vec<i64> = (0..n).map(|_| 5 + rng.below(59) as i64).collect();
+    let lengths: Vec<usize> = (0..batch)
+        .map(|b| if b + 1 == batch { 7 } else { seq })
+        .collect();
+    let attention_mask: Vec<i64> = (0..n)
+        .map(|i| i64::from(i % seq < lengths[i / seq]))
+        .collect();
+    let mlm_labels = (0..n)
+        .map(|i| {
+            if attention_mask[i] == 1 && rng.below(5) == 0 {
+                input_ids[i]
+            } else {
+                IGNORE_LABEL
+            }
+        })
+        .collect();
+    Batch {
+        inputs: InputBatch {
+            batch_size: batch,
+            seq_len: seq,
+            token_type_ids: (0..n).map(|i| i64::from(i % seq >= 6)).collect(),
+            input_ids,
+            attention_mask,
+            lengths,
+        },
+        mlm_labels,
+        next_sentence_label: Some((0..batch).map(|_| rng.below(2) as i64).collect()),
+        epoch: 0,
+    }
+}
+
+/// Every parameter's gradient (in visiting order) and the summed `[loss, stats...]` of one
+/// step over two micro-batches.
+fn gradients(
+    model: &Bert<AD>,
+    precision: Precision,
+    checkpoint_activations: bool,
+) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let batches = [batch(1, 3), batch(2, 2)];
+    let counts = StepCounts::of(&batches);
+    let settings = StepSettings {
+        lr: 0.0,
+        max_grad_norm: 1.0,
+        precision,
+        loss_scale: if precision == Precision::Fp16 {
+            1024.0
+        } else {
+            1.0
+        },
+        dropout_seed: [5, 3],
+        checkpoint_activations,
+    };
+    let device = Default::default();
+    let (grads, sums) = accumulate_gradients(model, 2, &settings, 0, &device, |m, e, i| {
+        micro_loss(m, e, &batches[i], counts, &device)
+    });
+    (collect(model, &grads), sums)
+}
+
+fn collect(model: &Bert<AD>, grads: &GradientsParams) -> Vec<Vec<f32>> {
+    struct Collect<'a>(&'a GradientsParams, Vec<Vec<f32>>);
+    impl ModuleVisitor<AD> for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AD, D>>) {
+            let g = self
+                .0
+                .get::<Cpu, D>(param.id)
+                .map(|g| g.into_data().convert::<f32>().to_vec::<f32>().expect("f32"))
+                .unwrap_or_default();
+            self.1.push(g);
+        }
+    }
+    let mut c = Collect(grads, Vec::new());
+    model.visit(&mut c);
+    c.1
+}
+
+/// The largest difference between matching gradients, relative to the largest gradient of each
+/// parameter; every parameter must have one.
+fn worst_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f32;
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            !x.is_empty() && x.len() == y.len(),
+            "parameter {i}: no gradient"
+        );
+        let scale = x.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+        for (p, q) in x.iter().zip(y) {
+            worst = worst.max((p - q).abs() / scale);
+        }
+    }
+    worst
+}
+
+#[test]
+fn recomputing_layers_gives_the_same_loss_and_gradients_in_f32() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let m = model(0.1);
+    let (kept, kept_sums) = gradients(&m, Precision::F32, false);
+    let (recomputed, recomputed_sums) = gradients(&m, Precision::F32, true);
+    // The forward passes run the same operations on the same dropout masks.
+    assert_eq!(kept_sums, recomputed_sums);
+    let worst = worst_difference(&kept, &recomputed);
+    assert!(worst < 1e-6, "gradients differ by {worst} of their largest");
+
+    // Dropout was on (the masks were replayed, not absent): without it the loss differs.
+    let (_, no_dropout) = gradients(&model(0.0), Precision::F32, false);
+    assert_ne!(kept_sums[0], no_dropout[0]);
+}
+
+#[test]
+fn recomputing_layers_gives_the_same_gradients_in_bf16_and_fp16() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let m = model(0.1);
+    for precision in [Precision::Bf16, Precision::Fp16] {
+        let (kept, kept_sums) = gradients(&m, precision, false);
+        let (recomputed, recomputed_sums) = gradients(&m, precision, true);
+        assert_eq!(kept_sums, recomputed_sums, "{precision}");
+        // Only the tied word embeddings add their two gradients in another order and type.
+        let worst = worst_difference(&kept, &recomputed);
+        assert!(worst < 1e-2, "{precision}: gradients differ by {worst}");
+    }
+}
