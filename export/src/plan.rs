@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use bertkit_model::backend::Cpu;
 use bertkit_model::weights::{HostTensor, ParamSink};
-use bertkit_model::{Bert, BertTokenizer, HiddenAct, LoadOptions, Task};
+use bertkit_model::{Bert, BertTokenizer, LoadOptions, Task};
 use bertkit_runtime::cpu::matmul::quantize_weight;
 use bertkit_runtime::plan::{
     self, names, Head, PlanMeta, PlanTask, Pooling, PoolingMode, Precision, Shape, Target,
@@ -254,12 +254,7 @@ pub fn export_plan(options: &PlanOptions) -> Result<Exported> {
                 num_hidden_layers: config.num_hidden_layers,
                 num_attention_heads: config.num_attention_heads,
                 intermediate_size: config.intermediate_size,
-                hidden_act: match config.hidden_act {
-                    HiddenAct::Gelu => "gelu",
-                    HiddenAct::GeluTanh => "gelu_new",
-                    HiddenAct::Relu => "relu",
-                }
-                .into(),
+                hidden_act: config.hidden_act,
                 max_position_embeddings: config.max_position_embeddings,
                 type_vocab_size: config.type_vocab_size,
                 layer_norm_eps: config.layer_norm_eps,

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::data::ner::{read_ner, NerSentence};
 use crate::data::squad::QaExample;
 use crate::data::{ReadOptions, Skipped};
-use crate::spec::{TaskKind, TaskSpec};
+use crate::spec::{TaskKind, TaskSettings, TaskSpec};
 use crate::tasks::{self, classify, ner, qa, Feature, Logits};
 use crate::trainer::{self, Checkpoints, Evaluation, FinetuneState, TrainSettings, TrainSummary};
 use bertkit_train::checkpoint::{self as train_ckpt, Resume};
@@ -77,9 +77,8 @@ pub fn load_data(
     o: &DataOptions,
 ) -> Result<(TaskData, Skipped)> {
     let skip = o.read.skip_invalid;
-    let data = match spec.task {
-        TaskKind::Classify => {
-            let c = classify_spec(spec)?;
+    let data = match &spec.task {
+        TaskSettings::Classify(c) => {
             let (mut examples, mut skipped) = classify::read(path, c, &o.read, o.with_targets)?;
             truncate(&mut examples, o.limit);
             let (features, kept) = classify::features(
@@ -100,11 +99,7 @@ pub fn load_data(
                 .collect();
             (TaskData::Classify { examples, features }, skipped)
         }
-        TaskKind::Ner => {
-            let n = spec
-                .ner
-                .as_ref()
-                .context("finetune.json has no ner settings")?;
+        TaskSettings::Ner(n) => {
             let (mut sentences, mut skipped) =
                 read_ner(path, &o.read, &n.tokens_column, &n.tags_column)?;
             truncate(&mut sentences, o.limit);
@@ -128,11 +123,7 @@ pub fn load_data(
             )?;
             (TaskData::Ner { sentences, encoded }, skipped)
         }
-        TaskKind::Qa => {
-            let q = spec
-                .qa
-                .as_ref()
-                .context("finetune.json has no qa settings")?;
+        TaskSettings::Qa(q) => {
             let (mut examples, skipped, _) = crate::data::squad::read_qa(path, &o.read)?;
             truncate(&mut examples, o.limit);
             if o.with_targets && !q.version_2 {
@@ -161,10 +152,17 @@ fn truncate<T>(v: &mut Vec<T>, limit: Option<usize>) {
     }
 }
 
-fn classify_spec(spec: &TaskSpec) -> Result<&crate::spec::ClassifySpec> {
-    spec.classify
-        .as_ref()
-        .context("finetune.json has no classify settings")
+/// [`TaskData`] is read for its spec; one of another task is a bug of the caller.
+fn another_task(data: &TaskData, spec: &TaskSpec) -> String {
+    let read = match data {
+        TaskData::Classify { .. } => "classify",
+        TaskData::Ner { .. } => "ner",
+        TaskData::Qa { .. } => "qa",
+    };
+    format!(
+        "data read for {read} given with the settings of {:?}",
+        spec.kind()
+    )
 }
 
 /// The task's metrics of `logits` on `data` (main metric first).
@@ -174,18 +172,17 @@ pub fn evaluate_logits(
     data: &TaskData,
     logits: &Logits,
 ) -> Result<Vec<(String, f64)>> {
-    match data {
-        TaskData::Classify { features, .. } => {
-            classify::evaluate(features, logits, classify_spec(spec)?)
+    match (data, &spec.task) {
+        (TaskData::Classify { features, .. }, TaskSettings::Classify(c)) => {
+            classify::evaluate(features, logits, c)
         }
-        TaskData::Ner { sentences, encoded } => {
-            let n = spec.ner.as_ref().context("no ner settings")?;
+        (TaskData::Ner { sentences, encoded }, TaskSettings::Ner(n)) => {
             ner::evaluate(sentences, encoded, logits, labels, n.scheme)
         }
-        TaskData::Qa { examples, encoded } => {
-            let q = spec.qa.as_ref().context("no qa settings")?;
+        (TaskData::Qa { examples, encoded }, TaskSettings::Qa(q)) => {
             qa::evaluate(examples, encoded, logits, q)
         }
+        _ => bail!("{}", another_task(data, spec)),
     }
 }
 
@@ -197,8 +194,8 @@ pub fn prediction_json(
     logits: &Logits,
     problem: ProblemType,
 ) -> Result<Vec<Value>> {
-    Ok(match data {
-        TaskData::Classify { examples, .. } => {
+    Ok(match (data, &spec.task) {
+        (TaskData::Classify { examples, .. }, TaskSettings::Classify(_)) => {
             let preds = classify::predictions(logits, labels, problem);
             examples
                 .iter()
@@ -214,14 +211,13 @@ pub fn prediction_json(
                 })
                 .collect()
         }
-        TaskData::Ner { sentences, encoded } => {
-            let n = spec.ner.as_ref().context("no ner settings")?;
+        (TaskData::Ner { sentences, encoded }, TaskSettings::Ner(n)) => {
             ner::predictions(sentences, encoded, logits, labels, n.scheme)
         }
-        TaskData::Qa { examples, encoded } => {
-            let q = spec.qa.as_ref().context("no qa settings")?;
+        (TaskData::Qa { examples, encoded }, TaskSettings::Qa(q)) => {
             qa::predictions(examples, encoded, logits, q)
         }
+        _ => bail!("{}", another_task(data, spec)),
     })
 }
 
@@ -303,9 +299,8 @@ pub fn finetune<AD: AutodiffBackend>(
     }
 
     // Labels come from the training data (read once without targets to collect them).
-    let labels: Vec<String> = match spec.task {
-        TaskKind::Classify => {
-            let c = spec.classify.as_mut().context("classify settings")?;
+    let labels: Vec<String> = match &mut spec.task {
+        TaskSettings::Classify(c) => {
             let (mut examples, _) = classify::read(&o.train, c, &o.read, true)?;
             truncate(&mut examples, o.max_train_examples);
             if let Some(task) = classify::glue(c)? {
@@ -315,26 +310,23 @@ pub fn finetune<AD: AutodiffBackend>(
             }
             classify::label_list(&examples, c)?
         }
-        TaskKind::Ner => {
-            let n = spec.ner.as_ref().context("ner settings")?;
+        TaskSettings::Ner(n) => {
             let (mut sentences, _) = read_ner(&o.train, &o.read, &n.tokens_column, &n.tags_column)?;
             truncate(&mut sentences, o.max_train_examples);
             ner::label_list(&sentences)
         }
-        TaskKind::Qa => {
+        TaskSettings::Qa(q) => {
             // SQuAD v2.0 data (a version "v2.0" file, or unanswerable questions) turns on the
             // no-answer prediction.
             let (_, _, v2) = crate::data::squad::read_qa(&o.train, &o.read)?;
-            if let Some(q) = spec.qa.as_mut() {
-                q.version_2 |= v2;
-            }
+            q.version_2 |= v2;
             Vec::new()
         }
     };
-    if spec.task != TaskKind::Qa {
+    if spec.kind() != TaskKind::Qa {
         config.set_labels(&labels);
     }
-    if let Some(c) = &spec.classify {
+    if let TaskSettings::Classify(c) = &spec.task {
         config.problem_type = Some(c.problem_type);
     }
     let train_opts = DataOptions {
@@ -369,9 +361,9 @@ pub fn finetune<AD: AutodiffBackend>(
     let (model, report) = model_ckpt::load_with_config::<AD>(
         &load_from,
         config,
-        spec.task.model_task(),
+        spec.kind().model_task(),
         &LoadOptions {
-            task: Some(spec.task.model_task()),
+            task: Some(spec.kind().model_task()),
             allow_head_mismatch: resumed.is_none(),
             seed: o.settings.seed,
         },
@@ -421,7 +413,7 @@ pub fn finetune<AD: AutodiffBackend>(
                 .unwrap_or_else(|| p.display().to_string())
         };
         let metrics = json!({
-            "task": spec.task,
+            "task": spec.kind(),
             "base_model": o.model.display().to_string(),
             "command": o.command,
             "main_metric": summary.best.as_ref().and_then(|b| b.metrics.first()).map(|(k, _)| k),
@@ -448,7 +440,7 @@ pub fn finetune<AD: AutodiffBackend>(
         let t = &o.settings;
         bertkit_model::card::ModelCard {
             name: file_name(&o.out),
-            task: Some(spec.task.model_task()),
+            task: Some(spec.kind().model_task()),
             base_model: Some(o.model.display().to_string()),
             library: "transformers".into(),
             license: bertkit_model::card::read_license(&model_dir),
@@ -517,7 +509,7 @@ pub fn open<B: Backend>(
     let (model, _) = model_ckpt::load::<B>(
         &dir,
         &LoadOptions {
-            task: Some(spec.task.model_task()),
+            task: Some(spec.kind().model_task()),
             allow_head_mismatch: false,
             seed: 0,
         },

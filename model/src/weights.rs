@@ -283,7 +283,9 @@ fn canonical_name(name: &str) -> String {
     name.to_string()
 }
 
-fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+/// A safetensors float tensor's little-endian bytes (f32, f16, bf16 or f64) as f32; `None` for
+/// other dtypes.
+pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     let v = match dtype {
         Dtype::F32 => bytes
             .chunks_exact(4)

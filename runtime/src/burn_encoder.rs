@@ -13,6 +13,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::cpu::{check_input, Encoded, SeqOutput, Tensors};
 use crate::plan::{names, PlanMeta, PlanTask, PoolingMode, Precision};
+use bertkit_model::config::HiddenAct;
 
 struct Linear<B: Backend> {
     /// `[in, out]`.
@@ -60,7 +61,7 @@ pub struct BurnEncoder<B: Backend> {
     max_positions: usize,
     type_vocab: usize,
     eps: f64,
-    act: String,
+    act: HiddenAct,
     /// The plan's sequence buckets, ascending: batches are padded to one, so that the backend
     /// sees few distinct shapes (a GPU backend compiles and tunes kernels per shape).
     buckets: Vec<usize>,
@@ -98,9 +99,6 @@ impl<B: Backend> BurnEncoder<B> {
         let t = Tensors::open(meta, weights, file)?;
         let s = &meta.shape;
         let (h, i) = (s.hidden_size, s.intermediate_size);
-        if !["gelu", "gelu_new", "relu"].contains(&s.hidden_act.as_str()) {
-            bail!("plan.json: hidden_act {:?} is not supported", s.hidden_act);
-        }
         let linear = |name: &str, k: usize, n: usize| -> Result<Linear<B>> {
             let w = t.f32(&format!("{name}.w"), &[n, k])?;
             Ok(Linear {
@@ -155,7 +153,7 @@ impl<B: Backend> BurnEncoder<B> {
             max_positions: s.max_position_embeddings,
             type_vocab: s.type_vocab_size,
             eps: s.layer_norm_eps,
-            act: s.hidden_act.clone(),
+            act: s.hidden_act,
             buckets: {
                 let mut b = meta.seq_buckets.clone();
                 b.sort_unstable();
@@ -176,10 +174,10 @@ impl<B: Backend> BurnEncoder<B> {
     }
 
     fn activation(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        match self.act.as_str() {
-            "gelu_new" => activation::gelu_approximate(x),
-            "relu" => activation::relu(x),
-            _ => activation::gelu(x),
+        match self.act {
+            HiddenAct::Gelu => activation::gelu(x),
+            HiddenAct::GeluTanh => activation::gelu_approximate(x),
+            HiddenAct::Relu => activation::relu(x),
         }
     }
 

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use bertkit_model::config::HiddenAct;
 use bertkit_model::fs;
 use serde::{Deserialize, Serialize};
 
@@ -111,8 +112,8 @@ pub struct Shape {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
-    /// `gelu`, `gelu_new` or `relu` (HF names).
-    pub hidden_act: String,
+    /// `gelu`, `gelu_new` or `relu` in plan.json (HF names).
+    pub hidden_act: HiddenAct,
     pub max_position_embeddings: usize,
     pub type_vocab_size: usize,
     pub layer_norm_eps: f64,

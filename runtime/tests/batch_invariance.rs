@@ -58,7 +58,7 @@ fn shape() -> Shape {
         num_hidden_layers: LAYERS,
         num_attention_heads: HEADS,
         intermediate_size: INTER,
-        hidden_act: "gelu".into(),
+        hidden_act: bertkit_model::config::HiddenAct::Gelu,
         max_position_embeddings: MAX_POS,
         type_vocab_size: TYPES,
         layer_norm_eps: 1e-12,

@@ -15,7 +15,7 @@ use bertkit_runtime::{
 use bertkit_tasks::data::ner::NerSentence;
 use bertkit_tasks::data::squad::QaExample;
 use bertkit_tasks::data::Skipped;
-use bertkit_tasks::spec::{QaSpec, TagScheme, TaskSpec};
+use bertkit_tasks::spec::{QaSpec, TagScheme, TaskSettings, TaskSpec};
 use bertkit_tasks::task::{self as tasks, classify, ner, qa, Feature, Logits};
 use serde_json::Value;
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
@@ -525,11 +525,10 @@ impl Model {
                 .map(|o| o.data.chunks(o.width.max(1)).map(<[f32]>::to_vec).collect())
                 .collect(),
         );
-        let scheme = self
-            .spec
-            .as_ref()
-            .and_then(|s| s.ner.as_ref())
-            .map_or(TagScheme::Iob2, |n| n.scheme);
+        let scheme = match self.spec.as_ref().map(|s| &s.task) {
+            Some(TaskSettings::Ner(n)) => n.scheme,
+            _ => TagScheme::Iob2,
+        };
         Ok(ner::predictions(
             &sentences,
             &encoded,
@@ -574,10 +573,10 @@ impl Model {
 
     /// The QA settings the model was fine-tuned with, else run_qa's defaults.
     pub fn qa_spec(&self) -> QaSpec {
-        self.spec
-            .as_ref()
-            .and_then(|s| s.qa.clone())
-            .unwrap_or_default()
+        match self.spec.as_ref().map(|s| &s.task) {
+            Some(TaskSettings::Qa(q)) => q.clone(),
+            _ => QaSpec::default(),
+        }
     }
 
     /// Probabilities of one row of classification logits (softmax, sigmoid for multi-label,

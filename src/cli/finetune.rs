@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use bertkit_finetune::data::{Format, ReadOptions};
 use bertkit_finetune::run::{self, FinetuneOptions};
-use bertkit_finetune::spec::{ClassifySpec, NerSpec, QaSpec, TagScheme, TaskKind, TaskSpec};
+use bertkit_finetune::spec::{
+    ClassifySpec, NerSpec, QaSpec, TagScheme, TaskKind, TaskSettings, TaskSpec,
+};
 use bertkit_finetune::trainer::TrainSettings;
 use bertkit_model::backend::DeviceSpec;
 use bertkit_model::config::ProblemType;
@@ -130,24 +132,21 @@ impl TaskArgs {
     pub fn spec(&self, base: Option<TaskSpec>) -> Result<TaskSpec> {
         let task = match (self.task, &base) {
             (Some(t), _) => t,
-            (None, Some(b)) => b.task,
+            (None, Some(b)) => b.kind(),
             (None, None) => bail!("--task is required (classify, ner or qa)"),
         };
-        let base = base.filter(|b| b.task == task);
+        let base = base.filter(|b| b.kind() == task);
         let max_seq_length = self
             .max_seq_length
             .or(base.as_ref().map(|b| b.max_seq_length))
             .unwrap_or(if task == TaskKind::Qa { 384 } else { 128 });
-        let mut spec = TaskSpec {
-            task,
-            max_seq_length,
-            classify: None,
-            ner: None,
-            qa: None,
-        };
-        match task {
+        let base = base.map(|b| b.task);
+        let settings = match task {
             TaskKind::Classify => {
-                let b = base.and_then(|b| b.classify);
+                let b = match base {
+                    Some(TaskSettings::Classify(b)) => Some(b),
+                    _ => None,
+                };
                 let glue = self
                     .glue
                     .clone()
@@ -176,7 +175,7 @@ impl TaskArgs {
                         (None, None) => ProblemType::SingleLabelClassification,
                     },
                 };
-                spec.classify = Some(ClassifySpec {
+                TaskSettings::Classify(ClassifySpec {
                     text_column: pick(
                         &self.text_column,
                         b.as_ref().map(|b| b.text_column.clone()),
@@ -201,11 +200,14 @@ impl TaskArgs {
                         .or(b.as_ref().map(|b| b.label_separator.clone()))
                         .unwrap_or_else(|| ",".into()),
                     glue,
-                });
+                })
             }
             TaskKind::Ner => {
-                let b = base.and_then(|b| b.ner);
-                spec.ner = Some(NerSpec {
+                let b = match base {
+                    Some(TaskSettings::Ner(b)) => Some(b),
+                    _ => None,
+                };
+                TaskSettings::Ner(NerSpec {
                     tokens_column: self
                         .tokens_column
                         .clone()
@@ -220,12 +222,15 @@ impl TaskArgs {
                         Some(s) => parse_scheme(s)?,
                         None => b.map(|b| b.scheme).unwrap_or(TagScheme::Iob2),
                     },
-                });
+                })
             }
             TaskKind::Qa => {
                 // The saved settings, else run_qa's defaults; flags override either.
-                let b = base.and_then(|b| b.qa).unwrap_or_default();
-                spec.qa = Some(QaSpec {
+                let b = match base {
+                    Some(TaskSettings::Qa(b)) => b,
+                    _ => QaSpec::default(),
+                };
+                TaskSettings::Qa(QaSpec {
                     doc_stride: self.doc_stride.unwrap_or(b.doc_stride),
                     max_query_length: self.max_query_length.unwrap_or(b.max_query_length),
                     n_best: self.n_best.unwrap_or(b.n_best),
@@ -234,10 +239,13 @@ impl TaskArgs {
                     null_score_diff_threshold: self
                         .null_score_diff_threshold
                         .unwrap_or(b.null_score_diff_threshold),
-                });
+                })
             }
-        }
-        Ok(spec)
+        };
+        Ok(TaskSpec {
+            max_seq_length,
+            task: settings,
+        })
     }
 }
 
@@ -383,7 +391,9 @@ fn finetune_on<B: Backend>(
         let (config, _) = bertkit_model::checkpoint::read_config(&dir)?;
         spec.max_seq_length = spec.max_seq_length.min(config.max_position_embeddings);
     }
-    if let (Some(c), None, None) = (&mut spec.classify, &args.data.problem_type, &args.data.glue) {
+    if let (TaskSettings::Classify(c), None, None) =
+        (&mut spec.task, &args.data.problem_type, &args.data.glue)
+    {
         // Decide single-label / multi-label / regression from the training labels.
         let (examples, _) = bertkit_finetune::tasks::classify::read(
             &args.train,

@@ -93,19 +93,91 @@ impl Default for QaSpec {
     }
 }
 
+/// A task with its settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskSettings {
+    Classify(ClassifySpec),
+    Ner(NerSpec),
+    Qa(QaSpec),
+}
+
+impl TaskSettings {
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            TaskSettings::Classify(_) => TaskKind::Classify,
+            TaskSettings::Ner(_) => TaskKind::Ner,
+            TaskSettings::Qa(_) => TaskKind::Qa,
+        }
+    }
+}
+
+/// What `finetune.json` holds: the task with its settings and the sequence length.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "SpecFile", into = "SpecFile")]
 pub struct TaskSpec {
-    pub task: TaskKind,
     pub max_seq_length: usize,
+    pub task: TaskSettings,
+}
+
+/// `finetune.json` as written: the task's name, and its settings under that name.
+#[derive(Serialize, Deserialize)]
+struct SpecFile {
+    task: TaskKind,
+    max_seq_length: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub classify: Option<ClassifySpec>,
+    classify: Option<ClassifySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ner: Option<NerSpec>,
+    ner: Option<NerSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub qa: Option<QaSpec>,
+    qa: Option<QaSpec>,
+}
+
+impl TryFrom<SpecFile> for TaskSpec {
+    type Error = String;
+    fn try_from(f: SpecFile) -> Result<Self, String> {
+        let task = match (f.task, f.classify, f.ner, f.qa) {
+            (TaskKind::Classify, Some(c), _, _) => TaskSettings::Classify(c),
+            (TaskKind::Ner, _, Some(n), _) => TaskSettings::Ner(n),
+            // Every QA setting has a default (HF run_qa's).
+            (TaskKind::Qa, _, _, q) => TaskSettings::Qa(q.unwrap_or_default()),
+            (kind, ..) => {
+                let name = serde_json::to_value(kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                return Err(format!("task {name:?} has no {name:?} settings"));
+            }
+        };
+        Ok(TaskSpec {
+            max_seq_length: f.max_seq_length,
+            task,
+        })
+    }
+}
+
+impl From<TaskSpec> for SpecFile {
+    fn from(s: TaskSpec) -> SpecFile {
+        let mut f = SpecFile {
+            task: s.task.kind(),
+            max_seq_length: s.max_seq_length,
+            classify: None,
+            ner: None,
+            qa: None,
+        };
+        match s.task {
+            TaskSettings::Classify(c) => f.classify = Some(c),
+            TaskSettings::Ner(n) => f.ner = Some(n),
+            TaskSettings::Qa(q) => f.qa = Some(q),
+        }
+        f
+    }
 }
 
 impl TaskSpec {
+    pub fn kind(&self) -> TaskKind {
+        self.task.kind()
+    }
+
     pub fn read(model_dir: &Path) -> Result<Option<TaskSpec>> {
         let path = model_dir.join(SPEC_FILE);
         if !path.exists() {
@@ -121,5 +193,41 @@ impl TaskSpec {
         let text = serde_json::to_string_pretty(self)?;
         bertkit_model::checkpoint::write_atomic(&model_dir.join(SPEC_FILE), text.as_bytes())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// finetune.json keeps its layout: the task's name, and its settings under that name.
+    #[test]
+    fn finetune_json_layout_and_missing_settings() {
+        let spec = TaskSpec {
+            max_seq_length: 128,
+            task: TaskSettings::Ner(NerSpec {
+                tokens_column: "tokens".into(),
+                tags_column: "ner_tags".into(),
+                scheme: TagScheme::Iob2,
+            }),
+        };
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"task": "ner", "max_seq_length": 128, "ner": {
+                "tokens_column": "tokens", "tags_column": "ner_tags", "scheme": "iob2"}})
+        );
+        assert_eq!(serde_json::from_value::<TaskSpec>(json).unwrap(), spec);
+
+        let err = serde_json::from_str::<TaskSpec>(r#"{"task": "classify", "max_seq_length": 8}"#)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no \"classify\" settings"),
+            "{err}"
+        );
+        // QA settings all have defaults (run_qa's).
+        let qa: TaskSpec =
+            serde_json::from_str(r#"{"task": "qa", "max_seq_length": 384}"#).unwrap();
+        assert_eq!(qa.task, TaskSettings::Qa(QaSpec::default()));
     }
 }

@@ -18,6 +18,7 @@ use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::plan::{names, PlanMeta, PlanTask, PoolingMode, Precision};
+use bertkit_model::config::HiddenAct;
 use matmul::{Linear, Weight};
 
 /// One input: token ids and token type ids, special tokens included.
@@ -34,13 +35,6 @@ pub struct SeqOutput {
     pub rows: usize,
     pub width: usize,
     pub data: Vec<f32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Act {
-    Gelu,
-    GeluTanh,
-    Relu,
 }
 
 struct LayerNorm {
@@ -108,7 +102,7 @@ pub struct Encoder {
     max_positions: usize,
     type_vocab: usize,
     eps: f32,
-    act: Act,
+    act: HiddenAct,
 }
 
 /// How int8 weights are computed with.
@@ -169,24 +163,12 @@ impl<'a> Tensors<'a> {
                 t.shape()
             );
         }
-        let b = t.data();
-        Ok(match t.dtype() {
-            Dtype::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => b
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => b
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => bail!(
-                "{}: tensor {name} is {other:?}, expected a float",
-                self.file
-            ),
+        bertkit_model::weights::to_f32(t.dtype(), t.data()).with_context(|| {
+            format!(
+                "{}: tensor {name} is {:?}, expected a float",
+                self.file,
+                t.dtype()
+            )
         })
     }
 
@@ -253,12 +235,7 @@ impl Encoder {
             Some(head) => Some(t.linear(names::HEAD, h, head.num_outputs, None)?),
             None => None,
         };
-        let act = match s.hidden_act.as_str() {
-            "gelu" => Act::Gelu,
-            "gelu_new" => Act::GeluTanh,
-            "relu" => Act::Relu,
-            other => bail!("plan.json: hidden_act {other:?} is not supported"),
-        };
+        let act = s.hidden_act;
         Ok(Encoder {
             word: t.f32(names::WORD, &[s.vocab_size, h])?,
             position: t.f32(names::POSITION, &[s.max_position_embeddings, h])?,
@@ -330,9 +307,9 @@ impl Encoder {
             layer.ffn_in.accumulate(&x, total, &mut ffn, threads);
             let act = self.act;
             rows_par(&mut ffn, self.inter, threads, |r| match act {
-                Act::Gelu => math::gelu_erf(r),
-                Act::GeluTanh => math::gelu_tanh(r),
-                Act::Relu => math::relu(r),
+                HiddenAct::Gelu => math::gelu_erf(r),
+                HiddenAct::GeluTanh => math::gelu_tanh(r),
+                HiddenAct::Relu => math::relu(r),
             });
             fill_rows(&mut y, &layer.ffn_out.bias, Some(&x));
             layer.ffn_out.accumulate(&ffn, total, &mut y, threads);
