@@ -63,15 +63,11 @@ pub struct Exported {
 }
 
 fn plan_task(task: Task) -> Result<PlanTask> {
-    Ok(match task {
-        Task::Base => PlanTask::Embedding,
-        Task::SequenceClassification => PlanTask::SequenceClassification,
-        Task::TokenClassification => PlanTask::TokenClassification,
-        Task::QuestionAnswering => PlanTask::QuestionAnswering,
-        other => bail!(
-            "a {other} model cannot be exported to a plan; plans serve base (embedding), \
+    PlanTask::for_model(task).with_context(|| {
+        format!(
+            "a {task} model cannot be exported to a plan; plans serve base (embedding), \
              sequence-classification, token-classification and question-answering models"
-        ),
+        )
     })
 }
 

@@ -147,7 +147,7 @@ fn check_model(dir: &Path, outputs: &[&str]) -> f64 {
     let mut worst = 0.0f64;
     let mut seen_lengths = Vec::new();
     for (k, inputs) in batches.iter().enumerate() {
-        let batch = tok.batch(inputs).unwrap();
+        let batch = tok.batch(inputs, None).unwrap();
         seen_lengths.push(batch.seq_len);
         assert!(
             batch.attention_mask.contains(&0),

@@ -24,4 +24,4 @@ pub use config::{BertConfig, HiddenAct};
 pub use error::{Error, Result};
 pub use heads::{Bert, BertOutput, Task};
 pub use pooling::Pooling;
-pub use tokenizer::{Batch, BertTokenizer, TextInput, Truncation};
+pub use tokenizer::{Batch, BertTokenizer, TextInput, Truncate, Truncation};

@@ -6,6 +6,7 @@
 //! truncated only when asked.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -49,6 +50,22 @@ pub enum Truncation {
     LongestFirst,
     /// Remove tokens from the second text only (QA contexts).
     OnlySecond,
+}
+
+/// Encodings cut to `max_length` tokens (special tokens included) with `strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncate {
+    pub max_length: usize,
+    pub strategy: Truncation,
+}
+
+impl Truncate {
+    pub fn longest_first(max_length: usize) -> Self {
+        Truncate {
+            max_length,
+            strategy: Truncation::LongestFirst,
+        }
+    }
 }
 
 /// Token ids of a batch padded to a common length, row-major `[batch, seq_len]`.
@@ -111,13 +128,20 @@ impl Batch {
     }
 }
 
-/// A BERT WordPiece tokenizer.
+/// A BERT WordPiece tokenizer. It holds no truncation state: each encode call says how to
+/// truncate.
 #[derive(Clone)]
 pub struct BertTokenizer {
+    /// Padding and truncation off.
     inner: Tokenizer,
     pad_id: u32,
     source: PathBuf,
+    /// `inner` configured for each truncation asked for so far, built once each.
+    truncating: Arc<Mutex<TruncatingCache>>,
 }
+
+/// Each truncation asked for, and the tokenizer configured for it.
+type TruncatingCache = Vec<(Truncate, Arc<Tokenizer>)>;
 
 impl BertTokenizer {
     /// Loads `tokenizer.json` from `dir`, else `vocab.txt` (lower casing from
@@ -176,6 +200,7 @@ impl BertTokenizer {
             inner,
             pad_id,
             source: source.to_path_buf(),
+            truncating: Arc::default(),
         })
     }
 
@@ -201,24 +226,39 @@ impl BertTokenizer {
         self.pad_id
     }
 
-    /// Truncates every later encoding to `max_length` tokens (special tokens included).
-    pub fn set_truncation(&mut self, max_length: usize, strategy: Truncation) -> Result<()> {
-        let strategy = match strategy {
+    /// The Hugging Face tokenizer truncating as `truncate` says (`None`: not at all), for
+    /// callers that need whole encodings (offsets, word ids). Built once per setting.
+    pub fn truncating(&self, truncate: Truncate) -> Result<Arc<Tokenizer>> {
+        let mut cache = self
+            .truncating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, t)) = cache.iter().find(|(k, _)| *k == truncate) {
+            return Ok(Arc::clone(t));
+        }
+        let strategy = match truncate.strategy {
             Truncation::LongestFirst => TruncationStrategy::LongestFirst,
             Truncation::OnlySecond => TruncationStrategy::OnlySecond,
         };
-        self.inner
-            .with_truncation(Some(TruncationParams {
-                max_length,
-                strategy,
-                ..Default::default()
-            }))
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(())
+        let mut t = self.inner.clone();
+        t.with_truncation(Some(TruncationParams {
+            max_length: truncate.max_length,
+            strategy,
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let t = Arc::new(t);
+        cache.push((truncate, Arc::clone(&t)));
+        Ok(t)
     }
 
-    /// Token ids and type ids of each input, special tokens added.
-    pub fn encode(&self, inputs: &[TextInput]) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
+    /// Token ids and type ids of each input, special tokens added, truncated as `truncate`
+    /// says (`None`: not at all).
+    pub fn encode(
+        &self,
+        inputs: &[TextInput],
+        truncate: Option<Truncate>,
+    ) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
         let batch: Vec<EncodeInput> = inputs
             .iter()
             .map(|i| match &i.text_pair {
@@ -226,8 +266,10 @@ impl BertTokenizer {
                 None => EncodeInput::Single(i.text.as_str().into()),
             })
             .collect();
-        let encodings = self
-            .inner
+        let truncating = truncate.map(|t| self.truncating(t)).transpose()?;
+        let encodings = truncating
+            .as_deref()
+            .unwrap_or(&self.inner)
             .encode_batch(batch, true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(encodings
@@ -236,9 +278,9 @@ impl BertTokenizer {
             .collect())
     }
 
-    /// Encodes and pads to the longest input.
-    pub fn batch(&self, inputs: &[TextInput]) -> Result<Batch> {
-        Ok(Batch::pad(&self.encode(inputs)?, self.pad_id))
+    /// Encodes ([`Self::encode`]) and pads to the longest input.
+    pub fn batch(&self, inputs: &[TextInput], truncate: Option<Truncate>) -> Result<Batch> {
+        Ok(Batch::pad(&self.encode(inputs, truncate)?, self.pad_id))
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
@@ -310,8 +352,8 @@ mod tests {
         BertTokenizer::from_dir(&dir).unwrap()
     }
 
-    fn lengths(tok: &BertTokenizer, input: &TextInput) -> (usize, usize) {
-        let (_, types) = &tok.encode(std::slice::from_ref(input)).unwrap()[0];
+    fn lengths(tok: &BertTokenizer, input: &TextInput, cut: Option<Truncate>) -> (usize, usize) {
+        let (_, types) = &tok.encode(std::slice::from_ref(input), cut).unwrap()[0];
         let second = types.iter().filter(|&&t| t == 1).count();
         (types.len() - second, second)
     }
@@ -320,7 +362,7 @@ mod tests {
     fn pair_encoding_has_type_ids_and_special_tokens() {
         let tok = tokenizer();
         let (ids, types) = &tok
-            .encode(&[TextInput::pair("hello world", "good morning")])
+            .encode(&[TextInput::pair("hello world", "good morning")], None)
             .unwrap()[0];
         let cls = tok.token_to_id("[CLS]").unwrap();
         let sep = tok.token_to_id("[SEP]").unwrap();
@@ -334,24 +376,36 @@ mod tests {
     fn truncation_strategies() {
         let long = "one two three four five six seven eight nine ten";
         let pair = TextInput::pair("alpha beta", long);
-        let mut tok = tokenizer();
-        assert_eq!(lengths(&tok, &pair), (4, 11), "no truncation unless asked");
-        tok.set_truncation(9, Truncation::OnlySecond).unwrap();
-        assert_eq!(lengths(&tok, &pair), (4, 5));
-        tok.set_truncation(9, Truncation::LongestFirst).unwrap();
+        let tok = tokenizer();
+        assert_eq!(
+            lengths(&tok, &pair, None),
+            (4, 11),
+            "no truncation unless asked"
+        );
+        let only_second = Truncate {
+            max_length: 9,
+            strategy: Truncation::OnlySecond,
+        };
+        assert_eq!(lengths(&tok, &pair, Some(only_second)), (4, 5));
+        let longest = Some(Truncate::longest_first(9));
         // 6 content tokens split evenly: [CLS] 3 [SEP] | 3 [SEP].
         let both_long = TextInput::pair(long, long);
-        assert_eq!(lengths(&tok, &both_long), (5, 4));
+        assert_eq!(lengths(&tok, &both_long, longest), (5, 4));
         // The short text is kept whole, the long one cut.
-        assert_eq!(lengths(&tok, &pair), (4, 5));
-        assert_eq!(lengths(&tok, &TextInput::single(long)), (9, 0));
+        assert_eq!(lengths(&tok, &pair, longest), (4, 5));
+        assert_eq!(lengths(&tok, &TextInput::single(long), longest), (9, 0));
+        // No state: the same tokenizer still encodes whole when not asked to cut.
+        assert_eq!(lengths(&tok, &pair, None), (4, 11));
     }
 
     #[test]
     fn padding_to_longest() {
         let tok = tokenizer();
         let batch = tok
-            .batch(&[TextInput::single("a b c d"), TextInput::single("a")])
+            .batch(
+                &[TextInput::single("a b c d"), TextInput::single("a")],
+                None,
+            )
             .unwrap();
         assert_eq!((batch.batch_size, batch.seq_len), (2, 6));
         assert_eq!(batch.lengths, vec![6, 3]);

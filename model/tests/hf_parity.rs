@@ -14,7 +14,7 @@ use common::*;
 fn minilm_tokenizer_matches_hf() {
     let r = read_json(&reference_dir().join("minilm_reference.json"));
     let tok = BertTokenizer::from_dir(&minilm_dir()).unwrap();
-    let batch = tok.batch(&inputs(&r)).unwrap();
+    let batch = tok.batch(&inputs(&r), None).unwrap();
     assert_eq!(batch, reference_batch(&r));
 }
 
@@ -22,7 +22,7 @@ fn minilm_tokenizer_matches_hf() {
 fn minilm_vocab_txt_tokenizer_matches_hf() {
     let r = read_json(&reference_dir().join("minilm_reference.json"));
     let tok = BertTokenizer::from_vocab(&minilm_dir().join("vocab.txt"), true).unwrap();
-    assert_eq!(tok.batch(&inputs(&r)).unwrap(), reference_batch(&r));
+    assert_eq!(tok.batch(&inputs(&r), None).unwrap(), reference_batch(&r));
 }
 
 #[test]

@@ -13,7 +13,7 @@ pub mod plan;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bertkit_model::{BertTokenizer, TextInput, Truncation};
+use bertkit_model::{BertTokenizer, TextInput, Truncate};
 
 pub use cpu::{check_input, Encoded, Int8Kernel, SeqOutput};
 pub use plan::{PlanMeta, PlanTask, Precision, Target};
@@ -102,11 +102,8 @@ impl Runtime {
             ),
         };
         let tok_path = dir.join(&meta.tokenizer.file);
-        let mut tokenizer = BertTokenizer::from_tokenizer_json(&tok_path)
+        let tokenizer = BertTokenizer::from_tokenizer_json(&tok_path)
             .with_context(|| format!("reading {}", tok_path.display()))?;
-        tokenizer
-            .set_truncation(meta.tokenizer.max_length, Truncation::LongestFirst)
-            .with_context(|| format!("{}: truncation", tok_path.display()))?;
         Ok(Runtime {
             meta,
             dir: dir.to_path_buf(),
@@ -130,6 +127,8 @@ impl Runtime {
         }
     }
 
+    /// The plan's tokenizer (it truncates only where a call says so; [`Self::encode`] cuts to
+    /// the plan's max length).
     pub fn tokenizer(&self) -> &BertTokenizer {
         &self.tokenizer
     }
@@ -138,7 +137,10 @@ impl Runtime {
     pub fn encode(&self, inputs: &[TextInput]) -> Result<Vec<Encoded>> {
         Ok(self
             .tokenizer
-            .encode(inputs)?
+            .encode(
+                inputs,
+                Some(Truncate::longest_first(self.meta.tokenizer.max_length)),
+            )?
             .into_iter()
             .map(|(ids, type_ids)| Encoded { ids, type_ids })
             .collect())

@@ -42,6 +42,38 @@ pub enum PlanTask {
     QuestionAnswering,
 }
 
+impl PlanTask {
+    pub const ALL: [PlanTask; 4] = [
+        PlanTask::Embedding,
+        PlanTask::SequenceClassification,
+        PlanTask::TokenClassification,
+        PlanTask::QuestionAnswering,
+    ];
+
+    /// The name plan.json and the server's API use (serde's spelling).
+    pub fn name(self) -> &'static str {
+        match self {
+            PlanTask::Embedding => "embedding",
+            PlanTask::SequenceClassification => "sequence-classification",
+            PlanTask::TokenClassification => "token-classification",
+            PlanTask::QuestionAnswering => "question-answering",
+        }
+    }
+
+    /// What a plan of a model with this architecture computes; `None` for the pretraining
+    /// heads, which have no plan.
+    pub fn for_model(task: bertkit_model::Task) -> Option<PlanTask> {
+        use bertkit_model::Task;
+        match task {
+            Task::Base => Some(PlanTask::Embedding),
+            Task::SequenceClassification => Some(PlanTask::SequenceClassification),
+            Task::TokenClassification => Some(PlanTask::TokenClassification),
+            Task::QuestionAnswering => Some(PlanTask::QuestionAnswering),
+            Task::Pretraining | Task::MaskedLm | Task::NextSentence => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -374,5 +406,23 @@ pub mod names {
     /// `layer.{i}.{part}` where part is qkv, attn_out, attn_ln, ffn_in, ffn_out or ffn_ln.
     pub fn layer(i: usize, part: &str) -> String {
         format!("layer.{i}.{part}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `name` is serde's spelling, and every plan task comes from one architecture.
+    #[test]
+    fn plan_task_names_and_architectures() {
+        for t in PlanTask::ALL {
+            assert_eq!(serde_json::to_value(t).unwrap(), t.name());
+            let from: Vec<_> = bertkit_model::Task::ALL
+                .into_iter()
+                .filter(|m| PlanTask::for_model(*m) == Some(t))
+                .collect();
+            assert_eq!(from.len(), 1, "{t:?}: {from:?}");
+        }
     }
 }

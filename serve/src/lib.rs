@@ -256,7 +256,7 @@ pub async fn run(
                     println!(
                         "bertkit serve: model {:?} ({}, {}) from {}",
                         m.name,
-                        model::task_name(m.task()),
+                        m.task().name(),
                         serde_json::to_value(m.meta().precision)
                             .ok()
                             .and_then(|v| v.as_str().map(String::from))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bertkit_model::config::ProblemType;
-use bertkit_model::TextInput;
+use bertkit_model::{TextInput, Truncate};
 use bertkit_runtime::{
     check_input, Encoded, PlanMeta, PlanTask, Runtime, RuntimeOptions, SeqOutput,
 };
@@ -95,8 +95,8 @@ pub struct Model {
     pub truncate: bool,
     pub spec: Option<TaskSpec>,
     pub problem: ProblemType,
-    full: Tokenizer,
-    truncating: Tokenizer,
+    /// The plan's tokenizer truncating longest-first to `max_input_length`.
+    truncating: Arc<Tokenizer>,
     /// Every whitespace-separated word with an ASCII letter or digit is at least one token
     /// (BERT's normalizer and pre-tokenizer): see [`past_limit_prefix`].
     words_bound_tokens: bool,
@@ -161,11 +161,10 @@ impl Model {
             .as_deref()
             .and_then(|p| serde_json::from_value(Value::String(p.into())).ok())
             .unwrap_or(ProblemType::SingleLabelClassification);
-        let mut full = runtime.tokenizer().inner().clone();
-        full.with_truncation(None)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let truncating = truncating_to(&full, max_input_length)?;
-        let words_bound_tokens = words_bound_tokens(&full);
+        let truncating = runtime
+            .tokenizer()
+            .truncating(Truncate::longest_first(max_input_length))?;
+        let words_bound_tokens = words_bound_tokens(runtime.tokenizer().inner());
         let rt = Arc::clone(&runtime);
         let queue = Queue::start(
             &arg.name,
@@ -201,7 +200,6 @@ impl Model {
             truncate: s.truncate,
             spec,
             problem,
-            full,
             truncating,
             words_bound_tokens,
             runtime,
@@ -231,10 +229,10 @@ impl Model {
         Err(ApiError::invalid(format!(
             "model {:?} is a {} plan; {endpoint} needs {}",
             self.name,
-            task_name(self.task()),
+            self.task().name(),
             tasks
                 .iter()
-                .map(|t| format!("a {} plan", task_name(*t)))
+                .map(|t| format!("a {} plan", t.name()))
                 .collect::<Vec<_>>()
                 .join(" or ")
         )))
@@ -263,7 +261,7 @@ impl Model {
             |e: tokenizers::Error| ApiError::invalid(format!("input {i}: tokenizing: {e}"));
         if let Some(pair) = &input.text_pair {
             return encode_pair(
-                &self.full,
+                self.full(),
                 &input.text,
                 pair,
                 self.max_input_length,
@@ -287,7 +285,7 @@ impl Model {
             }
             Some(cut) => encode(&self.truncating, &input.text[..cut])?,
             None => {
-                let e = encode(&self.full, &input.text)?;
+                let e = encode(self.full(), &input.text)?;
                 if e.get_ids().len() <= self.max_input_length {
                     e
                 } else if !truncate {
@@ -593,7 +591,12 @@ impl Model {
 
     /// The tokenizer without truncation.
     pub fn tokenizer(&self) -> &Tokenizer {
-        &self.full
+        self.full()
+    }
+
+    /// The plan's tokenizer, untruncated.
+    fn full(&self) -> &Tokenizer {
+        self.runtime.tokenizer().inner()
     }
 
     /// The tokens of each input (id, text, special, type id, character span), untruncated,
@@ -611,9 +614,9 @@ impl Model {
                 .map(|(i, input)| {
                     let e = match &input.text_pair {
                         Some(p) => me
-                            .full
+                            .full()
                             .encode_char_offsets((input.text.as_str(), p.as_str()), special),
-                        None => me.full.encode_char_offsets(input.text.as_str(), special),
+                        None => me.full().encode_char_offsets(input.text.as_str(), special),
                     }
                     .map_err(|e| ApiError::invalid(format!("input {i}: {e}")))?;
                     Ok(Value::Array(
@@ -636,18 +639,6 @@ impl Model {
         })
         .await
     }
-}
-
-/// `full`, truncating longest-first to `max` tokens (special tokens included).
-fn truncating_to(full: &Tokenizer, max: usize) -> Result<Tokenizer> {
-    let mut t = full.clone();
-    t.with_truncation(Some(TruncationParams {
-        max_length: max,
-        strategy: TruncationStrategy::LongestFirst,
-        ..Default::default()
-    }))
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(t)
 }
 
 enum PairError {
@@ -787,32 +778,30 @@ fn qa_chars(examples: &[QaExample]) -> usize {
         .sum()
 }
 
-pub fn task_name(t: PlanTask) -> &'static str {
-    match t {
-        PlanTask::Embedding => "embedding",
-        PlanTask::SequenceClassification => "sequence-classification",
-        PlanTask::TokenClassification => "token-classification",
-        PlanTask::QuestionAnswering => "question-answering",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bertkit_model::BertTokenizer;
 
-    fn fixture_tokenizer() -> Tokenizer {
+    fn fixture_tokenizer() -> BertTokenizer {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(
             "../tests/fixtures/hf-reference/tiny_heads/sequence_classification/tokenizer.json",
         );
-        Tokenizer::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        BertTokenizer::from_tokenizer_json(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn truncating_to(t: &BertTokenizer, max: usize) -> Arc<Tokenizer> {
+        t.truncating(Truncate::longest_first(max)).unwrap()
     }
 
     #[test]
     fn a_long_texts_prefix_truncates_to_the_same_ids() {
-        let full = fixture_tokenizer();
-        assert!(words_bound_tokens(&full));
+        let bert = fixture_tokenizer();
+        let full = bert.inner();
+        assert!(words_bound_tokens(full));
         let max = 32;
-        let truncating = truncating_to(&full, max).unwrap();
+        let truncating = truncating_to(&bert, max);
         // Words of every kind: punctuation splits, accents, CJK, unknown words, controls that
         // BERT's clean-up deletes (\x0b, \u{85}: not splits), tabs and newlines (splits).
         let pieces = [
@@ -842,7 +831,8 @@ mod tests {
 
     #[test]
     fn pairs_truncate_as_the_tokenizer_does_without_its_overflow() {
-        let full = fixture_tokenizer();
+        let bert = fixture_tokenizer();
+        let full = bert.inner();
         let words = ["the", "plot,", "naïve", "東京", "qzxv", "it's", "film"];
         let text = |seed: usize, n: usize| -> String {
             (0..n)
@@ -851,7 +841,7 @@ mod tests {
                 .join(" ")
         };
         for max in [9, 16, 17, 64] {
-            let truncating = truncating_to(&full, max).unwrap();
+            let truncating = truncating_to(&bert, max);
             for (n1, n2) in [
                 (1, 1),
                 (3, 40),
@@ -863,7 +853,7 @@ mod tests {
             ] {
                 let (a, b) = (text(n1, n1), text(n2 + 1, n2));
                 let want = truncating.encode((a.as_str(), b.as_str()), true).unwrap();
-                let got = encode_pair(&full, &a, &b, max, true).ok().unwrap();
+                let got = encode_pair(full, &a, &b, max, true).ok().unwrap();
                 assert_eq!(got.ids, want.get_ids(), "max {max}, {n1}+{n2} words");
                 assert_eq!(
                     got.type_ids,
@@ -871,7 +861,7 @@ mod tests {
                     "max {max}, {n1}+{n2} words"
                 );
                 let whole = full.encode((a.as_str(), b.as_str()), true).unwrap();
-                match encode_pair(&full, &a, &b, max, false) {
+                match encode_pair(full, &a, &b, max, false) {
                     Ok(e) => assert_eq!(e.ids, whole.get_ids()),
                     Err(PairError::TooLong(n)) => {
                         assert_eq!(n, whole.len());

@@ -15,7 +15,7 @@ use bertkit_model::backend::DeviceSpec;
 use bertkit_model::checkpoint::{self, LoadOptions};
 use bertkit_model::nn::to_host;
 use bertkit_model::pooling::{l2_normalize, pool};
-use bertkit_model::{Batch, Bert, BertTokenizer, Pooling, TextInput, Truncation};
+use bertkit_model::{Batch, Bert, BertTokenizer, Pooling, TextInput, Truncate};
 use burn::tensor::backend::Backend;
 use clap::{Args, ValueEnum};
 
@@ -66,13 +66,13 @@ fn embed<B: Backend>(device: &B::Device, args: &EmbedArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let (model, _) = checkpoint::load::<B>(&args.model, &LoadOptions::default(), device)?;
-    let mut tokenizer = BertTokenizer::from_dir(&checkpoint::model_dir(&args.model))?;
+    let tokenizer = BertTokenizer::from_dir(&checkpoint::model_dir(&args.model))?;
     let max_positions = model.config.max_position_embeddings;
     let max_length = args.max_length.unwrap_or(max_positions);
     if max_length == 0 || max_length > max_positions {
         bail!("--max-length {max_length} must be between 1 and the model's max_position_embeddings ({max_positions})");
     }
-    tokenizer.set_truncation(max_length, Truncation::LongestFirst)?;
+    let truncate = Truncate::longest_first(max_length);
 
     let input =
         std::fs::File::open(&args.input).with_context(|| format!("{}", args.input.display()))?;
@@ -89,11 +89,11 @@ fn embed<B: Backend>(device: &B::Device, args: &EmbedArgs) -> Result<()> {
                     .with_context(|| format!("{}: line {}", args.input.display(), i + 1))?,
             );
             if window.len() == args.batch_size * WINDOW_BATCHES {
-                count += embed_window(&model, &tokenizer, &window, args, device, out)?;
+                count += embed_window(&model, &tokenizer, truncate, &window, args, device, out)?;
                 window.clear();
             }
         }
-        count += embed_window(&model, &tokenizer, &window, args, device, out)?;
+        count += embed_window(&model, &tokenizer, truncate, &window, args, device, out)?;
         Ok(count)
     })
     .with_context(|| format!("writing {}", args.output.display()))?;
@@ -127,12 +127,13 @@ pub fn parse_line(line: &str) -> Result<TextInput> {
 fn embed_window<B: Backend>(
     model: &Bert<B>,
     tokenizer: &BertTokenizer,
+    truncate: Truncate,
     inputs: &[TextInput],
     args: &EmbedArgs,
     device: &B::Device,
     out: &mut impl Write,
 ) -> Result<usize> {
-    let encoded = tokenizer.encode(inputs)?;
+    let encoded = tokenizer.encode(inputs, Some(truncate))?;
     let mut order: Vec<usize> = (0..encoded.len()).collect();
     order.sort_by_key(|&i| encoded[i].0.len());
     let mut lines = vec![String::new(); encoded.len()];

@@ -148,7 +148,7 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
     })?;
     let tokenizer = BertTokenizer::from_dir(&vocab_dir)?;
     let sample = "The old sailor watched the winter sea.";
-    let ids = &tokenizer.encode(&[bertkit_model::TextInput::single(sample)])?[0].0;
+    let ids = &tokenizer.encode(&[bertkit_model::TextInput::single(sample)], None)?[0].0;
     println!("    {sample:?} -> {ids:?}");
 
     stage(3, "bertkit prep (NSP pairs, seq-len 64, parquet shards)");

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use super::{body_bytes, parse_json, AppState};
 use crate::error::ApiError;
-use crate::model::{task_name, EmbedOptions, Model};
+use crate::model::{EmbedOptions, Model};
 
 /// The texts of `inputs`, and whether it was a single one.
 pub fn texts(body: &Value, field: &str) -> Result<(Vec<TextInput>, bool), ApiError> {
@@ -424,7 +424,7 @@ pub async fn info(State(st): State<Arc<AppState>>) -> Json<Value> {
                     let meta = m.meta();
                     json!({
                         "name": m.name,
-                        "task": task_name(m.task()),
+                        "task": m.task().name(),
                         "plan": m.dir().display().to_string(),
                         "architecture": meta.architecture,
                         "precision": meta.precision,

@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 
 use super::{body_bytes, AppState};
 use crate::error::ApiError;
-use crate::model::{task_name, Model};
+use crate::model::Model;
 
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -118,7 +118,7 @@ pub async fn model_metadata(
     Ok(Json(json!({
         "name": m.name,
         "versions": ["1"],
-        "platform": format!("bertkit_{}", task_name(m.task())),
+        "platform": format!("bertkit_{}", m.task().name()),
         "inputs": inputs,
         "outputs": outputs,
     })))
@@ -137,7 +137,7 @@ pub async fn model_config(
     };
     Ok(Json(json!({
         "name": m.name,
-        "platform": format!("bertkit_{}", task_name(m.task())),
+        "platform": format!("bertkit_{}", m.task().name()),
         "max_batch_size": m.max_batch_size,
         "input": inputs.iter().map(dims).collect::<Vec<_>>(),
         "output": outputs.iter().map(dims).collect::<Vec<_>>(),

@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::{reason_of_status, ApiError, FailureReason};
 use crate::metrics::Metrics;
-use crate::model::{task_name, Model, PlanArg};
+use crate::model::{Model, PlanArg};
 use crate::tokenize::TokenizerPool;
 use crate::ServeOptions;
 
@@ -164,7 +164,7 @@ impl AppState {
                         "no {} plan is served; {endpoint} needs one",
                         tasks
                             .iter()
-                            .map(|t| task_name(*t))
+                            .map(|t| t.name())
                             .collect::<Vec<_>>()
                             .join(" or ")
                     ))

@@ -1,11 +1,8 @@
 //! Question + context → model features (`run_qa.py` `prepare_train_features` /
 //! `prepare_validation_features`).
 
-use std::borrow::Cow;
-
 use anyhow::{anyhow, bail, Result};
 use bertkit_model::tokenizer::BertTokenizer;
-use tokenizers::Tokenizer;
 
 /// Special tokens per feature: `[CLS] question [SEP] context [SEP]`.
 const SPECIAL_TOKENS: usize = 3;
@@ -114,7 +111,8 @@ pub fn make_features(
         }
     }
 
-    let tok = plain(tokenizer.inner())?;
+    // Padding and truncation are off in `inner` (BertTokenizer keeps no such state).
+    let tok = tokenizer.inner();
     let encode = |text: &str, what: &str| {
         tok.encode_char_offsets(text, false)
             .map_err(|e| anyhow!("example {example_index}: tokenizing the {what}: {e}"))
@@ -179,18 +177,6 @@ pub fn make_features(
         })
         .collect();
     Ok(features)
-}
-
-/// The tokenizer with truncation and padding off (a clone only when they are set).
-fn plain(t: &Tokenizer) -> Result<Cow<'_, Tokenizer>> {
-    if t.get_truncation().is_none() && t.get_padding().is_none() {
-        return Ok(Cow::Borrowed(t));
-    }
-    let mut t = t.clone();
-    t.with_padding(None);
-    t.with_truncation(None)
-        .map_err(|e| anyhow!("switching truncation off: {e}"))?;
-    Ok(Cow::Owned(t))
 }
 
 /// Token ranges `[start, stop)` of the context windows: tokenizers `Encoding::truncate(room,
@@ -556,18 +542,5 @@ pub(super) mod tests {
                 .len(),
             1
         );
-    }
-
-    #[test]
-    fn tokenizer_truncation_and_padding_are_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut tok = tokenizer(dir.path());
-        let plain = make_features(&tok, 0, "what", NUMBERS, None, &QaSettings::default()).unwrap();
-        tok.set_truncation(5, bertkit_model::tokenizer::Truncation::LongestFirst)
-            .unwrap();
-        let truncated =
-            make_features(&tok, 0, "what", NUMBERS, None, &QaSettings::default()).unwrap();
-        assert_eq!(plain, truncated);
-        assert_eq!(plain[0].input_ids.len(), 21 + 4);
     }
 }

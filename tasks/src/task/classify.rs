@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 use bertkit_model::config::ProblemType;
-use bertkit_model::tokenizer::{BertTokenizer, TextInput, Truncation};
+use bertkit_model::tokenizer::{BertTokenizer, TextInput, Truncate};
 use serde_json::{json, Value};
 
 use super::{argmax, softmax, Feature, Logits, Target};
@@ -261,8 +261,6 @@ pub fn features(
     skip_invalid: bool,
     skipped: &mut Skipped,
 ) -> Result<(Vec<Feature>, Vec<usize>)> {
-    let mut tok = tokenizer.clone();
-    tok.set_truncation(max_seq_length, Truncation::LongestFirst)?;
     let inputs: Vec<TextInput> = examples
         .iter()
         .map(|e| match &e.pair {
@@ -270,7 +268,7 @@ pub fn features(
             None => TextInput::single(e.text.clone()),
         })
         .collect();
-    let encoded = tok.encode(&inputs)?;
+    let encoded = tokenizer.encode(&inputs, Some(Truncate::longest_first(max_seq_length)))?;
     let mut feats = Vec::with_capacity(examples.len());
     let mut kept = Vec::with_capacity(examples.len());
     for (i, (e, (ids, types))) in examples.iter().zip(encoded).enumerate() {

@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, bail, Result};
-use bertkit_model::tokenizer::BertTokenizer;
+use bertkit_model::tokenizer::{BertTokenizer, Truncate};
 use serde_json::{json, Value};
-use tokenizers::{EncodeInput, InputSequence, TruncationParams, TruncationStrategy};
+use tokenizers::{EncodeInput, InputSequence};
 
 use super::{argmax, softmax, Feature, Logits, Target, IGNORE};
 use crate::data::ner::NerSentence;
@@ -39,13 +39,7 @@ pub fn features(
     skip_invalid: bool,
     skipped: &mut Skipped,
 ) -> Result<Encoded> {
-    let mut tok = tokenizer.inner().clone();
-    tok.with_truncation(Some(TruncationParams {
-        max_length: max_seq_length,
-        strategy: TruncationStrategy::LongestFirst,
-        ..Default::default()
-    }))
-    .map_err(|e| anyhow!("{e}"))?;
+    let tok = tokenizer.truncating(Truncate::longest_first(max_seq_length))?;
     let index: BTreeMap<&str, i64> = labels
         .iter()
         .enumerate()
