@@ -76,8 +76,12 @@ fn vocab_then_prep_killed_and_resumed_equals_uninterrupted() {
         text: text.into(),
         text_pair: None,
     };
-    let a = from_json.encode(std::slice::from_ref(&input), None).unwrap();
-    let b = from_vocab.encode(std::slice::from_ref(&input), None).unwrap();
+    let a = from_json
+        .encode(std::slice::from_ref(&input), None)
+        .unwrap();
+    let b = from_vocab
+        .encode(std::slice::from_ref(&input), None)
+        .unwrap();
     assert_eq!(a, b);
     // Hugging Face loads the folder three ways (AutoTokenizer, BertTokenizer from vocab.txt,
     // tokenizers) with the same ids as bertkit.
@@ -94,7 +98,9 @@ fn vocab_then_prep_killed_and_resumed_equals_uninterrupted() {
             text: t.to_string(),
             text_pair: None,
         };
-        let ours = from_json.encode(std::slice::from_ref(&input), None).unwrap()[0]
+        let ours = from_json
+            .encode(std::slice::from_ref(&input), None)
+            .unwrap()[0]
             .0
             .clone();
         let theirs: Vec<u32> = serde_json::from_value(hf["ids"][i].clone()).unwrap();

@@ -80,30 +80,15 @@ pub fn run<AD: AutodiffBackend>(
         mut state,
         resumed,
     } = setup::<AD>(cfg, opts, group, device)?;
-    let world_size = group.world_size;
     let main = group.is_main();
     let ckpt_root = cfg.out.join("checkpoints");
 
-    let mut loader = Loader::open(
-        &cfg.data,
-        LoaderConfig {
-            batch_size: cfg.batch.micro,
-            rank: group.rank,
-            world_size,
-            seed: cfg.seed,
-            shuffle: true,
-            masking: cfg.masking.to_config(),
-            pad_to: None,
-            verify: false,
-            prefetch: true,
-        },
-    )?;
+    let mut loader = open_loader(cfg, group)?;
     loader.seek(state.position)?;
     let mut eval = match &cfg.eval_data {
         Some(dir) if cfg.eval.every > 0 && main => Some(Evaluator::open(dir, cfg, &manifest)?),
         _ => None,
     };
-
     let total = cfg.schedule.steps;
     let mut logger = if main {
         Logger::open(
@@ -116,31 +101,9 @@ pub fn run<AD: AutodiffBackend>(
     } else {
         Logger::silent()
     };
-    let params = model.num_params();
-    logger.println(format!(
-        "pretraining {} ({} parameters, {} layers, hidden {}) on {} for {total} steps of {} \
-         sequences ({} x {accumulation} accumulation{}), {:?}, {:?} + {:?} schedule{}",
-        task.architecture(),
-        params,
-        model.config.num_hidden_layers,
-        model.config.hidden_size,
-        AD::name(device),
-        cfg.batch.global,
-        cfg.batch.micro,
-        if world_size > 1 {
-            format!(" x {world_size} ranks, {}", group.backend_name())
-        } else {
-            String::new()
-        },
-        cfg.precision,
-        cfg.optimizer.name,
-        cfg.schedule.name,
-        match &resumed {
-            Some(dir) => format!("; resuming from {} (step {})", dir.display(), state.step),
-            None => String::new(),
-        }
-    ));
-
+    let from = resumed.as_deref().map(|dir| (dir, state.step));
+    let banner = banner::<AD>(cfg, &model, task, accumulation, group, device, from);
+    logger.println(banner);
     let mut summary = RunSummary {
         steps: state.step,
         resumed_from: resumed.clone(),
@@ -151,135 +114,67 @@ pub fn run<AD: AutodiffBackend>(
     };
     let skipped_before = state.skipped_steps;
     let mut window = Throughput::default();
+
+    // The loop: a step, its bookkeeping, then logs, evaluation and checkpoints when due.
     while state.step < total {
-        let step = state.step;
         let batches = (0..accumulation)
             .map(|_| loader.next_batch())
             .collect::<Result<Vec<_>>>()?;
-        let lr = cfg.optimizer.lr * cfg.schedule.factor(step);
+        let lr = cfg.optimizer.lr * cfg.schedule.factor(state.step);
         let started = Instant::now();
+        let settings = step_settings(cfg, &state, lr);
+        let nsp = manifest.settings.nsp;
         let (stepped, out) = pretrain_step(
             model,
             &mut optimizer,
             &batches,
-            &StepSettings {
-                lr,
-                max_grad_norm: cfg.optimizer.max_grad_norm,
-                precision: cfg.precision,
-                loss_scale: state.loss_scale,
-                dropout_seed: [cfg.seed, step],
-                checkpoint_activations: cfg.memory.checkpoint_activations,
-            },
-            manifest.settings.nsp,
+            &settings,
+            nsp,
             group,
             device,
         )?;
         model = stepped;
-        let (stats, grad_norm, counts, tokens) = (out.stats, out.grad_norm, out.counts, out.tokens);
-        state.tokens += tokens;
         window.add(
             started.elapsed().as_secs_f64(),
-            counts.sequences as u64,
-            tokens,
+            out.counts.sequences as u64,
+            out.tokens,
         );
-        let mut scale = LossScale {
-            scale: state.loss_scale,
-            good_steps: state.good_steps,
-        };
-        scale.update(cfg.precision, out.updated);
-        (state.loss_scale, state.good_steps) = (scale.scale, scale.good_steps);
-        if out.updated {
-            state.nonfinite_in_a_row = 0;
-            state.optimizer_steps = optimizer.steps;
-        } else {
-            state.nonfinite_in_a_row += 1;
-            state.skipped_steps += 1;
-            logger.println(format!(
-                "step {}: non-finite {} (loss {:.4}, grad norm {grad_norm}); step skipped ({} in a row, {} in all){}",
-                step + 1,
-                if stats.loss().is_finite() { "gradients" } else { "loss" },
-                stats.loss(),
-                state.nonfinite_in_a_row,
-                state.skipped_steps,
-                if cfg.precision == Precision::Fp16 {
-                    format!("; loss scale now {}", state.loss_scale)
-                } else {
-                    String::new()
-                }
-            ));
-            if state.nonfinite_in_a_row >= cfg.max_nonfinite_steps {
-                logger.finish();
-                bail!(
-                    "stopping at step {}: {} non-finite steps in a row (max_nonfinite_steps). The \
-                     weights were not updated by them and no checkpoint was written from them; the \
-                     newest checkpoint is {}. Lower optimizer.lr, check the data, or use bf16/f32.",
-                    step + 1,
-                    state.nonfinite_in_a_row,
-                    checkpoint::list(&ckpt_root)?
-                        .last()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "none".into())
-                );
-            }
-        }
-        state.step += 1;
-        state.sequences += counts.sequences as u64;
+        count_step(
+            cfg,
+            &mut state,
+            &out,
+            optimizer.steps,
+            &mut logger,
+            &ckpt_root,
+        )?;
         state.position = loader.position();
         let step = state.step;
-
         if step.is_multiple_of(cfg.log.every.max(1)) || step == total {
-            let (seq_s, tok_s) = window.take();
-            let mut values = stats.values();
-            values.extend([
-                ("lr", lr),
-                ("grad_norm", grad_norm),
-                ("sequences_per_s", seq_s),
-                ("tokens_per_s", tok_s),
-                ("loss_scale", state.loss_scale),
-                ("skipped_steps", state.skipped_steps as f64),
-            ]);
-            logger.record(step, "train", &values)?;
-            summary.losses.push((step, stats.loss()));
-            let line = format!(
-                "loss {:.4} mlm_acc {:.3}{} lr {lr:.3e} |g| {grad_norm:.3} {seq_s:.1} seq/s",
-                stats.loss(),
-                stats.mlm_accuracy,
-                stats
-                    .nsp_accuracy
-                    .map(|a| format!(" nsp_acc {a:.3}"))
-                    .unwrap_or_default(),
-            );
-            if opts.progress_bar {
-                logger.progress(step, line);
-            } else {
-                logger.println(format!("step {step}/{total} {line}"));
-            }
+            let rates = window.take();
+            log_step(
+                &mut logger,
+                &state,
+                &out,
+                lr,
+                rates,
+                total,
+                opts.progress_bar,
+            )?;
+            summary.losses.push((step, out.stats.loss()));
         }
         if let Some(ev) = &mut eval {
             if step.is_multiple_of(cfg.eval.every) || step == total {
-                let s = ev.run(&model.valid(), device)?;
-                let mut values = s.values();
-                values.retain(|(name, _)| *name != "loss");
-                logger.record(step, "eval", &values)?;
-                logger.println(format!(
-                    "step {step}: held-out mlm_loss {:.4} mlm_acc {:.3}",
-                    s.mlm_loss, s.mlm_accuracy
-                ));
-                summary.final_eval = Some(s);
+                summary.final_eval = Some(evaluate(ev, &model, &mut logger, step, device)?);
             }
         }
         let every = cfg.checkpoint.every;
         if main && ((every > 0 && step.is_multiple_of(every)) || step == total) {
             check_finite(&model, step)?;
             // The data folder holds the tokenizer, copied into every checkpoint.
-            let dir = checkpoint::write(
-                &ckpt_root,
-                &model,
-                &cfg.data,
-                &optimizer.to_host(),
-                &state,
-                cfg.checkpoint.keep,
-            )?;
+            let host_optimizer = optimizer.to_host();
+            let keep = cfg.checkpoint.keep;
+            let dir =
+                checkpoint::write(&ckpt_root, &model, &cfg.data, &host_optimizer, &state, keep)?;
             summary.last_checkpoint = Some(dir);
         }
     }
@@ -287,6 +182,187 @@ pub fn run<AD: AutodiffBackend>(
     summary.steps = state.step;
     summary.skipped_steps = state.skipped_steps - skipped_before;
     Ok(summary)
+}
+
+/// The step's settings from the recipe and the counters.
+fn step_settings(cfg: &PretrainConfig, state: &TrainerState, lr: f64) -> StepSettings {
+    StepSettings {
+        lr,
+        max_grad_norm: cfg.optimizer.max_grad_norm,
+        precision: cfg.precision,
+        loss_scale: state.loss_scale,
+        dropout_seed: [cfg.seed, state.step],
+        checkpoint_activations: cfg.memory.checkpoint_activations,
+    }
+}
+
+/// This rank's loader over the training shards.
+fn open_loader(cfg: &PretrainConfig, group: &ProcessGroup) -> Result<Loader> {
+    Loader::open(
+        &cfg.data,
+        LoaderConfig {
+            batch_size: cfg.batch.micro,
+            rank: group.rank,
+            world_size: group.world_size,
+            seed: cfg.seed,
+            shuffle: true,
+            masking: cfg.masking.to_config(),
+            pad_to: None,
+            verify: false,
+            prefetch: true,
+        },
+    )
+}
+
+/// The run's first line: model, device, batch split, precision, optimizer, resume.
+fn banner<AD: AutodiffBackend>(
+    cfg: &PretrainConfig,
+    model: &Bert<AD>,
+    task: Task,
+    accumulation: usize,
+    group: &ProcessGroup,
+    device: &AD::Device,
+    resumed: Option<(&Path, u64)>,
+) -> String {
+    format!(
+        "pretraining {} ({} parameters, {} layers, hidden {}) on {} for {} steps of {} \
+         sequences ({} x {accumulation} accumulation{}), {:?}, {:?} + {:?} schedule{}",
+        task.architecture(),
+        model.num_params(),
+        model.config.num_hidden_layers,
+        model.config.hidden_size,
+        AD::name(device),
+        cfg.schedule.steps,
+        cfg.batch.global,
+        cfg.batch.micro,
+        if group.world_size > 1 {
+            format!(" x {} ranks, {}", group.world_size, group.backend_name())
+        } else {
+            String::new()
+        },
+        cfg.precision,
+        cfg.optimizer.name,
+        cfg.schedule.name,
+        match resumed {
+            Some((dir, step)) => format!("; resuming from {} (step {step})", dir.display()),
+            None => String::new(),
+        }
+    )
+}
+
+/// A step's bookkeeping: counters, the loss scale, and the non-finite streak (too long a streak
+/// ends the run naming the newest checkpoint).
+fn count_step(
+    cfg: &PretrainConfig,
+    state: &mut TrainerState,
+    out: &PretrainStep,
+    optimizer_steps: u64,
+    logger: &mut Logger,
+    ckpt_root: &Path,
+) -> Result<()> {
+    let step = state.step;
+    state.tokens += out.tokens;
+    let mut scale = LossScale {
+        scale: state.loss_scale,
+        good_steps: state.good_steps,
+    };
+    scale.update(cfg.precision, out.updated);
+    (state.loss_scale, state.good_steps) = (scale.scale, scale.good_steps);
+    if out.updated {
+        state.nonfinite_in_a_row = 0;
+        state.optimizer_steps = optimizer_steps;
+    } else {
+        let loss = out.stats.loss();
+        state.nonfinite_in_a_row += 1;
+        state.skipped_steps += 1;
+        logger.println(format!(
+            "step {}: non-finite {} (loss {loss:.4}, grad norm {}); step skipped ({} in a row, {} in all){}",
+            step + 1,
+            if loss.is_finite() { "gradients" } else { "loss" },
+            out.grad_norm,
+            state.nonfinite_in_a_row,
+            state.skipped_steps,
+            if cfg.precision == Precision::Fp16 {
+                format!("; loss scale now {}", state.loss_scale)
+            } else {
+                String::new()
+            }
+        ));
+        if state.nonfinite_in_a_row >= cfg.max_nonfinite_steps {
+            logger.finish();
+            bail!(
+                "stopping at step {}: {} non-finite steps in a row (max_nonfinite_steps). The \
+                 weights were not updated by them and no checkpoint was written from them; the \
+                 newest checkpoint is {}. Lower optimizer.lr, check the data, or use bf16/f32.",
+                step + 1,
+                state.nonfinite_in_a_row,
+                checkpoint::list(ckpt_root)?
+                    .last()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "none".into())
+            );
+        }
+    }
+    state.step += 1;
+    state.sequences += out.counts.sequences as u64;
+    Ok(())
+}
+
+/// The training record of a log step (metrics.jsonl / TensorBoard) and its console line.
+fn log_step(
+    logger: &mut Logger,
+    state: &TrainerState,
+    out: &PretrainStep,
+    lr: f64,
+    (seq_s, tok_s): (f64, f64),
+    total: u64,
+    progress_bar: bool,
+) -> Result<()> {
+    let (step, stats, grad_norm) = (state.step, &out.stats, out.grad_norm);
+    let mut values = stats.values();
+    values.extend([
+        ("lr", lr),
+        ("grad_norm", grad_norm),
+        ("sequences_per_s", seq_s),
+        ("tokens_per_s", tok_s),
+        ("loss_scale", state.loss_scale),
+        ("skipped_steps", state.skipped_steps as f64),
+    ]);
+    logger.record(step, "train", &values)?;
+    let line = format!(
+        "loss {:.4} mlm_acc {:.3}{} lr {lr:.3e} |g| {grad_norm:.3} {seq_s:.1} seq/s",
+        stats.loss(),
+        stats.mlm_accuracy,
+        stats
+            .nsp_accuracy
+            .map(|a| format!(" nsp_acc {a:.3}"))
+            .unwrap_or_default(),
+    );
+    if progress_bar {
+        logger.progress(step, line);
+    } else {
+        logger.println(format!("step {step}/{total} {line}"));
+    }
+    Ok(())
+}
+
+/// The held-out evaluation at `step`, logged.
+fn evaluate<AD: AutodiffBackend>(
+    ev: &mut Evaluator,
+    model: &Bert<AD>,
+    logger: &mut Logger,
+    step: u64,
+    device: &AD::Device,
+) -> Result<StepStats> {
+    let s = ev.run(&model.valid(), device)?;
+    let mut values = s.values();
+    values.retain(|(name, _)| *name != "loss");
+    logger.record(step, "eval", &values)?;
+    logger.println(format!(
+        "step {step}: held-out mlm_loss {:.4} mlm_acc {:.3}",
+        s.mlm_loss, s.mlm_accuracy
+    ));
+    Ok(s)
 }
 
 /// What a run starts from: the data's manifest, the task, and the model, optimizer and
