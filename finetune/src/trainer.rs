@@ -404,12 +404,8 @@ where
             w_busy += secs;
             w_seqs += all.len() as u64;
             w_tokens += all.iter().map(|f| f.input_ids.len() as u64).sum::<u64>();
-            let mut scale = LossScale {
-                scale: state.loss_scale,
-                good_steps: state.good_steps,
-            };
-            scale.update(s.precision, o.updated);
-            (state.loss_scale, state.good_steps) = (scale.scale, scale.good_steps);
+            let (scale, good) = (&mut state.loss_scale, &mut state.good_steps);
+            LossScale::update_fields(scale, good, s.precision, o.updated);
             if o.updated {
                 state.optimizer_steps = optimizer.steps;
             } else {

@@ -90,6 +90,21 @@ impl LossScale {
         }
     }
 
+    /// [`Self::update`] on a scale kept as two fields of a run's checkpointed state.
+    pub fn update_fields(
+        scale: &mut f64,
+        good_steps: &mut u64,
+        precision: Precision,
+        updated: bool,
+    ) {
+        let mut s = LossScale {
+            scale: *scale,
+            good_steps: *good_steps,
+        };
+        s.update(precision, updated);
+        (*scale, *good_steps) = (s.scale, s.good_steps);
+    }
+
     /// After a step: `updated` is false when it overflowed.
     pub fn update(&mut self, precision: Precision, updated: bool) {
         if precision != Precision::Fp16 {

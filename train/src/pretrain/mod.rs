@@ -262,12 +262,8 @@ fn count_step(
 ) -> Result<()> {
     let step = state.step;
     state.tokens += out.tokens;
-    let mut scale = LossScale {
-        scale: state.loss_scale,
-        good_steps: state.good_steps,
-    };
-    scale.update(cfg.precision, out.updated);
-    (state.loss_scale, state.good_steps) = (scale.scale, scale.good_steps);
+    let (scale, good) = (&mut state.loss_scale, &mut state.good_steps);
+    LossScale::update_fields(scale, good, cfg.precision, out.updated);
     if out.updated {
         state.nonfinite_in_a_row = 0;
         state.optimizer_steps = optimizer_steps;
