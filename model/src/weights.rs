@@ -121,6 +121,7 @@ impl ParamSource {
 
     /// Reads a PyTorch `pytorch_model.bin` (zip or legacy pickle format), named as in
     /// `from_safetensors`.
+    #[cfg(feature = "pytorch")]
     pub fn from_pytorch(path: &Path, seed: u64, init_std: f64) -> Result<Self> {
         let reader = burn_store::pytorch::PytorchReader::new(path)
             .map_err(|e| Error::invalid(path, format!("not a readable PyTorch checkpoint: {e}")))?;
@@ -140,6 +141,16 @@ impl ParamSource {
             source.insert(&name, HostTensor { shape, data })?;
         }
         Ok(source)
+    }
+
+    /// Without the `pytorch` feature (the server's build) only safetensors are read.
+    #[cfg(not(feature = "pytorch"))]
+    pub fn from_pytorch(path: &Path, _seed: u64, _init_std: f64) -> Result<Self> {
+        Err(Error::invalid(
+            path,
+            "this build reads model.safetensors only (bertkit-model without its `pytorch` \
+             feature); convert the folder with `bertkit convert`",
+        ))
     }
 
     fn from_file(path: &Path, seed: u64, init_std: f64) -> Self {
