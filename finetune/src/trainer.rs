@@ -104,16 +104,17 @@ pub struct RunIdentity {
 impl RunIdentity {
     pub fn of(train: &[Feature], s: &TrainSettings, world_size: usize) -> RunIdentity {
         // Each feature as its lengths, ids and type ids (little-endian u32) and its target,
-        // streamed: a SQuAD-sized set is hundreds of MB as text.
+        // streamed one feature at a time: a SQuAD-sized set is hundreds of MB as text.
         let mut digest = bertkit_model::fs::Sha256Stream::default();
+        let mut bytes = Vec::new();
         for f in train {
+            bytes.clear();
             for ids in [&f.input_ids, &f.token_type_ids] {
-                digest.update(&(ids.len() as u64).to_le_bytes());
-                for id in ids.iter() {
-                    digest.update(&id.to_le_bytes());
-                }
+                bytes.extend((ids.len() as u64).to_le_bytes());
+                bytes.extend(ids.iter().flat_map(|id| id.to_le_bytes()));
             }
-            digest.update(format!("{:?}\n", f.target).as_bytes());
+            bytes.extend(format!("{:?}\n", f.target).into_bytes());
+            digest.update(&bytes);
         }
         let (_, total) = schedule_length(train.len(), s, world_size);
         RunIdentity {

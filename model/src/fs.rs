@@ -69,7 +69,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Size and sha256 (hex) of a file, streamed.
 pub fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
     let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
+    let mut digest = Sha256Stream::default();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
@@ -78,9 +78,9 @@ pub fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
             break;
         }
         size += n as u64;
-        hasher.update(&buf[..n]);
+        digest.update(&buf[..n]);
     }
-    Ok((size, hex(&hasher.finalize())))
+    Ok((size, digest.hex()))
 }
 
 /// sha256 of `bytes`, as lowercase hex.

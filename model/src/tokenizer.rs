@@ -226,8 +226,9 @@ impl BertTokenizer {
         self.pad_id
     }
 
-    /// The Hugging Face tokenizer truncating as `truncate` says (`None`: not at all), for
-    /// callers that need whole encodings (offsets, word ids). Built once per setting.
+    /// The Hugging Face tokenizer truncating as `truncate` says, for callers that need whole
+    /// encodings (offsets, word ids); [`Self::inner`] is the one that does not truncate. Built
+    /// once per setting.
     pub fn truncating(&self, truncate: Truncate) -> Result<Arc<Tokenizer>> {
         let mut cache = self
             .truncating

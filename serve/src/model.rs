@@ -261,7 +261,7 @@ impl Model {
             |e: tokenizers::Error| ApiError::invalid(format!("input {i}: tokenizing: {e}"));
         if let Some(pair) = &input.text_pair {
             return encode_pair(
-                self.full(),
+                self.tokenizer(),
                 &input.text,
                 pair,
                 self.max_input_length,
@@ -285,7 +285,7 @@ impl Model {
             }
             Some(cut) => encode(&self.truncating, &input.text[..cut])?,
             None => {
-                let e = encode(self.full(), &input.text)?;
+                let e = encode(self.tokenizer(), &input.text)?;
                 if e.get_ids().len() <= self.max_input_length {
                     e
                 } else if !truncate {
@@ -589,13 +589,8 @@ impl Model {
         }
     }
 
-    /// The tokenizer without truncation.
+    /// The plan's tokenizer without truncation.
     pub fn tokenizer(&self) -> &Tokenizer {
-        self.full()
-    }
-
-    /// The plan's tokenizer, untruncated.
-    fn full(&self) -> &Tokenizer {
         self.runtime.tokenizer().inner()
     }
 
@@ -614,9 +609,11 @@ impl Model {
                 .map(|(i, input)| {
                     let e = match &input.text_pair {
                         Some(p) => me
-                            .full()
+                            .tokenizer()
                             .encode_char_offsets((input.text.as_str(), p.as_str()), special),
-                        None => me.full().encode_char_offsets(input.text.as_str(), special),
+                        None => me
+                            .tokenizer()
+                            .encode_char_offsets(input.text.as_str(), special),
                     }
                     .map_err(|e| ApiError::invalid(format!("input {i}: {e}")))?;
                     Ok(Value::Array(

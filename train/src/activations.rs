@@ -97,21 +97,19 @@ impl<B: AutodiffBackend> Recompute<B> {
         model: &Bert<B>,
         accumulator: &mut GradientsAccumulator<Bert<B>>,
     ) {
-        let mut grads = loss.backward();
-        let Some(saved) = self.saved else {
-            accumulator.accumulate(
-                model,
-                f32_grads(GradientsParams::from_grads(grads, model), model),
-            );
-            return;
+        let mut add = |grads| {
+            let grads = f32_grads(GradientsParams::from_grads(grads, model), model);
+            accumulator.accumulate(model, grads);
         };
-        let top_grad = saved.top.grad_remove(&mut grads);
-        accumulator.accumulate(
-            model,
-            f32_grads(GradientsParams::from_grads(grads, model), model),
-        );
-        // A loss that does not read the hidden state (no head) has nothing below to reach.
-        let Some(mut grad) = top_grad else {
+        let mut grads = loss.backward();
+        let top_grad = self
+            .saved
+            .as_ref()
+            .and_then(|saved| saved.top.grad_remove(&mut grads));
+        add(grads);
+        // Nothing below to reach when the objective never encoded, or its loss does not read
+        // the hidden state.
+        let (Some(saved), Some(mut grad)) = (self.saved, top_grad) else {
             return;
         };
         let device = saved.embedded.device();
@@ -127,16 +125,9 @@ impl<B: AutodiffBackend> Recompute<B> {
             grad = input
                 .grad_remove(&mut grads)
                 .expect("a layer's output depends on its input");
-            accumulator.accumulate(
-                model,
-                f32_grads(GradientsParams::from_grads(grads, model), model),
-            );
+            add(grads);
         }
-        let grads = (saved.embedded * Tensor::from_inner(grad)).sum().backward();
-        accumulator.accumulate(
-            model,
-            f32_grads(GradientsParams::from_grads(grads, model), model),
-        );
+        add((saved.embedded * Tensor::from_inner(grad)).sum().backward());
     }
 }
 
