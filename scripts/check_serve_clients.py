@@ -7,9 +7,13 @@ for tests/cli_serve.rs to check against the server's own JSON endpoints:
 - tritonclient[http] again: inference with gzip and deflate request and response bodies, the
   model repository index, and the inference statistics;
 - openai: /v1/embeddings (the client's default base64 encoding, and floats, and `dimensions`)
-  against the embedding model EMB.
+  against the embedding model EMB;
+- tritonclient[grpc], when the server's gRPC address is given: health, metadata, config,
+  inference (text, pre-tokenized ids, every output or the ones asked for, gzip and deflate
+  compressed requests) compared with the HTTP answers, the repository index, statistics, an
+  unknown model's status; and grpcio's standard health check (grpc.health.v1).
 
-usage: check_serve_clients.py HOST:PORT CLS EMB
+usage: check_serve_clients.py HOST:PORT CLS EMB [GRPC_HOST:PORT]
 """
 import json
 import sys
@@ -107,7 +111,81 @@ def main():
     out["openai_dimensions_shape"] = list(got.shape)
     out["openai_dimensions_max_diff"] = float(np.abs(got - cut).max())
     out["openai_models"] = [m.id for m in oa.models.list()]
+    if len(sys.argv) > 4:
+        check_grpc(sys.argv[4], addr, cls, emb, texts, out)
     print(json.dumps(out))
+
+
+def check_grpc(gaddr, addr, cls, emb, texts, out):
+    import grpc
+    import tritonclient.grpc as grpcclient
+
+    g = grpcclient.InferenceServerClient(url=gaddr)
+    h = httpclient.InferenceServerClient(url=addr)
+    out["grpc_live"] = g.is_server_live()
+    out["grpc_ready"] = g.is_server_ready()
+    out["grpc_model_ready"] = g.is_model_ready(cls)
+    out["grpc_unknown_model_ready"] = g.is_model_ready("no-such-model")
+    out["grpc_server"] = g.get_server_metadata().name
+    out["grpc_outputs"] = [o.name for o in g.get_model_metadata(cls).outputs]
+    config = g.get_model_config(cls).config
+    out["grpc_config_inputs"] = [i.name for i in config.input]
+    out["grpc_config_max_batch_size"] = config.max_batch_size
+
+    def text_input(client, texts):
+        inp = client.InferInput("TEXT", [len(texts)], "BYTES")
+        inp.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
+        return inp
+
+    # The same request over HTTP (binary tensors) and gRPC: the same numbers.
+    want = h.infer(cls, [text_input(httpclient, texts)])
+    got = g.infer(cls, [text_input(grpcclient, texts)], request_id="g1")
+    for name in ("logits", "probabilities"):
+        out[f"grpc_{name}_shape"] = list(got.as_numpy(name).shape)
+        out[f"grpc_{name}_max_diff"] = float(np.abs(got.as_numpy(name) - want.as_numpy(name)).max())
+    out["grpc_id"] = got.get_response().id
+    asked = g.infer(cls, [text_input(grpcclient, texts)],
+                    outputs=[grpcclient.InferRequestedOutput("probabilities")])
+    out["grpc_asked_outputs"] = [o.name for o in asked.get_response().outputs]
+
+    toks = post(f"http://{addr}/tokenize", {"inputs": texts, "model": cls})
+    width = max(len(t) for t in toks)
+    ids = np.zeros((len(texts), width), dtype=np.int64)
+    mask = np.zeros((len(texts), width), dtype=np.int64)
+    for i, t in enumerate(toks):
+        ids[i, :len(t)] = [x["id"] for x in t]
+        mask[i, :len(t)] = 1
+    a = grpcclient.InferInput("input_ids", list(ids.shape), "INT64")
+    a.set_data_from_numpy(ids)
+    b = grpcclient.InferInput("attention_mask", list(mask.shape), "INT64")
+    b.set_data_from_numpy(mask)
+    res = g.infer(cls, [a, b])
+    out["grpc_ids_max_diff"] = float(np.abs(res.as_numpy("logits") - want.as_numpy("logits")).max())
+
+    for algo in ("gzip", "deflate"):
+        res = g.infer(cls, [text_input(grpcclient, texts)], compression_algorithm=algo)
+        out[f"grpc_{algo}_max_diff"] = float(np.abs(res.as_numpy("logits") - want.as_numpy("logits")).max())
+
+    emb_want = np.array(post(f"http://{addr}/embed", {"inputs": texts, "model": emb}), dtype=np.float32)
+    res = g.infer(emb, [text_input(grpcclient, texts)])
+    out["grpc_embeddings_shape"] = list(res.as_numpy("embeddings").shape)
+    out["grpc_embeddings_max_diff"] = float(np.abs(res.as_numpy("embeddings") - emb_want).max())
+
+    out["grpc_repository_index"] = [m.name for m in g.get_model_repository_index().models]
+    stats = g.get_inference_statistics(cls).model_stats[0]
+    out["grpc_stats_success"] = stats.inference_stats.success.count
+    try:
+        g.infer("no-such-model", [text_input(grpcclient, texts)])
+        out["grpc_unknown_model_error"] = None
+    except grpcclient.InferenceServerException as e:
+        out["grpc_unknown_model_error"] = f"{e.status()} {e.message()}"
+
+    # Kubernetes' gRPC probe: grpc.health.v1.Health/Check, status 1 = SERVING.
+    channel = grpc.insecure_channel(gaddr)
+    check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                request_serializer=lambda x: x, response_deserializer=lambda x: x)
+    out["grpc_health"] = list(check(b""))
+    channel.close()
 
 
 if __name__ == "__main__":

@@ -155,8 +155,10 @@ fn every_endpoint_answers_over_http_and_matches_predict_and_the_reference() {
         args.extend(plan_arg(p));
     }
     args.extend(["--payload-limit".into(), "200000".into()]);
+    args.extend(["--grpc-port".into(), "0".into()]);
     let server = Server::start(&args);
     let a = server.addr.as_str();
+    let g = server.grpc.clone().expect("no gRPC line");
 
     // Health and metadata (KServe v2).
     assert_eq!(get(a, "/v2/health/live").status, 200);
@@ -392,8 +394,8 @@ fn every_endpoint_answers_over_http_and_matches_predict_and_the_reference() {
     // The official clients.
     let c = python_script(
         "check_serve_clients.py",
-        &[a.as_ref(), "cls".as_ref(), "minilm".as_ref()],
-        "tritonclient[http], openai, numpy",
+        &[a.as_ref(), "cls".as_ref(), "minilm".as_ref(), g.as_ref()],
+        "tritonclient[http,grpc], openai, numpy",
     );
     for k in ["live", "ready", "model_ready"] {
         assert_eq!(c[k], true, "{c}");
@@ -437,6 +439,50 @@ fn every_endpoint_answers_over_http_and_matches_predict_and_the_reference() {
     assert!(c["stats_success"].as_u64().unwrap() >= 6, "{c}");
     assert!(c["stats_inference_count"].as_u64().unwrap() >= 18, "{c}");
     assert_eq!(c["stats_all"], json!(["cls", "ner", "qa", "minilm"]));
+    // tritonclient.grpc: the same answers as over HTTP.
+    for k in ["live", "ready", "model_ready"] {
+        assert_eq!(c[format!("grpc_{k}")], true, "{c}");
+    }
+    assert_eq!(c["grpc_unknown_model_ready"], false, "{c}");
+    assert_eq!(c["grpc_server"], "bertkit");
+    assert_eq!(c["grpc_outputs"], json!(["logits", "probabilities"]));
+    assert_eq!(c["grpc_config_max_batch_size"], 32, "{c}");
+    assert_eq!(c["grpc_config_inputs"][0], "TEXT");
+    for k in ["logits", "probabilities"] {
+        assert_eq!(c[format!("grpc_{k}_shape")], json!([3, 3]), "{c}");
+    }
+    for k in [
+        "logits",
+        "probabilities",
+        "ids",
+        "gzip",
+        "deflate",
+        "embeddings",
+    ] {
+        assert!(
+            c[format!("grpc_{k}_max_diff")].as_f64().unwrap() < 1e-6,
+            "{k}: {c}"
+        );
+    }
+    assert_eq!(c["grpc_embeddings_shape"], json!([3, 384]), "{c}");
+    assert_eq!(c["grpc_id"], "g1");
+    assert_eq!(c["grpc_asked_outputs"], json!(["probabilities"]));
+    assert_eq!(
+        c["grpc_repository_index"],
+        json!(["cls", "ner", "qa", "minilm"])
+    );
+    // The gRPC calls are counted with the HTTP ones: since the HTTP statistics were read, one
+    // HTTP and five gRPC inferences ran on cls.
+    assert!(
+        c["grpc_stats_success"].as_u64().unwrap() >= c["stats_success"].as_u64().unwrap() + 6,
+        "{c}"
+    );
+    let e = c["grpc_unknown_model_error"].as_str().unwrap();
+    assert!(
+        e.contains("NOT_FOUND") && e.contains("no-such-model"),
+        "{c}"
+    );
+    assert_eq!(c["grpc_health"], json!([8, 1]), "SERVING: {c}");
     // Loading and unloading are off unless asked for.
     let r = post(a, "/v2/repository/models/cls/load", &json!({}));
     assert_eq!(r.status, 403, "{}", r.text());

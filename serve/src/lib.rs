@@ -1,6 +1,7 @@
 //! bertkit-serve: `bertkit serve` puts plans (`bertkit export`) behind HTTP.
 //!
 //! The rooms, in the order a request passes them (text-embeddings-inference's split):
+//! - [`grpc`]: KServe v2 over gRPC on its own port, each call passed to the HTTP routes;
 //! - [`http`]: routes — KServe v2 ([`http::kserve`]) with Triton's statistics and model
 //!   repository ([`http::repository`]), the JSON endpoints ([`http::api`]), OpenAI embeddings
 //!   ([`http::openai`]) — and the layer every request passes: CORS ([`http::cors`]), the API
@@ -15,6 +16,7 @@
 
 pub mod bench;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod model;
@@ -42,6 +44,8 @@ pub struct ServeOptions {
     pub plans: Vec<PlanArg>,
     pub host: String,
     pub port: u16,
+    /// KServe's gRPC API on this port (0: a free one); `None`: no gRPC.
+    pub grpc_port: Option<u16>,
     pub model: ModelSettings,
     pub max_concurrent_requests: usize,
     pub max_client_batch_size: usize,
@@ -68,8 +72,8 @@ pub struct ServeOptions {
 pub fn serve(options: ServeOptions) -> Result<()> {
     let rt = http_runtime()?;
     rt.block_on(async {
-        let listener = bind(&options.host, options.port).await?;
-        run(options, listener, shutdown_signal()).await
+        let listeners = Listeners::bind(&options).await?;
+        run(options, listeners, shutdown_signal()).await
     })
 }
 
@@ -97,10 +101,10 @@ impl LocalServer {
     /// Starts serving and waits until ready (at most a minute).
     pub fn start(options: ServeOptions) -> Result<LocalServer> {
         let rt = http_runtime()?;
-        let listener = rt.block_on(bind(&options.host, options.port))?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let listeners = rt.block_on(Listeners::bind(&options))?;
+        let url = format!("http://{}", listeners.http.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = rt.spawn(run(options, listener, async move {
+        let task = rt.spawn(run(options, listeners, async move {
             let _ = stopped.await;
         }));
         let started = std::time::Instant::now();
@@ -143,6 +147,23 @@ pub async fn bind(host: &str, port: u16) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("listening on {addr}"))
+}
+
+/// The server's sockets: the HTTP API, and the gRPC API when asked for.
+pub struct Listeners {
+    pub http: tokio::net::TcpListener,
+    pub grpc: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(options: &ServeOptions) -> Result<Listeners> {
+        let http = bind(&options.host, options.port).await?;
+        let grpc = match options.grpc_port {
+            Some(port) => Some(bind(&options.host, port).await.context("the gRPC port")?),
+            None => None,
+        };
+        Ok(Listeners { http, grpc })
+    }
 }
 
 /// Raises the open-file limit to its hard limit and caps the connections to what fits under
@@ -213,7 +234,7 @@ async fn shutdown_signal() {
 /// shutdown timeout.
 pub async fn run(
     options: ServeOptions,
-    listener: tokio::net::TcpListener,
+    listeners: Listeners,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     if options.plans.is_empty() {
@@ -227,11 +248,18 @@ pub async fn run(
             );
         }
     }
-    let local = listener.local_addr().context("the listening address")?;
+    let local = listeners
+        .http
+        .local_addr()
+        .context("the listening address")?;
     let mut options = options;
     options.connections.max_connections =
         fit_connections_to_fd_limit(options.connections.max_connections);
     println!("bertkit serve: listening on http://{local}");
+    if let Some(g) = &listeners.grpc {
+        let addr = g.local_addr().context("the gRPC address")?;
+        println!("bertkit serve: gRPC on {addr}");
+    }
     let metrics = Arc::new(Metrics::default());
     let pool = Arc::new(
         TokenizerPool::new(options.tokenization_workers).context("starting the tokenizers")?,
@@ -276,6 +304,8 @@ pub async fn run(
         println!("bertkit serve: ready");
     });
 
+    // Stop accepting on every listener at once.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
     let draining = Arc::new(Notify::new());
     let (st, fail, notify) = (
@@ -298,14 +328,43 @@ pub async fn run(
         }
         st.start_draining();
         notify.notify_one();
+        let _ = stop_tx.send(true);
     };
-    let server = http::conn::serve_connections(
-        listener,
-        app,
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let http_server = http::conn::serve_connections(
+        listeners.http,
+        http::conn::Protocol::Http,
+        app.clone(),
         options.connections,
         Arc::clone(&state.metrics),
-        shutdown,
+        stopped(),
     );
+    let grpc_limits = grpc::Limits {
+        payload_limit: options.payload_limit,
+        body_timeout: options.body_timeout,
+        metrics: Arc::clone(&state.metrics),
+    };
+    let grpc_server = async {
+        if let Some(l) = listeners.grpc {
+            http::conn::serve_connections(
+                l,
+                http::conn::Protocol::Grpc(grpc_limits),
+                app,
+                options.connections,
+                Arc::clone(&state.metrics),
+                stopped(),
+            )
+            .await;
+        }
+    };
+    let server = async {
+        tokio::join!(http_server, grpc_server, shutdown);
+    };
     let timeout = options.shutdown_timeout;
     tokio::select! {
         _ = server => {}

@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// 0 picks a free port (printed at start).
     #[arg(env = "BERTKIT_PORT", long, default_value_t = 8000)]
     pub port: u16,
+    /// Also serve KServe v2 over gRPC (what `tritonclient.grpc` calls; Triton's is 8001) and
+    /// the standard gRPC health check on this port; 0 picks a free one. Off when not given.
+    #[arg(env = "BERTKIT_GRPC_PORT", long)]
+    pub grpc_port: Option<u16>,
     /// Most tokens per batch, padding to the batch's length bucket counted.
     #[arg(env = "BERTKIT_MAX_BATCH_TOKENS", long, default_value_t = 16384)]
     pub max_batch_tokens: usize,
@@ -181,6 +185,7 @@ impl ServeArgs {
             plans: self.plans.clone(),
             host: self.host.clone(),
             port: self.port,
+            grpc_port: self.grpc_port,
             model: ModelSettings {
                 threads: self.threads,
                 max_batch_tokens: self.max_batch_tokens,

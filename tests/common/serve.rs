@@ -138,6 +138,8 @@ pub fn post_raw(addr: &str, path: &str, body: &[u8]) -> Response {
 pub struct Server {
     pub child: Child,
     pub addr: String,
+    /// The gRPC port's address, when started with --grpc-port.
+    pub grpc: Option<String>,
     pub lines: mpsc::Receiver<String>,
 }
 
@@ -168,12 +170,16 @@ impl Server {
             }
         });
         let mut addr = None;
+        let mut grpc = None;
         loop {
             let line = lines
                 .recv_timeout(Duration::from_secs(120))
                 .expect("the server did not get ready");
             if let Some(a) = line.strip_prefix("bertkit serve: listening on http://") {
                 addr = Some(a.to_string());
+            }
+            if let Some(a) = line.strip_prefix("bertkit serve: gRPC on ") {
+                grpc = Some(a.to_string());
             }
             if line == "bertkit serve: ready" {
                 break;
@@ -182,6 +188,7 @@ impl Server {
         Server {
             child,
             addr: addr.expect("no listening line"),
+            grpc,
             lines,
         }
     }

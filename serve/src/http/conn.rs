@@ -1,13 +1,17 @@
 //! Connections: the accept loop and what one connection may hold.
 //!
-//! Each connection is served by hyper (HTTP/1.1) under a watchdog that closes it when it
-//! spends too long in one phase:
+//! Each connection is served by hyper — HTTP/1.1 on the HTTP port, HTTP/2 on the gRPC port
+//! ([`Protocol`]) — under a watchdog that closes it when it spends too long in one phase:
 //! - **headers**: from the connection's start, or from the first byte of a request on a kept-alive
 //!   connection, until the request's head is complete (`--header-timeout-s`); a client sending
 //!   partial headers (Slowloris) is cut off here;
 //! - **idle**: between the end of a response and the first byte of the next request
 //!   (`--keep-alive-timeout-s`);
 //! - the body has its own deadline, enforced where it is read (`super::guard`).
+//!
+//! On HTTP/2 the header phase is the connection's start only (its frames, pings included, are
+//! not request heads), and an idle connection is closed with GOAWAY, which gRPC clients answer
+//! by reconnecting.
 //!
 //! hyper's own `header_read_timeout` is not used: its clock starts whenever hyper waits for a
 //! request head, so on a kept-alive connection it would also cut idle time at the header
@@ -31,13 +35,24 @@ use axum::http::Request;
 use axum::Router;
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tower::ServiceExt;
 
+use crate::grpc;
 use crate::metrics::Metrics;
+
+/// What a listener speaks.
+#[derive(Clone)]
+pub enum Protocol {
+    /// The HTTP API (HTTP/1.1).
+    Http,
+    /// KServe's gRPC API ([`grpc`]), HTTP/2 without TLS.
+    Grpc(grpc::Limits),
+}
 
 /// What one connection may hold, and how many may be open.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +89,9 @@ connection: close\r\nretry-after: 1\r\ncontent-length: 72\r\n\r\n\
 /// The connection phases the watchdog times.
 struct Activity {
     started: Instant,
+    /// Bytes after an idle phase start a request head (HTTP/1; not HTTP/2, whose pings and
+    /// window updates arrive between requests).
+    heads_after_idle: bool,
     /// Requests being handled (their responses not yet fully written).
     busy: AtomicUsize,
     /// A request head is being read (set at connection start and by the first byte after idle).
@@ -83,9 +101,10 @@ struct Activity {
 }
 
 impl Activity {
-    fn new() -> Activity {
+    fn new(heads_after_idle: bool) -> Activity {
         Activity {
             started: Instant::now(),
+            heads_after_idle,
             busy: AtomicUsize::new(0),
             head: AtomicBool::new(true),
             since_ms: AtomicU64::new(0),
@@ -98,7 +117,10 @@ impl Activity {
 
     /// Bytes arrived: if the connection was idle, a request head has started.
     fn bytes_read(&self) {
-        if self.busy.load(Ordering::Acquire) == 0 && !self.head.load(Ordering::Acquire) {
+        if self.heads_after_idle
+            && self.busy.load(Ordering::Acquire) == 0
+            && !self.head.load(Ordering::Acquire)
+        {
             self.since_ms.store(self.now_ms(), Ordering::Release);
             self.head.store(true, Ordering::Release);
         }
@@ -245,6 +267,7 @@ impl Drop for OpenGuard {
 /// are closed. The caller bounds that wait.
 pub async fn serve_connections(
     listener: TcpListener,
+    protocol: Protocol,
     app: Router,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
@@ -283,6 +306,11 @@ pub async fn serve_connections(
         };
         if n > hard_cap {
             metrics.connection_refused();
+            if let Protocol::Grpc(_) = protocol {
+                // An HTTP/2 client cannot read an HTTP/1 answer: closed, it sees UNAVAILABLE.
+                drop((stream, guard));
+                continue;
+            }
             // A fresh socket's send buffer is empty: this write does not block. It goes through
             // the std socket because tokio's `try_write` answers WouldBlock until the reactor
             // has seen the socket's first writable event, which under load it may not have yet
@@ -296,6 +324,7 @@ pub async fn serve_connections(
         let over = n > limits.max_connections;
         tokio::spawn(connection(
             stream,
+            protocol.clone(),
             app.clone(),
             limits,
             over,
@@ -317,10 +346,11 @@ pub async fn serve_connections(
 /// Serves one connection under the watchdog.
 async fn connection(
     stream: TcpStream,
+    protocol: Protocol,
     app: Router,
     mut limits: ConnectionLimits,
     over_capacity: bool,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     guard: OpenGuard,
 ) {
     let metrics = Arc::clone(&guard.metrics);
@@ -329,36 +359,63 @@ async fn connection(
         // One request, answered quickly, then closed.
         limits.header_timeout = limits.header_timeout.min(Duration::from_secs(2));
     }
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(matches!(protocol, Protocol::Http)));
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: Arc::clone(&activity),
     });
     let track = Arc::clone(&activity);
+    let speaks = protocol.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let busy = track.begin();
         if over_capacity {
             req.extensions_mut().insert(OverCapacity);
         }
         let app = app.clone();
+        let protocol = speaks.clone();
         async move {
-            let response = match app.oneshot(req.map(Body::new)).await {
-                Ok(r) => r,
-                Err(never) => match never {},
+            let response = match protocol {
+                Protocol::Http => match app.oneshot(req.map(Body::new)).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                },
+                Protocol::Grpc(limits) => grpc::handle(app, limits, req).await,
             };
             Ok::<_, Infallible>(response.map(|inner| Tracked { inner, _busy: busy }))
         }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.keep_alive(!over_capacity);
-    let conn = builder.serve_connection(io, service);
+    match protocol {
+        Protocol::Http => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.keep_alive(!over_capacity);
+            let conn = builder.serve_connection(io, service);
+            watch(conn, &activity, &limits, stop, &metrics).await;
+        }
+        Protocol::Grpc(_) => {
+            let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection(io, service);
+            watch(conn, &activity, &limits, stop, &metrics).await;
+        }
+    }
+    drop(guard);
+}
+
+/// Serves `conn` until it ends, closing it when a phase outlasts its limit, and gracefully
+/// (after its current requests) when the server stops.
+async fn watch<C: GracefulConnection<Error = hyper::Error>>(
+    conn: C,
+    activity: &Activity,
+    limits: &ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+    metrics: &Metrics,
+) {
     tokio::pin!(conn);
     let mut shutting_down = *stop.borrow();
     if shutting_down {
         conn.as_mut().graceful_shutdown();
     }
     loop {
-        let deadline = activity.deadline(&limits);
+        let deadline = activity.deadline(limits);
         // While a request is handled, look again after a header timeout (its end restarts
         // the clock).
         let wake = deadline.map_or_else(
@@ -373,7 +430,7 @@ async fn connection(
                 break;
             }
             _ = tokio::time::sleep_until(wake) => {
-                let Some((at, phase)) = activity.deadline(&limits) else { continue };
+                let Some((at, phase)) = activity.deadline(limits) else { continue };
                 if Instant::now() < at {
                     continue;
                 }
@@ -402,5 +459,4 @@ async fn connection(
             }
         }
     }
-    drop(guard);
 }
