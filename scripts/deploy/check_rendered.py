@@ -6,9 +6,10 @@
   check_rendered.py assert SCENARIO RENDERED
                                             what the deployment must say, for the scenario (default,
                                             or a values file's name under ci/ without .yaml)
-  check_rendered.py args RENDERED PLANS_DIR PORT
+  check_rendered.py args RENDERED PLANS_DIR PORT GRPC_PORT
                                             the server container's args, NUL-separated, to run here:
-                                            /models/ -> PLANS_DIR/, --host 127.0.0.1, --port PORT
+                                            /models/ -> PLANS_DIR/, --host 127.0.0.1, --port PORT,
+                                            --grpc-port GRPC_PORT
 """
 import json
 import re
@@ -21,11 +22,12 @@ EXPECT = {
     "default": {
         "kinds": {"Deployment", "Service"},
         "port": 8000,
+        "grpc": (8001, 8001),
         "flags": {"--threads": "2", "--shutdown-timeout-s": "30"},
         "absent": ["--truncate", "--max-batch-tokens", "--plan", "--max-connections",
                    "--header-timeout-s", "--body-timeout-s", "--keep-alive-timeout-s",
                    "--model-control-mode", "--model-repository", "--cors-allow-origin",
-                   "--json-logs"],
+                   "--json-logs", "--otlp-endpoint"],
         "plans": [],
         "models": None,
         "api_key": None,
@@ -37,6 +39,7 @@ EXPECT = {
         "kinds": {"Deployment", "Service", "Secret", "HorizontalPodAutoscaler",
                   "PodDisruptionBudget", "ServiceMonitor"},
         "port": 9000,
+        "grpc": (9001, 443),
         "flags": {"--max-batch-tokens": "16384", "--max-batch-size": "64",
                   "--max-queue-delay-us": "0", "--max-concurrent-requests": "512",
                   "--max-client-batch-size": "32", "--max-input-length": "64",
@@ -45,6 +48,7 @@ EXPECT = {
                   "--max-connections": "2048", "--header-timeout-s": "5",
                   "--body-timeout-s": "12.5", "--keep-alive-timeout-s": "90",
                   "--model-control-mode": "explicit", "--model-repository": "/models",
+                  "--otlp-endpoint": "http://otel-collector.observability:4318",
                   "--cors-allow-origin": "https://app.example.com,https://admin.example.com"},
         "absent": [],
         "truncate": True,
@@ -60,6 +64,7 @@ EXPECT = {
     "init-values": {
         "kinds": {"Deployment", "Service", "ServiceMonitor", "ServiceAccount"},
         "port": 8000,
+        "grpc": None,
         "flags": {"--max-batch-tokens": "8192", "--threads": "1", "--shutdown-timeout-s": "20"},
         "absent": ["--truncate", "--plan"],
         "plans": [],
@@ -148,13 +153,23 @@ def check(scenario, rendered):
     c.ok(("--json-logs" in lone) == exp.get("json_logs", False), "--json-logs")
     c.ok(values.get("--plan", []) == exp["plans"], f"plans {values.get('--plan')} != {exp['plans']}")
     ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
-    c.ok(ports == {"http": exp["port"]}, f"container ports {ports}")
+    grpc = exp["grpc"]
+    want_ports = {"http": exp["port"], **({"grpc": grpc[0]} if grpc else {})}
+    c.ok(ports == want_ports, f"container ports {ports}, want {want_ports}")
+    c.ok(values.get("--grpc-port") == ([str(grpc[0])] if grpc else None),
+         f"--grpc-port {values.get('--grpc-port')}")
 
     probes = {k: ctr.get(k, {}).get("httpGet", {}) for k in ("startupProbe", "livenessProbe", "readinessProbe")}
     c.ok(probes["startupProbe"].get("path") == "/v2/health/ready", "startupProbe: GET /v2/health/ready")
-    c.ok(probes["readinessProbe"].get("path") == "/v2/health/ready", "readinessProbe: GET /v2/health/ready")
     c.ok(probes["livenessProbe"].get("path") == "/v2/health/live", "livenessProbe: GET /v2/health/live")
-    c.ok(all(p.get("port") == "http" for p in probes.values()), "probes on the http port")
+    if grpc:
+        # Kubernetes' gRPC probe (grpc.health.v1, service ""): bertkit answers it as /v2/health/ready.
+        c.ok(ctr["readinessProbe"].get("grpc") == {"port": grpc[0]} and not probes["readinessProbe"],
+             f"readinessProbe: gRPC health on {grpc[0]}: {ctr['readinessProbe']}")
+        del probes["readinessProbe"]
+    else:
+        c.ok(probes["readinessProbe"].get("path") == "/v2/health/ready", "readinessProbe: GET /v2/health/ready")
+    c.ok(all(p.get("port") == "http" for p in probes.values()), "HTTP probes on the http port")
     c.ok(ctr["startupProbe"]["periodSeconds"] * ctr["startupProbe"]["failureThreshold"] >= 120,
          "startupProbe allows at least 2 minutes for loading and warm-up")
 
@@ -212,7 +227,12 @@ def check(scenario, rendered):
     c.ok(("replicas" in dep["spec"]) == (exp["replicas"] is not None), "replicas set unless the HPA owns them")
     (svc,) = by_kind["Service"]
     c.ok(subset(svc["spec"]["selector"], labels), "Service selects the pods")
-    c.ok([p["targetPort"] for p in svc["spec"]["ports"]] == ["http"], "Service targets the http port")
+    svc_ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
+    want_svc = {"http": (svc_ports.get("http", (0,))[0], "http"), **({"grpc": (grpc[1], "grpc")} if grpc else {})}
+    c.ok(svc_ports == want_svc, f"Service ports {svc_ports}, want {want_svc}")
+    for p in svc["spec"]["ports"]:
+        if p["name"] == "grpc":
+            c.ok(p.get("appProtocol") == "kubernetes.io/h2c", "the gRPC Service port says h2c")
     for hpa in by_kind.get("HorizontalPodAutoscaler", []):
         ref = hpa["spec"]["scaleTargetRef"]
         c.ok(ref["kind"] == "Deployment" and ref["name"] == dep["metadata"]["name"], "HPA scales the Deployment")
@@ -234,7 +254,7 @@ def check(scenario, rendered):
     return c.errors
 
 
-def local_args(rendered, plans_dir, port):
+def local_args(rendered, plans_dir, port, grpc_port):
     (dep,) = [d for d in load(rendered) if d["kind"] == "Deployment"]
     (ctr,) = [x for x in dep["spec"]["template"]["spec"]["containers"] if x["name"] == "bertkit"]
     args = list(ctr["args"])
@@ -245,6 +265,8 @@ def local_args(rendered, plans_dir, port):
             args[i] = "127.0.0.1"
         elif args[i - 1] == "--port":
             args[i] = port
+        elif args[i - 1] == "--grpc-port":
+            args[i] = grpc_port
         elif args[i - 1] == "--model-repository":
             args[i] = a.replace("/models", plans_dir, 1)
         elif args[i - 1] == "--plan":
@@ -256,7 +278,7 @@ def local_args(rendered, plans_dir, port):
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "split":
         split(sys.argv[2], sys.argv[3])
-    elif len(sys.argv) == 5 and sys.argv[1] == "args":
+    elif len(sys.argv) == 6 and sys.argv[1] == "args":
         local_args(*sys.argv[2:])
     elif len(sys.argv) == 4 and sys.argv[1] == "assert":
         errors = check(sys.argv[2], sys.argv[3])

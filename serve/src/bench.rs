@@ -53,8 +53,10 @@ pub fn read_inputs(path: &Path) -> Result<Vec<TextInput>> {
 pub struct LoadOptions {
     /// The server, e.g. http://127.0.0.1:8000
     pub url: String,
-    /// `predict`, `embed`, `ner`, `infer` (KServe v2, JSON tensors) or `v1/embeddings`;
-    /// `None`: from the first model of GET /info.
+    /// `predict`, `embed`, `ner`, `infer` (KServe v2, JSON tensors), `v1/embeddings`, or
+    /// `grpc` (KServe v2 ModelInfer over gRPC, raw tensors as tritonclient.grpc sends them;
+    /// `url` is then the gRPC port's address and `model` is needed); `None`: from the first
+    /// model of GET /info.
     pub endpoint: Option<String>,
     pub model: Option<String>,
     pub concurrency: usize,
@@ -145,6 +147,9 @@ pub fn run_load(o: &LoadOptions, inputs: &[TextInput]) -> Result<LoadReport> {
 }
 
 async fn load(o: &LoadOptions, inputs: &[TextInput]) -> Result<LoadReport> {
+    if o.endpoint.as_deref() == Some("grpc") {
+        return load_grpc(o, inputs).await;
+    }
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(o.concurrency.max(1))
         .build_http();
@@ -258,6 +263,20 @@ async fn load(o: &LoadOptions, inputs: &[TextInput]) -> Result<LoadReport> {
             (lat, fails)
         }));
     }
+    report(o, base, path, batch, started, tasks).await
+}
+
+/// Per client task: the latencies of its answered requests (ms) and its failures.
+type ClientTask = tokio::task::JoinHandle<(Vec<f64>, Vec<String>)>;
+
+async fn report(
+    o: &LoadOptions,
+    base: String,
+    path: String,
+    batch: usize,
+    started: Instant,
+    tasks: Vec<ClientTask>,
+) -> Result<LoadReport> {
     let mut latencies = Vec::new();
     let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
     for t in tasks {
@@ -287,6 +306,100 @@ async fn load(o: &LoadOptions, inputs: &[TextInput]) -> Result<LoadReport> {
         p99_ms: quantile(&latencies, 0.99),
         max_ms: latencies.last().copied().unwrap_or(0.0),
     })
+}
+
+/// KServe's ModelInfer over gRPC: `TEXT` (and `TEXT_PAIR`) as raw BYTES tensors, every
+/// output; each client on a connection of its own (as each HTTP client keeps one).
+async fn load_grpc(o: &LoadOptions, inputs: &[TextInput]) -> Result<LoadReport> {
+    use crate::grpc::client::Client;
+    use crate::grpc::messages::{InferInputTensor, ModelInferRequest, ModelInferResponse};
+    let model = o
+        .model
+        .clone()
+        .context("--model is needed for --endpoint grpc")?;
+    let raw = |texts: &mut dyn Iterator<Item = &str>| -> Vec<u8> {
+        let mut out = Vec::new();
+        for t in texts {
+            out.extend((t.len() as u32).to_le_bytes());
+            out.extend(t.as_bytes());
+        }
+        out
+    };
+    let batch = o.batch.max(1);
+    let requests: Vec<ModelInferRequest> = (0..o.requests)
+        .map(|r| {
+            let chunk: Vec<&TextInput> = (0..batch)
+                .map(|k| &inputs[(r * batch + k) % inputs.len()])
+                .collect();
+            let tensor = |name: &str| InferInputTensor {
+                name: name.into(),
+                datatype: "BYTES".into(),
+                shape: vec![chunk.len() as i64],
+                ..Default::default()
+            };
+            let mut q = ModelInferRequest {
+                model_name: model.clone(),
+                inputs: vec![tensor("TEXT")],
+                raw_input_contents: vec![raw(&mut chunk.iter().map(|t| t.text.as_str()))],
+                ..Default::default()
+            };
+            if chunk.iter().any(|t| t.text_pair.is_some()) {
+                q.inputs.push(tensor("TEXT_PAIR"));
+                q.raw_input_contents.push(raw(&mut chunk
+                    .iter()
+                    .map(|t| t.text_pair.as_deref().unwrap_or(""))));
+            }
+            q
+        })
+        .collect();
+    let requests = Arc::new(requests);
+    let next = Arc::new(AtomicUsize::new(0));
+    let auth = o.api_key.as_ref().map(|k| format!("Bearer {k}"));
+    let mut clients = Vec::new();
+    for _ in 0..o.concurrency.max(1) {
+        clients.push(Client::connect(&o.url).await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut client in clients {
+        let (requests, next, auth, timeout) = (
+            Arc::clone(&requests),
+            Arc::clone(&next),
+            auth.clone(),
+            o.timeout,
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut fails: Vec<String> = Vec::new();
+            let meta: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|a| ("authorization", a))
+                .into_iter()
+                .collect();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(q) = requests.get(i) else { break };
+                let t = Instant::now();
+                let call = client.call::<_, ModelInferResponse>(
+                    "/inference.GRPCInferenceService/ModelInfer",
+                    q,
+                    &meta,
+                );
+                match tokio::time::timeout(timeout, call).await {
+                    Ok(Ok((Ok(r), _))) if !r.raw_output_contents.is_empty() => {
+                        lat.push(t.elapsed().as_secs_f64() * 1e3)
+                    }
+                    Ok(Ok((Ok(_), _))) => fails.push("empty".into()),
+                    Ok(Ok((Err(s), _))) => fails.push(format!("{:?}", s.code)),
+                    Ok(Err(_)) => fails.push("connection".into()),
+                    Err(_) => fails.push("timeout".into()),
+                }
+            }
+            (lat, fails)
+        }));
+    }
+    let path = format!("/inference.GRPCInferenceService/ModelInfer ({model})");
+    report(o, o.url.clone(), path, batch, started, tasks).await
 }
 
 /// One request to a server, answered as (status, JSON body; `null` when the body is not

@@ -10,7 +10,7 @@
 //! - [`model`]: a served plan and its pipeline: tokenize, queue, post-process;
 //! - [`tokenize`]: the tokenization worker pool;
 //! - [`queue`]: the batcher (token budget, length buckets, queue delay) and the model worker;
-//! - [`metrics`]: Prometheus text;
+//! - [`metrics`]: Prometheus text; [`otlp`]: a span per request to an OpenTelemetry collector;
 //! - [`bench`]: `bertkit bench-serve`, the load generator, and the in-process peer it is
 //!   compared with.
 
@@ -20,6 +20,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod otlp;
 pub mod queue;
 pub mod tokenize;
 
@@ -66,6 +67,8 @@ pub struct ServeOptions {
     pub model_repository: Option<std::path::PathBuf>,
     /// Origins browsers may call from (CORS); `*` for any. Empty: no CORS headers.
     pub cors_allow_origins: Vec<String>,
+    /// An OTLP/HTTP collector (`http://HOST:4318`) that gets a span per request.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Runs the server until SIGTERM/SIGINT (drained: `Ok`) or a plan fails to load (`Err`).
@@ -264,10 +267,18 @@ pub async fn run(
     let pool = Arc::new(
         TokenizerPool::new(options.tokenization_workers).context("starting the tokenizers")?,
     );
+    let otlp = match &options.otlp_endpoint {
+        Some(e) => {
+            let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "bertkit".into());
+            Some(otlp::Exporter::start(e, &service)?)
+        }
+        None => None,
+    };
     let state = Arc::new(AppState::new(
         options.clone(),
         Arc::clone(&metrics),
         Arc::clone(&pool),
+        otlp,
     ));
     let app = http::router(Arc::clone(&state));
     let releaser = tokio::spawn(http::memory_releaser());
@@ -377,6 +388,9 @@ pub async fn run(
         }
     }
     releaser.abort();
+    if let Some(otlp) = &state.otlp {
+        otlp.shutdown().await;
+    }
     if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(e);
     }

@@ -106,6 +106,11 @@ pub struct ServeArgs {
     /// Log lines (the access log included) as JSON objects, one per line.
     #[arg(env = "BERTKIT_JSON_LOGS", long)]
     pub json_logs: bool,
+    /// Send a span per request (W3C `traceparent` joins the caller's trace) to this
+    /// OpenTelemetry collector's OTLP/HTTP endpoint, e.g. http://127.0.0.1:4318 (plain HTTP;
+    /// `service.name` from OTEL_SERVICE_NAME, default bertkit).
+    #[arg(env = "BERTKIT_OTLP_ENDPOINT", long)]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The quickstart's last stage: serves `plan` on a free local port in this process, sends a
@@ -209,6 +214,7 @@ impl ServeArgs {
             model_control: self.model_control_mode == ModelControlMode::Explicit,
             model_repository: self.model_repository.clone(),
             cors_allow_origins: self.cors_allow_origin.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
         })
     }
 }
@@ -238,7 +244,8 @@ pub struct BenchServeArgs {
     /// Inputs: JSONL with "text" (and "text_pair"), or one text per line.
     #[arg(long)]
     pub input: PathBuf,
-    /// predict, embed, ner, infer (KServe v2) or v1/embeddings (default: by the model's task).
+    /// predict, embed, ner, infer (KServe v2), v1/embeddings (default: by the model's task), or
+    /// grpc (KServe v2 ModelInfer over gRPC: --url is the gRPC address; needs --model).
     #[arg(long)]
     pub endpoint: Option<String>,
     /// The model to call (default: the first one the server lists).

@@ -49,10 +49,17 @@ pub struct AppState {
     pub(crate) changing: tokio::sync::Mutex<()>,
     draining: AtomicBool,
     limiter: Arc<Semaphore>,
+    /// Where each request's span goes (`--otlp-endpoint`).
+    pub otlp: Option<Arc<crate::otlp::Exporter>>,
 }
 
 impl AppState {
-    pub fn new(options: ServeOptions, metrics: Arc<Metrics>, pool: Arc<TokenizerPool>) -> AppState {
+    pub fn new(
+        options: ServeOptions,
+        metrics: Arc<Metrics>,
+        pool: Arc<TokenizerPool>,
+        otlp: Option<Arc<crate::otlp::Exporter>>,
+    ) -> AppState {
         let limit = options.max_concurrent_requests.max(1);
         let known = Mutex::new(options.plans.clone());
         AppState {
@@ -64,6 +71,7 @@ impl AppState {
             changing: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),
             limiter: Arc::new(Semaphore::new(limit)),
+            otlp,
         }
     }
 
@@ -449,6 +457,8 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let trace = trace::RequestTrace::new(req.headers());
+    let wall_start = std::time::SystemTime::now();
+    let parent = crate::otlp::TraceParent::from_headers(req.headers());
     let method = req.method().clone();
     let cors_origin = cors::allowed_origin(&st.options.cors_allow_origins, req.headers());
     let coding = encoding::accepted(req.headers());
@@ -473,6 +483,21 @@ async fn guard(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Res
             .model_request(model, status.is_success(), total, &split);
     }
     access_log(&trace.id, &method, &endpoint, status, &split, total);
+    // A span per request, probes and scrapes aside; none when the caller's trace is unsampled.
+    if let Some(otlp) = &st.otlp {
+        let probe = is_health(&endpoint) || endpoint == "/metrics";
+        if !probe && parent.is_none_or(|p| p.sampled) {
+            otlp.record(crate::otlp::Span::of_request(
+                parent,
+                wall_start,
+                method.as_str(),
+                &endpoint,
+                status.as_u16(),
+                &trace.id,
+                &split,
+            ));
+        }
+    }
     response
 }
 

@@ -117,9 +117,14 @@ impl RequestTrace {
     }
 }
 
-/// 128 random bits as 32 hex digits (std's per-process random hash keys, a counter and the
-/// clock: unique, and not guessable from the previous id).
+/// 128 random bits as 32 hex digits.
 fn new_id() -> String {
+    format!("{:016x}{:016x}", random_u64(1), random_u64(2))
+}
+
+/// 64 random bits (std's per-process random hash keys, a counter, the clock and `salt`:
+/// unique, and not guessable from earlier values); trace and span ids use it too.
+pub fn random_u64(salt: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
@@ -129,14 +134,11 @@ fn new_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let half = |salt: u64| {
-        let mut h = keys.build_hasher();
-        h.write_u64(salt);
-        h.write_u64(n);
-        h.write_u64(nanos);
-        h.finish()
-    };
-    format!("{:016x}{:016x}", half(1), half(2))
+    let mut h = keys.build_hasher();
+    h.write_u64(salt);
+    h.write_u64(n);
+    h.write_u64(nanos);
+    h.finish()
 }
 
 /// The current request's trace, if this runs inside one.

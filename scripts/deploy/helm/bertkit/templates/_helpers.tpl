@@ -138,6 +138,9 @@ A CPU quantity ("2", 2, 1.5, "1500m") as whole CPUs, rounded down, at least 1; "
 {{- fail "autoscaling.targetCPUUtilizationPercentage needs resources.requests.cpu" }}
 {{- end }}
 {{- end }}
+{{- if and .Values.serve.grpcPort (eq (.Values.serve.grpcPort | int64) (.Values.serve.port | int64)) }}
+{{- fail (printf "serve.grpcPort and serve.port are both %v: gRPC needs a port of its own" .Values.serve.port) }}
+{{- end }}
 {{- if and .Values.apiKey.value .Values.apiKey.existingSecret }}
 {{- fail "apiKey: set value or existingSecret, not both" }}
 {{- end }}
