@@ -31,6 +31,18 @@ def post(url, body):
         return json.loads(r.read())
 
 
+def padded_ids(addr, model, texts):
+    """The ids /tokenize gives, padded with zeros, and their attention mask."""
+    toks = post(f"http://{addr}/tokenize", {"inputs": texts, "model": model})
+    width = max(len(t) for t in toks)
+    ids = np.zeros((len(texts), width), dtype=np.int64)
+    mask = np.zeros((len(texts), width), dtype=np.int64)
+    for i, t in enumerate(toks):
+        ids[i, :len(t)] = [x["id"] for x in t]
+        mask[i, :len(t)] = 1
+    return ids, mask
+
+
 def main():
     addr, cls, emb = sys.argv[1:4]
     texts = ["a quietly moving film", "the plot makes no sense at all", "naïve but charming"]
@@ -61,13 +73,7 @@ def main():
         out[f"{key}_id"] = res.get_response().get("id")
 
     # Pre-tokenized: the ids /tokenize gives, padded, with an attention mask.
-    toks = post(f"http://{addr}/tokenize", {"inputs": texts, "model": cls})
-    width = max(len(t) for t in toks)
-    ids = np.zeros((len(texts), width), dtype=np.int64)
-    mask = np.zeros((len(texts), width), dtype=np.int64)
-    for i, t in enumerate(toks):
-        ids[i, :len(t)] = [x["id"] for x in t]
-        mask[i, :len(t)] = 1
+    ids, mask = padded_ids(addr, cls, texts)
     a = httpclient.InferInput("input_ids", list(ids.shape), "INT64")
     a.set_data_from_numpy(ids)
     b = httpclient.InferInput("attention_mask", list(mask.shape), "INT64")
@@ -148,13 +154,7 @@ def check_grpc(gaddr, addr, cls, emb, texts, out):
                     outputs=[grpcclient.InferRequestedOutput("probabilities")])
     out["grpc_asked_outputs"] = [o.name for o in asked.get_response().outputs]
 
-    toks = post(f"http://{addr}/tokenize", {"inputs": texts, "model": cls})
-    width = max(len(t) for t in toks)
-    ids = np.zeros((len(texts), width), dtype=np.int64)
-    mask = np.zeros((len(texts), width), dtype=np.int64)
-    for i, t in enumerate(toks):
-        ids[i, :len(t)] = [x["id"] for x in t]
-        mask[i, :len(t)] = 1
+    ids, mask = padded_ids(addr, cls, texts)
     a = grpcclient.InferInput("input_ids", list(ids.shape), "INT64")
     a.set_data_from_numpy(ids)
     b = grpcclient.InferInput("attention_mask", list(mask.shape), "INT64")

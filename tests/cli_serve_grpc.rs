@@ -8,16 +8,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bertkit_serve::grpc::client::Client;
 use bertkit_serve::grpc::messages::*;
 use bertkit_serve::grpc::Code;
-use common::serve::{request, Server};
-use common::{bertkit, copy_dir, repo, run_ok};
+use common::serve::{request, tiny_classifier_plan, Server};
 use serde_json::{json, Value};
 
-const FIXTURE: &str = "tests/fixtures/hf-reference/tiny_heads/sequence_classification";
 const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
 fn texts_request(model: &str, texts: &[&str]) -> ModelInferRequest {
@@ -50,21 +48,7 @@ fn floats(raw: &[u8]) -> Vec<f64> {
 #[test]
 fn grpc_calls_pass_the_same_key_limits_and_accounting_as_http() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("cls");
-    copy_dir(&repo().join(FIXTURE), &model);
-    let plan = dir.path().join("cls.plan");
-    run_ok(bertkit().args([
-        "export",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        plan.to_str().unwrap(),
-        "--no-tune",
-        "--seq-buckets",
-        "16,32,64",
-        "--max-length",
-        "64",
-    ]));
+    let plan = tiny_classifier_plan(dir.path());
     let args: Vec<String> = [
         "--plan",
         &format!("cls={}", plan.display()),
@@ -78,7 +62,7 @@ fn grpc_calls_pass_the_same_key_limits_and_accounting_as_http() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let server = Server::start(&args);
+    let mut server = Server::start(&args);
     let grpc = server.grpc.clone().expect("no gRPC line");
     let texts = ["a quietly moving film", "two hours I will never get back"];
     let key = [("authorization", "Bearer k3y")];
@@ -247,17 +231,5 @@ fn grpc_calls_pass_the_same_key_limits_and_accounting_as_http() {
     let rt2 = bertkit_serve::http_runtime().unwrap();
     let _held = rt2.block_on(Client::connect(&grpc)).unwrap();
     server.terminate();
-    let t = Instant::now();
-    let mut server = server;
-    let status = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the server did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status}");
+    server.exited_ok();
 }

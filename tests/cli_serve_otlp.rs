@@ -8,13 +8,11 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::serve::{request, Server};
-use common::{bertkit, copy_dir, python_script, repo, run_ok};
+use common::python_script;
+use common::serve::{request, tiny_classifier_plan, Server};
 use serde_json::{json, Value};
-
-const FIXTURE: &str = "tests/fixtures/hf-reference/tiny_heads/sequence_classification";
 
 /// A stand-in collector: answers every POST 200 `{}` and hands on (path, body).
 fn collector() -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
@@ -63,27 +61,13 @@ fn collector() -> (String, mpsc::Receiver<(String, Vec<u8>)>) {
 #[test]
 fn each_request_is_a_span_in_the_callers_trace_at_the_collector() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("cls");
-    copy_dir(&repo().join(FIXTURE), &model);
-    let plan = dir.path().join("cls.plan");
-    run_ok(bertkit().args([
-        "export",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        plan.to_str().unwrap(),
-        "--no-tune",
-        "--seq-buckets",
-        "16,32,64",
-        "--max-length",
-        "64",
-    ]));
+    let plan = tiny_classifier_plan(dir.path());
     let (endpoint, bodies) = collector();
     let args: Vec<String> = ["--plan", &format!("cls={}", plan.display())]
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let server = Server::start_with(
+    let mut server = Server::start_with(
         &args,
         &[
             ("BERTKIT_OTLP_ENDPOINT", endpoint.as_str()),
@@ -120,19 +104,7 @@ fn each_request_is_a_span_in_the_callers_trace_at_the_collector() {
 
     // SIGTERM flushes what is queued before the server exits.
     server.terminate();
-    let mut server = server;
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the server did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status}");
+    server.exited_ok();
     let after = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

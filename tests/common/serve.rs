@@ -200,6 +200,45 @@ impl Server {
             .unwrap();
         assert!(status.success());
     }
+
+    /// Waits (at most 20 s) for the server to exit, and asserts it exited 0.
+    pub fn exited_ok(&mut self) {
+        let t = std::time::Instant::now();
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "the server did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "{status}");
+    }
+}
+
+/// The tiny 3-label classifier fixture exported to `dir/cls.plan` (buckets 16/32/64).
+pub fn tiny_classifier_plan(dir: &std::path::Path) -> std::path::PathBuf {
+    let model = dir.join("cls");
+    super::copy_dir(
+        &super::repo().join("tests/fixtures/hf-reference/tiny_heads/sequence_classification"),
+        &model,
+    );
+    let plan = dir.join("cls.plan");
+    super::run_ok(bertkit().args([
+        "export",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        plan.to_str().unwrap(),
+        "--no-tune",
+        "--seq-buckets",
+        "16,32,64",
+        "--max-length",
+        "64",
+    ]));
+    plan
 }
 
 impl Drop for Server {
