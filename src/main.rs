@@ -50,6 +50,10 @@ enum Command {
     /// Fine-tune a model on a task: classify (GLUE, CSV/TSV/JSONL/parquet), ner (CoNLL,
     /// JSONL), qa (SQuAD v1.1/v2.0).
     Finetune(Box<cli::finetune::FinetuneArgs>),
+    /// Distil a fine-tuned classifier into a smaller student (soft targets with a
+    /// temperature, plus the labels), initialised from the teacher's layers, a small
+    /// pretrained model or a config.
+    Distill(Box<cli::distill::DistillArgs>),
     /// Evaluate a fine-tuned model on labelled data with the task's metrics.
     Eval(cli::finetune::EvalArgs),
     /// Predict with a fine-tuned model: JSONL in, JSONL out.
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
         command,
         Command::Pretrain(_)
             | Command::Finetune(_)
+            | Command::Distill(_)
             | Command::BenchTrain(_)
             | Command::Quickstart { .. }
     ) {
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
         Command::Prep(args) => cli::prep::run(&args),
         Command::Pretrain(args) => cli::pretrain::run(&args),
         Command::Finetune(args) => cli::finetune::finetune(&args),
+        Command::Distill(args) => cli::distill::run(&args),
         Command::Eval(args) => cli::finetune::eval(&args),
         Command::Predict(args) => cli::finetune::predict(&args),
         Command::Plot(args) => cli::plot::run(&args),

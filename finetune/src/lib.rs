@@ -9,6 +9,7 @@
 
 pub use bertkit_tasks::{data, metrics, qa, spec};
 
+pub mod distill;
 pub mod run;
 pub mod tasks;
 pub mod trainer;

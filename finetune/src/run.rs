@@ -381,8 +381,7 @@ pub fn finetune<AD: AutodiffBackend>(
     let summary = trainer::train(
         model,
         train.features(),
-        num_labels,
-        pad_id,
+        trainer::Objective::task(train.features(), num_labels, pad_id, device),
         &o.settings,
         &o.out,
         &Checkpoints {

@@ -10,13 +10,14 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use bertkit_model::heads::Bert;
+use bertkit_train::activations::Encode;
 use bertkit_train::checkpoint::{self, State};
 use bertkit_train::distributed::ProcessGroup;
 use bertkit_train::logger::{Logger, ReportTo};
 use bertkit_train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use bertkit_train::rng::Rng;
 use bertkit_train::schedule::{ScheduleConfig, ScheduleKind};
-use bertkit_train::step::{self, LossScale, Precision, StepSettings};
+use bertkit_train::step::{self, LossScale, MicroLoss, Precision, StepSettings};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
@@ -99,10 +100,18 @@ pub struct RunIdentity {
     /// The training features: how many, and a digest of their token ids and targets.
     pub features: usize,
     pub features_sha256: String,
+    /// Distillation: a digest of the teacher's soft targets (none when fine-tuning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_targets_sha256: Option<String>,
 }
 
 impl RunIdentity {
-    pub fn of(train: &[Feature], s: &TrainSettings, world_size: usize) -> RunIdentity {
+    pub fn of(
+        train: &[Feature],
+        s: &TrainSettings,
+        world_size: usize,
+        soft_targets_sha256: Option<String>,
+    ) -> RunIdentity {
         // Each feature as its lengths, ids and type ids (little-endian u32) and its target,
         // streamed one feature at a time: a SQuAD-sized set is hundreds of MB as text.
         let mut digest = bertkit_model::fs::Sha256Stream::default();
@@ -125,6 +134,7 @@ impl RunIdentity {
             total_steps: total,
             features: train.len(),
             features_sha256: digest.hex(),
+            soft_targets_sha256,
         }
     }
 }
@@ -224,16 +234,48 @@ pub struct TrainSummary {
     pub losses: Vec<(u64, f64)>,
 }
 
-/// Trains `model` on `train`; after each epoch calls `evaluate` on the model (inference) and,
-/// when the main metric improves on the best so far, `keep` to save it. With
+/// What a micro-batch's loss is computed by: fine-tuning's task loss ([`Objective::task`]) or
+/// distillation's (`crate::distill`).
+pub struct Objective<L> {
+    /// The loss of one micro-batch, from the model, its encoder, the step's examples (all
+    /// ranks': the loss's denominators) and the micro-batch's (indices into the training set).
+    pub loss: L,
+    /// A digest of whatever else the loss reads (the teacher's soft targets), so that a
+    /// checkpoint resumes only with the same.
+    pub digest: Option<String>,
+}
+
+/// [`tasks::micro_loss`]: the task's own loss against the features' targets.
+pub type TaskLoss<'a, AD> =
+    Box<dyn Fn(&Bert<AD>, &mut dyn Encode<AD>, &[&Feature], &[usize]) -> MicroLoss<AD> + 'a>;
+
+impl<'a, AD: AutodiffBackend> Objective<TaskLoss<'a, AD>> {
+    pub fn task(
+        train: &'a [Feature],
+        num_labels: usize,
+        pad_id: u32,
+        device: &'a AD::Device,
+    ) -> Self {
+        Objective {
+            loss: Box::new(move |m, e, step_examples, micro| {
+                let units = tasks::loss_units(step_examples, num_labels);
+                let micro: Vec<&Feature> = micro.iter().map(|&i| &train[i]).collect();
+                tasks::micro_loss(m, e, &micro, units, pad_id, device)
+            }),
+            digest: None,
+        }
+    }
+}
+
+/// Trains `model` on `train` with `objective`; after each epoch calls `evaluate` on the model
+/// (inference) and, when the main metric improves on the best so far, `keep` to save it. With
 /// `ckpt.resume`, `model` holds the checkpoint's weights and the run continues after its step:
 /// the same batches, dropout, optimizer moments and schedule as the run that wrote it.
 #[allow(clippy::too_many_arguments)]
-pub fn train<AD, E, K>(
+pub fn train<AD, L, E, K>(
     mut model: Bert<AD>,
     train: &[Feature],
-    num_labels: usize,
-    pad_id: u32,
+    objective: Objective<L>,
     s: &TrainSettings,
     out: &std::path::Path,
     ckpt: &Checkpoints,
@@ -244,6 +286,7 @@ pub fn train<AD, E, K>(
 ) -> Result<TrainSummary>
 where
     AD: AutodiffBackend,
+    L: Fn(&Bert<AD>, &mut dyn Encode<AD>, &[&Feature], &[usize]) -> MicroLoss<AD>,
     E: FnMut(&Bert<AD::InnerBackend>, usize, u64) -> Result<Evaluation>,
     K: FnMut(&Bert<AD::InnerBackend>, &Evaluation) -> Result<()>,
 {
@@ -271,7 +314,7 @@ where
         max_grad_norm: s.max_grad_norm,
         nvlamb: false,
     });
-    let identity = RunIdentity::of(train, s, world);
+    let identity = RunIdentity::of(train, s, world, objective.digest.clone());
     let mut state = match &ckpt.resume {
         Some((dir, state)) => {
             if state.identity != identity {
@@ -375,11 +418,7 @@ where
             }
             let (all, mine) = rank_share(indices, group.rank, world);
             let all: Vec<&Feature> = all.iter().map(|&i| &train[i]).collect();
-            let micro: Vec<Vec<&Feature>> = mine
-                .chunks(batch)
-                .map(|c| c.iter().map(|&i| &train[i]).collect())
-                .collect();
-            let units = tasks::loss_units(&all, num_labels);
+            let micro: Vec<&[usize]> = mine.chunks(batch).collect();
             let lr = s.lr * schedule.factor(step);
             let started = Instant::now();
             let (next, o) = step::train_step(
@@ -396,7 +435,7 @@ where
                 },
                 group,
                 device,
-                |m, e, i| tasks::micro_loss(m, e, &micro[i], units, pad_id, device),
+                |m, e, i| (objective.loss)(m, e, &all, micro[i]),
             )?;
             model = next;
             let secs = started.elapsed().as_secs_f64();
@@ -553,7 +592,7 @@ mod tests {
             feature(vec![101, 7, 102], vec![0, 0, 0], Target::Class(1)),
             feature(vec![101, 8], vec![0, 0], Target::Class(0)),
         ];
-        let id = |f: &[Feature]| RunIdentity::of(f, &s, 1).features_sha256;
+        let id = |f: &[Feature]| RunIdentity::of(f, &s, 1, None).features_sha256;
         assert_eq!(id(&base), id(&base.clone()));
         let mut other = base.clone();
         other[1].input_ids[1] = 9;

@@ -273,6 +273,13 @@ pub struct FinetuneArgs {
     /// The output folder: the best model, finetune.json, metrics.json, metrics.jsonl, tensorboard/.
     #[arg(long, visible_alias = "output-dir")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub training: TrainingArgs,
+}
+
+/// The training loop's flags, shared by `finetune` and `distill`.
+#[derive(Args, Debug, Clone)]
+pub struct TrainingArgs {
     #[arg(long, default_value_t = 3, visible_alias = "num-train-epochs")]
     pub epochs: usize,
     /// Stop after this many optimizer steps (the schedule ends there).
@@ -352,18 +359,58 @@ pub struct FinetuneArgs {
     pub device: DeviceSpec,
 }
 
+impl TrainingArgs {
+    /// The trainer's settings (the progress bar on a terminal, on the main rank).
+    pub fn settings(&self, main: bool) -> TrainSettings {
+        TrainSettings {
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            batch_size: self.batch_size,
+            accumulation: self.accumulation,
+            lr: self.lr,
+            warmup_ratio: self.warmup_ratio,
+            weight_decay: self.weight_decay,
+            adam_eps: 1e-8,
+            max_grad_norm: self.max_grad_norm,
+            seed: self.seed,
+            patience: self.patience,
+            precision: self.precision,
+            gradient_checkpointing: self.gradient_checkpointing,
+            log_every: self.log_every,
+            report_to: self.report_to,
+            save_steps: self.save_steps,
+            save_total_limit: self.save_total_limit,
+            progress_bar: std::io::stderr().is_terminal() && main,
+        }
+    }
+}
+
 /// Fine-tunes, data-parallel when started by `bertkit launch` / torchrun / srun (RANK,
 /// WORLD_SIZE, ... or SLURM_*): ranks meet as pretraining's do (the TCP ring on the CPU, NCCL
 /// on CUDA, each rank on GPU LOCAL_RANK), and `--batch-size` is per rank.
 pub fn finetune(args: &FinetuneArgs) -> Result<()> {
+    let (device, mut group) = process_group(&args.training, &format!("{args:?}"))?;
+    let result = with_backend!(device, finetune_on(args, &mut group));
+    if let Err(e) = &result {
+        // The other ranks stop at their next collective and name this one.
+        group.abort(&format!("{e:#}"));
+    }
+    result
+}
+
+/// This process's rank of a data-parallel job (started by `bertkit launch` / torchrun / srun:
+/// RANK, WORLD_SIZE, ... or SLURM_*; ranks meet as pretraining's do, the TCP ring on the CPU,
+/// NCCL on CUDA, each rank on GPU LOCAL_RANK), or a group of one; and its device. `args` (the
+/// command's flags) must be the same on every rank.
+pub fn process_group(training: &TrainingArgs, args: &str) -> Result<(DeviceSpec, ProcessGroup)> {
     let env = ProcessEnv::from_env()?;
-    let device = match args.device {
+    let device = match training.device {
         DeviceSpec::Cuda(0) if env.world_size > 1 => DeviceSpec::Cuda(env.local_rank),
         d => d,
     };
-    let mut group = if env.world_size > 1 {
+    let group = if env.world_size > 1 {
         let hash = bertkit_model::fs::sha256_hex(
-            format!("{} {args:?}", env!("CARGO_PKG_VERSION")).as_bytes(),
+            format!("{} {args}", env!("CARGO_PKG_VERSION")).as_bytes(),
         );
         let nccl = matches!(device, DeviceSpec::Cuda(_));
         ProcessGroup::join(&env, &DistributedSettings::default(), &hash, nccl)
@@ -371,12 +418,7 @@ pub fn finetune(args: &FinetuneArgs) -> Result<()> {
     } else {
         ProcessGroup::single()
     };
-    let result = with_backend!(device, finetune_on(args, &mut group));
-    if let Err(e) = &result {
-        // The other ranks stop at their next collective and name this one.
-        group.abort(&format!("{e:#}"));
-    }
-    result
+    Ok((device, group))
 }
 
 fn finetune_on<B: Backend>(
@@ -410,32 +452,13 @@ fn finetune_on<B: Backend>(
         out: args.out.clone(),
         spec,
         read: args.data.read_options(),
-        max_train_examples: args.max_train_examples,
-        max_eval_examples: args.max_eval_examples,
-        settings: TrainSettings {
-            epochs: args.epochs,
-            max_steps: args.max_steps,
-            batch_size: args.batch_size,
-            accumulation: args.accumulation,
-            lr: args.lr,
-            warmup_ratio: args.warmup_ratio,
-            weight_decay: args.weight_decay,
-            adam_eps: 1e-8,
-            max_grad_norm: args.max_grad_norm,
-            seed: args.seed,
-            patience: args.patience,
-            precision: args.precision,
-            gradient_checkpointing: args.gradient_checkpointing,
-            log_every: args.log_every,
-            report_to: args.report_to,
-            save_steps: args.save_steps,
-            save_total_limit: args.save_total_limit,
-            progress_bar: std::io::stderr().is_terminal() && group.is_main(),
-        },
-        eval_batch_size: args.eval_batch_size,
-        overwrite: args.overwrite,
+        max_train_examples: args.training.max_train_examples,
+        max_eval_examples: args.training.max_eval_examples,
+        settings: args.training.settings(group.is_main()),
+        eval_batch_size: args.training.eval_batch_size,
+        overwrite: args.training.overwrite,
         command: bertkit_model::card::command_line(),
-        resume: args.resume.clone(),
+        resume: args.training.resume.clone(),
     };
     let r = run::finetune::<Autodiff<B>>(&o, group, device)?;
     if !group.is_main() {

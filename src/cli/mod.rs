@@ -3,6 +3,7 @@
 pub mod bench_allreduce;
 pub mod bench_train;
 pub mod convert;
+pub mod distill;
 pub mod embed;
 pub mod export;
 pub mod finetune;

@@ -336,44 +336,44 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         }
     }
     let finetuned = out.join("finetuned");
-    super::finetune::finetune(&super::finetune::FinetuneArgs {
-        config: None,
-        set: Vec::new(),
-        data: super::finetune::TaskArgs {
-            task: Some(bertkit_finetune::spec::TaskKind::Classify),
-            max_seq_length: Some(32),
-            ..Default::default()
-        },
-        model: model_dir.clone(),
-        train: train.clone(),
-        validation: validation.clone(),
-        out: finetuned.clone(),
-        epochs: 4,
-        max_steps: None,
-        batch_size: 16,
-        accumulation: 1,
-        lr: 1e-3,
-        warmup_ratio: 0.1,
-        weight_decay: 0.01,
-        max_grad_norm: 1.0,
-        seed: 42,
-        patience: None,
-        precision: bertkit_train::step::Precision::F32,
-        gradient_checkpointing: false,
-        max_train_examples: None,
-        max_eval_examples: None,
-        eval_batch_size: 64,
-        log_every: 20,
-        report_to: bertkit_train::logger::ReportTo {
-            jsonl: true,
-            tensorboard: false,
-        },
-        overwrite: true,
-        save_steps: 0,
-        save_total_limit: 2,
-        resume: bertkit_train::checkpoint::Resume::Never,
-        device,
-    })?;
+    let finetune_args = {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            finetune: super::finetune::FinetuneArgs,
+        }
+        let path = |p: &std::path::Path| p.display().to_string();
+        let mut a = <Flags as clap::Parser>::try_parse_from([
+            "finetune".to_string(),
+            "--task".into(),
+            "classify".into(),
+            "--max-seq-length".into(),
+            "32".into(),
+            "--model".into(),
+            path(&model_dir),
+            "--train".into(),
+            path(&train),
+            "--validation".into(),
+            path(&validation),
+            "--out".into(),
+            path(&finetuned),
+            "--epochs".into(),
+            "4".into(),
+            "--batch-size".into(),
+            "16".into(),
+            "--lr".into(),
+            "1e-3".into(),
+            "--log-every".into(),
+            "20".into(),
+            "--report-to".into(),
+            "jsonl".into(),
+            "--overwrite".into(),
+        ])?
+        .finetune;
+        a.training.device = device;
+        a
+    };
+    super::finetune::finetune(&finetune_args)?;
     let metrics: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(finetuned.join("metrics.json"))
             .with_context(|| format!("{}", finetuned.join("metrics.json").display()))?,

@@ -1,0 +1,609 @@
+//! Task distillation (`bertkit distill`): a smaller student trained to match a fine-tuned
+//! teacher, in pipeline order:
+//! 1. the teacher: a model folder `bertkit finetune` wrote (its task spec, labels, tokenizer);
+//! 2. the student ([`StudentInit`]): the teacher's own embeddings, head and a subset of its
+//!    layers (DistilBERT's initialisation, TinyBERT's layer map), a pretrained small model, or
+//!    a fresh one from a model config;
+//! 3. the data, read with the teacher's spec; `--unlabelled` text joins the training set with
+//!    no label, taught by the teacher alone;
+//! 4. the teacher's soft targets: its logits on every training feature, computed once, without
+//!    dropout;
+//! 5. fine-tuning's trainer (schedule, optimizer, checkpoints and bit-exact resume, logger,
+//!    evaluation, best model) with [`distill_loss`]:
+//!    `alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, label)`, the KL
+//!    averaged over the step's examples and the cross entropy over its labelled ones (Hinton
+//!    et al. 2015; DistilBERT's and TinyBERT's prediction-layer loss);
+//! 6. the student folder: a normal fine-tuned model folder (`export`, `eval`, `serve` take
+//!    it), whose metrics.json puts teacher and student side by side.
+//!
+//! Sequence classification with one label per example (the teacher's problem type); the
+//! intermediate-layer terms (hidden states, attention) and NER / QA teachers are not here yet.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bertkit_model::checkpoint::{self as model_ckpt, Layout, LoadOptions};
+use bertkit_model::config::{BertConfig, ProblemType};
+use bertkit_model::heads::Bert;
+use bertkit_train::activations::Encode;
+use bertkit_train::checkpoint::{self as train_ckpt, Resume};
+use bertkit_train::distributed::ProcessGroup;
+use bertkit_train::step::MicroLoss;
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use serde_json::json;
+
+use crate::data::ReadOptions;
+use crate::run::{evaluate_logits, load_data, open, DataOptions};
+use crate::spec::{TaskKind, TaskSettings};
+use crate::tasks::{self, pad, Feature, Logits, Target};
+use crate::trainer::{self, Checkpoints, Evaluation, FinetuneState, Objective, TrainSettings};
+
+/// Where the student's weights come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StudentInit {
+    /// The teacher's embeddings, head and these of its layers (in order).
+    TeacherLayers(Vec<usize>),
+    /// A pretrained model folder (its body; a head for the teacher's labels made fresh).
+    Pretrained(PathBuf),
+    /// A model config (configs/models/*.toml or a config.json), weights made fresh.
+    Config(PathBuf),
+}
+
+/// The layers a student of `spec` layers takes from a teacher of `teacher` layers: `"N"`
+/// takes N layers spread evenly, the top one included (TinyBERT's map: student layer m is
+/// teacher layer m * teacher / N); `"i,j,k"` names them (0-based, increasing).
+pub fn layer_choice(teacher: usize, spec: &str) -> Result<Vec<usize>> {
+    let spec = spec.trim();
+    let layers: Vec<usize> = if spec.contains(',') {
+        let list = spec
+            .split(',')
+            .map(|x| x.trim().parse::<usize>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .with_context(|| format!("--student-layers {spec:?}: not a list of layer numbers"))?;
+        if list.windows(2).any(|w| w[0] >= w[1]) {
+            bail!("--student-layers {spec:?}: name each teacher layer once, in increasing order");
+        }
+        list
+    } else {
+        let n: usize = spec
+            .parse()
+            .with_context(|| format!("--student-layers {spec:?}: a count or a list like 0,2,4"))?;
+        if n == 0 || n > teacher {
+            bail!("--student-layers {n}: the teacher has {teacher} layers; take 1 to {teacher}");
+        }
+        (1..=n).map(|m| m * teacher / n - 1).collect()
+    };
+    if let Some(&bad) = layers.iter().find(|&&l| l >= teacher) {
+        bail!(
+            "--student-layers: the teacher has layers 0 to {}; {bad} is not one",
+            teacher - 1
+        );
+    }
+    Ok(layers)
+}
+
+/// `teacher` with only `layers` of its encoder (config updated).
+pub fn keep_layers<B: Backend>(mut teacher: Bert<B>, layers: &[usize]) -> Bert<B> {
+    let all = std::mem::take(&mut teacher.bert.encoder.layer);
+    teacher.bert.encoder.layer = layers.iter().map(|&i| all[i].clone()).collect();
+    teacher.config.num_hidden_layers = layers.len();
+    teacher
+}
+
+fn f32<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    if t.dtype() == DType::F32 {
+        t
+    } else {
+        t.cast(DType::F32)
+    }
+}
+
+/// `sum over rows of KL(softmax(teacher/T) || softmax(student/T))` (the teacher's side a
+/// constant).
+pub fn kl_with_temperature_sum<B: Backend>(
+    student: Tensor<B, 2>,
+    teacher: Tensor<B, 2>,
+    temperature: f64,
+) -> Tensor<B, 1> {
+    let t = f32(teacher) / temperature;
+    let log_q = bertkit_model::fused::log_softmax(f32(student) / temperature);
+    let log_p = bertkit_model::fused::log_softmax(t.clone()).detach();
+    let p = softmax(t, 1).detach();
+    (p * (log_p - log_q)).sum()
+}
+
+/// How the two terms are weighed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DistillLoss {
+    /// Softens both distributions; the KL term is scaled by T^2 so that its gradients keep
+    /// their size as T changes.
+    pub temperature: f64,
+    /// The weight of the KL term; `1 - alpha` goes to the cross entropy with the labels.
+    pub alpha: f64,
+}
+
+/// The distillation loss of one micro-batch (see the module's doc): `soft` are the teacher's
+/// logits of `features`, `n_step` the step's examples and `labelled_step` its labelled ones
+/// (the two terms' denominators, over all ranks). `stats` counts argmax = label.
+#[allow(clippy::too_many_arguments)]
+pub fn distill_loss<B: Backend>(
+    model: &Bert<B>,
+    encoder: &mut dyn Encode<B>,
+    features: &[&Feature],
+    soft: &[&[f32]],
+    n_step: usize,
+    labelled_step: usize,
+    how: DistillLoss,
+    pad_id: u32,
+    device: &B::Device,
+) -> MicroLoss<B> {
+    let batch = pad(features, pad_id);
+    let out = model.heads(encoder.encode(&model.bert, &batch.to_input::<B>(device)));
+    let logits = f32(out.sequence_logits.expect("a sequence classification head"));
+    let [b, l] = logits.dims();
+    let teacher: Vec<f32> = soft.iter().flat_map(|r| r.iter().copied()).collect();
+    let teacher = Tensor::<B, 2>::from_data(TensorData::new(teacher, [b, l]), device);
+    let t2 = how.temperature * how.temperature;
+    let kl = kl_with_temperature_sum(logits.clone(), teacher, how.temperature) * (t2 * how.alpha)
+        / n_step.max(1) as f64;
+    let (rows, labels): (Vec<i64>, Vec<i64>) = features
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| match f.target {
+            Target::Class(c) => Some((i as i64, c as i64)),
+            _ => None,
+        })
+        .unzip();
+    let zero = || Tensor::<B, 1>::zeros([1], device);
+    let (ce, correct) = if rows.is_empty() || how.alpha >= 1.0 {
+        (zero(), zero())
+    } else {
+        let n = rows.len();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), device);
+        let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [n]), device);
+        let (sum, correct) =
+            bertkit_train::step::cross_entropy_sum(logits.select(0, index), labels);
+        (
+            sum * ((1.0 - how.alpha) / labelled_step.max(1) as f64),
+            correct,
+        )
+    };
+    MicroLoss {
+        loss: kl + ce,
+        stats: correct.reshape([1]),
+    }
+}
+
+/// A sha256 of the soft targets (little-endian f32 rows), for the run's identity.
+fn soft_digest(soft: &[Vec<f32>]) -> String {
+    let mut d = bertkit_model::fs::Sha256Stream::default();
+    for row in soft {
+        let bytes: Vec<u8> = row.iter().flat_map(|x| x.to_le_bytes()).collect();
+        d.update(&bytes);
+    }
+    d.hex()
+}
+
+pub struct DistillOptions {
+    pub teacher: PathBuf,
+    pub student: StudentInit,
+    pub train: PathBuf,
+    pub validation: PathBuf,
+    /// Text without labels (the teacher's text column) taught by the teacher alone.
+    pub unlabelled: Option<PathBuf>,
+    pub out: PathBuf,
+    pub loss: DistillLoss,
+    pub read: ReadOptions,
+    pub max_train_examples: Option<usize>,
+    pub max_eval_examples: Option<usize>,
+    pub settings: TrainSettings,
+    pub eval_batch_size: usize,
+    pub overwrite: bool,
+    pub command: String,
+    pub resume: Resume,
+}
+
+pub struct DistillResult {
+    pub teacher_metrics: Vec<(String, f64)>,
+    pub best: Option<Evaluation>,
+    pub steps: u64,
+    pub teacher_params: usize,
+    pub student_params: usize,
+    pub student_layers: usize,
+    pub train_examples: usize,
+    pub unlabelled_examples: usize,
+}
+
+/// The student, for a teacher with `config` and the teacher's own weights at hand.
+fn student<AD: AutodiffBackend>(
+    init: &StudentInit,
+    teacher_dir: &Path,
+    teacher_config: &BertConfig,
+    seed: u64,
+    device: &AD::Device,
+) -> Result<Bert<AD>> {
+    let task = bertkit_model::heads::Task::SequenceClassification;
+    let head = |mut c: BertConfig| {
+        c.set_labels(&teacher_config.labels());
+        c.problem_type = teacher_config.problem_type;
+        c
+    };
+    let same_vocab = |c: &BertConfig, what: &str| -> Result<()> {
+        if c.vocab_size != teacher_config.vocab_size {
+            bail!(
+                "{what} has a vocabulary of {} tokens, the teacher's tokenizer {}: a student \
+                 must read the teacher's token ids",
+                c.vocab_size,
+                teacher_config.vocab_size
+            );
+        }
+        Ok(())
+    };
+    Ok(match init {
+        StudentInit::TeacherLayers(layers) => {
+            let options = LoadOptions {
+                task: Some(task),
+                allow_head_mismatch: false,
+                seed,
+            };
+            let (teacher, _) = model_ckpt::load::<AD>(teacher_dir, &options, device)?;
+            keep_layers(teacher, layers)
+        }
+        StudentInit::Pretrained(dir) => {
+            let dir = model_ckpt::model_dir(dir);
+            let (config, _) = model_ckpt::read_config(&dir)?;
+            same_vocab(&config, &format!("--student {}", dir.display()))?;
+            let options = LoadOptions {
+                task: Some(task),
+                allow_head_mismatch: true,
+                seed,
+            };
+            model_ckpt::load_with_config::<AD>(&dir, head(config), task, &options, device)
+                .with_context(|| format!("loading the student {}", dir.display()))?
+                .0
+        }
+        StudentInit::Config(path) => {
+            let config = if path.extension().is_some_and(|e| e == "toml") {
+                bertkit_train::pretrain::config::read_model_config(path, teacher_config.vocab_size)?
+            } else {
+                BertConfig::from_file(path)?
+            };
+            same_vocab(&config, &format!("--student-config {}", path.display()))?;
+            model_ckpt::init::<AD>(&head(config), task, seed, device)?
+        }
+    })
+}
+
+/// Distils the teacher `o.teacher` into a student written to `o.out`.
+pub fn distill<AD: AutodiffBackend>(
+    o: &DistillOptions,
+    group: &mut ProcessGroup,
+    device: &AD::Device,
+) -> Result<DistillResult> {
+    if !(o.loss.temperature.is_finite() && o.loss.temperature > 0.0) {
+        bail!(
+            "--temperature must be a positive number, got {}",
+            o.loss.temperature
+        );
+    }
+    if !(0.0..=1.0).contains(&o.loss.alpha) {
+        bail!(
+            "--alpha (the KL term's weight) must be within 0 and 1, got {}",
+            o.loss.alpha
+        );
+    }
+    let main = group.is_main();
+    let teacher_dir = model_ckpt::model_dir(&o.teacher);
+    let teacher = open::<AD::InnerBackend>(&teacher_dir, None, device)
+        .with_context(|| format!("the teacher {}", teacher_dir.display()))?;
+    match &teacher.spec.task {
+        TaskSettings::Classify(_) if teacher.problem == ProblemType::SingleLabelClassification => {}
+        _ => bail!(
+            "the teacher {} is a {:?} model ({:?}): distillation takes a single-label \
+             sequence classifier for now",
+            teacher_dir.display(),
+            teacher.spec.kind(),
+            teacher.problem
+        ),
+    }
+    let ckpt_root = o.out.join("checkpoints");
+    if main && o.overwrite && o.resume == Resume::Never && ckpt_root.exists() {
+        std::fs::remove_dir_all(&ckpt_root)
+            .with_context(|| format!("removing {}", ckpt_root.display()))?;
+    }
+    let chosen = if main {
+        train_ckpt::choose::<FinetuneState>(&o.resume, &ckpt_root, &o.out)?
+    } else {
+        None
+    };
+    let resumed = train_ckpt::agree(chosen, group)?;
+    if main && resumed.is_none() && o.out.join(model_ckpt::CONFIG_FILE).exists() && !o.overwrite {
+        bail!(
+            "{} already holds a model; choose another --out or pass --overwrite",
+            o.out.display()
+        );
+    }
+    let spec = &teacher.spec;
+    let labels = &teacher.labels;
+    let tok = &teacher.tokenizer;
+    let pad_id = tok.pad_id();
+    let with = |limit, with_targets| DataOptions {
+        read: o.read.clone(),
+        limit,
+        with_targets,
+    };
+    let (train, _) = load_data(
+        spec,
+        labels,
+        tok,
+        &o.train,
+        &with(o.max_train_examples, true),
+    )
+    .with_context(|| format!("training data {}", o.train.display()))?;
+    let (validation, _) = load_data(
+        spec,
+        labels,
+        tok,
+        &o.validation,
+        &with(o.max_eval_examples, true),
+    )
+    .with_context(|| format!("validation data {}", o.validation.display()))?;
+    let mut features: Vec<Feature> = train.features().to_vec();
+    let mut unlabelled_examples = 0;
+    if let Some(path) = &o.unlabelled {
+        let (extra, _) = load_data(spec, labels, tok, path, &with(None, false))
+            .with_context(|| format!("unlabelled data {}", path.display()))?;
+        unlabelled_examples = extra.examples();
+        features.extend(extra.features().iter().cloned().map(|mut f| {
+            f.target = Target::None;
+            f
+        }));
+    }
+
+    // What the teacher says: soft targets for training, its metrics for the comparison.
+    let soft =
+        match tasks::predict_logits(&teacher.model, &features, o.eval_batch_size, pad_id, device) {
+            Logits::Sequence(rows) => rows,
+            _ => bail!("the teacher gave no sequence logits"),
+        };
+    let eval_features = validation.features().to_vec();
+    let teacher_logits = tasks::predict_logits(
+        &teacher.model,
+        &eval_features,
+        o.eval_batch_size,
+        pad_id,
+        device,
+    );
+    let teacher_metrics = evaluate_logits(spec, labels, &validation, &teacher_logits)?;
+    let teacher_params = teacher.model.num_params();
+    let teacher_layers = teacher.model.config.num_hidden_layers;
+
+    let mut model = student::<AD>(
+        &o.student,
+        &teacher_dir,
+        &teacher.model.config,
+        o.settings.seed,
+        device,
+    )?;
+    if model.config.max_position_embeddings < spec.max_seq_length {
+        bail!(
+            "the student reads at most {} positions, the teacher's task {} (max_seq_length)",
+            model.config.max_position_embeddings,
+            spec.max_seq_length
+        );
+    }
+    if let Some((dir, _)) = &resumed {
+        // The checkpoint holds the student's weights (and config).
+        let options = LoadOptions {
+            task: Some(bertkit_model::heads::Task::SequenceClassification),
+            allow_head_mismatch: false,
+            seed: o.settings.seed,
+        };
+        model = model_ckpt::load::<AD>(dir, &options, device)
+            .with_context(|| format!("loading {}", dir.display()))?
+            .0;
+    }
+    let model = bertkit_train::distributed::grads::broadcast_params(model, group)?;
+    let student_params = model.num_params();
+    let student_layers = model.config.num_hidden_layers;
+    std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
+    let labelled = |idx: &[&Feature]| {
+        idx.iter()
+            .filter(|f| matches!(f.target, Target::Class(_)))
+            .count()
+    };
+    let soft_ref = &soft;
+    let feats = &features;
+    let objective = Objective {
+        loss: move |m: &Bert<AD>, e: &mut dyn Encode<AD>, step: &[&Feature], micro: &[usize]| {
+            let fs: Vec<&Feature> = micro.iter().map(|&i| &feats[i]).collect();
+            let rows: Vec<&[f32]> = micro.iter().map(|&i| soft_ref[i].as_slice()).collect();
+            distill_loss(
+                m,
+                e,
+                &fs,
+                &rows,
+                step.len(),
+                labelled(step),
+                o.loss,
+                pad_id,
+                device,
+            )
+        },
+        digest: Some(soft_digest(&soft)),
+    };
+    let summary = trainer::train(
+        model,
+        &features,
+        objective,
+        &o.settings,
+        &o.out,
+        &Checkpoints {
+            root: ckpt_root,
+            tokenizer_dir: &teacher_dir,
+            resume: resumed,
+        },
+        group,
+        device,
+        |m: &Bert<AD::InnerBackend>, epoch, step| {
+            let logits =
+                tasks::predict_logits(m, &eval_features, o.eval_batch_size, pad_id, device);
+            Ok(Evaluation {
+                epoch,
+                step,
+                metrics: evaluate_logits(spec, labels, &validation, &logits)?,
+            })
+        },
+        |m, _eval| {
+            model_ckpt::save(m, &o.out, Some(&teacher_dir), Layout::Bertkit)?;
+            spec.write(&o.out)
+        },
+    )?;
+    if main {
+        let metrics = |m: &[(String, f64)]| {
+            serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+        };
+        let report = json!({
+            "task": TaskKind::Classify,
+            "command": o.command,
+            "teacher": {
+                "model": teacher_dir.display().to_string(),
+                "parameters": teacher_params,
+                "layers": teacher_layers,
+                "validation": metrics(&teacher_metrics),
+            },
+            "student": {
+                "init": format!("{:?}", o.student),
+                "parameters": student_params,
+                "layers": student_layers,
+                "validation": summary.best.as_ref().map(|b| metrics(&b.metrics)),
+            },
+            "distillation": {
+                "temperature": o.loss.temperature,
+                "alpha": o.loss.alpha,
+                "train_examples": train.examples(),
+                "unlabelled_examples": unlabelled_examples,
+            },
+            "best": summary.best.as_ref().map(Evaluation::to_json),
+            "evaluations": summary.evaluations.iter().map(Evaluation::to_json).collect::<Vec<_>>(),
+            "train": {
+                "steps": summary.steps,
+                "sequences_per_s": summary.sequences_per_s,
+                "stopped_early": summary.stopped_early,
+            },
+        });
+        model_ckpt::write_atomic(
+            &o.out.join(crate::run::METRICS_FILE),
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+        let name = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string())
+        };
+        let t = &o.settings;
+        bertkit_model::card::ModelCard {
+            name: name(&o.out),
+            task: Some(bertkit_model::heads::Task::SequenceClassification),
+            base_model: Some(teacher_dir.display().to_string()),
+            library: "transformers".into(),
+            license: bertkit_model::card::read_license(&teacher_dir),
+            labels: labels.clone(),
+            datasets: vec![name(&o.train), name(&o.validation)],
+            eval_dataset: Some(name(&o.validation)),
+            metrics: summary
+                .best
+                .as_ref()
+                .map(|b| b.metrics.clone())
+                .unwrap_or_default(),
+            hyperparameters: [
+                ("distilled from", teacher_dir.display().to_string()),
+                ("student", format!("{:?}", o.student)),
+                ("temperature", o.loss.temperature.to_string()),
+                ("alpha (soft-target weight)", o.loss.alpha.to_string()),
+                ("epochs", t.epochs.to_string()),
+                ("optimizer steps", summary.steps.to_string()),
+                ("batch size", t.batch_size.to_string()),
+                ("learning rate", format!("{:e}", t.lr)),
+                ("seed", t.seed.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            commands: vec![o.command.clone()],
+        }
+        .write(&o.out)?;
+    }
+    Ok(DistillResult {
+        teacher_metrics,
+        best: summary.best,
+        steps: summary.steps,
+        teacher_params,
+        student_params,
+        student_layers,
+        train_examples: train.examples(),
+        unlabelled_examples,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bertkit_model::backend::Cpu;
+
+    #[test]
+    fn layers_are_spread_evenly_or_named() {
+        assert_eq!(layer_choice(6, "2").unwrap(), vec![2, 5]);
+        assert_eq!(layer_choice(6, "3").unwrap(), vec![1, 3, 5]);
+        assert_eq!(layer_choice(12, "6").unwrap(), vec![1, 3, 5, 7, 9, 11]);
+        assert_eq!(layer_choice(6, "6").unwrap(), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(layer_choice(6, "0, 2,4").unwrap(), vec![0, 2, 4]);
+        for (bad, says) in [
+            ("0", "1 to 6"),
+            ("7", "1 to 6"),
+            ("0,6", "6 is not one"),
+            ("2,1", "increasing"),
+            ("1,1", "increasing"),
+            ("x", "a count"),
+        ] {
+            let e = layer_choice(6, bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn kl_with_temperature_matches_its_definition() {
+        let device = Default::default();
+        let s = [[1.0f32, -0.5, 2.0], [0.0, 3.0, -1.0]];
+        let t = [[0.5f32, 0.5, 1.5], [-2.0, 1.0, 0.25]];
+        let tensor = |v: [[f32; 3]; 2]| {
+            Tensor::<Cpu, 2>::from_data(TensorData::new(v.concat(), [2, 3]), &device)
+        };
+        let softmax64 = |row: &[f32], temp: f64| {
+            let e: Vec<f64> = row.iter().map(|&x| (x as f64 / temp).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.into_iter().map(|x| x / z).collect::<Vec<_>>()
+        };
+        for temp in [1.0, 2.0, 4.0] {
+            let got = bertkit_model::nn::to_host(kl_with_temperature_sum(
+                tensor(s),
+                tensor(t),
+                temp,
+            ))
+            .data[0] as f64;
+            let want: f64 = (0..2)
+                .map(|i| {
+                    let (p, q) = (softmax64(&t[i], temp), softmax64(&s[i], temp));
+                    p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum::<f64>()
+                })
+                .sum();
+            assert!((got - want).abs() < 1e-5, "T={temp}: {got} vs {want}");
+            assert!(want > 0.0);
+        }
+        // Zero when the student says what the teacher says.
+        let same = bertkit_model::nn::to_host(kl_with_temperature_sum(tensor(t), tensor(t), 2.0));
+        assert!(same.data[0].abs() < 1e-6);
+    }
+}

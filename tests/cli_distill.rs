@@ -1,0 +1,335 @@
+//! `bertkit distill` end to end on a tiny teacher fine-tuned on toy sentences: a fresh student
+//! learns the teacher's labels from its soft targets alone; a student of the teacher's own
+//! layers with unlabelled text is a normal model folder (eval, export) with the teacher beside
+//! it in metrics.json; an interrupted run resumes bit for bit; bad configurations are refused
+//! with a message. (The loss terms against their definitions: finetune/src/distill.rs.)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use common::{bertkit, jsonl, repo, run_ok};
+use serde_json::Value;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+const FIXTURES: &str = "tests/fixtures/hf-reference/tiny_heads";
+
+/// Toy two-class sentences (`start..start + n`): water words are one class, land words the other.
+fn toy_rows(start: usize, n: usize) -> Vec<(String, &'static str)> {
+    let water = ["boat", "sea", "harbour", "net"];
+    let land = ["field", "road", "house", "hill"];
+    (start..start + n)
+        .map(|i| {
+            let (word, label) = if i % 2 == 0 {
+                (water[i / 2 % 4], "water")
+            } else {
+                (land[i / 2 % 4], "land")
+            };
+            (format!("the cat saw the {word} at dawn"), label)
+        })
+        .collect()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Setup {
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+}
+
+/// The data and a teacher (the 2-layer tiny classifier fine-tuned on it to accuracy 1), made
+/// once for every test.
+fn setup() -> &'static Setup {
+    static SETUP: OnceLock<Setup> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        for (name, start, n) in [("train.csv", 0, 64), ("val.csv", 64, 16)] {
+            let mut csv = String::from("text,label\n");
+            for (t, l) in toy_rows(start, n) {
+                csv.push_str(&format!("{t},{l}\n"));
+            }
+            std::fs::write(root.join(name), csv).unwrap();
+        }
+        let mut text = String::from("text\n");
+        for (t, _) in toy_rows(100, 32) {
+            text.push_str(&format!("{t}\n"));
+        }
+        std::fs::write(root.join("unlabelled.csv"), text).unwrap();
+        let tiny = repo().join(FIXTURES).join("sequence_classification");
+        run_ok(bertkit().args([
+            "finetune",
+            "--task",
+            "classify",
+            "--model",
+            s(&tiny),
+            "--train",
+            s(&root.join("train.csv")),
+            "--validation",
+            s(&root.join("val.csv")),
+            "--out",
+            s(&root.join("teacher")),
+            "--epochs",
+            "20",
+            "--batch-size",
+            "8",
+            "--lr",
+            "3e-3",
+            "--max-seq-length",
+            "32",
+            "--report-to",
+            "none",
+        ]));
+        let m = json(&root.join("teacher/metrics.json"));
+        assert_eq!(m["best"]["accuracy"], 1.0, "the teacher did not fit: {m}");
+        // A 1-layer config of the same width and vocabulary, for a fresh student.
+        let mut config = json(&tiny.join("config.json"));
+        config["num_hidden_layers"] = 1.into();
+        std::fs::write(root.join("student.json"), config.to_string()).unwrap();
+        Setup { _dir: dir, root }
+    })
+}
+
+fn distill_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let st = setup();
+    let mut v: Vec<String> = [
+        "distill",
+        "--teacher",
+        s(&st.path("teacher")),
+        "--train",
+        s(&st.path("train.csv")),
+        "--validation",
+        s(&st.path("val.csv")),
+        "--out",
+        s(out),
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    v.extend(extra.iter().map(|a| a.to_string()));
+    v
+}
+
+fn distill(out: &Path, extra: &[&str]) -> String {
+    run_ok(bertkit().args(distill_args(out, extra)))
+}
+
+fn fails(out: &Path, extra: &[&str]) -> String {
+    let o = bertkit().args(distill_args(out, extra)).output().unwrap();
+    assert!(!o.status.success(), "expected a failure: {extra:?}");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_fresh_student_learns_the_teachers_labels_from_soft_targets_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fresh");
+    // alpha 1: the labels' cross entropy weighs nothing; only the teacher teaches.
+    let config = setup().path("student.json");
+    distill(
+        &out,
+        &[
+            "--student-config",
+            s(&config),
+            "--alpha",
+            "1",
+            "--epochs",
+            "20",
+        ],
+    );
+    let m = json(&out.join("metrics.json"));
+    let evals = m["evaluations"].as_array().unwrap();
+    let first = evals[0]["accuracy"].as_f64().unwrap();
+    assert!(
+        first <= 0.75,
+        "a fresh student should start near chance: {m}"
+    );
+    assert_eq!(m["best"]["accuracy"], 1.0, "{m}");
+    assert_eq!(m["student"]["layers"], 1);
+    assert_eq!(m["teacher"]["layers"], 2);
+    assert_eq!(m["teacher"]["validation"]["accuracy"], 1.0);
+}
+
+#[test]
+fn a_student_of_the_teachers_layers_is_a_normal_model_folder() {
+    let st = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("student");
+    let printed = distill(
+        &out,
+        &[
+            "--student-layers",
+            "1",
+            "--unlabelled",
+            s(&st.path("unlabelled.csv")),
+            "--epochs",
+            "2",
+        ],
+    );
+    assert!(printed.contains("and 32 unlabelled"), "{printed}");
+    let m = json(&out.join("metrics.json"));
+    assert_eq!(m["distillation"]["unlabelled_examples"], 32);
+    assert_eq!(m["distillation"]["train_examples"], 64);
+    assert_eq!(
+        (
+            m["student"]["layers"].clone(),
+            m["teacher"]["layers"].clone()
+        ),
+        (1.into(), 2.into())
+    );
+    assert!(
+        m["student"]["parameters"].as_u64() < m["teacher"]["parameters"].as_u64(),
+        "{m}"
+    );
+    // Started from the teacher's top layer, it is right from the first evaluation.
+    assert_eq!(m["evaluations"][0]["accuracy"], 1.0, "{m}");
+    let config = json(&out.join("config.json"));
+    assert_eq!(config["num_hidden_layers"], 1);
+    assert_eq!(
+        config["id2label"],
+        json(&st.path("teacher/config.json"))["id2label"]
+    );
+    for f in ["finetune.json", "tokenizer.json", "README.md"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    // eval and export take it as any fine-tuned folder.
+    let said =
+        run_ok(bertkit().args(["eval", "--model", s(&out), "--data", s(&st.path("val.csv"))]));
+    let said: Value = serde_json::from_str(&said).unwrap();
+    assert_eq!(
+        (said["accuracy"].clone(), said["examples"].clone()),
+        (1.0.into(), 16.into())
+    );
+    run_ok(bertkit().args([
+        "export",
+        "--model",
+        s(&out),
+        "--out",
+        s(&dir.path().join("student.plan")),
+        "--no-tune",
+        "--seq-buckets",
+        "16,32",
+        "--max-length",
+        "32",
+    ]));
+    assert!(dir.path().join("student.plan/plan.json").exists());
+}
+
+#[test]
+fn an_interrupted_distillation_resumes_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    // 64 examples in batches of 8: 8 steps an epoch, 16 in all; checkpoints at 4, 8, 12, 16.
+    let extra = [
+        "--student-layers",
+        "1",
+        "--epochs",
+        "2",
+        "--save-steps",
+        "4",
+        "--save-total-limit",
+        "10",
+        "--logging-steps",
+        "1",
+    ];
+    distill(&a, &extra);
+    let b = dir.path().join("b");
+    common::copy_dir(&a, &b);
+    for step in ["08", "12", "16"] {
+        std::fs::remove_dir_all(b.join(format!("checkpoints/step-000000{step}"))).unwrap();
+    }
+    let mut resume = extra.to_vec();
+    resume.extend(["--resume", "auto"]);
+    let o = bertkit().args(distill_args(&b, &resume)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("(step 4)"), "{stderr}");
+    for file in [
+        "model.safetensors",
+        "checkpoints/step-00000016/optimizer.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(file)).unwrap(),
+            std::fs::read(b.join(file)).unwrap(),
+            "{file} differs after the resume"
+        );
+    }
+    let losses = |out: &Path| -> Vec<(u64, f64)> {
+        jsonl(&out.join("metrics.jsonl"))
+            .iter()
+            .filter(|r| r["split"] == "train")
+            .map(|r| (r["step"].as_u64().unwrap(), r["loss"].as_f64().unwrap()))
+            .collect()
+    };
+    assert_eq!(losses(&a), losses(&b));
+    assert_eq!(losses(&a).len(), 16);
+    // Other soft targets (another temperature changes no target; another teacher would):
+    // here, other data cannot continue the checkpoints.
+    let mut other = resume.clone();
+    other.extend(["--max-train-examples", "32"]);
+    let err = fails(&b, &other);
+    assert!(err.contains("resume with the same data"), "{err}");
+}
+
+#[test]
+fn bad_configurations_are_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x");
+    let refused = |extra: &[&str], says: &str| {
+        let e = fails(&out, extra);
+        assert!(e.contains(says), "{extra:?}: expected {says:?} in {e}");
+    };
+    refused(&[], "choose the student");
+    refused(&["--student-layers", "3"], "the teacher has 2 layers");
+    refused(&["--student-layers", "0,5"], "5 is not one");
+    refused(&["--student-layers", "1", "--alpha", "1.5"], "--alpha");
+    refused(
+        &["--student-layers", "1", "--temperature", "0"],
+        "--temperature",
+    );
+    // A student that cannot read the teacher's token ids.
+    let small = dir.path().join("small.json");
+    let mut config = json(&setup().path("student.json"));
+    config["vocab_size"] = 1000.into();
+    std::fs::write(&small, config.to_string()).unwrap();
+    refused(
+        &["--student-config", s(&small)],
+        "vocabulary of 1000 tokens",
+    );
+    // A teacher of another task (the tiny NER model, as `bertkit finetune` leaves one).
+    let ner = dir.path().join("ner");
+    common::copy_dir(&repo().join(FIXTURES).join("token_classification"), &ner);
+    std::fs::write(
+        ner.join("finetune.json"),
+        r#"{"task": "ner", "max_seq_length": 64, "ner": {"tokens_column": "tokens",
+            "tags_column": "tags", "scheme": "iob2"}}"#,
+    )
+    .unwrap();
+    let mut args = distill_args(&out, &["--student-layers", "1"]);
+    let at = args.iter().position(|a| a == "--teacher").unwrap();
+    args[at + 1] = s(&ner).to_string();
+    let o = bertkit().args(&args).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        e.contains("single-label sequence classifier") && e.contains("Ner"),
+        "{e}"
+    );
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+}
