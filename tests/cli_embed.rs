@@ -248,9 +248,10 @@ fn quickstart_runs_every_stage() {
         "[7] bertkit embed",
         "[8] bertkit convert",
         "[9] bertkit finetune",
-        "[10] bertkit launch",
-        "[11] bertkit export",
-        "[12] bertkit serve",
+        "[10] bertkit distill",
+        "[11] bertkit launch",
+        "[12] bertkit export",
+        "[13] bertkit serve",
     ] {
         assert!(out.contains(stage), "missing {stage}: {out}");
     }
@@ -285,6 +286,21 @@ fn quickstart_runs_every_stage() {
     assert!(out.contains("curves of"), "{out}");
     assert!(dir.path().join("finetuned/curves.svg").exists());
     assert!(dir.path().join("finetuned/README.md").exists());
+    // The 1-layer student, with the teacher's accuracy beside its own.
+    let d: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("distilled/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(d["student"]["layers"], 1, "{d}");
+    assert_eq!(
+        d["teacher"]["validation"]["accuracy"], m["best"]["accuracy"],
+        "{d}"
+    );
+    assert!(d["best"]["accuracy"].as_f64().unwrap() >= 0.8, "{d}");
+    assert!(
+        out.contains("teacher (") && out.contains("student (1 layers"),
+        "{out}"
+    );
     // Two ranks trained 20 steps; rank 0 alone logged them.
     assert!(out.contains("[rank 0] pretrain: 20 steps"), "{out}");
     let records =

@@ -433,6 +433,7 @@ pub fn distill<AD: AutodiffBackend>(
             )
         },
         digest: Some(soft_digest(&soft)),
+        verb: "distilling into",
     };
     let summary = trainer::train(
         model,

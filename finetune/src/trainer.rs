@@ -243,6 +243,8 @@ pub struct Objective<L> {
     /// A digest of whatever else the loss reads (the teacher's soft targets), so that a
     /// checkpoint resumes only with the same.
     pub digest: Option<String>,
+    /// What the log calls the run (`fine-tuning`, `distilling into`).
+    pub verb: &'static str,
 }
 
 /// [`tasks::micro_loss`]: the task's own loss against the features' targets.
@@ -263,6 +265,7 @@ impl<'a, AD: AutodiffBackend> Objective<TaskLoss<'a, AD>> {
                 tasks::micro_loss(m, e, &micro, units, pad_id, device)
             }),
             digest: None,
+            verb: "fine-tuning",
         }
     }
 }
@@ -361,8 +364,9 @@ where
         Logger::silent()
     };
     logger.println(format!(
-        "fine-tuning {} ({} parameters) on {} examples: {epochs} epoch(s), {total} steps of {} \
+        "{} {} ({} parameters) on {} examples: {epochs} epoch(s), {total} steps of {} \
          ({} x {accumulation}{}), lr {:e}, warmup {}, {}{}",
+        objective.verb,
         model.task.architecture(),
         model.num_params(),
         train.len(),

@@ -393,6 +393,48 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
 
     stage(
         10,
+        "bertkit distill (the classifier -> a student of 1 of its 2 layers)",
+    );
+    let student = out.join("distilled");
+    let distill_args = {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            distill: super::distill::DistillArgs,
+        }
+        let path = |p: &std::path::Path| p.display().to_string();
+        let mut a = <Flags as clap::Parser>::try_parse_from([
+            "distill".to_string(),
+            "--teacher".into(),
+            path(&finetuned),
+            "--student-layers".into(),
+            "1".into(),
+            "--train".into(),
+            path(&train),
+            "--validation".into(),
+            path(&validation),
+            "--out".into(),
+            path(&student),
+            "--epochs".into(),
+            "4".into(),
+            "--batch-size".into(),
+            "16".into(),
+            "--lr".into(),
+            "1e-3".into(),
+            "--log-every".into(),
+            "20".into(),
+            "--report-to".into(),
+            "jsonl".into(),
+            "--overwrite".into(),
+        ])?
+        .distill;
+        a.training.device = device;
+        a
+    };
+    super::distill::run(&distill_args)?;
+
+    stage(
+        11,
         "bertkit launch --nproc-per-node 2 -- bertkit pretrain (data parallel, TCP ring)",
     );
     // The same recipe for 20 steps on two processes of 8 sequences each.
@@ -431,7 +473,7 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
     }
 
     stage(
-        11,
+        12,
         "bertkit export (the fine-tuned classifier -> an int8 plan, checked against it)",
     );
     let plan_dir = out.join("finetuned-int8.plan");
@@ -469,7 +511,7 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
     }
 
     stage(
-        12,
+        13,
         "bertkit serve (the plan behind HTTP, a few requests, then a drained stop)",
     );
     super::serve::demo(&plan_dir, &examples)?;
