@@ -323,3 +323,24 @@ pub fn bench_serve(a: &BenchServeArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Args;
+
+    /// TEI's rule, for Helm values without args: every `bertkit serve` flag reads
+    /// `BERTKIT_<FLAG>` as well.
+    #[test]
+    fn every_serve_flag_has_its_environment_variable() {
+        let command = super::ServeArgs::augment_args(clap::Command::new("serve"));
+        let mut flags = 0;
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let want = format!("BERTKIT_{}", long.to_uppercase().replace('-', "_"));
+            let env = arg.get_env().and_then(|e| e.to_str());
+            assert_eq!(env, Some(want.as_str()), "--{long}");
+            flags += 1;
+        }
+        assert!(flags >= 25, "{flags} flags");
+    }
+}
