@@ -197,6 +197,18 @@ fn a_student_of_the_teachers_layers_is_a_normal_model_folder() {
         m["student"]["parameters"].as_u64() < m["teacher"]["parameters"].as_u64(),
         "{m}"
     );
+    // Both fp32 plans timed on this machine (the tiny model reads 64 positions at most).
+    let lat = &m["plan_latency"];
+    for who in ["teacher", "student"] {
+        for shape in ["1x32_ms", "32x64_ms"] {
+            assert!(
+                lat[who][shape].as_f64().unwrap() > 0.0,
+                "{who} {shape}: {m}"
+            );
+        }
+    }
+    assert_eq!(lat["student_speedup"].as_array().unwrap().len(), 2, "{m}");
+    assert!(!out.join("plans-timed").exists());
     // Started from the teacher's top layer, it is right from the first evaluation.
     assert_eq!(m["evaluations"][0]["accuracy"], 1.0, "{m}");
     let config = json(&out.join("config.json"));

@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use bertkit_finetune::data::ReadOptions;
 use bertkit_finetune::distill::{self, DistillLoss, DistillOptions, StudentInit};
 use bertkit_train::distributed::ProcessGroup;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use clap::Args;
+use serde_json::json;
 
 use super::finetune::{process_group, TrainingArgs};
 use super::with_backend;
@@ -50,6 +51,10 @@ pub struct DistillArgs {
     /// The weight of the soft-target (KL) term; 1 - alpha weighs the labels' cross entropy.
     #[arg(long, default_value_t = 0.5)]
     pub alpha: f64,
+    /// Skip timing the teacher's and the student's fp32 plans (1x32 and 32x128 on this
+    /// machine) for metrics.json.
+    #[arg(long)]
+    pub no_plan_latency: bool,
     #[command(flatten)]
     pub training: TrainingArgs,
 }
@@ -133,6 +138,87 @@ fn distill_on<B: Backend>(
             show(&b.metrics)
         );
     }
+    if !args.no_plan_latency {
+        compare_plans(args)?;
+    }
     println!("model: {}", args.out.display());
+    Ok(())
+}
+
+/// Batch x sequence shapes the plans are timed at: one short input, and a full batch.
+const SHAPES: [(usize, usize); 2] = [(1, 32), (32, 128)];
+
+/// Exports the teacher and the student to fp32 plans (in a scratch folder), times both at
+/// [`SHAPES`] on the same threads, prints the comparison and adds it to metrics.json.
+fn compare_plans(args: &DistillArgs) -> Result<()> {
+    use bertkit_model::checkpoint as ckpt;
+    let scratch = args.out.join("plans-timed");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut ms = Vec::new();
+    for (name, model) in [("teacher", &args.teacher), ("student", &args.out)] {
+        let (config, _) = ckpt::read_config(&ckpt::model_dir(model))?;
+        let max_len = config.max_position_embeddings;
+        let plan = scratch.join(format!("{name}.plan"));
+        let buckets: Vec<usize> = SHAPES.iter().map(|s| s.1.min(max_len)).collect();
+        super::export::run(&super::export::ExportArgs {
+            model: model.clone(),
+            out: plan.clone(),
+            format: super::export::ExportFormat::Plan,
+            precision: bertkit_runtime::Precision::Fp32,
+            target: bertkit_runtime::Target::Cpu,
+            max_batch: 32,
+            seq_buckets: buckets.clone(),
+            calibration: None,
+            pooling: None,
+            normalize: None,
+            max_length: buckets.iter().max().copied(),
+            overwrite: true,
+            allow_parity_failure: false,
+            no_tune: true,
+        })
+        .with_context(|| format!("exporting the {name}"))?;
+        let shapes: Vec<(usize, usize)> =
+            SHAPES.iter().map(|&(b, s)| (b, s.min(max_len))).collect();
+        ms.push((
+            name,
+            shapes.clone(),
+            super::export::plan_latency(&plan, &shapes, threads, 10)?,
+        ));
+    }
+    std::fs::remove_dir_all(&scratch).with_context(|| format!("removing {}", scratch.display()))?;
+    let mut latency = serde_json::Map::new();
+    for (name, shapes, times) in &ms {
+        let mut m = serde_json::Map::new();
+        for ((b, s), t) in shapes.iter().zip(times) {
+            m.insert(format!("{b}x{s}_ms"), json!(t));
+        }
+        latency.insert(name.to_string(), serde_json::Value::Object(m));
+        println!(
+            "{name} fp32 plan on {threads} threads: {}",
+            shapes
+                .iter()
+                .zip(times)
+                .map(|((b, s), t)| format!("{b}x{s} {t:.2} ms"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let speedup: Vec<f64> = ms[0].2.iter().zip(&ms[1].2).map(|(t, s)| t / s).collect();
+    latency.insert("threads".into(), json!(threads));
+    latency.insert("student_speedup".into(), json!(speedup));
+    println!(
+        "student speed-up: {}",
+        speedup
+            .iter()
+            .map(|x| format!("{x:.2}x"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let path = args.out.join("metrics.json");
+    let mut metrics: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    metrics["plan_latency"] = serde_json::Value::Object(latency);
+    ckpt::write_atomic(&path, serde_json::to_string_pretty(&metrics)?.as_bytes())?;
     Ok(())
 }

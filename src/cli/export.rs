@@ -194,6 +194,51 @@ pub struct BenchPlanArgs {
     pub mixed_lengths: bool,
 }
 
+/// The milliseconds of `iters` runs of `batch` after `warmup` untimed ones, sorted.
+fn time_batch(
+    runtime: &Runtime,
+    batch: &[bertkit_runtime::Encoded],
+    warmup: usize,
+    iters: usize,
+) -> Result<Vec<f64>> {
+    for _ in 0..warmup {
+        runtime.run(batch)?;
+    }
+    let mut ms = Vec::with_capacity(iters.max(1));
+    for _ in 0..iters.max(1) {
+        let t = std::time::Instant::now();
+        runtime.run(batch)?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms)
+}
+
+/// The median latency (ms) of a plan on synthetic batches of each `(batch, seq)`, on
+/// `threads` threads.
+pub fn plan_latency(
+    plan: &std::path::Path,
+    shapes: &[(usize, usize)],
+    threads: usize,
+    iters: usize,
+) -> Result<Vec<f64>> {
+    let runtime = Runtime::load(
+        plan,
+        &RuntimeOptions {
+            threads: Some(threads),
+            ..Default::default()
+        },
+    )?;
+    shapes
+        .iter()
+        .map(|&(b, s)| {
+            let batch = bertkit_export::tune::synthetic_batch(&runtime.meta, b, s);
+            let ms = time_batch(&runtime, &batch, 2, iters)?;
+            Ok(ms[ms.len() / 2])
+        })
+        .collect()
+}
+
 /// Times the plan on a synthetic batch; prints one JSON line (the keys of
 /// scripts/bench/plan_peer.py).
 pub fn bench(args: &BenchPlanArgs) -> Result<()> {
@@ -221,17 +266,8 @@ pub fn bench(args: &BenchPlanArgs) -> Result<()> {
             }
         }
     }
-    for _ in 0..args.warmup {
-        runtime.run(&batch)?;
-    }
-    let mut ms = Vec::with_capacity(args.iters);
-    for _ in 0..args.iters.max(1) {
-        let t = std::time::Instant::now();
-        runtime.run(&batch)?;
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
+    let ms = time_batch(&runtime, &batch, args.warmup, args.iters)?;
     let mean = ms.iter().sum::<f64>() / ms.len() as f64;
-    ms.sort_by(f64::total_cmp);
     let median = ms[ms.len() / 2];
     let line = serde_json::json!({
         "peer": format!("bertkit-{}", runtime.meta.precision),
