@@ -2,7 +2,8 @@
 //! learns the teacher's labels from its soft targets alone; a student of the teacher's own
 //! layers with unlabelled text is a normal model folder (eval, export) with the teacher beside
 //! it in metrics.json; an interrupted run resumes bit for bit; bad configurations are refused
-//! with a message. (The loss terms against their definitions: finetune/src/distill.rs.)
+//! with a message. NER and QA teachers (MiniLM fine-tuned on the CoNLL and SQuAD fixtures)
+//! teach 3-layer students. (The loss terms against their definitions: finetune/src/distill.rs.)
 
 mod common;
 
@@ -324,24 +325,113 @@ fn bad_configurations_are_refused_with_a_message() {
         &["--student-config", s(&small)],
         "vocabulary of 1000 tokens",
     );
-    // A teacher of another task (the tiny NER model, as `bertkit finetune` leaves one).
-    let ner = dir.path().join("ner");
-    common::copy_dir(&repo().join(FIXTURES).join("token_classification"), &ner);
+    // A multi-label teacher (the tiny classifier, as `bertkit finetune` leaves one).
+    let multi = dir.path().join("multi");
+    common::copy_dir(
+        &repo().join(FIXTURES).join("sequence_classification"),
+        &multi,
+    );
+    let mut config = json(&multi.join("config.json"));
+    config["problem_type"] = "multi_label_classification".into();
+    std::fs::write(multi.join("config.json"), config.to_string()).unwrap();
     std::fs::write(
-        ner.join("finetune.json"),
-        r#"{"task": "ner", "max_seq_length": 64, "ner": {"tokens_column": "tokens",
-            "tags_column": "tags", "scheme": "iob2"}}"#,
+        multi.join("finetune.json"),
+        r#"{"task": "classify", "max_seq_length": 32, "classify": {"glue": null,
+            "text_column": "text", "text_pair_column": null, "label_column": "label",
+            "problem_type": "multi_label_classification", "label_separator": ","}}"#,
     )
     .unwrap();
     let mut args = distill_args(&out, &["--student-layers", "1"]);
     let at = args.iter().position(|a| a == "--teacher").unwrap();
-    args[at + 1] = s(&ner).to_string();
+    args[at + 1] = s(&multi).to_string();
     let o = bertkit().args(&args).output().unwrap();
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(
-        e.contains("single-label sequence classifier") && e.contains("Ner"),
-        "{e}"
-    );
+    assert!(e.contains("MultiLabelClassification classifier"), "{e}");
     assert!(!out.exists(), "a refused run wrote {}", out.display());
+}
+
+#[test]
+fn ner_and_qa_teachers_teach_students_of_three_of_their_layers() {
+    let minilm = repo().join("assets/all-MiniLM-L6-v2");
+    assert!(minilm.exists(), "run scripts/fetch-assets.sh first");
+    let dir = tempfile::tempdir().unwrap();
+    let conll = repo().join("assets/data/ner/conll2003_fixture.txt");
+    let squad = repo().join("assets/data/qa/squad_v1_fixture.json");
+    let runs: [(&str, &Path, &[&str], &str); 2] = [
+        (
+            "ner",
+            &conll,
+            &["--epochs", "20", "--batch-size", "2", "--lr", "5e-4"],
+            "f1",
+        ),
+        (
+            "qa",
+            &squad,
+            &["--epochs", "15", "--batch-size", "4", "--lr", "3e-4"],
+            "exact_match",
+        ),
+    ];
+    for (task, data, training, metric) in runs {
+        let teacher = dir.path().join(task);
+        let mut args = vec!["finetune", "--task", task, "--model", s(&minilm)];
+        args.extend([
+            "--train",
+            s(data),
+            "--validation",
+            s(data),
+            "--out",
+            s(&teacher),
+        ]);
+        args.extend(training);
+        args.extend(["--warmup-ratio", "0", "--report-to", "none"]);
+        if task == "ner" {
+            args.extend(["--tag-scheme", "iob1"]);
+        } else {
+            args.extend(["--max-seq-length", "128", "--doc-stride", "32"]);
+        }
+        run_ok(bertkit().args(&args));
+        let student = dir.path().join(format!("{task}-student"));
+        let mut args = vec!["distill", "--teacher", s(&teacher), "--student-layers", "3"];
+        args.extend([
+            "--train",
+            s(data),
+            "--validation",
+            s(data),
+            "--out",
+            s(&student),
+        ]);
+        args.extend(training);
+        args.extend([
+            "--warmup-ratio",
+            "0",
+            "--report-to",
+            "none",
+            "--no-plan-latency",
+        ]);
+        run_ok(bertkit().args(&args));
+        let m = json(&student.join("metrics.json"));
+        assert_eq!(m["task"], task, "{m}");
+        assert_eq!(
+            (
+                m["student"]["layers"].clone(),
+                m["teacher"]["layers"].clone()
+            ),
+            (3.into(), 6.into())
+        );
+        let best = m["best"][metric].as_f64().unwrap();
+        let teacher_score = m["teacher"]["validation"][metric].as_f64().unwrap();
+        assert!(
+            best >= 0.8 * teacher_score,
+            "{task}: student {best} vs teacher {teacher_score}: {m}"
+        );
+        let config = json(&student.join("config.json"));
+        let arch = if task == "ner" {
+            "BertForTokenClassification"
+        } else {
+            "BertForQuestionAnswering"
+        };
+        assert_eq!(config["architectures"][0], arch);
+        assert_eq!(config["num_hidden_layers"], 3);
+    }
 }

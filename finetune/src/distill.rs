@@ -16,8 +16,9 @@
 //! 6. the student folder: a normal fine-tuned model folder (`export`, `eval`, `serve` take
 //!    it), whose metrics.json puts teacher and student side by side.
 //!
-//! Sequence classification with one label per example (the teacher's problem type); the
-//! intermediate-layer terms (hidden states, attention) and NER / QA teachers are not here yet.
+//! Teachers of single-label sequence classification, NER (each real token's label
+//! distribution) and QA (the start and the end distributions); the intermediate-layer terms
+//! (hidden states, attention) are not here yet.
 
 use std::path::{Path, PathBuf};
 
@@ -107,11 +108,7 @@ pub fn kl_with_temperature_sum<B: Backend>(
     teacher: Tensor<B, 2>,
     temperature: f64,
 ) -> Tensor<B, 1> {
-    let t = f32(teacher) / temperature;
-    let log_q = bertkit_model::fused::log_softmax(f32(student) / temperature);
-    let log_p = bertkit_model::fused::log_softmax(t.clone()).detach();
-    let p = softmax(t, 1).detach();
-    (p * (log_p - log_q)).sum()
+    kl_rows(student, teacher, temperature).sum()
 }
 
 /// How the two terms are weighed.
@@ -124,55 +121,167 @@ pub struct DistillLoss {
     pub alpha: f64,
 }
 
-/// The distillation loss of one micro-batch (see the module's doc): `soft` are the teacher's
-/// logits of `features`, `n_step` the step's examples and `labelled_step` its labelled ones
-/// (the two terms' denominators, over all ranks). `stats` counts argmax = label.
+/// The teacher's logits of one training feature, flat: `[labels]` (sequence classification),
+/// `[tokens x labels]` (token classification), or `[tokens]` start then `[tokens]` end (QA).
+pub type Soft = Vec<f32>;
+
+/// The teacher's logits of `features` as [`Soft`] rows.
+pub fn soft_targets(logits: Logits) -> Vec<Soft> {
+    match logits {
+        Logits::Sequence(rows) => rows,
+        Logits::Tokens(rows) => rows.into_iter().map(|r| r.concat()).collect(),
+        Logits::Spans(rows) => rows.into_iter().map(|(s, e)| [s, e].concat()).collect(),
+    }
+}
+
+/// `KL(softmax(teacher/T) || softmax(student/T))` of each row of `[n, classes]`, as `[n]`.
+fn kl_rows<B: Backend>(
+    student: Tensor<B, 2>,
+    teacher: Tensor<B, 2>,
+    temperature: f64,
+) -> Tensor<B, 1> {
+    let n = student.dims()[0];
+    let t = f32(teacher) / temperature;
+    let log_q = bertkit_model::fused::log_softmax(f32(student) / temperature);
+    let log_p = bertkit_model::fused::log_softmax(t.clone()).detach();
+    let p = softmax(t, 1).detach();
+    (p * (log_p - log_q)).sum_dim(1).reshape([n])
+}
+
+/// What a step's examples hold, for the two terms' denominators (over all ranks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepUnits {
+    /// What the KL term is averaged over: examples (sequence, QA) or real tokens (NER).
+    pub soft: usize,
+    /// What the cross entropy is averaged over: the labels (`tasks::loss_units`).
+    pub hard: usize,
+}
+
+impl StepUnits {
+    pub fn of(step: &[&Feature], kind: TaskKind) -> StepUnits {
+        StepUnits {
+            soft: match kind {
+                TaskKind::Ner => step.iter().map(|f| f.input_ids.len()).sum(),
+                _ => step.len(),
+            },
+            hard: tasks::loss_units(step, 1),
+        }
+    }
+}
+
+/// The distillation loss of one micro-batch (see the module's doc): `soft` holds the
+/// teacher's logits of `features` ([`Soft`]), `units` the step's denominators. Sequence
+/// classification compares the label distributions; NER each real token's; QA the start and
+/// the end distributions over the positions (the mean of the two, as the task's own loss).
 #[allow(clippy::too_many_arguments)]
 pub fn distill_loss<B: Backend>(
     model: &Bert<B>,
     encoder: &mut dyn Encode<B>,
     features: &[&Feature],
     soft: &[&[f32]],
-    n_step: usize,
-    labelled_step: usize,
+    units: StepUnits,
     how: DistillLoss,
     pad_id: u32,
     device: &B::Device,
 ) -> MicroLoss<B> {
     let batch = pad(features, pad_id);
     let out = model.heads(encoder.encode(&model.bert, &batch.to_input::<B>(device)));
-    let logits = f32(out.sequence_logits.expect("a sequence classification head"));
-    let [b, l] = logits.dims();
-    let teacher: Vec<f32> = soft.iter().flat_map(|r| r.iter().copied()).collect();
-    let teacher = Tensor::<B, 2>::from_data(TensorData::new(teacher, [b, l]), device);
-    let t2 = how.temperature * how.temperature;
-    let kl = kl_with_temperature_sum(logits.clone(), teacher, how.temperature) * (t2 * how.alpha)
-        / n_step.max(1) as f64;
-    let (rows, labels): (Vec<i64>, Vec<i64>) = features
-        .iter()
-        .enumerate()
-        .filter_map(|(i, f)| match f.target {
-            Target::Class(c) => Some((i as i64, c as i64)),
-            _ => None,
-        })
-        .unzip();
+    let (b, t) = (batch.batch_size, batch.seq_len);
     let zero = || Tensor::<B, 1>::zeros([1], device);
-    let (ce, correct) = if rows.is_empty() || how.alpha >= 1.0 {
-        (zero(), zero())
-    } else {
-        let n = rows.len();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), device);
-        let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [n]), device);
-        let (sum, correct) =
-            bertkit_train::step::cross_entropy_sum(logits.select(0, index), labels);
-        (
-            sum * ((1.0 - how.alpha) / labelled_step.max(1) as f64),
-            correct,
-        )
+    let int = |v: Vec<i64>| {
+        let n = v.len();
+        Tensor::<B, 1, Int>::from_data(TensorData::new(v, [n]), device)
     };
+    let floats = |v: Vec<f32>, shape: [usize; 2]| {
+        Tensor::<B, 2>::from_data(TensorData::new(v, shape), device)
+    };
+    let ce = |logits: Tensor<B, 2>, rows: Vec<i64>, labels: Vec<i64>| {
+        if rows.is_empty() {
+            zero()
+        } else {
+            bertkit_train::step::cross_entropy_sum(logits.select(0, int(rows)), int(labels)).0
+        }
+    };
+    // The KL term and the cross entropy of the micro-batch, both summed.
+    let (kl, hard) = if let Some(logits) = out.sequence_logits {
+        let logits = f32(logits);
+        let l = logits.dims()[1];
+        let teacher = floats(
+            soft.iter().flat_map(|r| r.iter().copied()).collect(),
+            [b, l],
+        );
+        let kl = kl_rows(logits.clone(), teacher, how.temperature).sum();
+        let (rows, labels) = features
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| match f.target {
+                Target::Class(c) => Some((i as i64, c as i64)),
+                _ => None,
+            })
+            .unzip();
+        (kl, ce(logits, rows, labels))
+    } else if let Some(logits) = out.token_logits {
+        let logits = f32(logits);
+        let l = logits.dims()[2];
+        // Real tokens only: the teacher's rows where it has them, zeros (masked out) elsewhere.
+        let mut teacher = vec![0f32; b * t * l];
+        let mut mask = vec![0f32; b * t];
+        for (i, (f, r)) in features.iter().zip(soft).enumerate() {
+            let n = f.input_ids.len().min(t);
+            teacher[i * t * l..(i * t + n) * l].copy_from_slice(&r[..n * l]);
+            mask[i * t..i * t + n].iter_mut().for_each(|m| *m = 1.0);
+        }
+        let flat = logits.reshape([b * t, l]);
+        let per_token = kl_rows(flat.clone(), floats(teacher, [b * t, l]), how.temperature);
+        let mask = Tensor::<B, 1>::from_data(TensorData::new(mask, [b * t]), device);
+        let (rows, labels) = features
+            .iter()
+            .enumerate()
+            .flat_map(|(i, f)| match &f.target {
+                Target::Tokens(tags) => tags
+                    .iter()
+                    .enumerate()
+                    .take(t)
+                    .filter(|(_, &tag)| tag != tasks::IGNORE)
+                    .map(|(j, &tag)| ((i * t + j) as i64, tag))
+                    .collect::<Vec<_>>(),
+                _ => Vec::new(),
+            })
+            .unzip();
+        ((per_token * mask).sum(), ce(flat, rows, labels))
+    } else if let (Some(start), Some(end)) = (out.start_logits, out.end_logits) {
+        let (start, end) = (f32(start), f32(end));
+        // Positions the teacher did not see (padding) get no probability from it.
+        let mut ts = vec![-1e4f32; b * t];
+        let mut te = vec![-1e4f32; b * t];
+        for (i, (f, r)) in features.iter().zip(soft).enumerate() {
+            let n = f.input_ids.len().min(t);
+            let len = r.len() / 2;
+            ts[i * t..i * t + n].copy_from_slice(&r[..n]);
+            te[i * t..i * t + n].copy_from_slice(&r[len..len + n]);
+        }
+        let kl = (kl_rows(start.clone(), floats(ts, [b, t]), how.temperature).sum()
+            + kl_rows(end.clone(), floats(te, [b, t]), how.temperature).sum())
+            / 2.0;
+        let (rows, (starts, ends)): (Vec<i64>, (Vec<i64>, Vec<i64>)) = features
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| match f.target {
+                Target::Span { start, end } => Some((i as i64, (start as i64, end as i64))),
+                _ => None,
+            })
+            .unzip();
+        let hard = (ce(start, rows.clone(), starts) + ce(end, rows, ends)) / 2.0;
+        (kl, hard)
+    } else {
+        (zero(), zero())
+    };
+    let t2 = how.temperature * how.temperature;
+    let kl = kl * (t2 * how.alpha / units.soft.max(1) as f64);
+    let hard = hard * ((1.0 - how.alpha) / units.hard.max(1) as f64);
     MicroLoss {
-        loss: kl + ce,
-        stats: correct.reshape([1]),
+        loss: kl + hard,
+        stats: zero(),
     }
 }
 
@@ -219,12 +328,12 @@ pub struct DistillResult {
 /// The student, for a teacher with `config` and the teacher's own weights at hand.
 fn student<AD: AutodiffBackend>(
     init: &StudentInit,
+    task: bertkit_model::heads::Task,
     teacher_dir: &Path,
     teacher_config: &BertConfig,
     seed: u64,
     device: &AD::Device,
 ) -> Result<Bert<AD>> {
-    let task = bertkit_model::heads::Task::SequenceClassification;
     let head = |mut c: BertConfig| {
         c.set_labels(&teacher_config.labels());
         c.problem_type = teacher_config.problem_type;
@@ -298,15 +407,14 @@ pub fn distill<AD: AutodiffBackend>(
     let teacher_dir = model_ckpt::model_dir(&o.teacher);
     let teacher = open::<AD::InnerBackend>(&teacher_dir, None, device)
         .with_context(|| format!("the teacher {}", teacher_dir.display()))?;
-    match &teacher.spec.task {
-        TaskSettings::Classify(_) if teacher.problem == ProblemType::SingleLabelClassification => {}
-        _ => bail!(
-            "the teacher {} is a {:?} model ({:?}): distillation takes a single-label \
-             sequence classifier for now",
+    let single_label = teacher.problem == ProblemType::SingleLabelClassification;
+    if matches!(teacher.spec.task, TaskSettings::Classify(_)) && !single_label {
+        bail!(
+            "the teacher {} is a {:?} classifier: distillation takes single-label \
+             classification, NER and QA teachers",
             teacher_dir.display(),
-            teacher.spec.kind(),
             teacher.problem
-        ),
+        );
     }
     let ckpt_root = o.out.join("checkpoints");
     if main && o.overwrite && o.resume == Resume::Never && ckpt_root.exists() {
@@ -363,11 +471,13 @@ pub fn distill<AD: AutodiffBackend>(
     }
 
     // What the teacher says: soft targets for training, its metrics for the comparison.
-    let soft =
-        match tasks::predict_logits(&teacher.model, &features, o.eval_batch_size, pad_id, device) {
-            Logits::Sequence(rows) => rows,
-            _ => bail!("the teacher gave no sequence logits"),
-        };
+    let soft = soft_targets(tasks::predict_logits(
+        &teacher.model,
+        &features,
+        o.eval_batch_size,
+        pad_id,
+        device,
+    ));
     let eval_features = validation.features().to_vec();
     let teacher_logits = tasks::predict_logits(
         &teacher.model,
@@ -382,6 +492,7 @@ pub fn distill<AD: AutodiffBackend>(
 
     let mut model = student::<AD>(
         &o.student,
+        spec.kind().model_task(),
         &teacher_dir,
         &teacher.model.config,
         o.settings.seed,
@@ -397,7 +508,7 @@ pub fn distill<AD: AutodiffBackend>(
     if let Some((dir, _)) = &resumed {
         // The checkpoint holds the student's weights (and config).
         let options = LoadOptions {
-            task: Some(bertkit_model::heads::Task::SequenceClassification),
+            task: Some(spec.kind().model_task()),
             allow_head_mismatch: false,
             seed: o.settings.seed,
         };
@@ -409,28 +520,15 @@ pub fn distill<AD: AutodiffBackend>(
     let student_params = model.num_params();
     let student_layers = model.config.num_hidden_layers;
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
-    let labelled = |idx: &[&Feature]| {
-        idx.iter()
-            .filter(|f| matches!(f.target, Target::Class(_)))
-            .count()
-    };
     let soft_ref = &soft;
     let feats = &features;
+    let kind = spec.kind();
     let objective = Objective {
         loss: move |m: &Bert<AD>, e: &mut dyn Encode<AD>, step: &[&Feature], micro: &[usize]| {
             let fs: Vec<&Feature> = micro.iter().map(|&i| &feats[i]).collect();
             let rows: Vec<&[f32]> = micro.iter().map(|&i| soft_ref[i].as_slice()).collect();
-            distill_loss(
-                m,
-                e,
-                &fs,
-                &rows,
-                step.len(),
-                labelled(step),
-                o.loss,
-                pad_id,
-                device,
-            )
+            let units = StepUnits::of(step, kind);
+            distill_loss(m, e, &fs, &rows, units, o.loss, pad_id, device)
         },
         digest: Some(soft_digest(&soft)),
         verb: "distilling into",
@@ -467,7 +565,7 @@ pub fn distill<AD: AutodiffBackend>(
             serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
         };
         let report = json!({
-            "task": TaskKind::Classify,
+            "task": spec.kind(),
             "command": o.command,
             "teacher": {
                 "model": teacher_dir.display().to_string(),
@@ -507,7 +605,7 @@ pub fn distill<AD: AutodiffBackend>(
         let t = &o.settings;
         bertkit_model::card::ModelCard {
             name: name(&o.out),
-            task: Some(bertkit_model::heads::Task::SequenceClassification),
+            task: Some(spec.kind().model_task()),
             base_model: Some(teacher_dir.display().to_string()),
             library: "transformers".into(),
             license: bertkit_model::card::read_license(&teacher_dir),
