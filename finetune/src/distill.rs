@@ -27,7 +27,7 @@ use bertkit_model::checkpoint::{self as model_ckpt, Layout, LoadOptions};
 use bertkit_model::config::{BertConfig, ProblemType};
 use bertkit_model::heads::Bert;
 use bertkit_train::activations::Encode;
-use bertkit_train::checkpoint::{self as train_ckpt, Resume};
+use bertkit_train::checkpoint::Resume;
 use bertkit_train::distributed::ProcessGroup;
 use bertkit_train::step::MicroLoss;
 use burn::tensor::activation::softmax;
@@ -36,10 +36,10 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use serde_json::json;
 
 use crate::data::ReadOptions;
-use crate::run::{evaluate_logits, load_data, open, DataOptions};
+use crate::run::{evaluate_logits, load_data, open, resume_point, DataOptions};
 use crate::spec::{TaskKind, TaskSettings};
 use crate::tasks::{self, pad, Feature, Logits, Target};
-use crate::trainer::{self, Checkpoints, Evaluation, FinetuneState, Objective, TrainSettings};
+use crate::trainer::{self, Checkpoints, Evaluation, Objective, TrainSettings};
 
 /// Where the student's weights come from.
 #[derive(Debug, Clone, PartialEq)]
@@ -417,22 +417,7 @@ pub fn distill<AD: AutodiffBackend>(
         );
     }
     let ckpt_root = o.out.join("checkpoints");
-    if main && o.overwrite && o.resume == Resume::Never && ckpt_root.exists() {
-        std::fs::remove_dir_all(&ckpt_root)
-            .with_context(|| format!("removing {}", ckpt_root.display()))?;
-    }
-    let chosen = if main {
-        train_ckpt::choose::<FinetuneState>(&o.resume, &ckpt_root, &o.out)?
-    } else {
-        None
-    };
-    let resumed = train_ckpt::agree(chosen, group)?;
-    if main && resumed.is_none() && o.out.join(model_ckpt::CONFIG_FILE).exists() && !o.overwrite {
-        bail!(
-            "{} already holds a model; choose another --out or pass --overwrite",
-            o.out.display()
-        );
-    }
+    let resumed = resume_point(&o.out, o.overwrite, &o.resume, group)?;
     let spec = &teacher.spec;
     let labels = &teacher.labels;
     let tok = &teacher.tokenizer;

@@ -247,6 +247,46 @@ pub struct FinetuneResult {
     pub skipped: usize,
 }
 
+/// Where a training run writing to `out` continues from: the checkpoint `resume` chooses in
+/// `out/checkpoints` (agreed on by every rank), or none. A fresh run with `overwrite` clears the
+/// old checkpoints; without it, a folder that already holds a model is refused.
+pub fn resume_point(
+    out: &Path,
+    overwrite: bool,
+    resume: &Resume,
+    group: &mut ProcessGroup,
+) -> Result<Option<(PathBuf, FinetuneState)>> {
+    let main = group.is_main();
+    let ckpt_root = out.join("checkpoints");
+    if main && overwrite && *resume == Resume::Never && ckpt_root.exists() {
+        std::fs::remove_dir_all(&ckpt_root)
+            .with_context(|| format!("removing {}", ckpt_root.display()))?;
+    }
+    let chosen = if main {
+        train_ckpt::choose::<FinetuneState>(resume, &ckpt_root, out)?
+    } else {
+        None
+    };
+    let resumed = train_ckpt::agree(chosen, group)?;
+    if let Some((dir, state)) = &resumed {
+        if state.best.is_some() && !out.join(model_ckpt::CONFIG_FILE).exists() {
+            bail!(
+                "{} has no model, but the checkpoint {} comes after evaluations whose best model \
+                 the run wrote to its own output folder: resume into that folder",
+                out.display(),
+                dir.display()
+            );
+        }
+    }
+    if main && resumed.is_none() && out.join(model_ckpt::CONFIG_FILE).exists() && !overwrite {
+        bail!(
+            "{} already holds a model; choose another --out or pass --overwrite",
+            out.display()
+        );
+    }
+    Ok(resumed)
+}
+
 /// Fine-tunes `o.model` on `o.train`; `o.out` receives the best model (by the main validation
 /// metric), `finetune.json`, `metrics.json`, `metrics.jsonl` and TensorBoard logs.
 ///
@@ -260,32 +300,7 @@ pub fn finetune<AD: AutodiffBackend>(
 ) -> Result<FinetuneResult> {
     let main = group.is_main();
     let ckpt_root = o.out.join("checkpoints");
-    if main && o.overwrite && o.resume == Resume::Never && ckpt_root.exists() {
-        std::fs::remove_dir_all(&ckpt_root)
-            .with_context(|| format!("removing {}", ckpt_root.display()))?;
-    }
-    let chosen = if main {
-        train_ckpt::choose::<FinetuneState>(&o.resume, &ckpt_root, &o.out)?
-    } else {
-        None
-    };
-    let resumed = train_ckpt::agree(chosen, group)?;
-    if let Some((dir, state)) = &resumed {
-        if state.best.is_some() && !o.out.join(model_ckpt::CONFIG_FILE).exists() {
-            bail!(
-                "{} has no model, but the checkpoint {} comes after evaluations whose best model \
-                 the run wrote to its own output folder: resume into that folder",
-                o.out.display(),
-                dir.display()
-            );
-        }
-    }
-    if main && resumed.is_none() && o.out.join(model_ckpt::CONFIG_FILE).exists() && !o.overwrite {
-        bail!(
-            "{} already holds a model; choose another --out or pass --overwrite",
-            o.out.display()
-        );
-    }
+    let resumed = resume_point(&o.out, o.overwrite, &o.resume, group)?;
     let model_dir = model_ckpt::model_dir(&o.model);
     let (mut config, _) = model_ckpt::read_config(&model_dir)?;
     let tokenizer = BertTokenizer::from_dir(&model_dir)?;
