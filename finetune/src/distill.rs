@@ -23,7 +23,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use bertkit_model::checkpoint::{self as model_ckpt, Layout, LoadOptions};
+use bertkit_model::checkpoint::{self as model_ckpt, LoadOptions};
 use bertkit_model::config::{BertConfig, ProblemType};
 use bertkit_model::heads::Bert;
 use bertkit_train::activations::Encode;
@@ -36,7 +36,9 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use serde_json::json;
 
 use crate::data::ReadOptions;
-use crate::run::{evaluate_logits, load_data, open, resume_point, DataOptions};
+use crate::run::{
+    evaluate_logits, evaluator, file_name, keeper, load_data, open, resume_point, DataOptions,
+};
 use crate::spec::{TaskKind, TaskSettings};
 use crate::tasks::{self, pad, Feature, Logits, Target};
 use crate::trainer::{self, Checkpoints, Evaluation, Objective, TrainSettings};
@@ -463,10 +465,9 @@ pub fn distill<AD: AutodiffBackend>(
         pad_id,
         device,
     ));
-    let eval_features = validation.features().to_vec();
     let teacher_logits = tasks::predict_logits(
         &teacher.model,
-        &eval_features,
+        validation.features(),
         o.eval_batch_size,
         pad_id,
         device,
@@ -531,19 +532,8 @@ pub fn distill<AD: AutodiffBackend>(
         },
         group,
         device,
-        |m: &Bert<AD::InnerBackend>, epoch, step| {
-            let logits =
-                tasks::predict_logits(m, &eval_features, o.eval_batch_size, pad_id, device);
-            Ok(Evaluation {
-                epoch,
-                step,
-                metrics: evaluate_logits(spec, labels, &validation, &logits)?,
-            })
-        },
-        |m, _eval| {
-            model_ckpt::save(m, &o.out, Some(&teacher_dir), Layout::Bertkit)?;
-            spec.write(&o.out)
-        },
+        evaluator(spec, labels, &validation, o.eval_batch_size, pad_id, device),
+        keeper(&o.out, &teacher_dir, spec),
     )?;
     if main {
         let metrics = |m: &[(String, f64)]| {
@@ -582,21 +572,16 @@ pub fn distill<AD: AutodiffBackend>(
             &o.out.join(crate::run::METRICS_FILE),
             serde_json::to_string_pretty(&report)?.as_bytes(),
         )?;
-        let name = |p: &Path| {
-            p.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| p.display().to_string())
-        };
         let t = &o.settings;
         bertkit_model::card::ModelCard {
-            name: name(&o.out),
+            name: file_name(&o.out),
             task: Some(spec.kind().model_task()),
             base_model: Some(teacher_dir.display().to_string()),
             library: "transformers".into(),
             license: bertkit_model::card::read_license(&teacher_dir),
             labels: labels.clone(),
-            datasets: vec![name(&o.train), name(&o.validation)],
-            eval_dataset: Some(name(&o.validation)),
+            datasets: vec![file_name(&o.train), file_name(&o.validation)],
+            eval_dataset: Some(file_name(&o.validation)),
             metrics: summary
                 .best
                 .as_ref()

@@ -247,6 +247,46 @@ pub struct FinetuneResult {
     pub skipped: usize,
 }
 
+/// `p`'s last component (the whole path when it has none): how metrics.json and the model
+/// card name data files and models.
+pub(crate) fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.display().to_string())
+}
+
+/// The trainer's evaluation after each epoch: the task's metrics of the model on `validation`.
+pub(crate) fn evaluator<'a, B: Backend>(
+    spec: &'a TaskSpec,
+    labels: &'a [String],
+    validation: &'a TaskData,
+    batch_size: usize,
+    pad_id: u32,
+    device: &'a B::Device,
+) -> impl FnMut(&Bert<B>, usize, u64) -> Result<Evaluation> + 'a {
+    move |m, epoch, step| {
+        let logits = tasks::predict_logits(m, validation.features(), batch_size, pad_id, device);
+        Ok(Evaluation {
+            epoch,
+            step,
+            metrics: evaluate_logits(spec, labels, validation, &logits)?,
+        })
+    }
+}
+
+/// The trainer's keeper of the best model: weights, config, the tokenizer files of
+/// `tokenizer_dir` and finetune.json, in `out`.
+pub(crate) fn keeper<'a, B: Backend>(
+    out: &'a Path,
+    tokenizer_dir: &'a Path,
+    spec: &'a TaskSpec,
+) -> impl FnMut(&Bert<B>, &Evaluation) -> Result<()> + 'a {
+    move |m, _best| {
+        model_ckpt::save(m, out, Some(tokenizer_dir), Layout::Bertkit)?;
+        spec.write(out)
+    }
+}
+
 /// Where a training run writing to `out` continues from: the checkpoint `resume` chooses in
 /// `out/checkpoints` (agreed on by every rank), or none. A fresh run with `overwrite` clears the
 /// old checkpoints; without it, a folder that already holds a model is refused.
@@ -392,7 +432,6 @@ pub fn finetune<AD: AutodiffBackend>(
     std::fs::create_dir_all(&o.out).with_context(|| format!("creating {}", o.out.display()))?;
     let num_labels = labels.len().max(1);
     let pad_id = tokenizer.pad_id();
-    let eval_features = validation.features().to_vec();
     let summary = trainer::train(
         model,
         train.features(),
@@ -406,26 +445,17 @@ pub fn finetune<AD: AutodiffBackend>(
         },
         group,
         device,
-        |m: &Bert<AD::InnerBackend>, epoch, step| {
-            let logits =
-                tasks::predict_logits(m, &eval_features, o.eval_batch_size, pad_id, device);
-            Ok(Evaluation {
-                epoch,
-                step,
-                metrics: evaluate_logits(&spec, &labels, &validation, &logits)?,
-            })
-        },
-        |m, _eval| {
-            model_ckpt::save(m, &o.out, Some(&model_dir), Layout::Bertkit)?;
-            spec.write(&o.out)
-        },
+        evaluator(
+            &spec,
+            &labels,
+            &validation,
+            o.eval_batch_size,
+            pad_id,
+            device,
+        ),
+        keeper(&o.out, &model_dir, &spec),
     )?;
     if main {
-        let file_name = |p: &Path| {
-            p.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| p.display().to_string())
-        };
         let metrics = json!({
             "task": spec.kind(),
             "base_model": o.model.display().to_string(),

@@ -336,43 +336,36 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         }
     }
     let finetuned = out.join("finetuned");
-    let finetune_args = {
-        #[derive(clap::Parser)]
-        struct Flags {
-            #[command(flatten)]
-            finetune: super::finetune::FinetuneArgs,
-        }
-        let path = |p: &std::path::Path| p.display().to_string();
-        let mut a = <Flags as clap::Parser>::try_parse_from([
-            "finetune".to_string(),
-            "--task".into(),
-            "classify".into(),
-            "--max-seq-length".into(),
-            "32".into(),
-            "--model".into(),
-            path(&model_dir),
-            "--train".into(),
-            path(&train),
-            "--validation".into(),
-            path(&validation),
-            "--out".into(),
-            path(&finetuned),
-            "--epochs".into(),
-            "4".into(),
-            "--batch-size".into(),
-            "16".into(),
-            "--lr".into(),
-            "1e-3".into(),
-            "--log-every".into(),
-            "20".into(),
-            "--report-to".into(),
-            "jsonl".into(),
-            "--overwrite".into(),
-        ])?
-        .finetune;
-        a.training.device = device;
-        a
-    };
+    let path = |p: &std::path::Path| p.display().to_string();
+    let mut finetune_args: super::finetune::FinetuneArgs = flags(
+        "finetune",
+        &[
+            "--task",
+            "classify",
+            "--max-seq-length",
+            "32",
+            "--model",
+            &path(&model_dir),
+            "--train",
+            &path(&train),
+            "--validation",
+            &path(&validation),
+            "--out",
+            &path(&finetuned),
+            "--epochs",
+            "4",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--log-every",
+            "20",
+            "--report-to",
+            "jsonl",
+            "--overwrite",
+        ],
+    )?;
+    finetune_args.training.device = device;
     super::finetune::finetune(&finetune_args)?;
     let metrics: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(finetuned.join("metrics.json"))
@@ -396,41 +389,33 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         "bertkit distill (the classifier -> a student of 1 of its 2 layers)",
     );
     let student = out.join("distilled");
-    let distill_args = {
-        #[derive(clap::Parser)]
-        struct Flags {
-            #[command(flatten)]
-            distill: super::distill::DistillArgs,
-        }
-        let path = |p: &std::path::Path| p.display().to_string();
-        let mut a = <Flags as clap::Parser>::try_parse_from([
-            "distill".to_string(),
-            "--teacher".into(),
-            path(&finetuned),
-            "--student-layers".into(),
-            "1".into(),
-            "--train".into(),
-            path(&train),
-            "--validation".into(),
-            path(&validation),
-            "--out".into(),
-            path(&student),
-            "--epochs".into(),
-            "4".into(),
-            "--batch-size".into(),
-            "16".into(),
-            "--lr".into(),
-            "1e-3".into(),
-            "--log-every".into(),
-            "20".into(),
-            "--report-to".into(),
-            "jsonl".into(),
-            "--overwrite".into(),
-        ])?
-        .distill;
-        a.training.device = device;
-        a
-    };
+    let mut distill_args: super::distill::DistillArgs = flags(
+        "distill",
+        &[
+            "--teacher",
+            &path(&finetuned),
+            "--student-layers",
+            "1",
+            "--train",
+            &path(&train),
+            "--validation",
+            &path(&validation),
+            "--out",
+            &path(&student),
+            "--epochs",
+            "4",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--log-every",
+            "20",
+            "--report-to",
+            "jsonl",
+            "--overwrite",
+        ],
+    )?;
+    distill_args.training.device = device;
     super::distill::run(&distill_args)?;
 
     stage(
@@ -522,6 +507,13 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// A command's flags as its command line would give them (clap's defaults for the rest).
+fn flags<A: clap::Args + clap::FromArgMatches>(command: &'static str, args: &[&str]) -> Result<A> {
+    let matches = A::augment_args(clap::Command::new(command))
+        .try_get_matches_from(std::iter::once(command).chain(args.iter().copied()))?;
+    Ok(A::from_arg_matches(&matches)?)
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -153,7 +153,6 @@ pub async fn dispatch(call: &Call, path: &str, message: Bytes) -> Outcome {
             HeaderMap::new(),
         ));
     };
-    let none = HeaderMap::new;
     let get = |p: String| async move { call.send(Method::GET, &p, &[], Vec::new()).await };
     // Each arm: the HTTP answer it came from (for the metadata), and the reply or failure.
     let (reply, out): (Option<Reply>, Result<Vec<u8>, Status>) = match method {
@@ -229,10 +228,7 @@ pub async fn dispatch(call: &Call, path: &str, message: Bytes) -> Outcome {
             .encode_to_vec())
         }),
         "ModelStatistics" => {
-            let q: ModelRef = match decode(&message) {
-                Ok(q) => q,
-                Err(s) => return Err((s, none())),
-            };
+            let q: ModelRef = decode(&message).map_err(|s| (s, HeaderMap::new()))?;
             let path = if q.name.is_empty() {
                 Ok("/v2/models/stats".to_string())
             } else {
@@ -251,10 +247,7 @@ pub async fn dispatch(call: &Call, path: &str, message: Bytes) -> Outcome {
             })
         }
         "RepositoryIndex" => {
-            let q: RepositoryIndexRequest = match decode(&message) {
-                Ok(q) => q,
-                Err(s) => return Err((s, none())),
-            };
+            let q: RepositoryIndexRequest = decode(&message).map_err(|s| (s, HeaderMap::new()))?;
             let r = call
                 .send(
                     Method::POST,
@@ -282,10 +275,7 @@ pub async fn dispatch(call: &Call, path: &str, message: Bytes) -> Outcome {
             })
         }
         "RepositoryModelLoad" | "RepositoryModelUnload" => {
-            let q: RepositoryModelRequest = match decode(&message) {
-                Ok(q) => q,
-                Err(s) => return Err((s, none())),
-            };
+            let q: RepositoryModelRequest = decode(&message).map_err(|s| (s, HeaderMap::new()))?;
             let action = if method == "RepositoryModelLoad" {
                 "load"
             } else {
@@ -308,10 +298,7 @@ pub async fn dispatch(call: &Call, path: &str, message: Bytes) -> Outcome {
             json_call(r, |_| Ok(Vec::new()))
         }
         "ModelInfer" => {
-            let q: ModelInferRequest = match decode(&message) {
-                Ok(q) => q,
-                Err(s) => return Err((s, none())),
-            };
+            let q: ModelInferRequest = decode(&message).map_err(|s| (s, HeaderMap::new()))?;
             match infer(call, &q).await {
                 Ok((r, out)) => (Some(r), Ok(out)),
                 Err((r, s)) => (r, Err(s)),
