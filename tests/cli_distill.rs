@@ -3,7 +3,9 @@
 //! layers with unlabelled text is a normal model folder (eval, export) with the teacher beside
 //! it in metrics.json; an interrupted run resumes bit for bit; bad configurations are refused
 //! with a message. NER and QA teachers (MiniLM fine-tuned on the CoNLL and SQuAD fixtures)
-//! teach 3-layer students. (The loss terms against their definitions: finetune/src/distill.rs.)
+//! teach 3-layer students. A student of half the teacher's width learns its hidden states and
+//! attention through a projection. (The loss terms against their definitions:
+//! train/src/distill.rs.)
 
 mod common;
 
@@ -99,6 +101,12 @@ fn setup() -> &'static Setup {
         let mut config = json(&tiny.join("config.json"));
         config["num_hidden_layers"] = 1.into();
         std::fs::write(root.join("student.json"), config.to_string()).unwrap();
+        // Half the width (a projection to the teacher's), the same 4 heads; and one of 2 heads.
+        config["hidden_size"] = 16.into();
+        config["intermediate_size"] = 32.into();
+        std::fs::write(root.join("narrow.json"), config.to_string()).unwrap();
+        config["num_attention_heads"] = 2.into();
+        std::fs::write(root.join("two_heads.json"), config.to_string()).unwrap();
         Setup { _dir: dir, root }
     })
 }
@@ -246,12 +254,30 @@ fn a_student_of_the_teachers_layers_is_a_normal_model_folder() {
 
 #[test]
 fn an_interrupted_distillation_resumes_bit_for_bit() {
+    resumes_bit_for_bit(&["--student-layers", "1"]);
+}
+
+/// With the intermediate-layer terms and the projection (its weights and moments in the
+/// checkpoints).
+#[test]
+fn an_interrupted_layer_distillation_resumes_bit_for_bit() {
+    let narrow = setup().path("narrow.json");
+    resumes_bit_for_bit(&[
+        "--student-config",
+        s(&narrow),
+        "--hidden-weight",
+        "1",
+        "--attention-weight",
+        "0.5",
+    ]);
+}
+
+fn resumes_bit_for_bit(student: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("a");
     // 64 examples in batches of 8: 8 steps an epoch, 16 in all; checkpoints at 4, 8, 12, 16.
-    let extra = [
-        "--student-layers",
-        "1",
+    let mut extra = student.to_vec();
+    extra.extend([
         "--epochs",
         "2",
         "--save-steps",
@@ -260,7 +286,7 @@ fn an_interrupted_distillation_resumes_bit_for_bit() {
         "10",
         "--logging-steps",
         "1",
-    ];
+    ]);
     distill(&a, &extra);
     let b = dir.path().join("b");
     common::copy_dir(&a, &b);
@@ -300,6 +326,95 @@ fn an_interrupted_distillation_resumes_bit_for_bit() {
     assert!(err.contains("resume with the same data"), "{err}");
 }
 
+/// TinyBERT's two stages: a student of half the teacher's width learns the teacher's hidden
+/// states (through a projection) and attention alone, then its predictions.
+#[test]
+fn a_narrower_student_learns_the_teachers_layers_through_a_projection() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = dir.path().join("layers");
+    let narrow = setup().path("narrow.json");
+    distill(
+        &layers,
+        &[
+            "--student-config",
+            s(&narrow),
+            "--prediction-weight",
+            "0",
+            "--hidden-weight",
+            "1",
+            "--attention-weight",
+            "1",
+            "--epochs",
+            "10",
+            "--logging-steps",
+            "1",
+            "--save-steps",
+            "40",
+            "--no-plan-latency",
+        ],
+    );
+    let m = json(&layers.join("metrics.json"));
+    let d = &m["distillation"];
+    assert_eq!(d["hidden_projection"], 32, "{m}");
+    // The student's one layer learns from the teacher's top layer.
+    assert_eq!(d["layer_map"], serde_json::json!([1]), "{m}");
+    let losses: Vec<f64> = jsonl(&layers.join("metrics.jsonl"))
+        .iter()
+        .filter(|r| r["split"] == "train")
+        .map(|r| r["loss"].as_f64().unwrap())
+        .collect();
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    assert!(
+        last < 0.5 * first,
+        "the intermediate terms did not fall: {first} -> {last}"
+    );
+    // The projection is trained and checkpointed, but the model folder is a normal one.
+    let names = |path: &Path| -> Vec<String> {
+        let bytes = std::fs::read(path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.names().into_iter().map(String::from).collect()
+    };
+    assert!(!names(&layers.join("model.safetensors"))
+        .iter()
+        .any(|n| n.contains("distill")));
+    let last_ckpt = std::fs::read_dir(layers.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let in_ckpt = names(&last_ckpt.join("model.safetensors"));
+    assert!(
+        in_ckpt.contains(&"distill.hidden_projection.weight".to_string()),
+        "{in_ckpt:?}"
+    );
+    // The parameters reported are the model folder's (the projection not counted).
+    let bytes = std::fs::read(layers.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let elements: usize = st
+        .tensors()
+        .iter()
+        .map(|(_, v)| v.shape().iter().product::<usize>())
+        .sum();
+    assert_eq!(m["student"]["parameters"], elements, "{m}");
+    // Stage two: the predictions, from the soft targets alone.
+    let out = dir.path().join("student");
+    distill(
+        &out,
+        &[
+            "--student",
+            s(&layers),
+            "--alpha",
+            "1",
+            "--epochs",
+            "20",
+            "--no-plan-latency",
+        ],
+    );
+    let m = json(&out.join("metrics.json"));
+    assert_eq!(m["best"]["accuracy"], 1.0, "{m}");
+    assert_eq!(json(&out.join("config.json"))["hidden_size"], 16);
+}
+
 #[test]
 fn bad_configurations_are_refused_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -315,6 +430,30 @@ fn bad_configurations_are_refused_with_a_message() {
     refused(
         &["--student-layers", "1", "--temperature", "0"],
         "--temperature",
+    );
+    refused(
+        &["--student-layers", "1", "--prediction-weight", "0"],
+        "every loss term is off",
+    );
+    refused(
+        &["--student-layers", "1", "--hidden-weight=-1"],
+        "--hidden-weight must be",
+    );
+    refused(
+        &[
+            "--student-layers",
+            "1",
+            "--hidden-weight",
+            "1",
+            "--gradient-checkpointing",
+        ],
+        "drop --gradient-checkpointing",
+    );
+    // Attention distributions compare head to head.
+    let two_heads = setup().path("two_heads.json");
+    refused(
+        &["--student-config", s(&two_heads), "--attention-weight", "1"],
+        "the teacher has 4 heads, the student 2",
     );
     // A student that cannot read the teacher's token ids.
     let small = dir.path().join("small.json");

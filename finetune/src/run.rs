@@ -282,7 +282,9 @@ pub(crate) fn keeper<'a, B: Backend>(
     spec: &'a TaskSpec,
 ) -> impl FnMut(&Bert<B>, &Evaluation) -> Result<()> + 'a {
     move |m, _best| {
-        model_ckpt::save(m, out, Some(tokenizer_dir), Layout::Bertkit)?;
+        // A model folder, without what only distillation trains.
+        let m = m.clone().without_distillation();
+        model_ckpt::save(&m, out, Some(tokenizer_dir), Layout::Bertkit)?;
         spec.write(out)
     }
 }

@@ -145,19 +145,32 @@ impl<B: Backend> BertSelfAttention<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
+        self.forward_traced(x, mask, false).0
+    }
+
+    /// [`Self::forward`], and with `probs` the attention probabilities `[batch, heads, seq,
+    /// seq]` (before dropout; 0 at padding keys), from the explicit path.
+    pub fn forward_traced(
+        &self,
+        x: Tensor<B, 3>,
+        mask: &AttentionMask<B>,
+        probs: bool,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
         let [b, t, h] = x.dims();
         let q = self.split_heads(self.query.forward(x.clone()));
         let k = self.split_heads(self.key.forward(x.clone()));
         let v = self.split_heads(self.value.forward(x));
-        // The fused kernel has no dropout on the probabilities; training with attention dropout
-        // takes the explicit path.
+        // The fused kernel has no dropout on the probabilities and does not expose them;
+        // training with attention dropout and tracing take the explicit path.
         let training_dropout = self.dropout > 0.0 && B::ad_enabled(&q.device());
-        let context = if training_dropout {
-            attention_explicit(q, k, v, mask, self.dropout)
+        let (context, p) = if training_dropout || probs {
+            let p = attention_probs(q, k, mask);
+            let context = dropout(p.clone(), self.dropout).matmul(v);
+            (context, probs.then_some(p))
         } else {
-            attention_fused(q, k, v, mask)
+            (attention_fused(q, k, v, mask), None)
         };
-        context.swap_dims(1, 2).reshape([b, t, h])
+        (context.swap_dims(1, 2).reshape([b, t, h]), p)
     }
 }
 
@@ -186,6 +199,15 @@ pub fn attention_explicit<B: Backend>(
     mask: &AttentionMask<B>,
     dropout_prob: f64,
 ) -> Tensor<B, 4> {
+    dropout(attention_probs(q, k, mask), dropout_prob).matmul(v)
+}
+
+/// softmax(QKᵀ/√d + mask) `[batch, heads, seq, seq]`, as HF computes it.
+pub fn attention_probs<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    mask: &AttentionMask<B>,
+) -> Tensor<B, 4> {
     let head_dim = q.dims()[3];
     let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (head_dim as f64).sqrt());
     // The mask is built in f32; a bf16/fp16 forward pass (mixed-precision training) adds it in
@@ -195,9 +217,7 @@ pub fn attention_explicit<B: Backend>(
     } else {
         mask.additive.clone().cast(scores.dtype())
     };
-    let scores = scores + additive;
-    let probs = crate::fused::softmax(scores);
-    dropout(probs, dropout_prob).matmul(v)
+    crate::fused::softmax(scores + additive)
 }
 
 /// `attention.output`: dense, dropout, residual, LayerNorm.
@@ -294,13 +314,24 @@ impl<B: Backend> BertLayer<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>, mask: &AttentionMask<B>) -> Tensor<B, 3> {
-        let attended = self.attention.self_.forward(x.clone(), mask);
+        self.forward_traced(x, mask, false).0
+    }
+
+    /// [`Self::forward`], and with `probs` the layer's attention probabilities
+    /// ([`BertSelfAttention::forward_traced`]).
+    pub fn forward_traced(
+        &self,
+        x: Tensor<B, 3>,
+        mask: &AttentionMask<B>,
+        probs: bool,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
+        let (attended, p) = self.attention.self_.forward_traced(x.clone(), mask, probs);
         let attention_output = self.attention.output.forward(attended, x);
         let intermediate = activation(
             self.intermediate.act,
             self.intermediate.dense.forward(attention_output.clone()),
         );
-        self.output.forward(intermediate, attention_output)
+        (self.output.forward(intermediate, attention_output), p)
     }
 }
 
@@ -380,6 +411,44 @@ impl<B: Backend> BertModel<B> {
         }
         x
     }
+
+    /// Every hidden state (the embeddings' output, then each layer's, as HF's
+    /// `output_hidden_states`) and, with `attention`, each layer's attention probabilities
+    /// (HF's `output_attentions`). `before_layer(i)` runs before layer `i` (a training
+    /// encoder seeds the layer's dropout there).
+    pub fn encode_layers(
+        &self,
+        input: &BertInput<B>,
+        attention: bool,
+        mut before_layer: impl FnMut(usize),
+    ) -> Layers<B> {
+        let (x, mask) = self.embed(input);
+        let mut hidden = vec![x];
+        let mut attentions = Vec::new();
+        for (i, layer) in self.encoder.layer.iter().enumerate() {
+            before_layer(i);
+            let x = hidden[hidden.len() - 1].clone();
+            let (x, p) = layer.forward_traced(x, &mask, attention);
+            hidden.push(x);
+            attentions.extend(p);
+        }
+        Layers { hidden, attentions }
+    }
+}
+
+/// What [`BertModel::encode_layers`] returns.
+pub struct Layers<B: Backend> {
+    /// `num_hidden_layers + 1` tensors `[batch, seq, hidden]`; the last is the last hidden state.
+    pub hidden: Vec<Tensor<B, 3>>,
+    /// One `[batch, heads, seq, seq]` per layer when asked for, else empty.
+    pub attentions: Vec<Tensor<B, 4>>,
+}
+
+impl<B: Backend> Layers<B> {
+    /// The last hidden state.
+    pub fn last(&self) -> Tensor<B, 3> {
+        self.hidden[self.hidden.len() - 1].clone()
+    }
 }
 
 #[cfg(test)]
@@ -415,5 +484,49 @@ mod tests {
         let again = attention_fused(q, k, v2, &mask);
         let diff = (fused - again).abs().max().into_scalar();
         assert!(diff < 1e-6, "padding leaked into attention: {diff}");
+    }
+
+    /// `encode_layers` (explicit attention) gives `encode`'s (fused) last hidden state, the
+    /// embeddings' output first, and attention rows that sum to 1 with nothing on padding.
+    #[test]
+    fn every_layer_and_attention_are_traced() {
+        let device = Default::default();
+        let c = BertConfig {
+            vocab_size: 50,
+            hidden_size: 16,
+            num_hidden_layers: 3,
+            num_attention_heads: 4,
+            intermediate_size: 32,
+            ..BertConfig::default()
+        };
+        let model = crate::checkpoint::init::<Cpu>(&c, crate::heads::Task::Base, 7, &device)
+            .unwrap()
+            .bert;
+        let batch = crate::tokenizer::Batch::pad(
+            &[
+                (vec![2, 5, 9, 11, 3], vec![0; 5]),
+                (vec![2, 7, 3], vec![0; 3]),
+            ],
+            0,
+        );
+        let input = batch.to_input::<Cpu>(&device);
+        let mut seen = Vec::new();
+        let layers = model.encode_layers(&input, true, |i| seen.push(i));
+        assert_eq!(seen, vec![0, 1, 2]);
+        assert_eq!(layers.hidden.len(), 4);
+        assert_eq!(layers.attentions.len(), 3);
+        let diff = |a: Tensor<Cpu, 3>, b: Tensor<Cpu, 3>| (a - b).abs().max().into_scalar();
+        assert!(diff(layers.last(), model.encode(&input)) < 1e-5);
+        assert!(diff(layers.hidden[0].clone(), model.embed(&input).0) < 1e-6);
+        for p in &layers.attentions {
+            assert_eq!(p.dims(), [2, 4, 5, 5]);
+            let sums = p.clone().sum_dim(3);
+            assert!((sums - 1.0).abs().max().into_scalar() < 1e-5);
+            let padding = p.clone().slice([1..2, 0..4, 0..5, 3..5]);
+            assert!(padding.abs().max().into_scalar() < 1e-12);
+        }
+        let plain = model.encode_layers(&input, false, |_| {});
+        assert!(plain.attentions.is_empty());
+        assert!(diff(plain.last(), layers.last()) < 1e-5);
     }
 }

@@ -183,6 +183,10 @@ pub struct Bert<B: Backend> {
     pub classifier: Option<Linear<B>>,
     /// `qa_outputs` (span start/end).
     pub qa_outputs: Option<Linear<B>>,
+    /// `distill.hidden_projection`: a student's hidden states to its teacher's width, trained
+    /// during intermediate-layer distillation only (TinyBERT's `W_h`); in a distillation's
+    /// checkpoints, never in a model folder ([`Bert::without_distillation`]).
+    pub hidden_projection: Option<Linear<B>>,
     #[module(skip)]
     pub task: Task,
     #[module(skip)]
@@ -209,6 +213,10 @@ pub struct BertOutput<B: Backend> {
     pub end_logits: Option<Tensor<B, 2>>,
 }
 
+/// The parameter name of [`Bert::hidden_projection`].
+pub const HIDDEN_PROJECTION: &str = "distill.hidden_projection";
+const HIDDEN_PROJECTION_BIAS: &str = "distill.hidden_projection.bias";
+
 impl<B: Backend> Bert<B> {
     /// Builds the model for `task`, taking every parameter from `src` (a checkpoint or fresh
     /// initialization). Problems are collected in `src`; call `src.finish()` afterwards.
@@ -233,12 +241,18 @@ impl<B: Backend> Bert<B> {
         .then(|| Linear::load(src, "classifier", h, config.num_labels(), device));
         let qa_outputs = (task == Task::QuestionAnswering)
             .then(|| Linear::load(src, "qa_outputs", h, 2, device));
+        let hidden_projection = src
+            .tensors()
+            .get(HIDDEN_PROJECTION_BIAS)
+            .map(|bias| bias.shape[0])
+            .map(|teacher| Linear::load(src, HIDDEN_PROJECTION, h, teacher, device));
         Bert {
             bert,
             mlm,
             nsp,
             classifier,
             qa_outputs,
+            hidden_projection,
             task,
             config: config.clone(),
         }
@@ -259,6 +273,31 @@ impl<B: Backend> Bert<B> {
         if let Some(qa) = &self.qa_outputs {
             qa.save(sink, "qa_outputs");
         }
+        if let Some(p) = &self.hidden_projection {
+            p.save(sink, HIDDEN_PROJECTION);
+        }
+    }
+
+    /// This model with a fresh [`Bert::hidden_projection`] to `teacher_width` (normal(0,
+    /// `initializer_range`) weights from `seed`, zero bias).
+    pub fn with_hidden_projection(mut self, teacher_width: usize, seed: u64) -> Self {
+        let device = self.bert.embeddings.word_embeddings.weight.val().device();
+        let mut src = ParamSource::fresh(seed, self.config.initializer_range);
+        let h = self.config.hidden_size;
+        self.hidden_projection = Some(Linear::load(
+            &mut src,
+            HIDDEN_PROJECTION,
+            h,
+            teacher_width,
+            &device,
+        ));
+        self
+    }
+
+    /// This model without what only distillation trains: a normal model folder's model.
+    pub fn without_distillation(mut self) -> Self {
+        self.hidden_projection = None;
+        self
     }
 
     /// The number of parameters (the tied decoder counted once, as HF does).

@@ -369,8 +369,8 @@ impl ParamSink {
 }
 
 /// Name prefixes of the task heads' parameters, which live outside the `bert.` namespace in HF
-/// checkpoints.
-pub const HEAD_PREFIXES: [&str; 3] = ["cls.", "classifier.", "qa_outputs."];
+/// checkpoints (and of distillation's projection, which only a distillation's checkpoints hold).
+pub const HEAD_PREFIXES: [&str; 4] = ["cls.", "classifier.", "qa_outputs.", "distill."];
 
 pub fn is_head_name(name: &str) -> bool {
     HEAD_PREFIXES.iter().any(|p| name.starts_with(p))

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use bertkit_finetune::data::ReadOptions;
 use bertkit_finetune::distill::{self, DistillLoss, DistillOptions, StudentInit};
+use bertkit_train::distill::{layer_choice, IntermediateWeights};
 use bertkit_train::distributed::ProcessGroup;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
@@ -51,6 +52,21 @@ pub struct DistillArgs {
     /// The weight of the soft-target (KL) term; 1 - alpha weighs the labels' cross entropy.
     #[arg(long, default_value_t = 0.5)]
     pub alpha: f64,
+    /// The weight of the prediction layer's loss (the KL and cross-entropy terms together); 0
+    /// trains on the intermediate terms alone (TinyBERT's first stage; a second run with
+    /// `--student` on its output then learns the predictions).
+    #[arg(long, default_value_t = 1.0)]
+    pub prediction_weight: f64,
+    /// Intermediate-layer distillation: the weight of the hidden-state term (MSE of the
+    /// student's hidden states, through a learned projection when the widths differ, against
+    /// the teacher's: the embeddings and each student layer against its teacher layer). 0 is off.
+    #[arg(long, default_value_t = 0.0)]
+    pub hidden_weight: f64,
+    /// Intermediate-layer distillation: the weight of the attention term (KL of each head's
+    /// attention distribution against the teacher's, in each mapped layer; the same number of
+    /// heads). 0 is off.
+    #[arg(long, default_value_t = 0.0)]
+    pub attention_weight: f64,
     /// Skip timing the teacher's and the student's fp32 plans (1x32 and 32x128 on this
     /// machine) for metrics.json.
     #[arg(long)]
@@ -77,7 +93,11 @@ fn distill_on<B: Backend>(
         (Some(spec), None, None) => {
             let dir = bertkit_model::checkpoint::model_dir(&args.teacher);
             let (config, _) = bertkit_model::checkpoint::read_config(&dir)?;
-            StudentInit::TeacherLayers(distill::layer_choice(config.num_hidden_layers, spec)?)
+            StudentInit::TeacherLayers(layer_choice(
+                config.num_hidden_layers,
+                spec,
+                "--student-layers",
+            )?)
         }
         (None, Some(dir), None) => StudentInit::Pretrained(dir.clone()),
         (None, None, Some(file)) => StudentInit::Config(file.clone()),
@@ -94,6 +114,11 @@ fn distill_on<B: Backend>(
         loss: DistillLoss {
             temperature: args.temperature,
             alpha: args.alpha,
+            prediction: args.prediction_weight,
+            layers: IntermediateWeights {
+                hidden: args.hidden_weight,
+                attention: args.attention_weight,
+            },
         },
         read: ReadOptions::default(),
         max_train_examples: t.max_train_examples,

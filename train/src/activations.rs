@@ -14,7 +14,7 @@
 //! A micro-batch's objective asks its [`Encode`] for the last hidden state and puts the heads on
 //! it; `step::train_step` chooses the encoder.
 
-use bertkit_model::bert::{AttentionMask, BertInput, BertModel};
+use bertkit_model::bert::{AttentionMask, BertInput, BertModel, Layers};
 use bertkit_model::heads::Bert;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -29,6 +29,18 @@ const TAG_LAYER: u64 = u64::from_be_bytes(*b"layer-do");
 /// Where a micro-batch's loss gets the encoder's last hidden state `[batch, seq, hidden]`.
 pub trait Encode<B: Backend> {
     fn encode(&mut self, bert: &BertModel<B>, input: &BertInput<B>) -> Tensor<B, 3>;
+
+    /// Every hidden state and, with `attention`, each layer's attention probabilities
+    /// ([`BertModel::encode_layers`]), for intermediate-layer distillation; `None` where the
+    /// encoder keeps no layer's graph ([`Recompute`]).
+    fn encode_layers(
+        &mut self,
+        _bert: &BertModel<B>,
+        _input: &BertInput<B>,
+        _attention: bool,
+    ) -> Option<Layers<B>> {
+        None
+    }
 }
 
 /// `BertModel::encode`, for evaluation.
@@ -37,6 +49,15 @@ pub struct Plain;
 impl<B: Backend> Encode<B> for Plain {
     fn encode(&mut self, bert: &BertModel<B>, input: &BertInput<B>) -> Tensor<B, 3> {
         bert.encode(input)
+    }
+
+    fn encode_layers(
+        &mut self,
+        bert: &BertModel<B>,
+        input: &BertInput<B>,
+        attention: bool,
+    ) -> Option<Layers<B>> {
+        Some(bert.encode_layers(input, attention, |_| {}))
     }
 }
 
@@ -60,6 +81,17 @@ impl<B: Backend> Encode<B> for Seeded {
             x = layer.forward(x, &mask);
         }
         x
+    }
+
+    fn encode_layers(
+        &mut self,
+        bert: &BertModel<B>,
+        input: &BertInput<B>,
+        attention: bool,
+    ) -> Option<Layers<B>> {
+        let device = input.input_ids.device();
+        let seed = self.micro_seed;
+        Some(bert.encode_layers(input, attention, |i| B::seed(&device, layer_seed(seed, i))))
     }
 }
 

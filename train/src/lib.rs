@@ -20,6 +20,9 @@
 //! 5. [`logger`]: metrics.jsonl, [`tensorboard`] event files and the progress bar; [`plot`]
 //!    draws a run's curves.
 //!
+//! [`distill`] holds the loss terms a student learns from a teacher with (general distillation
+//! in pretraining, task distillation in fine-tuning).
+//!
 //! [`rng`] is the deterministic generator every stage draws from.
 
 // Preparation.
@@ -34,6 +37,7 @@ pub mod vocab;
 // Training.
 pub mod activations;
 pub mod checkpoint;
+pub mod distill;
 pub mod distributed;
 pub mod loader;
 pub mod logger;
