@@ -411,3 +411,109 @@ fn phase_two_starts_from_phase_one_weights() {
     assert_eq!(state["optimizer_steps"], 3);
     assert_eq!(series(&metrics(&p2), "train", "lr")[0].1, 0.0);
 }
+
+/// General distillation (a recipe's `[distill]`): a 1-layer student of half the width learns a
+/// 2-layer teacher's MLM predictions, hidden states (through a projection) and attention on
+/// the same shards. The terms fall, the projection is in the checkpoints, an interrupted run
+/// resumes bit for bit, and teachers that do not fit are refused with a message.
+#[test]
+fn general_distillation_learns_from_a_teacher_and_resumes_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher_run = dir.path().join("teacher");
+    run_ok(&mut pretrain(
+        &teacher_run,
+        &["schedule.steps=60", "eval.every=0", "checkpoint.every=0"],
+    ));
+    let teacher = teacher_run.join("checkpoints/step-00000060");
+    let tiny = std::fs::read_to_string(repo().join("configs/models/bert-tiny.toml")).unwrap();
+    let student = |heads: usize| {
+        let path = dir.path().join(format!("student-{heads}.toml"));
+        let text = tiny
+            .replace("hidden_size = 128", "hidden_size = 64")
+            .replace("num_hidden_layers = 2", "num_hidden_layers = 1")
+            .replace("intermediate_size = 512", "intermediate_size = 256")
+            .replace(
+                "num_attention_heads = 2",
+                &format!("num_attention_heads = {heads}"),
+            );
+        std::fs::write(&path, text).unwrap();
+        format!("model={:?}", path.display().to_string())
+    };
+    let with_teacher = |t: &Path| format!("distill.teacher={:?}", t.display().to_string());
+    let settings: Vec<String> = [
+        student(2),
+        with_teacher(&teacher),
+        "distill.hidden=1".into(),
+        "distill.attention=1".into(),
+        "schedule.steps=30".into(),
+        "checkpoint.every=10".into(),
+        "checkpoint.keep=5".into(),
+        "eval.every=0".into(),
+        "log.every=1".into(),
+    ]
+    .to_vec();
+    let args: Vec<&str> = settings.iter().map(String::as_str).collect();
+    let a = dir.path().join("a");
+    run_ok(&mut pretrain(&a, &args));
+    let records = metrics(&a);
+    let mean = |s: &[(u64, f64)]| s.iter().map(|x| x.1).sum::<f64>() / s.len() as f64;
+    for term in ["soft_mlm_kl", "layer_loss"] {
+        let s = series(&records, "train", term);
+        assert_eq!(s.len(), 30, "{term}");
+        let (first, last) = (mean(&s[..5]), mean(&s[25..]));
+        assert!(
+            last < 0.8 * first && last > 0.0,
+            "{term} did not fall: {first} -> {last}"
+        );
+    }
+    let ckpt = a.join("checkpoints/step-00000030");
+    let bytes = file(&ckpt, "model.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        st.tensor("distill.hidden_projection.weight")
+            .unwrap()
+            .shape(),
+        [128, 64]
+    );
+    // Interrupted after step 10, resumed: the same weights and moments.
+    let b = dir.path().join("b");
+    copy_dir(&a, &b);
+    for step in ["20", "30"] {
+        std::fs::remove_dir_all(b.join(format!("checkpoints/step-000000{step}"))).unwrap();
+    }
+    let out = run_ok(pretrain(&b, &args).args(["--resume", "auto"]));
+    assert!(out.contains("resumed from"), "{out}");
+    for f in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(
+            file(&ckpt, f) == file(&b.join("checkpoints/step-00000030"), f),
+            "{f} differs after the resume"
+        );
+    }
+    // Teachers that do not fit.
+    let refused = |extra: &[String], says: &str| {
+        let mut all: Vec<String> = settings.clone();
+        all.extend(extra.iter().cloned());
+        let args: Vec<&str> = all.iter().map(String::as_str).collect();
+        let o = pretrain(&dir.path().join("refused"), &args)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(says), "{extra:?}: {e}");
+    };
+    refused(&[student(1)], "the teacher has 2 heads, the student 1");
+    let heads = repo().join("tests/fixtures/hf-reference/tiny_heads");
+    refused(
+        &[with_teacher(&heads.join("sequence_classification"))],
+        "has no masked-LM head",
+    );
+    refused(
+        &[with_teacher(
+            &repo().join("tests/fixtures/hf-reference/tiny_pretraining"),
+        )],
+        "vocabulary is not the data's",
+    );
+    refused(
+        &["distill.alpha=2".into()],
+        "distill.alpha must be within 0 and 1",
+    );
+}

@@ -145,7 +145,7 @@ pub fn distill_loss<B: AutodiffBackend>(
     let batch = pad(features, pad_id);
     let (hidden, intermediate) = match layers {
         Some(l) => {
-            let (hidden, loss) = distill::intermediate(
+            let compared = distill::intermediate(
                 model,
                 encoder,
                 l.teacher,
@@ -154,7 +154,7 @@ pub fn distill_loss<B: AutodiffBackend>(
                 units.tokens,
                 device,
             );
-            (hidden, Some(loss))
+            (compared.student, Some(compared.loss))
         }
         None => (
             encoder.encode(&model.bert, &batch.to_input::<B>(device)),

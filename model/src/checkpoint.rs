@@ -68,6 +68,8 @@ pub struct LoadOptions {
     pub task: Option<Task>,
     /// Let head (and pooler) parameters be initialized fresh when absent and dropped when the
     /// task has no use for them, as when fine-tuning a pretrained body. Reported, never silent.
+    /// Such a load starts a new run, so a distillation checkpoint's projection is left out
+    /// ([`Bert::without_distillation`]); a resume loads exactly.
     pub allow_head_mismatch: bool,
     /// Seed of the initialization of fresh parameters.
     pub seed: u64,
@@ -171,6 +173,11 @@ pub fn load_with_config<B: Backend>(
     }
     let model = Bert::load(&mut src, &config, task, device);
     let report = src.finish()?;
+    let model = if options.allow_head_mismatch {
+        model.without_distillation()
+    } else {
+        model
+    };
     Ok((model, report))
 }
 

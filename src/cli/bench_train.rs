@@ -126,6 +126,7 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
             std::slice::from_ref(&batch),
             &settings,
             true,
+            None,
             &mut ProcessGroup::single(),
             device,
         )?;

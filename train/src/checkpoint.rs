@@ -136,6 +136,9 @@ pub struct RunIdentity {
     pub seed: u64,
     /// sha256 of the data folder's manifest.json.
     pub data_manifest_sha256: String,
+    /// General distillation: sha256 of the teacher's weights file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

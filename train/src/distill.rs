@@ -191,11 +191,21 @@ pub fn attention_kl_sum<B: Backend>(
     per_row.mul(mask.reshape([b, 1, t])).sum()
 }
 
-/// The weighted intermediate-layer terms of one micro-batch and the student's last hidden
-/// state (for its heads). The student's layers come from `encoder` (dropout as in training);
-/// the teacher's from its forward pass without a graph. `tokens` is the number of real tokens
-/// in the whole optimizer step (all micro-batches, all ranks), so that the micro-batches' terms
-/// add up to the step's means.
+/// What [`intermediate`] computes for one micro-batch.
+pub struct Compared<AD: AutodiffBackend> {
+    /// The student's last hidden state (for its heads).
+    pub student: Tensor<AD, 3>,
+    /// The teacher's last hidden state (for its heads), without a graph.
+    pub teacher: Tensor<AD::InnerBackend, 3>,
+    /// The weighted intermediate-layer terms.
+    pub loss: Tensor<AD, 1>,
+}
+
+/// The weighted intermediate-layer terms of one micro-batch and both models' last hidden
+/// states. The student's layers come from `encoder` (dropout as in training); the teacher's
+/// from its forward pass without a graph. `tokens` is the number of real tokens in the whole
+/// optimizer step (all micro-batches, all ranks), so that the micro-batches' terms add up to
+/// the step's means.
 pub fn intermediate<AD: AutodiffBackend>(
     student: &Bert<AD>,
     encoder: &mut dyn Encode<AD>,
@@ -204,7 +214,7 @@ pub fn intermediate<AD: AutodiffBackend>(
     batch: &Batch,
     tokens: usize,
     device: &AD::Device,
-) -> (Tensor<AD, 3>, Tensor<AD, 1>) {
+) -> Compared<AD> {
     let attention = how.weights.attention > 0.0;
     let input: BertInput<AD> = batch.to_input(device);
     let s: Layers<AD> = encoder
@@ -243,7 +253,11 @@ pub fn intermediate<AD: AutodiffBackend>(
             loss = loss + attention_kl_sum(s.attentions[si].clone(), at, mask.clone()) * per;
         }
     }
-    (s.last(), loss)
+    Compared {
+        student: s.last(),
+        teacher: t.last(),
+        loss,
+    }
 }
 
 #[cfg(test)]

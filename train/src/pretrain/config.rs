@@ -60,6 +60,68 @@ pub struct PretrainConfig {
     /// Several processes: timeouts and the collective backend.
     #[serde(default)]
     pub distributed: DistributedSettings,
+    /// General distillation: the model learns from a teacher's MLM predictions (and, when
+    /// weighted, its hidden states and attention) on the same shards.
+    #[serde(default)]
+    pub distill: Option<DistillSettings>,
+}
+
+/// A recipe's `[distill]` section (DistilBERT's and TinyBERT's general distillation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillSettings {
+    /// The teacher: a model folder (or checkpoint) with a masked-LM head that reads the data's
+    /// token ids; relative to the recipe's folder unless it exists from the working directory.
+    pub teacher: PathBuf,
+    /// Softens the teacher's and the student's MLM distributions.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// The weight of the soft MLM term (KL with the teacher) at the masked positions; `1 -
+    /// alpha` weighs the MLM cross entropy with the original tokens. 0 needs no MLM head on the
+    /// teacher.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// The weight of the hidden-state term (0: off); a projection is trained when the widths
+    /// differ.
+    #[serde(default)]
+    pub hidden: f64,
+    /// The weight of the attention term (0: off); the same number of heads.
+    #[serde(default)]
+    pub attention: f64,
+    /// Student layer `i` learns from teacher layer `layer_map[i]` (0-based); by default the
+    /// student's layers are spread evenly over the teacher's, the top one included.
+    #[serde(default)]
+    pub layer_map: Option<Vec<usize>>,
+}
+
+impl DistillSettings {
+    pub fn weights(&self) -> crate::distill::IntermediateWeights {
+        crate::distill::IntermediateWeights {
+            hidden: self.hidden,
+            attention: self.attention,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            bail!(
+                "distill.temperature must be a positive number, got {}",
+                self.temperature
+            );
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            bail!("distill.alpha must be within 0 and 1, got {}", self.alpha);
+        }
+        self.weights()
+            .check(["distill.hidden", "distill.attention"])
+    }
+}
+
+fn default_temperature() -> f64 {
+    2.0
+}
+fn default_alpha() -> f64 {
+    0.5
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,6 +262,11 @@ impl PretrainConfig {
         if cfg.model.is_relative() && !cfg.model.exists() {
             cfg.model = base.join(&cfg.model);
         }
+        if let Some(d) = &mut cfg.distill {
+            if d.teacher.is_relative() && !d.teacher.exists() {
+                d.teacher = base.join(&d.teacher);
+            }
+        }
         cfg.validate()
             .with_context(|| format!("in recipe {}", path.display()))?;
         Ok(cfg)
@@ -228,6 +295,15 @@ impl PretrainConfig {
         }
         if self.checkpoint.keep == 0 {
             bail!("checkpoint.keep must be at least 1");
+        }
+        if let Some(d) = &self.distill {
+            d.validate()?;
+            if d.weights().any() && self.memory.checkpoint_activations {
+                bail!(
+                    "distill.hidden and distill.attention read every layer's output, which \
+                     memory.checkpoint_activations does not keep: turn one of them off"
+                );
+            }
         }
         Ok(())
     }

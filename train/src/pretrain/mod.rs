@@ -42,8 +42,8 @@ use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::optim::Optimizer;
 use crate::shards::file_sha256;
 use crate::step::{self, max_abs_param, LossScale, StepSettings};
-use config::{Precision, PretrainConfig};
-use objective::{StepCounts, StepStats};
+use config::{DistillSettings, Precision, PretrainConfig};
+use objective::{StepCounts, StepStats, Teacher};
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -79,6 +79,7 @@ pub fn run<AD: AutodiffBackend>(
         mut optimizer,
         mut state,
         resumed,
+        teacher,
     } = setup::<AD>(cfg, opts, group, device)?;
     let main = group.is_main();
     let ckpt_root = cfg.out.join("checkpoints");
@@ -130,6 +131,7 @@ pub fn run<AD: AutodiffBackend>(
             &batches,
             &settings,
             nsp,
+            teacher.as_ref(),
             group,
             device,
         )?;
@@ -226,7 +228,7 @@ fn banner<AD: AutodiffBackend>(
 ) -> String {
     format!(
         "pretraining {} ({} parameters, {} layers, hidden {}) on {} for {} steps of {} \
-         sequences ({} x {accumulation} accumulation{}), {:?}, {:?} + {:?} schedule{}",
+         sequences ({} x {accumulation} accumulation{}), {:?}, {:?} + {:?} schedule{}{}",
         task.architecture(),
         model.num_params(),
         model.config.num_hidden_layers,
@@ -243,6 +245,17 @@ fn banner<AD: AutodiffBackend>(
         cfg.precision,
         cfg.optimizer.name,
         cfg.schedule.name,
+        match &cfg.distill {
+            Some(d) => format!(
+                "; distilling from {} (T {}, alpha {}, hidden {}, attention {})",
+                d.teacher.display(),
+                d.temperature,
+                d.alpha,
+                d.hidden,
+                d.attention
+            ),
+            None => String::new(),
+        },
         match resumed {
             Some((dir, step)) => format!("; resuming from {} (step {step})", dir.display()),
             None => String::new(),
@@ -374,6 +387,8 @@ struct Setup<AD: AutodiffBackend> {
     state: TrainerState,
     /// The checkpoint folder resumed from.
     resumed: Option<PathBuf>,
+    /// General distillation's teacher (`[distill]`).
+    teacher: Option<Teacher<AD::InnerBackend>>,
 }
 
 fn setup<AD: AutodiffBackend>(
@@ -387,12 +402,17 @@ fn setup<AD: AutodiffBackend>(
     let accumulation = cfg.accumulation(world_size)?;
     let manifest = Manifest::read(&cfg.data)?;
     let (_, data_sha) = file_sha256(&cfg.data.join(MANIFEST_FILE))?;
+    let teacher = match &cfg.distill {
+        Some(d) => Some(load_teacher::<AD::InnerBackend>(d, &manifest, cfg, device)?),
+        None => None,
+    };
     let identity = RunIdentity {
         micro_batch: cfg.batch.micro,
         accumulation,
         world_size,
         seed: cfg.seed,
         data_manifest_sha256: data_sha,
+        teacher_sha256: teacher.as_ref().map(|(_, sha)| sha.clone()),
     };
     let task = if manifest.settings.nsp {
         Task::Pretraining
@@ -412,7 +432,7 @@ fn setup<AD: AutodiffBackend>(
         checkpoint::remove_unfinished(&ckpt_root)?;
     }
     let mut optimizer = Optimizer::<AD::InnerBackend>::new(cfg.optimizer.clone());
-    let (model, state) = match &resumed {
+    let (model, state, teacher) = match &resumed {
         Some((dir, state)) => {
             if state.identity != identity {
                 bail!(
@@ -423,7 +443,8 @@ fn setup<AD: AutodiffBackend>(
                     identity
                 );
             }
-            let model = load_model::<AD>(dir, task, cfg.seed, device)?;
+            let model = load_model::<AD>(dir, task, cfg.seed, false, device)?;
+            let (model, teacher) = distillation(model, teacher, cfg)?;
             checkpoint::restore_optimizer(
                 &mut optimizer,
                 dir,
@@ -431,11 +452,11 @@ fn setup<AD: AutodiffBackend>(
                 &model,
                 device,
             )?;
-            (model, state.clone())
+            (model, state.clone(), teacher)
         }
         None => {
             let model = match &cfg.init_from {
-                Some(dir) => load_model::<AD>(dir, task, cfg.seed, device)?,
+                Some(dir) => load_model::<AD>(dir, task, cfg.seed, true, device)?,
                 None => {
                     let config =
                         config::read_model_config(&cfg.model, manifest.tokenizer.vocab_size)?;
@@ -444,6 +465,7 @@ fn setup<AD: AutodiffBackend>(
             };
             let source = cfg.init_from.as_deref().unwrap_or(&cfg.model);
             check_fits(&model.config, &manifest, source)?;
+            let (model, teacher) = distillation(model, teacher, cfg)?;
             let model = broadcast_params(model, group)?;
             let state = TrainerState {
                 step: 0,
@@ -457,7 +479,7 @@ fn setup<AD: AutodiffBackend>(
                 tokens: 0,
                 identity: identity.clone(),
             };
-            (model, state)
+            (model, state, teacher)
         }
     };
 
@@ -469,18 +491,141 @@ fn setup<AD: AutodiffBackend>(
         optimizer,
         state,
         resumed: resumed.map(|(dir, _)| dir),
+        teacher,
     })
+}
+
+/// Loads the recipe's teacher (on the inner backend: no graph) and the sha256 of its weights:
+/// it must read the data's token ids and sequences, and have a masked-LM head when `alpha`
+/// weighs its predictions.
+fn load_teacher<B: Backend>(
+    d: &DistillSettings,
+    manifest: &Manifest,
+    cfg: &PretrainConfig,
+    device: &B::Device,
+) -> Result<(Bert<B>, String)> {
+    let dir = model_ckpt::model_dir(&d.teacher);
+    let what = || format!("the teacher {} (distill.teacher)", dir.display());
+    let task = if d.alpha > 0.0 {
+        Task::MaskedLm
+    } else {
+        Task::Base
+    };
+    let options = LoadOptions {
+        task: Some(task),
+        allow_head_mismatch: true,
+        seed: cfg.seed,
+    };
+    let (model, report) = model_ckpt::load::<B>(&dir, &options, device).with_context(what)?;
+    if let Some(fresh) = report.fresh.iter().find(|n| n.starts_with("cls.")) {
+        bail!(
+            "{} has no masked-LM head ({fresh} is missing): distill.alpha > 0 learns from its \
+             MLM predictions; give a BertForMaskedLM/BertForPreTraining model, or set \
+             distill.alpha = 0",
+            what()
+        );
+    }
+    check_fits(&model.config, manifest, &dir).with_context(what)?;
+    // The same token ids: the teacher's tokenizer (when its folder has one) maps every token
+    // as the data's does.
+    let vocab = |d: &Path| {
+        bertkit_model::tokenizer::BertTokenizer::from_dir(d)
+            .ok()
+            .map(|t| t.inner().get_vocab(true))
+    };
+    if let (Some(t), Some(data)) = (vocab(&dir), vocab(&cfg.data)) {
+        if t != data {
+            bail!(
+                "{}: its tokenizer's vocabulary is not the data's ({}): the student and the \
+                 teacher must read the same token ids",
+                what(),
+                cfg.data.display()
+            );
+        }
+    }
+    let weights = [model_ckpt::WEIGHTS_FILE, model_ckpt::PYTORCH_WEIGHTS_FILE]
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.exists())
+        .with_context(what)?;
+    let (_, sha) = file_sha256(&weights)?;
+    Ok((model, sha))
+}
+
+/// A student and the teacher of its run.
+type Distilled<AD> = (
+    Bert<AD>,
+    Option<Teacher<<AD as AutodiffBackend>::InnerBackend>>,
+);
+
+/// The student `model` and the teacher of its run: the layer terms checked against both
+/// configs, and the projection the hidden-state term needs added when the model lacks it (a
+/// fresh run; a resumed one has it from its checkpoint).
+fn distillation<AD: AutodiffBackend>(
+    model: Bert<AD>,
+    teacher: Option<(Bert<AD::InnerBackend>, String)>,
+    cfg: &PretrainConfig,
+) -> Result<Distilled<AD>> {
+    let (Some((teacher, _)), Some(d)) = (teacher, &cfg.distill) else {
+        return Ok((model, None));
+    };
+    if teacher.config.vocab_size != model.config.vocab_size {
+        bail!(
+            "the teacher {} has {} tokens in its vocabulary, the student {}: the MLM \
+             distributions must compare token for token",
+            d.teacher.display(),
+            teacher.config.vocab_size,
+            model.config.vocab_size
+        );
+    }
+    let mut model = model;
+    let layers = if d.weights().any() {
+        let t = teacher.config.num_hidden_layers;
+        let map = match &d.layer_map {
+            Some(map) => map.clone(),
+            None => crate::distill::layer_choice(
+                t,
+                &model.config.num_hidden_layers.to_string(),
+                "the layer map (the student's layers)",
+            )?,
+        };
+        let how = crate::distill::check_intermediate(
+            &teacher.config,
+            &model.config,
+            d.weights(),
+            map,
+            ["distill.hidden", "distill.attention"],
+        )
+        .context("in the recipe's [distill]")?;
+        if let (Some(width), None) = (how.projection, &model.hidden_projection) {
+            model = model.with_hidden_projection(width, cfg.seed);
+        }
+        Some(how)
+    } else {
+        None
+    };
+    Ok((
+        model,
+        Some(Teacher {
+            model: teacher,
+            temperature: d.temperature,
+            alpha: d.alpha,
+            layers,
+        }),
+    ))
 }
 
 /// One optimizer step over `batches` (this rank's micro-batches of the step) with the
 /// pretraining objective: the step's counts summed over the ranks, then the shared
 /// [`step::train_step`], and the MLM/NSP statistics.
+#[allow(clippy::too_many_arguments)]
 pub fn pretrain_step<AD: AutodiffBackend>(
     model: Bert<AD>,
     optimizer: &mut Optimizer<AD::InnerBackend>,
     batches: &[crate::loader::Batch],
     s: &StepSettings,
     nsp: bool,
+    teacher: Option<&Teacher<AD::InnerBackend>>,
     group: &mut ProcessGroup,
     device: &AD::Device,
 ) -> Result<(Bert<AD>, PretrainStep)> {
@@ -502,9 +647,18 @@ pub fn pretrain_step<AD: AutodiffBackend>(
         s,
         group,
         device,
-        |m, e, i| objective::micro_loss(m, e, &batches[i], counts, device),
+        |m, e, i| match teacher {
+            Some(t) => {
+                let tokens = all[2] as usize;
+                objective::distill_micro_loss(m, e, &batches[i], counts, tokens, t, device)
+            }
+            None => objective::micro_loss(m, e, &batches[i], counts, device),
+        },
     )?;
-    let stats = StepStats::from_sums(&out.sums, counts, nsp);
+    let mut stats = StepStats::from_sums(&out.sums, counts, nsp);
+    if teacher.is_some() {
+        stats = stats.with_distillation(&out.sums, counts, out.loss);
+    }
     Ok((
         model,
         PretrainStep {
@@ -528,18 +682,20 @@ pub struct PretrainStep {
     pub updated: bool,
 }
 
-/// Loads a checkpoint or model folder for `task` (heads the folder lacks start fresh).
+/// Loads a checkpoint (exactly) or, with `fresh_heads`, a model folder for `task` (heads the
+/// folder lacks start fresh).
 fn load_model<AD: AutodiffBackend>(
     dir: &Path,
     task: Task,
     seed: u64,
+    fresh_heads: bool,
     device: &AD::Device,
 ) -> Result<Bert<AD>> {
     let (model, _report) = model_ckpt::load::<AD>(
         dir,
         &LoadOptions {
             task: Some(task),
-            allow_head_mismatch: true,
+            allow_head_mismatch: fresh_heads,
             seed,
         },
         device,

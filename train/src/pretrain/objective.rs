@@ -6,10 +6,11 @@
 //! loss however the step is split into micro-batches and ranks.
 
 use bertkit_model::heads::Bert;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::activations::Encode;
+use crate::distill::{intermediate, kl_rows, Intermediate};
 use crate::loader::Batch;
 use crate::masking::IGNORE_LABEL;
 use crate::step::{cross_entropy_sum, MicroLoss};
@@ -38,10 +39,24 @@ impl StepCounts {
 /// Summed statistics of a whole step, read back once.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepStats {
+    /// The MLM cross entropy with the original tokens (also when distilling).
     pub mlm_loss: f64,
     pub mlm_accuracy: f64,
     pub nsp_loss: Option<f64>,
     pub nsp_accuracy: Option<f64>,
+    /// General distillation's terms.
+    pub distill: Option<DistillStats>,
+}
+
+/// A distilling step's terms.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DistillStats {
+    /// `KL(teacher || student)` at temperature T per masked position.
+    pub soft_mlm_kl: f64,
+    /// The weighted intermediate-layer terms.
+    pub layers: f64,
+    /// The loss the optimizer minimizes.
+    pub loss: f64,
 }
 
 impl StepStats {
@@ -54,12 +69,27 @@ impl StepStats {
             mlm_accuracy: sums[1] as f64 / m,
             nsp_loss: nsp.then(|| sums[2] as f64 / s),
             nsp_accuracy: nsp.then(|| sums[3] as f64 / s),
+            distill: None,
         }
+    }
+
+    /// These statistics with a distilling step's terms, from the same sums and the step's
+    /// loss.
+    pub fn with_distillation(mut self, sums: &[f32], counts: StepCounts, loss: f64) -> Self {
+        self.distill = Some(DistillStats {
+            soft_mlm_kl: sums[4] as f64 / counts.masked.max(1) as f64,
+            layers: sums[5] as f64,
+            loss,
+        });
+        self
     }
 
     /// The loss the optimizer minimizes.
     pub fn loss(&self) -> f64 {
-        self.mlm_loss + self.nsp_loss.unwrap_or(0.0)
+        match self.distill {
+            Some(d) => d.loss,
+            None => self.mlm_loss + self.nsp_loss.unwrap_or(0.0),
+        }
     }
 
     /// `loss`, `mlm_loss`, `mlm_accuracy` and, with NSP, `nsp_loss` and `nsp_accuracy`, as
@@ -72,6 +102,9 @@ impl StepStats {
         ];
         if let (Some(l), Some(a)) = (self.nsp_loss, self.nsp_accuracy) {
             v.extend([("nsp_loss", l), ("nsp_accuracy", a)]);
+        }
+        if let Some(d) = self.distill {
+            v.extend([("soft_mlm_kl", d.soft_mlm_kl), ("layer_loss", d.layers)]);
         }
         v
     }
@@ -88,28 +121,141 @@ pub fn micro_loss<B: Backend>(
 ) -> MicroLoss<B> {
     let input = batch.inputs.to_input::<B>(device);
     let hidden = encoder.encode(&model.bert, &input);
-    let [b, t, h] = hidden.dims();
+    heads_loss(model, hidden, batch, counts, None, device)
+}
 
-    let (positions, labels): (Vec<i64>, Vec<i64>) = batch
+/// A teacher for general distillation (a recipe's `[distill]` section), on the inner backend.
+pub struct Teacher<B: Backend> {
+    /// The teacher with its MLM head (a bare body when `alpha` is 0).
+    pub model: Bert<B>,
+    pub temperature: f64,
+    /// The weight of the soft MLM term at the masked positions; `1 - alpha` goes to the MLM
+    /// cross entropy with the original tokens.
+    pub alpha: f64,
+    /// The intermediate-layer terms, when weighted.
+    pub layers: Option<Intermediate>,
+}
+
+/// The teacher's soft MLM targets of one micro-batch, with its temperature and weight.
+struct SoftMlm<B: Backend> {
+    /// The teacher's logits at the masked positions `[masked, vocab]` (a constant).
+    logits: Tensor<B, 2>,
+    temperature: f64,
+    alpha: f64,
+}
+
+/// [`micro_loss`] for a student of `teacher`: the MLM term becomes `alpha * T^2 * KL(teacher ||
+/// student) + (1 - alpha) * CE` at the masked positions (DistilBERT's), the NSP term stays,
+/// and the intermediate-layer terms are added ([`crate::distill::intermediate`]; `tokens` is
+/// the step's real tokens on all ranks). The statistics gain the KL sum and the layer terms.
+pub fn distill_micro_loss<AD: AutodiffBackend>(
+    model: &Bert<AD>,
+    encoder: &mut dyn Encode<AD>,
+    batch: &Batch,
+    counts: StepCounts,
+    tokens: usize,
+    teacher: &Teacher<AD::InnerBackend>,
+    device: &AD::Device,
+) -> MicroLoss<AD> {
+    let (student, teacher_hidden, layers) = match &teacher.layers {
+        Some(how) => {
+            let c = intermediate(
+                model,
+                encoder,
+                &teacher.model.bert,
+                how,
+                &batch.inputs,
+                tokens,
+                device,
+            );
+            (c.student, c.teacher, Some(c.loss))
+        }
+        None => {
+            let student = encoder.encode(&model.bert, &batch.inputs.to_input(device));
+            let teacher_hidden = (teacher.alpha > 0.0)
+                .then(|| teacher.model.bert.encode(&batch.inputs.to_input(device)));
+            match teacher_hidden {
+                Some(t) => (student, t, None),
+                None => return heads_loss(model, student, batch, counts, None, device),
+            }
+        }
+    };
+    let soft = match (&teacher.model.mlm, masked_positions(batch)) {
+        (Some(mlm), (positions, _)) if teacher.alpha > 0.0 && !positions.is_empty() => {
+            let [b, t, h] = teacher_hidden.dims();
+            let n = positions.len();
+            let index = Tensor::from_data(TensorData::new(positions, [n]), device);
+            let selected = teacher_hidden.reshape([b * t, h]).select(0, index);
+            let word_embeddings = teacher.model.bert.embeddings.word_embeddings.weight.val();
+            Some(SoftMlm {
+                logits: Tensor::from_inner(mlm.forward(selected, word_embeddings)),
+                temperature: teacher.temperature,
+                alpha: teacher.alpha,
+            })
+        }
+        _ => None,
+    };
+    let mut m = heads_loss(model, student, batch, counts, soft, device);
+    if let Some(layers) = layers {
+        let [n] = m.stats.dims();
+        m.stats = Tensor::cat(
+            vec![m.stats.narrow(0, 0, n - 1), layers.clone().detach()],
+            0,
+        );
+        m.loss = m.loss + layers;
+    }
+    m
+}
+
+/// The masked positions of a micro-batch (flat indices) and their labels.
+fn masked_positions(batch: &Batch) -> (Vec<i64>, Vec<i64>) {
+    batch
         .mlm_labels
         .iter()
         .enumerate()
         .filter(|(_, &l)| l != IGNORE_LABEL)
         .map(|(i, &l)| (i as i64, l))
-        .unzip();
+        .unzip()
+}
+
+/// The heads' losses on the last hidden state `hidden`; with `soft`, the MLM term is
+/// distillation's. Statistics: MLM loss sum, MLM correct, NSP loss sum, NSP correct, soft MLM
+/// KL sum, intermediate terms (0 here).
+fn heads_loss<B: Backend>(
+    model: &Bert<B>,
+    hidden: Tensor<B, 3>,
+    batch: &Batch,
+    counts: StepCounts,
+    soft: Option<SoftMlm<B>>,
+    device: &B::Device,
+) -> MicroLoss<B> {
+    let [b, t, h] = hidden.dims();
+    let (positions, labels) = masked_positions(batch);
     let zero = || Tensor::<B, 1>::zeros([1], device);
-    let (mlm_sum, mlm_correct) = match (&model.mlm, positions.len()) {
+    let masked = counts.masked.max(1) as f64;
+    let (mlm_sum, mlm_correct, kl_sum) = match (&model.mlm, positions.len()) {
         (Some(mlm), n) if n > 0 => {
             let index = Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), device);
             let selected = hidden.clone().reshape([b * t, h]).select(0, index);
             let word_embeddings = model.bert.embeddings.word_embeddings.weight.val();
             let logits = mlm.forward(selected, word_embeddings);
             let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [n]), device);
-            cross_entropy_sum(logits, labels)
+            let kl = soft.as_ref().map(|s| {
+                let kl = kl_rows(logits.clone(), s.logits.clone(), s.temperature).sum();
+                (kl, s)
+            });
+            let (sum, correct) = cross_entropy_sum(logits, labels);
+            (sum, correct, kl)
         }
-        _ => (zero(), zero()),
+        _ => (zero(), zero(), None),
     };
-    let mut loss = mlm_sum.clone() / counts.masked.max(1) as f64;
+    let mut loss = match &kl_sum {
+        Some((kl, s)) => {
+            let t2 = s.temperature * s.temperature;
+            kl.clone() * (s.alpha * t2 / masked) + mlm_sum.clone() * ((1.0 - s.alpha) / masked)
+        }
+        None => mlm_sum.clone() / masked,
+    };
 
     let (nsp_sum, nsp_correct) = match (&batch.next_sentence_label, &model.nsp, &model.bert.pooler)
     {
@@ -123,8 +269,16 @@ pub fn micro_loss<B: Backend>(
         }
         _ => (zero(), zero()),
     };
+    let kl_sum = kl_sum.map_or_else(zero, |(kl, _)| kl.detach());
     let stats = Tensor::cat(
-        vec![mlm_sum.detach(), mlm_correct, nsp_sum.detach(), nsp_correct],
+        vec![
+            mlm_sum.detach(),
+            mlm_correct,
+            nsp_sum.detach(),
+            nsp_correct,
+            kl_sum,
+            zero(),
+        ],
         0,
     );
     MicroLoss { loss, stats }
