@@ -215,6 +215,59 @@ fn two_ranks_make_the_updates_of_one_rank_with_twice_the_batch() {
     assert_eq!(records.lines().count(), 6, "{records}");
 }
 
+/// General distillation (`[distill]` with the hidden-state and attention terms, a projection
+/// to the teacher's width): 2 ranks of batch 8 make the updates of 1 rank of batch 8 with 2
+/// accumulation steps (the terms are averaged over the real tokens of all ranks).
+#[test]
+fn two_rank_distillation_makes_the_updates_of_one_rank() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = dir.path().join("teacher");
+    run_ok(bertkit().args(pretrain_args(
+        &teacher,
+        &["schedule.steps=2", "batch.global=16", "batch.micro=16"],
+    )));
+    let student = dir.path().join("student.toml");
+    let config = std::fs::read_to_string(&data().1)
+        .unwrap()
+        .replace("hidden_size = 128", "hidden_size = 64")
+        .replace("num_hidden_layers = 2", "num_hidden_layers = 1")
+        .replace("intermediate_size = 512", "intermediate_size = 256");
+    std::fs::write(&student, config).unwrap();
+    let settings = [
+        STEPS.to_string(),
+        "batch.global=16".into(),
+        "batch.micro=8".into(),
+        format!("model={:?}", student.display().to_string()),
+        format!(
+            "distill.teacher={:?}",
+            teacher.join("checkpoints/step-00000002").display().to_string()
+        ),
+        "distill.hidden=1".into(),
+        "distill.attention=1".into(),
+    ];
+    let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+    let (two, one) = (dir.path().join("two"), dir.path().join("one"));
+    launch_two(&pretrain_args(&two, &settings));
+    run_ok(bertkit().args(pretrain_args(&one, &settings)));
+    let last = |out: &Path| out.join("checkpoints/step-00000006");
+    let d = max_weight_diff(&last(&two), &last(&one));
+    assert!(d <= 1e-6, "2 ranks x 8 vs 1 rank x 2 x 8: {d}");
+    let series = |out: &Path, name: &str| -> Vec<f64> {
+        common::jsonl(&out.join("metrics.jsonl"))
+            .iter()
+            .map(|r| r[name].as_f64().unwrap())
+            .collect()
+    };
+    for name in ["loss", "layer_loss", "soft_mlm_kl"] {
+        let (a, b) = (series(&two, name), series(&one, name));
+        assert_eq!(a.len(), 6, "{name}");
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{name}: {a:?} vs {b:?}");
+        }
+        assert!(a[5] < a[0], "{name} did not fall: {a:?}");
+    }
+}
+
 /// `bertkit launch -- bertkit finetune`: 2 ranks of batch 4 make the updates of 1 rank of batch
 /// 4 with 2 accumulation steps (dropout on: rank r draws what micro-batch r draws in one
 /// process), with the same evaluations; only rank 0 writes; a 2-rank run resumes from its
