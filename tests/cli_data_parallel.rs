@@ -240,7 +240,10 @@ fn two_rank_distillation_makes_the_updates_of_one_rank() {
         format!("model={:?}", student.display().to_string()),
         format!(
             "distill.teacher={:?}",
-            teacher.join("checkpoints/step-00000002").display().to_string()
+            teacher
+                .join("checkpoints/step-00000002")
+                .display()
+                .to_string()
         ),
         "distill.hidden=1".into(),
         "distill.attention=1".into(),
@@ -262,7 +265,10 @@ fn two_rank_distillation_makes_the_updates_of_one_rank() {
         let (a, b) = (series(&two, name), series(&one, name));
         assert_eq!(a.len(), 6, "{name}");
         for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{name}: {a:?} vs {b:?}");
+            assert!(
+                (x - y).abs() <= 1e-5 * y.abs().max(1.0),
+                "{name}: {a:?} vs {b:?}"
+            );
         }
         assert!(a[5] < a[0], "{name} did not fall: {a:?}");
     }

@@ -292,6 +292,17 @@ fn quickstart_runs_every_stage() {
     )
     .unwrap();
     assert_eq!(d["student"]["layers"], 1, "{d}");
+    // It learned the teacher's hidden states and attention too (its top layer's).
+    let terms = &d["distillation"];
+    assert_eq!(
+        (
+            terms["hidden_weight"].clone(),
+            terms["attention_weight"].clone()
+        ),
+        (1.0.into(), 1.0.into()),
+        "{d}"
+    );
+    assert_eq!(terms["layer_map"], serde_json::json!([1]), "{d}");
     assert_eq!(
         d["teacher"]["validation"]["accuracy"], m["best"]["accuracy"],
         "{d}"

@@ -386,7 +386,8 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
 
     stage(
         10,
-        "bertkit distill (the classifier -> a student of 1 of its 2 layers)",
+        "bertkit distill (the classifier -> a student of 1 of its 2 layers: logits, hidden \
+         states, attention)",
     );
     let student = out.join("distilled");
     let mut distill_args: super::distill::DistillArgs = flags(
@@ -395,6 +396,10 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
             "--teacher",
             &path(&finetuned),
             "--student-layers",
+            "1",
+            "--hidden-weight",
+            "1",
+            "--attention-weight",
             "1",
             "--train",
             &path(&train),
