@@ -165,3 +165,47 @@ fn bad_arguments_are_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/no/such/file.txt: no such file"), "{err}");
 }
+
+/// scripts/slurm/prep-array.sbatch as a 3-task SLURM array (its environment set as SLURM
+/// would, tasks run one after another): each task reads only its own share of the input, the
+/// last one writes the manifest, and the shards are byte for byte those of one `bertkit prep`.
+#[test]
+fn the_slurm_array_script_splits_prep_and_matches_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tokenizer = common::repo().join("assets/all-MiniLM-L6-v2");
+    let single = tmp.path().join("single");
+    run_ok(&mut prep(&single, &tokenizer));
+    let split = tmp.path().join("split");
+    let script = common::repo().join("scripts/slurm/prep-array.sbatch");
+    let mut printed = String::new();
+    for task in 10..13 {
+        let o = Command::new("bash")
+            .arg(&script)
+            .env("BERTKIT", env!("CARGO_BIN_EXE_bertkit"))
+            .env("INPUT", sotu())
+            .env("TOKENIZER", &tokenizer)
+            .env("OUT", &split)
+            .env("SHARD_SIZE", "150kB")
+            .env("SLURM_ARRAY_TASK_ID", task.to_string())
+            .env("SLURM_ARRAY_TASK_MIN", "10")
+            .env("SLURM_ARRAY_TASK_MAX", "12")
+            .env("SLURM_CPUS_PER_TASK", "1")
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.contains(&format!("task {} of 3", task - 10)), "{out}");
+        assert!(out.contains("(its own file groups)"), "{out}");
+        printed += &out;
+    }
+    assert_eq!(printed.matches("manifest.json").count(), 1, "{printed}");
+    assert_eq!(
+        std::fs::read(single.join("manifest.json")).unwrap(),
+        std::fs::read(split.join("manifest.json")).unwrap()
+    );
+    assert_eq!(shard_count(&single), shard_count(&split));
+}

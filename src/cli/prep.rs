@@ -108,8 +108,14 @@ pub fn run(args: &PrepArgs) -> Result<()> {
 fn print_summary(s: &PrepSummary, opts: &PrepOptions) {
     let w = &s.written;
     println!(
-        "prep: {} shard(s) written, {} already done, {} in all; {:.1} s",
-        s.shards_written, s.shards_skipped, s.shards_total, s.seconds
+        "prep: {} shard(s) written, {} already done, {}; {:.1} s",
+        s.shards_written,
+        s.shards_skipped,
+        match s.shards_total {
+            Some(n) => format!("{n} in all"),
+            None => "other workers' input not read yet".to_string(),
+        },
+        s.seconds
     );
     if s.shards_written > 0 {
         println!(
@@ -119,8 +125,17 @@ fn print_summary(s: &PrepSummary, opts: &PrepOptions) {
             w.sequences,
             w.tokens,
             w.tokens as f64 / s.seconds.max(1e-9),
-            s.input_bytes as f64 / 1e6 / s.seconds.max(1e-9)
+            s.bytes_read as f64 / 1e6 / s.seconds.max(1e-9)
         );
+        if opts.num_workers > 1 {
+            println!(
+                "  worker {}/{} read {:.1} MB of the input's {:.1} MB (its own file groups)",
+                opts.worker_index,
+                opts.num_workers,
+                s.bytes_read as f64 / 1e6,
+                s.input_bytes as f64 / 1e6
+            );
+        }
     }
     match &s.manifest {
         Some(m) => {

@@ -11,8 +11,10 @@
 //!    boundary after `shard_size` bytes of text. Block `k` of group `g` becomes shard
 //!    `shard-{g:05}-{k:05}.parquet`. Blocks depend only on the input and the settings, so the
 //!    shards are the same whatever the thread count, and `--num-workers W --worker-index I`
-//!    (block (g, k) belongs to worker `(g + k) % W`) splits the work between machines whose
-//!    union is exactly the single-machine output.
+//!    (group g belongs to worker `g % W`) splits the work between machines whose union is
+//!    exactly the single-machine output: each worker reads only its own groups (whole files, or
+//!    byte ranges of a multistream dump cut at stream starts), and records each group's block
+//!    count in a hidden `.group-GGGGG.json`, so that nobody reads another worker's input.
 //! 3. **Tokenize** (all cores, rayon): blocks arrive in chunks of ~1 MB of text, so tokenizing
 //!    overlaps reading even within one block; each chunk's documents are cleaned (Wikipedia
 //!    markup) and split into sentences, and its sentences are tokenized in parallel; results keep
@@ -23,8 +25,9 @@
 //!    a hidden `.shard-{g:05}-{k:05}.json` records its size, sha256 and counts; then the shard is
 //!    renamed into place. A rerun skips every block whose record and shard agree, so an
 //!    interrupted run resumes where it stopped, and a half-written shard is never visible.
-//! 6. **Manifest**: when every block's shard exists, `manifest.json` is written (atomically) from
-//!    the records, shards in (g, k) order. It holds no timestamps or thread counts: reruns give
+//! 6. **Manifest**: when every group's record and every block's shard exist (the last worker to
+//!    finish sees them), `manifest.json` is written (atomically) from the records, shards in
+//!    (g, k) order. A rerun reads only the groups with a missing shard. It holds no timestamps or thread counts: reruns give
 //!    the same bytes.
 //!
 //! Memory is bounded by a few blocks per reader plus the ones being tokenized and written,
@@ -121,12 +124,17 @@ pub struct PrepSummary {
     /// Counts over the shards this run wrote (not the skipped, already finished ones).
     pub written: Counts,
     pub shards_written: usize,
+    /// This worker's shards that were already there.
     pub shards_skipped: usize,
-    pub shards_total: usize,
+    /// Every worker's shards, once every file group has been read by one of them.
+    pub shards_total: Option<usize>,
     /// Present when every shard exists and manifest.json was written.
     pub manifest: Option<Manifest>,
     pub seconds: f64,
+    /// Bytes on disk of all the input files.
     pub input_bytes: u64,
+    /// Bytes on disk this run read (its own file groups, unfinished ones only).
+    pub bytes_read: u64,
 }
 
 /// Block `index` of file group `group`.
@@ -144,10 +152,46 @@ impl BlockId {
     fn record_path(self, out: &Path) -> PathBuf {
         out.join(format!(".shard-{:05}-{:05}.json", self.group, self.index))
     }
+}
 
-    fn worker(self, num_workers: usize) -> usize {
-        (self.group + self.index) % num_workers
-    }
+/// The worker that reads file group `group`: its blocks are all that worker's, so each worker
+/// reads only its own groups (files, or byte ranges of a multistream dump).
+fn group_worker(group: usize, num_workers: usize) -> usize {
+    group % num_workers
+}
+
+/// What a worker that read a file group records (`.group-GGGGG.json`), so that other workers
+/// and reruns know its blocks without reading it: the parts it was read from and its number of
+/// blocks.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct GroupRecord {
+    /// Each part as `path`, `path@start-end` (a byte range), with the file's size.
+    parts: Vec<String>,
+    blocks: usize,
+}
+
+fn group_record_path(out: &Path, group: usize) -> PathBuf {
+    out.join(format!(".group-{group:05}.json"))
+}
+
+fn part_names(parts: &[InputPart]) -> Vec<String> {
+    parts
+        .iter()
+        .map(|p| {
+            let size = std::fs::metadata(&p.path).map_or(0, |m| m.len());
+            match p.range {
+                Some((a, b)) => format!("{}@{a}-{b} ({size} bytes)", p.path.display()),
+                None => format!("{} ({size} bytes)", p.path.display()),
+            }
+        })
+        .collect()
+}
+
+/// The number of blocks of group `g`, when a run has read it from the same parts.
+fn group_blocks(out: &Path, g: usize, parts: &[InputPart]) -> Option<usize> {
+    let text = std::fs::read_to_string(group_record_path(out, g)).ok()?;
+    let record: GroupRecord = serde_json::from_str(&text).ok()?;
+    (record.parts == part_names(parts)).then_some(record.blocks)
 }
 
 /// The record of a block if its shard is complete (record present, shard of the recorded size).
@@ -362,16 +406,40 @@ struct Readers {
     docs_read: Arc<AtomicU64>,
 }
 
-/// A reader thread: takes file groups in turn and sends this worker's unfinished blocks.
-/// Returns (group, number of blocks) for each group it read.
+/// A reader thread: takes this worker's file groups in turn and sends their unfinished blocks;
+/// a group whose record and shards are all there is not read again. Returns (group, number of
+/// blocks) for each group it read.
 fn read_groups(r: &Readers, tx: SyncSender<Block>) -> Result<Vec<(usize, usize)>> {
     let mut done = Vec::new();
+    let opts = &r.opts;
     loop {
         let g = r.next_group.fetch_add(1, Ordering::SeqCst);
         if g >= r.groups.len() || r.abort.load(Ordering::SeqCst) {
             return Ok(done);
         }
-        match read_group(r, g, &tx) {
+        if group_worker(g, opts.num_workers) != opts.worker_index {
+            continue;
+        }
+        if let Some(n) = group_blocks(&opts.out, g, &r.groups[g]) {
+            let all_there =
+                (0..n).all(|index| finished(&opts.out, BlockId { group: g, index }).is_some());
+            if all_there {
+                done.push((g, n));
+                continue;
+            }
+        }
+        let read = read_group(r, g, &tx).and_then(|n| {
+            let record = GroupRecord {
+                parts: part_names(&r.groups[g]),
+                blocks: n,
+            };
+            write_atomic(
+                &group_record_path(&opts.out, g),
+                serde_json::to_string(&record)?.as_bytes(),
+            )?;
+            Ok(n)
+        });
+        match read {
             Ok(n) => done.push((g, n)),
             Err(e) => {
                 r.abort.store(true, Ordering::SeqCst);
@@ -384,9 +452,7 @@ fn read_groups(r: &Readers, tx: SyncSender<Block>) -> Result<Vec<(usize, usize)>
 /// Read one file group into blocks; returns the number of blocks.
 fn read_group(r: &Readers, g: usize, tx: &SyncSender<Block>) -> Result<usize> {
     let opts = &r.opts;
-    let wanted = |id: BlockId| {
-        id.worker(opts.num_workers) == opts.worker_index && finished(&opts.out, id).is_none()
-    };
+    let wanted = |id: BlockId| finished(&opts.out, id).is_none();
     let new_block = |index: usize| Block {
         id: BlockId { group: g, index },
         docs: Vec::new(),
@@ -693,42 +759,48 @@ pub fn run(opts: &PrepOptions) -> Result<PrepSummary> {
     if let Some(e) = consequences.into_iter().next() {
         return Err(e);
     }
-    if docs_read.load(Ordering::Relaxed) == 0 {
+    // This worker's blocks, then every group's count (read here, or recorded by the worker
+    // that read it): the manifest needs them all.
+    let mine: usize = block_counts.iter().map(|&(_, n)| n).sum();
+    let counts: Option<Vec<usize>> = readers
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(g, parts)| group_blocks(&opts.out, g, parts))
+        .collect();
+    let all_blocks: Vec<BlockId> = counts
+        .iter()
+        .flatten()
+        .enumerate()
+        .flat_map(|(group, &n)| (0..n).map(move |index| BlockId { group, index }))
+        .collect();
+    if counts.is_some() && all_blocks.is_empty() {
         bail!("no documents in the input ({} file(s))", files.len());
     }
-    block_counts.sort();
-    let all_blocks: Vec<BlockId> = block_counts
-        .iter()
-        .flat_map(|&(group, n)| (0..n).map(move |index| BlockId { group, index }))
-        .collect();
-    let total = all_blocks.len();
+    let total = counts.is_some().then_some(all_blocks.len());
 
     let mut summary = PrepSummary {
         written: Counts::default(),
         shards_written: written.len(),
-        shards_skipped: 0,
+        shards_skipped: mine - written.len(),
         shards_total: total,
         manifest: None,
         seconds: 0.0,
         input_bytes,
+        bytes_read: bytes_read.load(Ordering::Relaxed),
     };
     for info in &written {
         summary.written.add(&info.counts);
     }
-    let mine = all_blocks
-        .iter()
-        .filter(|id| id.worker(opts.num_workers) == opts.worker_index)
-        .count();
-    summary.shards_skipped = mine - written.len();
 
-    let mut infos = Vec::with_capacity(total);
+    let mut infos = Vec::with_capacity(all_blocks.len());
     for &id in &all_blocks {
         match finished(&opts.out, id) {
             Some(info) => infos.push(info),
             None => break,
         }
     }
-    if infos.len() == total {
+    if Some(infos.len()) == total {
         let mut counts = Counts::default();
         for i in &infos {
             counts.add(&i.counts);

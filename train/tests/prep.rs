@@ -176,32 +176,32 @@ fn output_depends_on_seed_and_input_only() {
 }
 
 #[test]
-fn workers_split_the_shards_and_their_union_is_the_single_run() {
+fn workers_read_disjoint_inputs_and_their_union_is_the_single_run() {
     let files = common::sotu(12);
     let single = tempfile::tempdir().unwrap();
-    let m1 = prep::run(&options(&files, single.path()))
-        .unwrap()
-        .manifest
-        .unwrap();
+    let one = prep::run(&options(&files, single.path())).unwrap();
+    let m1 = one.manifest.unwrap();
     assert!(m1.shards.len() >= 3);
     let split = tempfile::tempdir().unwrap();
+    let mut read = 0;
     for i in 0..3 {
         let mut o = options(&files, split.path());
         o.num_workers = 3;
         o.worker_index = i;
         let s = prep::run(&o).unwrap();
-        assert_eq!(s.shards_total, m1.shards.len());
-        // Shard "shard-GGGGG-KKKKK.parquet" (block K of file group G) is worker (G + K) % 3's.
+        // Shard "shard-GGGGG-KKKKK.parquet" (block K of file group G) is worker G % 3's.
         let owned = m1
             .shards
             .iter()
-            .filter(|s| {
-                let g: usize = s.file[6..11].parse().unwrap();
-                let k: usize = s.file[12..17].parse().unwrap();
-                (g + k) % 3 == i
-            })
+            .filter(|s| s.file[6..11].parse::<usize>().unwrap() % 3 == i)
             .count();
+        assert!(owned > 0);
         assert_eq!(s.shards_written, owned);
+        // Each worker read its own files only.
+        assert!(s.bytes_read > 0 && s.bytes_read < one.bytes_read, "{s:?}");
+        read += s.bytes_read;
+        // The last worker knows every group (the others' records) and completes the set.
+        assert_eq!(s.shards_total.is_some(), i == 2, "{s:?}");
         assert_eq!(
             s.manifest.is_some(),
             i == 2,
@@ -209,9 +209,27 @@ fn workers_split_the_shards_and_their_union_is_the_single_run() {
         );
     }
     assert_eq!(
+        read, one.bytes_read,
+        "the workers' reads are not a partition of the input"
+    );
+    assert_eq!(
         std::fs::read(single.path().join("manifest.json")).unwrap(),
         std::fs::read(split.path().join("manifest.json")).unwrap()
     );
+    for s in &m1.shards {
+        assert_eq!(
+            std::fs::read(single.path().join(&s.file)).unwrap(),
+            std::fs::read(split.path().join(&s.file)).unwrap(),
+            "{}",
+            s.file
+        );
+    }
+    // A rerun of any worker reads nothing: every group is recorded and complete.
+    let mut o = options(&files, split.path());
+    o.num_workers = 3;
+    let again = prep::run(&o).unwrap();
+    assert_eq!((again.shards_written, again.bytes_read), (0, 0));
+    assert!(again.manifest.is_some());
 }
 
 #[test]
@@ -245,7 +263,10 @@ fn rerun_skips_finished_shards_and_refuses_other_settings() {
     let again = prep::run(&options(&files, dir.path())).unwrap();
     assert!(!dead.exists() && live.exists());
     assert_eq!(again.shards_written, 1);
-    assert_eq!(again.shards_skipped, first.shards_total - 1);
+    assert_eq!(
+        Some(again.shards_skipped),
+        first.shards_total.map(|n| n - 1)
+    );
     assert_eq!(
         std::fs::read(dir.path().join("manifest.json")).unwrap(),
         manifest
@@ -637,5 +658,28 @@ fn multistream_dumps_are_read_in_parallel_parts() {
         let groups: std::collections::BTreeSet<&str> =
             m.shards.iter().map(|s| &s.file[6..11]).collect();
         assert_eq!(groups.len() > 1, !cut_anywhere, "{name}: {groups:?}");
+        if cut_anywhere {
+            continue;
+        }
+        // Two workers (machines) read disjoint byte ranges of the one dump and write the same
+        // shards between them.
+        let split = dir.path().join(format!("workers-{name}"));
+        let mut read = Vec::new();
+        for i in 0..2 {
+            let mut o = options(std::slice::from_ref(&path), &split);
+            o.shard_size = 100_000;
+            (o.num_workers, o.worker_index) = (2, i);
+            read.push(prep::run(&o).unwrap().bytes_read);
+        }
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            read.iter().all(|&r| r > 0 && r < size),
+            "{read:?} of {size}"
+        );
+        assert_eq!(read.iter().sum::<u64>(), size, "{read:?} of {size}");
+        assert_eq!(
+            std::fs::read(out.join("manifest.json")).unwrap(),
+            std::fs::read(split.join("manifest.json")).unwrap()
+        );
     }
 }
