@@ -83,9 +83,10 @@ impl Runtime {
             }
             #[cfg(feature = "cuda")]
             Target::Cuda => {
-                let device = burn::backend::cuda::CudaDevice {
-                    index: options.cuda_device.unwrap_or(0),
-                };
+                let index = options.cuda_device.unwrap_or(0);
+                bertkit_model::backend::check_cuda(index)
+                    .map_err(|e| anyhow::anyhow!("{file}: a cuda plan: {e}"))?;
+                let device = burn::backend::cuda::CudaDevice { index };
                 Executor::Cuda(Box::new(burn_encoder::BurnEncoder::load(
                     &meta,
                     &bytes,

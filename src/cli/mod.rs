@@ -45,7 +45,12 @@ macro_rules! with_backend {
             }
             #[cfg(feature = "cuda")]
             bertkit_model::backend::DeviceSpec::Cuda(index) => {
-                $f::<bertkit_model::backend::Cuda>(&bertkit_model::backend::cuda_device(index) $(, $arg)*)
+                match bertkit_model::backend::check_cuda(index) {
+                    Ok(()) => $f::<bertkit_model::backend::Cuda>(
+                        &bertkit_model::backend::cuda_device(index) $(, $arg)*
+                    ),
+                    Err(e) => Err(anyhow::anyhow!(e)),
+                }
             }
             #[cfg(not(feature = "cuda"))]
             bertkit_model::backend::DeviceSpec::Cuda(_) => Err(anyhow::anyhow!(

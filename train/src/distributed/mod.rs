@@ -118,6 +118,10 @@ impl ProcessGroup {
         if use_nccl && !cfg!(feature = "cuda") {
             anyhow::bail!("the NCCL backend needs a build with --features cuda");
         }
+        #[cfg(feature = "cuda")]
+        if use_nccl && env.world_size > 1 {
+            nccl::check_libraries(env.local_rank)?;
+        }
         let joined = rendezvous::join(env, config_hash, rendezvous_timeout, timeout, || {
             if use_nccl && env.world_size > 1 {
                 nccl_unique_id()

@@ -29,6 +29,21 @@ pub struct Nccl {
 // The communicator is used by one thread at a time (the training loop's).
 unsafe impl Send for Nccl {}
 
+/// Whether this rank can use NCCL on GPU `local_rank`: the CUDA driver, the device and NVRTC
+/// ([`bertkit_model::backend::check_cuda`]), and libnccl; cudarc panics without them.
+pub fn check_libraries(local_rank: usize) -> Result<()> {
+    bertkit_model::backend::check_cuda(local_rank)
+        .map_err(|e| anyhow!("GPU {local_rank} (LOCAL_RANK) for NCCL: {e}"))?;
+    // SAFETY: only tries to load the shared library.
+    if !unsafe { sys::is_culib_present() } {
+        bail!(
+            "the NCCL library (libnccl.so.2) could not be loaded: install NCCL or put it on \
+             LD_LIBRARY_PATH, or use distributed.backend = \"tcp\""
+        );
+    }
+    Ok(())
+}
+
 /// A new NCCL unique id, as bytes for the rendezvous.
 pub fn unique_id() -> Result<Vec<u8>> {
     let id = result::get_uniqueid().map_err(|e| anyhow!("ncclGetUniqueId: {e:?}"))?;
