@@ -7,8 +7,12 @@
 # 32x128 (median of ITERS, 2 threads). Prints one table: accuracy, parameters, plan latency and
 # throughput, and the student's speed-up over the teacher.
 #
+# A third student, student-2-layers, is the 2-layer one trained with the intermediate-layer terms
+# too (--hidden-weight 1 --attention-weight 1: the teacher's hidden states and attention) for
+# LAYER_EPOCHS epochs.
+#
 # Usage: scripts/bench/distill_sentiment.sh [OUT] [STUDENT_EPOCHS=2]
-#   env: BERTKIT (target/release/bertkit), ITERS (20), THREADS (2)
+#   env: BERTKIT (target/release/bertkit), ITERS (20), THREADS (2), LAYER_EPOCHS (4)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 OUT="${1:-$ROOT/target/distill-sentiment}"
@@ -16,6 +20,7 @@ EPOCHS="${2:-2}"
 BERTKIT="${BERTKIT:-$ROOT/target/release/bertkit}"
 ITERS="${ITERS:-20}"
 THREADS="${THREADS:-2}"
+LAYER_EPOCHS="${LAYER_EPOCHS:-4}"
 echo "machine: $("$ROOT/scripts/bench/cpu.sh")"
 "$ROOT/scripts/fetch-assets.sh" >/dev/null
 DATA="$ROOT/assets/data/sentiment"
@@ -32,7 +37,12 @@ for n in 3 2; do
         --out "$OUT/student-$n" --overwrite --epochs "$EPOCHS" --batch-size 32 --lr 1e-4 \
         --warmup-ratio 0.1 --seed 42 --temperature 2 --alpha 0.5 --log-every 50 --report-to jsonl
 done
-for m in teacher student-3 student-2; do
+"$BERTKIT" distill --teacher "$OUT/teacher" --student-layers 2 \
+    --train "$DATA/train.jsonl" --validation "$DATA/validation.jsonl" \
+    --out "$OUT/student-2-layers" --overwrite --epochs "$LAYER_EPOCHS" --batch-size 32 --lr 1e-4 \
+    --warmup-ratio 0.1 --seed 42 --temperature 2 --alpha 0.5 --hidden-weight 1 --attention-weight 1 \
+    --log-every 50 --report-to jsonl
+for m in teacher student-3 student-2 student-2-layers; do
     "$BERTKIT" export --model "$OUT/$m" --out "$OUT/$m.plan" --no-tune --overwrite \
         --seq-buckets 32,64,128 --max-length 128 > /dev/null
     for shape in "1 32" "32 128"; do
@@ -46,7 +56,7 @@ import json, sys
 out = sys.argv[1]
 def load(p): return json.load(open(p))
 rows = []
-for m in ("teacher", "student-3", "student-2"):
+for m in ("teacher", "student-3", "student-2", "student-2-layers"):
     met = load(f"{out}/{m}/metrics.json")
     if m == "teacher":
         acc, params, layers = met["best"]["accuracy"], None, 6
