@@ -387,11 +387,12 @@ mod tests {
     }
 
     fn config(layers: usize, hidden: usize, heads: usize) -> BertConfig {
-        let mut c = BertConfig::default();
-        c.num_hidden_layers = layers;
-        c.hidden_size = hidden;
-        c.num_attention_heads = heads;
-        c
+        BertConfig {
+            num_hidden_layers: layers,
+            hidden_size: hidden,
+            num_attention_heads: heads,
+            ..BertConfig::default()
+        }
     }
 
     #[test]
