@@ -249,10 +249,8 @@ pub fn distill_loss<B: AutodiffBackend>(
     } else {
         (zero(), zero())
     };
-    let t2 = how.temperature * how.temperature;
-    let kl = kl * (how.prediction * t2 * how.alpha / units.soft.max(1) as f64);
-    let hard = hard * (how.prediction * (1.0 - how.alpha) / units.hard.max(1) as f64);
-    let loss = kl + hard;
+    let loss = distill::soft_and_hard(kl, hard, how.temperature, how.alpha, units.soft, units.hard)
+        * how.prediction;
     MicroLoss {
         loss: match intermediate {
             Some(terms) => loss + terms,

@@ -55,6 +55,21 @@ const OBJECTS: [&str; 8] = [
 ];
 const ENDINGS: [&str; 4] = ["at dawn", "in the rain", "before supper", "without a word"];
 
+/// The training flags the fine-tuning and the distillation stages share.
+const TRAINING: [&str; 11] = [
+    "--epochs",
+    "4",
+    "--batch-size",
+    "16",
+    "--lr",
+    "1e-3",
+    "--log-every",
+    "20",
+    "--report-to",
+    "jsonl",
+    "--overwrite",
+];
+
 /// A deterministic corpus: documents of sentences separated by blank lines.
 pub fn builtin_corpus() -> String {
     let mut text = String::new();
@@ -352,18 +367,11 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
             &path(&validation),
             "--out",
             &path(&finetuned),
-            "--epochs",
-            "4",
-            "--batch-size",
-            "16",
-            "--lr",
-            "1e-3",
-            "--log-every",
-            "20",
-            "--report-to",
-            "jsonl",
-            "--overwrite",
-        ],
+        ]
+        .iter()
+        .chain(&TRAINING)
+        .copied()
+        .collect::<Vec<_>>(),
     )?;
     finetune_args.training.device = device;
     super::finetune::finetune(&finetune_args)?;
@@ -407,18 +415,11 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
             &path(&validation),
             "--out",
             &path(&student),
-            "--epochs",
-            "4",
-            "--batch-size",
-            "16",
-            "--lr",
-            "1e-3",
-            "--log-every",
-            "20",
-            "--report-to",
-            "jsonl",
-            "--overwrite",
-        ],
+        ]
+        .iter()
+        .chain(&TRAINING)
+        .copied()
+        .collect::<Vec<_>>(),
     )?;
     distill_args.training.device = device;
     super::distill::run(&distill_args)?;

@@ -160,6 +160,22 @@ pub fn kl_rows<B: Backend>(
     (p * (log_p - log_q)).sum_dim(1).reshape([n])
 }
 
+/// The prediction layer's loss (Hinton et al.; DistilBERT's and TinyBERT's) from a
+/// micro-batch's sums: `alpha * T^2 * kl_sum / soft_units + (1 - alpha) * ce_sum / hard_units`,
+/// the units being the whole step's (the KL's rows, the labelled ones).
+pub fn soft_and_hard<B: Backend>(
+    kl_sum: Tensor<B, 1>,
+    ce_sum: Tensor<B, 1>,
+    temperature: f64,
+    alpha: f64,
+    soft_units: usize,
+    hard_units: usize,
+) -> Tensor<B, 1> {
+    let t2 = temperature * temperature;
+    kl_sum * (t2 * alpha / soft_units.max(1) as f64)
+        + ce_sum * ((1.0 - alpha) / hard_units.max(1) as f64)
+}
+
 /// `sum over real tokens and dimensions of (student - teacher)^2`; `student [b, t, h]`
 /// (already projected to the teacher's width), `mask [b, t]` 1 for real tokens.
 pub fn hidden_mse_sum<B: Backend>(

@@ -27,8 +27,8 @@
 //!    interrupted run resumes where it stopped, and a half-written shard is never visible.
 //! 6. **Manifest**: when every group's record and every block's shard exist (the last worker to
 //!    finish sees them), `manifest.json` is written (atomically) from the records, shards in
-//!    (g, k) order. A rerun reads only the groups with a missing shard. It holds no timestamps or thread counts: reruns give
-//!    the same bytes.
+//!    (g, k) order. It holds no timestamps or thread counts: reruns give the same bytes. A
+//!    rerun reads only the groups with a missing shard.
 //!
 //! Memory is bounded by a few blocks per reader plus the ones being tokenized and written,
 //! independent of the corpus size.

@@ -10,7 +10,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::activations::Encode;
-use crate::distill::{intermediate, kl_rows, Intermediate};
+use crate::distill::{intermediate, kl_rows, soft_and_hard, Intermediate};
 use crate::loader::Batch;
 use crate::masking::IGNORE_LABEL;
 use crate::step::{cross_entropy_sum, MicroLoss};
@@ -121,7 +121,7 @@ pub fn micro_loss<B: Backend>(
 ) -> MicroLoss<B> {
     let input = batch.inputs.to_input::<B>(device);
     let hidden = encoder.encode(&model.bert, &input);
-    heads_loss(model, hidden, batch, counts, None, device)
+    heads_loss(model, hidden, batch, counts, None, None, device)
 }
 
 /// A teacher for general distillation (a recipe's `[distill]` section), on the inner backend.
@@ -157,6 +157,8 @@ pub fn distill_micro_loss<AD: AutodiffBackend>(
     teacher: &Teacher<AD::InnerBackend>,
     device: &AD::Device,
 ) -> MicroLoss<AD> {
+    // The student's last hidden state, the teacher's (for its MLM predictions) and the layer
+    // terms: one forward pass of each.
     let (student, teacher_hidden, layers) = match &teacher.layers {
         Some(how) => {
             let c = intermediate(
@@ -168,24 +170,23 @@ pub fn distill_micro_loss<AD: AutodiffBackend>(
                 tokens,
                 device,
             );
-            (c.student, c.teacher, Some(c.loss))
+            (c.student, Some(c.teacher), Some(c.loss))
         }
-        None => {
-            let student = encoder.encode(&model.bert, &batch.inputs.to_input(device));
-            let teacher_hidden = (teacher.alpha > 0.0)
-                .then(|| teacher.model.bert.encode(&batch.inputs.to_input(device)));
-            match teacher_hidden {
-                Some(t) => (student, t, None),
-                None => return heads_loss(model, student, batch, counts, None, device),
-            }
-        }
+        None => (
+            encoder.encode(&model.bert, &batch.inputs.to_input(device)),
+            (teacher.alpha > 0.0)
+                .then(|| teacher.model.bert.encode(&batch.inputs.to_input(device))),
+            None,
+        ),
     };
-    let soft = match (&teacher.model.mlm, masked_positions(batch)) {
-        (Some(mlm), (positions, _)) if teacher.alpha > 0.0 && !positions.is_empty() => {
-            let [b, t, h] = teacher_hidden.dims();
+    let soft = match (&teacher.model.mlm, teacher_hidden, masked_positions(batch)) {
+        (Some(mlm), Some(hidden), (positions, _))
+            if teacher.alpha > 0.0 && !positions.is_empty() =>
+        {
+            let [b, t, h] = hidden.dims();
             let n = positions.len();
             let index = Tensor::from_data(TensorData::new(positions, [n]), device);
-            let selected = teacher_hidden.reshape([b * t, h]).select(0, index);
+            let selected = hidden.reshape([b * t, h]).select(0, index);
             let word_embeddings = teacher.model.bert.embeddings.word_embeddings.weight.val();
             Some(SoftMlm {
                 logits: Tensor::from_inner(mlm.forward(selected, word_embeddings)),
@@ -195,16 +196,7 @@ pub fn distill_micro_loss<AD: AutodiffBackend>(
         }
         _ => None,
     };
-    let mut m = heads_loss(model, student, batch, counts, soft, device);
-    if let Some(layers) = layers {
-        let [n] = m.stats.dims();
-        m.stats = Tensor::cat(
-            vec![m.stats.narrow(0, 0, n - 1), layers.clone().detach()],
-            0,
-        );
-        m.loss = m.loss + layers;
-    }
-    m
+    heads_loss(model, student, batch, counts, soft, layers, device)
 }
 
 /// The masked positions of a micro-batch (flat indices) and their labels.
@@ -219,20 +211,20 @@ fn masked_positions(batch: &Batch) -> (Vec<i64>, Vec<i64>) {
 }
 
 /// The heads' losses on the last hidden state `hidden`; with `soft`, the MLM term is
-/// distillation's. Statistics: MLM loss sum, MLM correct, NSP loss sum, NSP correct, soft MLM
-/// KL sum, intermediate terms (0 here).
+/// distillation's, and the intermediate-layer terms `layers` are added. Statistics: MLM loss
+/// sum, MLM correct, NSP loss sum, NSP correct, soft MLM KL sum, intermediate terms.
 fn heads_loss<B: Backend>(
     model: &Bert<B>,
     hidden: Tensor<B, 3>,
     batch: &Batch,
     counts: StepCounts,
     soft: Option<SoftMlm<B>>,
+    layers: Option<Tensor<B, 1>>,
     device: &B::Device,
 ) -> MicroLoss<B> {
     let [b, t, h] = hidden.dims();
     let (positions, labels) = masked_positions(batch);
     let zero = || Tensor::<B, 1>::zeros([1], device);
-    let masked = counts.masked.max(1) as f64;
     let (mlm_sum, mlm_correct, kl_sum) = match (&model.mlm, positions.len()) {
         (Some(mlm), n) if n > 0 => {
             let index = Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), device);
@@ -250,11 +242,15 @@ fn heads_loss<B: Backend>(
         _ => (zero(), zero(), None),
     };
     let mut loss = match &kl_sum {
-        Some((kl, s)) => {
-            let t2 = s.temperature * s.temperature;
-            kl.clone() * (s.alpha * t2 / masked) + mlm_sum.clone() * ((1.0 - s.alpha) / masked)
-        }
-        None => mlm_sum.clone() / masked,
+        Some((kl, s)) => soft_and_hard(
+            kl.clone(),
+            mlm_sum.clone(),
+            s.temperature,
+            s.alpha,
+            counts.masked,
+            counts.masked,
+        ),
+        None => mlm_sum.clone() / counts.masked.max(1) as f64,
     };
 
     let (nsp_sum, nsp_correct) = match (&batch.next_sentence_label, &model.nsp, &model.bert.pooler)
@@ -270,6 +266,13 @@ fn heads_loss<B: Backend>(
         _ => (zero(), zero()),
     };
     let kl_sum = kl_sum.map_or_else(zero, |(kl, _)| kl.detach());
+    let layers_sum = match layers {
+        Some(terms) => {
+            loss = loss + terms.clone();
+            terms.detach()
+        }
+        None => zero(),
+    };
     let stats = Tensor::cat(
         vec![
             mlm_sum.detach(),
@@ -277,7 +280,7 @@ fn heads_loss<B: Backend>(
             nsp_sum.detach(),
             nsp_correct,
             kl_sum,
-            zero(),
+            layers_sum,
         ],
         0,
     );
