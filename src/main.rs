@@ -17,6 +17,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Where GPU kernels compiled and tuned by the CUDA backend are kept between runs, in a
+    /// folder per GPU architecture and burn/cubecl version [default: ~/.cache/bertkit/kernels]
+    #[arg(long, global = true, env = "BERTKIT_KERNEL_CACHE", value_name = "DIR")]
+    kernel_cache: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -125,7 +129,11 @@ fn main() -> ExitCode {
         }
     };
     let command = match Cli::try_parse_from(argv) {
-        Ok(cli) => cli.command,
+        Ok(cli) => {
+            // Before any thread exists: a CUDA build also points the driver's JIT cache there.
+            bertkit_model::kernel_cache::choose(cli.kernel_cache.as_deref());
+            cli.command
+        }
         Err(e) => {
             let _ = e.print();
             if let (Some(path), true) = (recipe, e.use_stderr()) {

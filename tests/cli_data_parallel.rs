@@ -215,6 +215,68 @@ fn two_ranks_make_the_updates_of_one_rank_with_twice_the_batch() {
     assert_eq!(records.lines().count(), 6, "{records}");
 }
 
+/// Gradients in buckets of one layer each (`distributed.bucket_mb=0.5`: BERT-tiny's layers are
+/// 0.8 MB), all-reduced while the layers below are differentiated: 3 ranks of batch 8 make the
+/// updates of 1 rank of batch 8 with 3 accumulation steps; so do 2 ranks with the overlap off
+/// (against 2 x 8). bf16 on the wire (`distributed.reduce_dtype=bf16`) stays close to them
+/// without being the same. Stable shapes (`batch.stable_shapes`) change no update.
+#[test]
+fn bucketed_overlapped_and_bf16_all_reduces_make_the_same_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let final_step = |name: &str| dir.path().join(name).join("checkpoints/step-00000006");
+    let run = |name: &str, world: usize, extra: &[&str]| {
+        let mut settings = vec![STEPS, "batch.micro=8"];
+        settings.extend_from_slice(extra);
+        let args = pretrain_args(&dir.path().join(name), &settings);
+        if world == 1 {
+            run_ok(bertkit().args(args));
+        } else {
+            assert_ok(&wait_all(spawn_ranks(world, &args)));
+        }
+    };
+    run(
+        "three",
+        3,
+        &["batch.global=24", "distributed.bucket_mb=0.5"],
+    );
+    run("one-3x8", 1, &["batch.global=24"]);
+    run(
+        "two-no-overlap",
+        2,
+        &["batch.global=16", "distributed.overlap=false"],
+    );
+    run("one-2x8", 1, &["batch.global=16"]);
+    run(
+        "two-bf16",
+        2,
+        &["batch.global=16", "distributed.reduce_dtype=\"bf16\""],
+    );
+    // Stable shapes (the MLM head on micro x max_predictions rows, as CUDA runs by default).
+    run(
+        "one-2x8-stable",
+        1,
+        &["batch.global=16", "batch.stable_shapes=true"],
+    );
+    let d3 = max_weight_diff(&final_step("three"), &final_step("one-3x8"));
+    let d2 = max_weight_diff(&final_step("two-no-overlap"), &final_step("one-2x8"));
+    let d_bf16 = max_weight_diff(&final_step("two-bf16"), &final_step("one-2x8"));
+    eprintln!("max |w| difference after 6 steps: 3 ranks {d3:e}, 2 ranks no overlap {d2:e}, bf16 {d_bf16:e}");
+    assert!(
+        d3 <= 1e-6,
+        "3 ranks, one-layer buckets, vs 1 rank 3 x 8: {d3}"
+    );
+    assert!(d2 <= 1e-6, "2 ranks without overlap vs 1 rank 2 x 8: {d2}");
+    assert!(
+        d_bf16 > 1e-6 && d_bf16 < 1e-2,
+        "bf16 all-reduce vs f32: {d_bf16}"
+    );
+    let d_stable = max_weight_diff(&final_step("one-2x8-stable"), &final_step("one-2x8"));
+    assert!(
+        d_stable <= 1e-5,
+        "stable shapes vs the masked rows only: {d_stable}"
+    );
+}
+
 /// General distillation (`[distill]` with the hidden-state and attention terms, a projection
 /// to the teacher's width): 2 ranks of batch 8 make the updates of 1 rank of batch 8 with 2
 /// accumulation steps (the terms are averaged over the real tokens of all ranks).
@@ -407,6 +469,43 @@ fn a_two_rank_run_resumes_exactly() {
     }
 }
 
+/// `--warmup-kernels` runs the recipe's work once (on the CPU there is nothing to cache; on
+/// CUDA the kernels land in the kernel cache) and leaves `out` alone, even one with checkpoints.
+#[test]
+fn warmup_kernels_runs_one_step_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let cache = dir.path().join("kernels");
+    let args = pretrain_args(&out, &[STEPS, "batch.global=32", "batch.micro=8"]);
+    let printed = run_ok(
+        bertkit()
+            .args(&args)
+            .arg("--warmup-kernels")
+            .arg("--kernel-cache")
+            .arg(&cache),
+    );
+    assert!(
+        printed.contains("warm-up: one step of 2 micro-batch(es) of 8")
+            && printed.contains(&format!("kernel cache {}", cache.display())),
+        "{printed}"
+    );
+    assert!(!out.exists(), "the warm-up wrote into out");
+    // The environment names the cache too; a run folder with checkpoints is not refused.
+    run_ok(bertkit().args(pretrain_args(&out, &["schedule.steps=1"])));
+    let printed = run_ok(
+        bertkit()
+            .args(&args)
+            .arg("--warmup-kernels")
+            .env("BERTKIT_KERNEL_CACHE", &cache),
+    );
+    assert!(
+        printed.contains(&format!("kernel cache {}", cache.display())),
+        "{printed}"
+    );
+    let checkpoints = std::fs::read_dir(out.join("checkpoints")).unwrap().count();
+    assert_eq!(checkpoints, 1, "only the real run's checkpoint");
+}
+
 #[test]
 fn a_killed_rank_is_named_by_the_others() {
     let dir = tempfile::tempdir().unwrap();
@@ -417,6 +516,9 @@ fn a_killed_rank_is_named_by_the_others() {
             "schedule.steps=100000",
             "checkpoint.every=0",
             "distributed.timeout_s=20",
+            // One bucket per layer, all-reduced during the backward pass: the kill lands
+            // between or inside buckets.
+            "distributed.bucket_mb=0.5",
         ],
     );
     let mut children = spawn_ranks(2, &args);

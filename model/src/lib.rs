@@ -13,6 +13,7 @@ pub mod fs;
 pub mod fused;
 pub mod heads;
 pub mod hub;
+pub mod kernel_cache;
 pub mod nn;
 pub mod pooling;
 pub mod tokenizer;

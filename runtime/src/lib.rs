@@ -85,6 +85,7 @@ impl Runtime {
             Target::Cuda => {
                 let index = options.cuda_device.unwrap_or(0);
                 bertkit_model::backend::check_cuda(index)
+                    .and_then(|()| bertkit_model::kernel_cache::install_chosen(index))
                     .map_err(|e| anyhow::anyhow!("{file}: a cuda plan: {e}"))?;
                 let device = burn::backend::cuda::CudaDevice { index };
                 Executor::Cuda(Box::new(burn_encoder::BurnEncoder::load(

@@ -206,6 +206,7 @@ fn synthetic_batch(batch: usize, seq: usize, vocab: usize, fraction: f64) -> Bat
         },
         mlm_labels,
         next_sentence_label: Some((0..batch).map(|_| rng.below(2) as i64).collect()),
+        prediction_slots: None,
         epoch: 0,
     }
 }

@@ -45,8 +45,10 @@ macro_rules! with_backend {
             }
             #[cfg(feature = "cuda")]
             bertkit_model::backend::DeviceSpec::Cuda(index) => {
-                match bertkit_model::backend::check_cuda(index) {
-                    Ok(()) => $f::<bertkit_model::backend::Cuda>(
+                match bertkit_model::backend::check_cuda(index)
+                    .and_then(|()| bertkit_model::kernel_cache::install_chosen(index))
+                {
+                    Ok(_) => $f::<bertkit_model::backend::Cuda>(
                         &bertkit_model::backend::cuda_device(index) $(, $arg)*
                     ),
                     Err(e) => Err(anyhow::anyhow!(e)),

@@ -33,10 +33,16 @@ pub struct PretrainArgs {
     /// Overrides the recipe's device: cpu, cuda, cuda:N.
     #[arg(long)]
     pub device: Option<DeviceSpec>,
+    /// Compile and tune every kernel the recipe's steps use (one optimizer step of two
+    /// micro-batches and one evaluation batch, on a fresh model, with the run's shapes and
+    /// precision) into the kernel cache (`--kernel-cache`), write nothing to `out`, and exit.
+    /// Run once per recipe and GPU type before a job, so that its ranks start warm.
+    #[arg(long)]
+    pub warmup_kernels: bool,
 }
 
 pub fn run(args: &PretrainArgs) -> Result<()> {
-    let cfg = PretrainConfig::load(&args.config, &args.set)?;
+    let mut cfg = PretrainConfig::load(&args.config, &args.set)?;
     let env = ProcessEnv::from_env()?;
     let device = match args.device {
         Some(d) => d,
@@ -44,6 +50,24 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
         None if cfg.device.trim() == "cuda" => DeviceSpec::Cuda(env.local_rank),
         None => cfg.device.parse().map_err(anyhow::Error::msg)?,
     };
+    // Stable shapes by default on CUDA, wherever the device was named.
+    cfg.batch
+        .stable_shapes
+        .get_or_insert(matches!(device, DeviceSpec::Cuda(_)));
+    if args.warmup_kernels {
+        let report = with_backend!(device, warm_on(&cfg))?;
+        println!(
+            "warm-up: one step of {} micro-batch(es) of {} and {} evaluation batch(es) on {device:?} \
+             in {:.1} s; kernel cache {}",
+            report.micro_batches,
+            cfg.batch.micro,
+            report.eval_batches,
+            report.seconds,
+            bertkit_model::kernel_cache::chosen()
+                .map_or_else(|| "none (no home folder)".into(), |d| d.display().to_string()),
+        );
+        return Ok(());
+    }
     let use_nccl = match cfg.distributed.backend {
         CollectiveBackend::Auto => matches!(device, DeviceSpec::Cuda(_)),
         CollectiveBackend::Tcp => false,
@@ -67,6 +91,10 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
         print_summary(&summary);
     }
     Ok(())
+}
+
+fn warm_on<B: Backend>(device: &B::Device, cfg: &PretrainConfig) -> Result<pretrain::WarmupReport> {
+    pretrain::warm_up::<Autodiff<B>>(cfg, device)
 }
 
 fn run_on<B: Backend>(

@@ -254,6 +254,7 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         set: Vec::new(),
         resume: bertkit_train::pretrain::Resume::Never,
         device: Some(device),
+        warmup_kernels: false,
     })?;
     let model_dir = run_dir.join("checkpoints/step-00000120");
     println!(

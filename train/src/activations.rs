@@ -2,13 +2,16 @@
 //!
 //! - [`Seeded`] keeps every activation (the default). Each layer seeds its own dropout from the
 //!   micro-batch's seed and the layer's index, so the masks of a layer can be drawn again.
-//! - [`Recompute`] is activation (gradient) checkpointing, as PyTorch's `checkpoint` and HF's
-//!   `gradient_checkpointing` do it: the forward pass keeps only each layer's input; the
-//!   backward pass runs the heads' backward, then, from the last layer down, runs the layer
+//! - [`ByLayer::recompute`] is activation (gradient) checkpointing, as PyTorch's `checkpoint`
+//!   and HF's `gradient_checkpointing` do it: the forward pass keeps only each layer's input;
+//!   the backward pass runs the heads' backward, then, from the last layer down, runs the layer
 //!   forward again (same input, same dropout seed) with its graph and backpropagates through it
 //!   alone, and ends with the embeddings. Peak memory holds the layer inputs plus one layer's
 //!   graph instead of every layer's graph. The numbers are [`Seeded`]'s: same masks, same
 //!   gradients.
+//! - [`ByLayer::keep`] keeps every layer's graph but differentiates the layers one at a time in
+//!   the same order, so a data-parallel step can all-reduce a layer's finished gradients while
+//!   the layers below are still being differentiated.
 //! - [`Plain`] is evaluation's `BertModel::encode`.
 //!
 //! A micro-batch's objective asks its [`Encode`] for the last hidden state and puts the heads on
@@ -17,7 +20,7 @@
 use bertkit_model::bert::{AttentionMask, BertInput, BertModel, Layers};
 use bertkit_model::heads::Bert;
 use burn::module::{Module, ModuleMapper, Param};
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
 
@@ -32,7 +35,7 @@ pub trait Encode<B: Backend> {
 
     /// Every hidden state and, with `attention`, each layer's attention probabilities
     /// ([`BertModel::encode_layers`]), for intermediate-layer distillation; `None` where the
-    /// encoder keeps no layer's graph ([`Recompute`]).
+    /// encoder keeps no layer's graph ([`ByLayer::recompute`]).
     fn encode_layers(
         &mut self,
         _bert: &BertModel<B>,
@@ -95,100 +98,183 @@ impl<B: Backend> Encode<B> for Seeded {
     }
 }
 
-/// Activation checkpointing (see the module doc). The model it encodes with must have leaf
-/// parameters ([`leaf_params`]): parameters cast inside the graph would be consumed by the
-/// first of the several backward passes.
-pub struct Recompute<B: AutodiffBackend> {
+/// Which part of the model a [`ByLayer::backward`] pass has just finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    /// The heads (and anything else the loss reads besides the last hidden state).
+    Heads,
+    /// Encoder layer `i`: the gradients of its parameters are complete for this micro-batch.
+    Layer(usize),
+    /// The embeddings, last.
+    Embeddings,
+    /// The whole model in one pass (the objective asked for every layer's output).
+    Whole,
+}
+
+/// The backward pass one layer at a time, from the last layer down (see the module doc), so
+/// that each layer's gradients are complete before the layers below it are differentiated.
+/// With `recompute` it is activation checkpointing ([`ByLayer::recompute`]); otherwise
+/// ([`ByLayer::keep`]) every layer's graph is kept, as [`Seeded`] keeps it, and each layer is
+/// differentiated on its own: data-parallel training all-reduces a layer's gradients while the
+/// layers below are differentiated. The numbers are [`Seeded`]'s: same masks, same gradients.
+///
+/// The model it encodes with must have leaf parameters ([`leaf_params`]): parameters cast
+/// inside the graph would be consumed by the first of the several backward passes.
+pub struct ByLayer<B: AutodiffBackend> {
     micro_seed: u64,
+    recompute: bool,
     saved: Option<Saved<B>>,
+    /// The objective took every layer's output ([`Encode::encode_layers`]): one backward pass.
+    whole: bool,
 }
 
 struct Saved<B: AutodiffBackend> {
     /// The embeddings' output, still in its graph: their backward runs last.
     embedded: Tensor<B, 3>,
     mask: AttentionMask<B>,
-    /// Layer `i`'s input, without a graph.
-    inputs: Vec<Tensor<B::InnerBackend, 3>>,
+    layers: Vec<SavedLayer<B>>,
     /// The last layer's output: a leaf of the heads' graph.
     top: Tensor<B, 3>,
 }
 
-impl<B: AutodiffBackend> Recompute<B> {
-    pub fn new(micro_seed: u64) -> Self {
-        Recompute {
+enum SavedLayer<B: AutodiffBackend> {
+    /// Recomputed in the backward pass from its input, kept without a graph.
+    Input(Tensor<B::InnerBackend, 3>),
+    /// The layer's graph, from its input (a leaf) to its output.
+    Graph {
+        input: Tensor<B, 3>,
+        output: Tensor<B, 3>,
+    },
+}
+
+impl<B: AutodiffBackend> ByLayer<B> {
+    /// Activation checkpointing: only each layer's input is kept.
+    pub fn recompute(micro_seed: u64) -> Self {
+        ByLayer {
             micro_seed,
+            recompute: true,
             saved: None,
+            whole: false,
+        }
+    }
+
+    /// Every layer's graph kept, differentiated one layer at a time.
+    pub fn keep(micro_seed: u64) -> Self {
+        ByLayer {
+            recompute: false,
+            ..Self::recompute(micro_seed)
         }
     }
 
     /// Backpropagates `loss` (computed from [`Encode::encode`]'s output by `model`, the model
-    /// `encode` was given) and adds every parameter's gradient, in f32, to `accumulator`.
+    /// `encode` was given) and hands each segment's gradients, in f32, to `add`: the heads,
+    /// then the layers from the last down, then the embeddings.
     pub fn backward(
         self,
         loss: Tensor<B, 1>,
         model: &Bert<B>,
-        accumulator: &mut GradientsAccumulator<Bert<B>>,
+        mut add: impl FnMut(Segment, GradientsParams),
     ) {
-        let mut add = |grads| {
-            let grads = f32_grads(GradientsParams::from_grads(grads, model), model);
-            accumulator.accumulate(model, grads);
+        let mut add = |segment, grads| {
+            add(
+                segment,
+                f32_grads(GradientsParams::from_grads(grads, model), model),
+            )
         };
         let mut grads = loss.backward();
+        if self.whole {
+            add(Segment::Whole, grads);
+            return;
+        }
         let top_grad = self
             .saved
             .as_ref()
             .and_then(|saved| saved.top.grad_remove(&mut grads));
-        add(grads);
+        add(Segment::Heads, grads);
         // Nothing below to reach when the objective never encoded, or its loss does not read
         // the hidden state.
         let (Some(saved), Some(mut grad)) = (self.saved, top_grad) else {
             return;
         };
         let device = saved.embedded.device();
-        let mut inputs = saved.inputs;
+        let mut layers = saved.layers;
         for (i, layer) in model.bert.encoder.layer.iter().enumerate().rev() {
-            let input = inputs
-                .pop()
-                .map(|x| Tensor::<B, 3>::from_inner(x).require_grad())
-                .expect("one saved input per layer");
-            B::seed(&device, layer_seed(self.micro_seed, i));
-            let output = layer.forward(input.clone(), &saved.mask);
+            let (input, output) = match layers.pop().expect("one saved input per layer") {
+                SavedLayer::Input(x) => {
+                    let input = Tensor::<B, 3>::from_inner(x).require_grad();
+                    B::seed(&device, layer_seed(self.micro_seed, i));
+                    (input.clone(), layer.forward(input, &saved.mask))
+                }
+                SavedLayer::Graph { input, output } => (input, output),
+            };
             let mut grads = (output * Tensor::from_inner(grad)).sum().backward();
             grad = input
                 .grad_remove(&mut grads)
                 .expect("a layer's output depends on its input");
-            add(grads);
+            add(Segment::Layer(i), grads);
         }
-        add((saved.embedded * Tensor::from_inner(grad)).sum().backward());
+        add(
+            Segment::Embeddings,
+            (saved.embedded * Tensor::from_inner(grad)).sum().backward(),
+        );
     }
 }
 
-impl<B: AutodiffBackend> Encode<B> for Recompute<B> {
+impl<B: AutodiffBackend> Encode<B> for ByLayer<B> {
     fn encode(&mut self, bert: &BertModel<B>, input: &BertInput<B>) -> Tensor<B, 3> {
         assert!(
-            self.saved.is_none(),
+            self.saved.is_none() && !self.whole,
             "a micro-batch's objective encodes once"
         );
         let device = input.input_ids.device();
         let (embedded, mask) = bert.embed(input);
-        let mut inputs = Vec::with_capacity(bert.encoder.layer.len());
+        let mut layers = Vec::with_capacity(bert.encoder.layer.len());
         let mut x = embedded.clone().detach().inner();
         for (i, layer) in bert.encoder.layer.iter().enumerate() {
-            inputs.push(x.clone());
             B::seed(&device, layer_seed(self.micro_seed, i));
-            // Detached parameters and input: the autodiff backend records nothing, but it is
-            // still training (dropout on), as the recomputation will be.
-            let frozen = detach_params(layer.clone());
-            x = frozen.forward(Tensor::from_inner(x), &mask).inner();
+            if self.recompute {
+                layers.push(SavedLayer::Input(x.clone()));
+                // Detached parameters and input: the autodiff backend records nothing, but it
+                // is still training (dropout on), as the recomputation will be.
+                let frozen = detach_params(layer.clone());
+                x = frozen.forward(Tensor::from_inner(x), &mask).inner();
+            } else {
+                let input = Tensor::<B, 3>::from_inner(x).require_grad();
+                let output = layer.forward(input.clone(), &mask);
+                x = output.clone().inner();
+                layers.push(SavedLayer::Graph { input, output });
+            }
         }
         let top = Tensor::<B, 3>::from_inner(x).require_grad();
         self.saved = Some(Saved {
             embedded,
             mask,
-            inputs,
+            layers,
             top: top.clone(),
         });
         top
+    }
+
+    /// Keeping graphs: every layer's output in one graph (as [`Seeded`]), differentiated in one
+    /// pass ([`Segment::Whole`]). Recomputing: `None`, no layer's graph is kept.
+    fn encode_layers(
+        &mut self,
+        bert: &BertModel<B>,
+        input: &BertInput<B>,
+        attention: bool,
+    ) -> Option<Layers<B>> {
+        if self.recompute {
+            return None;
+        }
+        assert!(
+            self.saved.is_none() && !self.whole,
+            "a micro-batch's objective encodes once"
+        );
+        self.whole = true;
+        Seeded {
+            micro_seed: self.micro_seed,
+        }
+        .encode_layers(bert, input, attention)
     }
 }
 
@@ -207,7 +293,7 @@ fn detach_params<B: AutodiffBackend, M: Module<B>>(module: M) -> M {
 }
 
 /// A copy of `model` whose parameters are `dtype` leaves of their own (same ids), for
-/// [`Recompute`]: their gradients arrive in `dtype` and [`Recompute::backward`] hands them on in
+/// [`ByLayer`]: their gradients arrive in `dtype` and [`ByLayer::backward`] hands them on in
 /// f32. (`step::cast_params` casts inside the graph instead, for one backward pass.)
 pub fn leaf_params<B: AutodiffBackend, M: Module<B>>(model: M, dtype: DType) -> M {
     struct Leaf(DType);

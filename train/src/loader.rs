@@ -61,6 +61,9 @@ pub struct LoaderConfig {
     pub verify: bool,
     /// Read the next shard on a background thread.
     pub prefetch: bool,
+    /// Give every batch `batch_size x masking.max_predictions` prediction slots
+    /// ([`Batch::prediction_slots`]): the same shapes in every step.
+    pub fixed_predictions: bool,
 }
 
 impl Default for LoaderConfig {
@@ -75,6 +78,7 @@ impl Default for LoaderConfig {
             pad_to: None,
             verify: false,
             prefetch: true,
+            fixed_predictions: false,
         }
     }
 }
@@ -100,6 +104,10 @@ pub struct Batch {
     pub next_sentence_label: Option<Vec<i64>>,
     /// The epoch of the global batch's first row.
     pub epoch: u64,
+    /// The MLM head runs on this many rows: the masked positions, then rows of weight 0, so
+    /// that every step has the same shapes (a GPU compiles and tunes its kernels once). `None`:
+    /// the masked positions only. Never fewer than the masked positions.
+    pub prediction_slots: Option<usize>,
 }
 
 struct ShardFile {
@@ -276,6 +284,10 @@ impl Loader {
             mlm_labels: vec![IGNORE_LABEL; b * t],
             next_sentence_label: self.nsp.then(|| vec![0; b]),
             epoch: start.epoch,
+            prediction_slots: self
+                .cfg
+                .fixed_predictions
+                .then_some(b * self.cfg.masking.max_predictions),
         };
         let mut p = self.skip(start, self.cfg.rank * b)?;
         for i in 0..b {

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use anyhow::Result;
 use bertkit_model::heads::Bert;
 
-use crate::activations::{self, Encode, Recompute, Seeded};
-use crate::distributed::{grads, ProcessGroup};
+use crate::activations::{self, ByLayer, Encode, Seeded, Segment};
+use crate::distributed::grads::{self, Buckets};
+use crate::distributed::ProcessGroup;
 use crate::optim::{self, Optimizer};
 use crate::rng::Rng;
 
@@ -134,7 +135,7 @@ pub struct StepSettings {
     /// (run seed, step): micro-batch `i` seeds dropout with `derive(seed, TAG, step, i)`.
     pub dropout_seed: [u64; 2],
     /// Keep only each layer's input and recompute the layer in the backward pass
-    /// ([`activations::Recompute`]): less memory, about one more forward pass of time, the same
+    /// ([`activations::ByLayer::recompute`]): less memory, about one more forward pass of time, the same
     /// numbers.
     pub checkpoint_activations: bool,
 }
@@ -160,13 +161,14 @@ pub struct StepOutput {
 /// One optimizer step over this rank's `micro_batches` micro-batches; `micro_loss(model,
 /// encoder, i)` computes the forward pass and loss of micro-batch `i` with `model` (its
 /// parameters in the step's precision; the gradients land on the f32 parameters), getting the
-/// last hidden state from `encoder` ([`activations::Seeded`], or [`activations::Recompute`]
-/// with `checkpoint_activations`).
+/// last hidden state from `encoder` ([`activations::Seeded`], or [`activations::ByLayer`]
+/// with `checkpoint_activations` or when the all-reduce overlaps the backward pass).
 ///
 /// With several ranks, the micro-batch losses must already be divided by the denominators of
 /// the whole step on all ranks: the gradients and the statistics are then summed over the
-/// ranks (once per step, after the last backward), so every rank sees the step's gradient,
-/// norm and loss and makes the same update. Only the collectives can fail.
+/// ranks (once per step, during or after the last backward: [`ProcessGroup::overlaps`]), so
+/// every rank sees the step's gradient, norm and loss and makes the same update. Only the
+/// collectives can fail.
 pub fn train_step<AD, F>(
     model: Bert<AD>,
     optimizer: &mut Optimizer<AD::InnerBackend>,
@@ -180,9 +182,14 @@ where
     AD: AutodiffBackend,
     F: FnMut(&Bert<AD>, &mut dyn Encode<AD>, usize) -> MicroLoss<AD>,
 {
-    let (mut grads, mut sums) =
-        accumulate_gradients(&model, micro_batches, s, group.rank, device, micro_loss);
-    grads::all_reduce_grads(&model, &mut grads, group)?;
+    let (mut grads, mut sums) = if group.overlaps() && micro_batches > 0 {
+        accumulate_by_layer(&model, micro_batches, s, group, device, micro_loss)?
+    } else {
+        let (mut grads, sums) =
+            accumulate_gradients(&model, micro_batches, s, group.rank, device, micro_loss);
+        grads::all_reduce_grads(&model, &mut grads, group)?;
+        (grads, sums)
+    };
     group.all_reduce_f32(&mut sums)?;
     let loss = sums.remove(0) as f64;
     let grad_norm = optim::global_grad_norm(&model, &grads);
@@ -222,7 +229,134 @@ where
     // Subnormal gradients cost Intel cores ~18x (bertkit_model::denormals); cheap to repeat.
     bertkit_model::denormals::flush_denormals();
     let mut accumulator = GradientsAccumulator::<Bert<AD>>::new();
-    let mut sums: Option<Tensor<AD::InnerBackend, 1>> = None;
+    let mut sums = Sums::default();
+    for i in 0..micro_batches {
+        let micro = micro_batch(
+            model,
+            micro_batches,
+            s,
+            rank,
+            device,
+            i,
+            &mut micro_loss,
+            false,
+            |f| backward_into(&mut accumulator, model, f),
+        );
+        sums.add(micro);
+    }
+    let mut grads = accumulator.grads();
+    if s.precision == Precision::Fp16 {
+        optim::scale_grads(model, &mut grads, 1.0 / s.loss_scale);
+    }
+    (grads, sums.read())
+}
+
+/// [`accumulate_gradients`] whose last micro-batch is differentiated one layer at a time
+/// ([`ByLayer`]), each bucket of finished layers all-reduced over `group` while the layers
+/// below are differentiated; returns the summed gradients (and this rank's `[loss, stats...]`,
+/// not yet summed).
+pub fn accumulate_by_layer<AD, F>(
+    model: &Bert<AD>,
+    micro_batches: usize,
+    s: &StepSettings,
+    group: &mut ProcessGroup,
+    device: &AD::Device,
+    mut micro_loss: F,
+) -> Result<(GradientsParams, Vec<f32>)>
+where
+    AD: AutodiffBackend,
+    F: FnMut(&Bert<AD>, &mut dyn Encode<AD>, usize) -> MicroLoss<AD>,
+{
+    bertkit_model::denormals::flush_denormals();
+    let last = micro_batches - 1;
+    let mut accumulator = GradientsAccumulator::<Bert<AD>>::new();
+    let mut sums = Sums::default();
+    for i in 0..last {
+        let micro = micro_batch(
+            model,
+            micro_batches,
+            s,
+            group.rank,
+            device,
+            i,
+            &mut micro_loss,
+            false,
+            |f| backward_into(&mut accumulator, model, f),
+        );
+        sums.add(micro);
+    }
+    let mut earlier = accumulator.grads();
+    let bucket_len = group.bucket_len();
+    let rank = group.rank;
+    let (buckets, reduced) = group.overlapped(|sender| {
+        let mut buckets = Buckets::new(bucket_len);
+        let mut rest = GradientsAccumulator::<Bert<AD>>::new();
+        let micro = micro_batch(
+            model,
+            micro_batches,
+            s,
+            rank,
+            device,
+            last,
+            &mut micro_loss,
+            true,
+            |m| {
+                let (compute, loss, encoder) = m;
+                let encoder = encoder.expect("the overlapped micro-batch encodes layer by layer");
+                encoder.backward(loss, &compute, |segment, mut grads| match segment {
+                    Segment::Layer(i) => buckets.take_final_sum(
+                        &model.bert.encoder.layer[i],
+                        &mut grads,
+                        &mut earlier,
+                        sender,
+                    ),
+                    Segment::Heads | Segment::Embeddings | Segment::Whole => {
+                        rest.accumulate(model, grads)
+                    }
+                });
+            },
+        );
+        sums.add(micro);
+        buckets.take_final_sum(model, &mut rest.grads(), &mut earlier, sender);
+        buckets.flush(sender);
+        buckets
+    })?;
+    let mut grads = buckets.unpack(model, reduced)?;
+    if s.precision == Precision::Fp16 {
+        optim::scale_grads(model, &mut grads, 1.0 / s.loss_scale);
+    }
+    Ok((grads, sums.read()))
+}
+
+/// What [`micro_batch`] hands its `backward`: the model it computed with, the loss to
+/// differentiate (fp16: scaled) and, when it encoded layer by layer, the encoder.
+type Forward<AD> = (Bert<AD>, Tensor<AD, 1>, Option<ByLayer<AD>>);
+
+/// Forward pass of micro-batch `i` (its dropout seeded), then `backward`; returns its
+/// `[loss, stats...]` (detached, f32). It encodes with [`ByLayer`] (leaf parameters in the step's
+/// precision) with `checkpoint_activations` or when `backward` asks for it by `by_layer`,
+/// else with [`Seeded`] (parameters cast inside the graph).
+#[allow(clippy::too_many_arguments)]
+fn micro_batch<AD, F>(
+    model: &Bert<AD>,
+    micro_batches: usize,
+    s: &StepSettings,
+    rank: usize,
+    device: &AD::Device,
+    i: usize,
+    micro_loss: &mut F,
+    by_layer: bool,
+    backward: impl FnOnce(Forward<AD>),
+) -> Tensor<AD::InnerBackend, 1>
+where
+    AD: AutodiffBackend,
+    F: FnMut(&Bert<AD>, &mut dyn Encode<AD>, usize) -> MicroLoss<AD>,
+{
+    let [seed, step] = s.dropout_seed;
+    // Each rank's micro-batches draw their own dropout (rank 0's as a single process's).
+    let index = (rank * micro_batches + i) as u64;
+    let micro_seed = Rng::derive(&[seed, TAG_DROPOUT, step, index]).next_u64();
+    AD::seed(device, micro_seed);
     let scaled = |loss: Tensor<AD, 1>| {
         if s.precision == Precision::Fp16 {
             loss * s.loss_scale
@@ -230,46 +364,68 @@ where
             loss
         }
     };
-    for i in 0..micro_batches {
-        let [seed, step] = s.dropout_seed;
-        // Each rank's micro-batches draw their own dropout (rank 0's as a single process's).
-        let index = (rank * micro_batches + i) as u64;
-        let micro_seed = Rng::derive(&[seed, TAG_DROPOUT, step, index]).next_u64();
-        AD::seed(device, micro_seed);
-        let micro = if s.checkpoint_activations {
-            let compute = match s.precision {
-                Precision::F32 => model.clone(),
-                p => activations::leaf_params(model.clone(), p.dtype()),
-            };
-            let mut encoder = Recompute::new(micro_seed);
-            let micro = micro_loss(&compute, &mut encoder, i);
-            encoder.backward(scaled(micro.loss.clone()), &compute, &mut accumulator);
-            micro
-        } else {
-            let compute = match s.precision {
-                Precision::F32 => model.clone(),
-                p => cast_params(model.clone(), p.dtype()),
-            };
-            let micro = micro_loss(&compute, &mut Seeded { micro_seed }, i);
-            let loss = scaled(micro.loss.clone());
-            accumulator.accumulate(model, GradientsParams::from_grads(loss.backward(), model));
-            micro
+    let micro = if s.checkpoint_activations || by_layer {
+        let compute = match s.precision {
+            Precision::F32 => model.clone(),
+            p => activations::leaf_params(model.clone(), p.dtype()),
         };
-        let value = micro.loss.detach().inner().cast(DType::F32);
-        let stats = Tensor::cat(vec![value, micro.stats.inner().cast(DType::F32)], 0);
-        sums = Some(match sums {
+        let mut encoder = if s.checkpoint_activations {
+            ByLayer::recompute(micro_seed)
+        } else {
+            ByLayer::keep(micro_seed)
+        };
+        let micro = micro_loss(&compute, &mut encoder, i);
+        backward((compute, scaled(micro.loss.clone()), Some(encoder)));
+        micro
+    } else {
+        let compute = match s.precision {
+            Precision::F32 => model.clone(),
+            p => cast_params(model.clone(), p.dtype()),
+        };
+        let micro = micro_loss(&compute, &mut Seeded { micro_seed }, i);
+        backward((compute, scaled(micro.loss.clone()), None));
+        micro
+    };
+    let value = micro.loss.detach().inner().cast(DType::F32);
+    Tensor::cat(vec![value, micro.stats.inner().cast(DType::F32)], 0)
+}
+
+/// Differentiates a [`micro_batch`]'s loss and adds the gradients (f32) to `accumulator`.
+fn backward_into<AD: AutodiffBackend>(
+    accumulator: &mut GradientsAccumulator<Bert<AD>>,
+    model: &Bert<AD>,
+    (compute, loss, encoder): Forward<AD>,
+) {
+    match encoder {
+        Some(encoder) => encoder.backward(loss, &compute, |_, grads| {
+            accumulator.accumulate(model, grads)
+        }),
+        None => accumulator.accumulate(model, GradientsParams::from_grads(loss.backward(), model)),
+    }
+}
+
+/// The micro-batches' `[loss, stats...]`, summed on the device and read back once.
+struct Sums<B: Backend>(Option<Tensor<B, 1>>);
+
+impl<B: Backend> Default for Sums<B> {
+    fn default() -> Self {
+        Sums(None)
+    }
+}
+
+impl<B: Backend> Sums<B> {
+    fn add(&mut self, stats: Tensor<B, 1>) {
+        self.0 = Some(match self.0.take() {
             Some(t) => t + stats,
             None => stats,
         });
     }
-    let mut grads = accumulator.grads();
-    if s.precision == Precision::Fp16 {
-        optim::scale_grads(model, &mut grads, 1.0 / s.loss_scale);
+
+    fn read(self) -> Vec<f32> {
+        self.0
+            .map(|t| bertkit_model::nn::to_host(t).data)
+            .unwrap_or_else(|| vec![0.0])
     }
-    let sums = sums
-        .map(|t| bertkit_model::nn::to_host(t).data)
-        .unwrap_or_else(|| vec![0.0]);
-    (grads, sums)
 }
 
 /// Cross entropy summed over rows of `logits [n, classes]` (computed in f32) and the number of
@@ -277,6 +433,16 @@ where
 pub fn cross_entropy_sum<B: Backend>(
     logits: Tensor<B, 2>,
     labels: Tensor<B, 1, Int>,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    weighted_cross_entropy_sum(logits, labels, None)
+}
+
+/// [`cross_entropy_sum`] with each row's loss and correctness multiplied by `weights [n]`
+/// (rows of weight 0 count for nothing: padding).
+pub fn weighted_cross_entropy_sum<B: Backend>(
+    logits: Tensor<B, 2>,
+    labels: Tensor<B, 1, Int>,
+    weights: Option<Tensor<B, 1>>,
 ) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let logits = if logits.dtype() == DType::F32 {
         logits
@@ -291,12 +457,17 @@ pub fn cross_entropy_sum<B: Backend>(
         .argmax(1)
         .equal(labels.clone())
         .float()
-        .sum();
-    let nll = bertkit_model::fused::log_softmax(logits)
+        .reshape([n]);
+    let log_p = bertkit_model::fused::log_softmax(logits)
         .gather(1, labels)
-        .sum()
-        .neg();
-    (nll, correct)
+        .reshape([n]);
+    match weights {
+        Some(w) => (
+            (log_p * w.clone()).sum().neg(),
+            (correct * w.detach()).sum(),
+        ),
+        None => (log_p.sum().neg(), correct.sum()),
+    }
 }
 
 /// A copy of the model whose parameters are cast to `dtype` inside the autodiff graph: the

@@ -1,17 +1,21 @@
 //! Activation checkpointing (`StepSettings::checkpoint_activations`) changes memory, not numbers:
 //! with dropout on, the step that recomputes each layer in the backward pass has the loss and the
-//! gradients of the step that keeps every activation, in every precision.
+//! gradients of the step that keeps every activation, in every precision. The same holds for
+//! the step that keeps every activation but differentiates one layer at a time and hands the
+//! finished layers' gradients to the all-reduce in buckets (`step::accumulate_by_layer`, what a
+//! data-parallel step runs).
 
 use bertkit_model::backend::Cpu;
 use bertkit_model::checkpoint::init;
 use bertkit_model::config::BertConfig;
 use bertkit_model::heads::{Bert, Task};
 use bertkit_model::tokenizer::Batch as InputBatch;
+use bertkit_train::distributed::ProcessGroup;
 use bertkit_train::loader::Batch;
 use bertkit_train::masking::IGNORE_LABEL;
 use bertkit_train::pretrain::objective::{micro_loss, StepCounts};
 use bertkit_train::rng::Rng;
-use bertkit_train::step::{accumulate_gradients, Precision, StepSettings};
+use bertkit_train::step::{accumulate_by_layer, accumulate_gradients, Precision, StepSettings};
 use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -64,6 +68,7 @@ fn batch(seed: u64, batch: usize) -> Batch {
         },
         mlm_labels,
         next_sentence_label: Some((0..batch).map(|_| rng.below(2) as i64).collect()),
+        prediction_slots: None,
         epoch: 0,
     }
 }
@@ -74,6 +79,17 @@ fn gradients(
     model: &Bert<AD>,
     precision: Precision,
     checkpoint_activations: bool,
+) -> (Vec<Vec<f32>>, Vec<f32>) {
+    gradients_with(model, precision, checkpoint_activations, false)
+}
+
+/// [`gradients`], with `by_layer` through `accumulate_by_layer` in a group of one (its
+/// buckets are packed, "reduced" and unpacked).
+fn gradients_with(
+    model: &Bert<AD>,
+    precision: Precision,
+    checkpoint_activations: bool,
+    by_layer: bool,
 ) -> (Vec<Vec<f32>>, Vec<f32>) {
     let batches = [batch(1, 3), batch(2, 2)];
     let counts = StepCounts::of(&batches);
@@ -90,9 +106,15 @@ fn gradients(
         checkpoint_activations,
     };
     let device = Default::default();
-    let (grads, sums) = accumulate_gradients(model, 2, &settings, 0, &device, |m, e, i| {
+    let loss = |m: &Bert<AD>, e: &mut dyn bertkit_train::activations::Encode<AD>, i: usize| {
         micro_loss(m, e, &batches[i], counts, &device)
-    });
+    };
+    let (grads, sums) = if by_layer {
+        let mut group = ProcessGroup::single();
+        accumulate_by_layer(model, 2, &settings, &mut group, &device, loss).expect("no collective")
+    } else {
+        accumulate_gradients(model, 2, &settings, 0, &device, loss)
+    };
     (collect(model, &grads), sums)
 }
 
@@ -159,4 +181,80 @@ fn recomputing_layers_gives_the_same_gradients_in_bf16_and_fp16() {
         let worst = worst_difference(&kept, &recomputed);
         assert!(worst < 1e-2, "{precision}: gradients differ by {worst}");
     }
+}
+
+#[test]
+fn differentiating_layer_by_layer_for_the_all_reduce_gives_the_same_gradients() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let m = model(0.1);
+    for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
+        let (kept, kept_sums) = gradients_with(&m, precision, false, false);
+        for recompute in [false, true] {
+            let (by_layer, sums) = gradients_with(&m, precision, recompute, true);
+            assert_eq!(kept_sums, sums, "{precision}, recompute {recompute}");
+            // f32: the same operations; the tied word embeddings add their two gradients in
+            // another order (and, in bf16/fp16, type).
+            let tolerance = if precision == Precision::F32 {
+                1e-6
+            } else {
+                1e-2
+            };
+            let worst = worst_difference(&kept, &by_layer);
+            assert!(
+                worst < tolerance,
+                "{precision}, recompute {recompute}: gradients differ by {worst}"
+            );
+        }
+    }
+}
+
+/// Stable shapes (`batch.stable_shapes`): the MLM head on `batch x max_predictions` rows, the
+/// padding weighted 0, gives the loss, statistics and gradients of the masked rows alone.
+#[test]
+fn padded_prediction_rows_change_no_number() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let m = model(0.0);
+    let device = Default::default();
+    let plain = [batch(1, 3), batch(2, 2)];
+    let padded = plain.clone().map(|mut b| {
+        b.prediction_slots = Some(b.inputs.batch_size * 20);
+        b
+    });
+    let counts = StepCounts::of(&plain);
+    assert_eq!(counts, StepCounts::of(&padded));
+    let settings = StepSettings {
+        lr: 0.0,
+        max_grad_norm: 1.0,
+        precision: Precision::F32,
+        loss_scale: 1.0,
+        dropout_seed: [5, 3],
+        checkpoint_activations: false,
+    };
+    let run = |batches: &[Batch; 2]| {
+        let (grads, sums) = accumulate_gradients(&m, 2, &settings, 0, &device, |m, e, i| {
+            micro_loss(m, e, &batches[i], counts, &device)
+        });
+        (collect(&m, &grads), sums)
+    };
+    let (g_plain, s_plain) = run(&plain);
+    let (g_padded, s_padded) = run(&padded);
+    for (a, b) in s_plain.iter().zip(&s_padded) {
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+            "{s_plain:?} vs {s_padded:?}"
+        );
+    }
+    // The MLM accuracy counts only the real rows (the padding's weight is 0): exactly equal.
+    assert_eq!(s_plain[2], s_padded[2]);
+    // Relative to the largest gradient of all: the key projections' biases have a zero
+    // gradient in exact arithmetic (softmax ignores a shift), so theirs is rounding noise.
+    let largest = g_plain.iter().flatten().fold(0.0f32, |m, v| m.max(v.abs()));
+    let mut worst = 0.0f32;
+    for (x, y) in g_plain.iter().zip(&g_padded) {
+        assert_eq!(x.len(), y.len());
+        for (p, q) in x.iter().zip(y) {
+            worst = worst.max((p - q).abs() / largest);
+        }
+    }
+    assert!(worst < 1e-5, "gradients differ by {worst} of the largest");
 }

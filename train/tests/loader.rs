@@ -559,6 +559,49 @@ fn nsp_labels_types_and_padding() {
     assert_eq!(loader.next_batch().unwrap().next_sentence_label, None);
 }
 
+/// Stable shapes: every batch has `batch x max_predictions` prediction rows, the masked
+/// positions first (weight 1), then padding (weight 0); without, the masked positions only.
+#[test]
+fn fixed_prediction_slots_give_every_batch_the_same_rows() {
+    use bertkit_train::pretrain::objective::Predictions;
+    let data = prepare(&[30, 20], 32, true, |g| 10 + g % 20);
+    let masking = MaskingConfig {
+        max_predictions: 5,
+        ..Default::default()
+    };
+    let fixed = LoaderConfig {
+        fixed_predictions: true,
+        masking: masking.clone(),
+        ..config(6)
+    };
+    let plain = LoaderConfig {
+        masking,
+        ..config(6)
+    };
+    let (mut a, mut b) = (
+        Loader::open(&data.dir, fixed).unwrap(),
+        Loader::open(&data.dir, plain).unwrap(),
+    );
+    let mut counts = HashSet::new();
+    for _ in 0..12 {
+        let (x, y) = (a.next_batch().unwrap(), b.next_batch().unwrap());
+        assert_eq!(x.prediction_slots, Some(30));
+        assert_eq!(y.prediction_slots, None);
+        assert_eq!(x.mlm_labels, y.mlm_labels, "the same masks");
+        let (px, py) = (Predictions::of(&x), Predictions::of(&y));
+        let real = py.positions.len();
+        counts.insert(real);
+        assert!(real > 0 && real <= 30);
+        assert_eq!(px.positions.len(), 30);
+        assert_eq!(px.positions[..real], py.positions[..]);
+        assert_eq!(px.labels[..real], py.labels[..]);
+        let w = px.weights.unwrap();
+        assert!(w[..real].iter().all(|&v| v == 1.0) && w[real..].iter().all(|&v| v == 0.0));
+        assert_eq!(py.weights, None);
+    }
+    assert!(counts.len() > 1, "the masked counts vary: {counts:?}");
+}
+
 #[test]
 fn errors_name_the_file() {
     // A shard listed in the manifest is missing.

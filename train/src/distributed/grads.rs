@@ -1,10 +1,16 @@
-//! A model's gradients and weights across ranks: one all-reduce of all gradients per optimizer
-//! step (after the last micro-batch's backward, so once per accumulation window), and the
-//! broadcast of rank 0's initial weights.
+//! A model's gradients and weights across ranks: the all-reduce of the gradients, once per
+//! optimizer step (after the last micro-batch's backward, so once per accumulation window), and
+//! the broadcast of rank 0's initial weights.
 //!
-//! Both go through one flat f32 host buffer in the module's parameter order. burn 0.21's
-//! autodiff hands out the gradients only when the whole backward pass is done, so the
-//! all-reduce cannot overlap it.
+//! Gradients travel in [`Buckets`]: flat f32 host buffers of whole layers, each at least
+//! `distributed.bucket_mb`, filled in the order the backward pass finishes them (the last layer
+//! first, as PyTorch DDP orders its buckets). burn 0.21's autodiff hands out gradients only when
+//! a backward pass is done, so a step that overlaps runs one backward pass per layer
+//! (`activations::ByLayer::keep`) and sends each bucket to [`ProcessGroup::overlapped`]'s
+//! all-reduce thread as soon as its layers are done; [`all_reduce_grads`] sends a finished
+//! backward pass's gradients the same way.
+
+use std::collections::HashMap;
 
 use anyhow::{bail, Result};
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -12,9 +18,10 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 
-use super::ProcessGroup;
+use super::{BucketSender, ProcessGroup};
 
-/// Sums `grads` over the ranks, in place.
+/// Sums `grads` (every parameter's, after the whole backward pass) over the ranks, in place, as
+/// one bucket.
 pub fn all_reduce_grads<AD: AutodiffBackend, M: AutodiffModule<AD>>(
     module: &M,
     grads: &mut GradientsParams,
@@ -23,79 +30,169 @@ pub fn all_reduce_grads<AD: AutodiffBackend, M: AutodiffModule<AD>>(
     if group.world_size == 1 {
         return Ok(());
     }
-    struct Take<'a, B: Backend> {
-        grads: &'a mut GradientsParams,
-        taken: Vec<(ParamId, Vec<usize>)>,
-        flat: Vec<Tensor<B, 1>>,
-    }
-    impl<AD: AutodiffBackend> ModuleVisitor<AD> for Take<'_, AD::InnerBackend> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AD, D>>) {
-            if let Some(g) = self.grads.remove::<AD::InnerBackend, D>(param.id) {
-                let dims = g.dims().to_vec();
-                self.flat.push(g.reshape([dims.iter().product::<usize>()]));
-                self.taken.push((param.id, dims));
-            }
-        }
-    }
-    let mut take = Take::<AD::InnerBackend> {
-        grads,
-        taken: Vec::new(),
-        flat: Vec::new(),
-    };
-    module.visit(&mut take);
-    let Take { grads, taken, flat } = take;
-    let Some(first) = flat.first() else {
-        return Ok(());
-    };
-    let device = first.device();
-    let mut host = bertkit_model::nn::to_host(Tensor::cat(flat, 0)).data;
-    group.all_reduce_f32(&mut host)?;
-    let reduced = Tensor::<AD::InnerBackend, 1>::from_data(
-        TensorData::new(
-            host,
-            [taken
-                .iter()
-                .map(|(_, d)| d.iter().product::<usize>())
-                .sum::<usize>()],
-        ),
-        &device,
-    );
-    struct Put<'a, B: Backend> {
-        grads: &'a mut GradientsParams,
-        taken: std::vec::IntoIter<(ParamId, Vec<usize>)>,
-        reduced: Tensor<B, 1>,
-        offset: usize,
-    }
-    impl<AD: AutodiffBackend> ModuleVisitor<AD> for Put<'_, AD::InnerBackend> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AD, D>>) {
-            let next = self.taken.as_slice().first().map(|(id, _)| *id);
-            if next != Some(param.id) {
-                return;
-            }
-            let Some((id, dims)) = self.taken.next() else {
-                return;
-            };
-            let n: usize = dims.iter().product();
-            let g = self
-                .reduced
-                .clone()
-                .slice(self.offset..self.offset + n)
-                .reshape(<[usize; D]>::try_from(dims).unwrap_or([0; D]));
-            self.offset += n;
-            self.grads.register(id, g);
-        }
-    }
-    let mut put = Put::<AD::InnerBackend> {
-        grads,
-        taken: taken.into_iter(),
-        reduced,
-        offset: 0,
-    };
-    module.visit(&mut put);
-    if put.taken.next().is_some() {
-        bail!("all-reduce of gradients: the module's parameters changed while reducing");
-    }
+    // Nothing left to overlap with: one bucket (one NCCL call, one ring pass) costs the least.
+    let (buckets, reduced) = group.overlapped(|sender| {
+        let mut buckets = Buckets::new(usize::MAX);
+        buckets.take_final(module, grads, sender);
+        buckets.flush(sender);
+        buckets
+    })?;
+    *grads = buckets.unpack(module, reduced)?;
     Ok(())
+}
+
+/// Final gradients on their way to the all-reduce: whole units (a layer, or the rest of the
+/// model) are appended to the open bucket, which is sent once it holds at least `bucket_len`
+/// values. Every rank builds the same buckets, in the same order.
+pub struct Buckets<B: Backend> {
+    bucket_len: usize,
+    open: Vec<Tensor<B, 1>>,
+    open_len: usize,
+    /// Where each parameter's gradient sits: (bucket, offset, dims).
+    slots: HashMap<ParamId, (usize, usize, Vec<usize>)>,
+    sent: usize,
+    device: Option<B::Device>,
+}
+
+impl<B: Backend> Buckets<B> {
+    pub fn new(bucket_len: usize) -> Self {
+        Buckets {
+            bucket_len,
+            open: Vec::new(),
+            open_len: 0,
+            slots: HashMap::new(),
+            sent: 0,
+            device: None,
+        }
+    }
+
+    fn add<const D: usize>(&mut self, id: ParamId, g: Tensor<B, D>) {
+        let dims = g.dims().to_vec();
+        let n: usize = dims.iter().product();
+        self.slots.insert(id, (self.sent, self.open_len, dims));
+        self.device.get_or_insert_with(|| g.device());
+        self.open.push(g.reshape([n]));
+        self.open_len += n;
+    }
+
+    /// Moves the gradients of `module`'s parameters out of `grads` (the sum of `earlier`'s
+    /// and `grads`' values where `earlier`, the micro-batches before, has one too) into the open
+    /// bucket; sends the bucket when it is full. The unit's gradients must be final.
+    pub fn take_final<AD: AutodiffBackend<InnerBackend = B>, M: Module<AD>>(
+        &mut self,
+        module: &M,
+        grads: &mut GradientsParams,
+        sender: &mut BucketSender,
+    ) {
+        self.take_final_sum(module, grads, &mut GradientsParams::new(), sender)
+    }
+
+    /// [`Self::take_final`] of `grads` + `earlier` (each parameter's value taken out of both).
+    pub fn take_final_sum<AD: AutodiffBackend<InnerBackend = B>, M: Module<AD>>(
+        &mut self,
+        module: &M,
+        grads: &mut GradientsParams,
+        earlier: &mut GradientsParams,
+        sender: &mut BucketSender,
+    ) {
+        struct Take<'a, B: Backend> {
+            buckets: &'a mut Buckets<B>,
+            grads: &'a mut GradientsParams,
+            earlier: &'a mut GradientsParams,
+        }
+        impl<AD: AutodiffBackend> ModuleVisitor<AD> for Take<'_, AD::InnerBackend> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AD, D>>) {
+                let g = self.grads.remove::<AD::InnerBackend, D>(param.id);
+                let e = self.earlier.remove::<AD::InnerBackend, D>(param.id);
+                let sum = match (e, g) {
+                    (Some(e), Some(g)) => e + g,
+                    (Some(x), None) | (None, Some(x)) => x,
+                    (None, None) => return,
+                };
+                self.buckets.add(param.id, sum);
+            }
+        }
+        module.visit(&mut Take {
+            buckets: self,
+            grads,
+            earlier,
+        });
+        if self.open_len >= self.bucket_len {
+            self.flush(sender);
+        }
+    }
+
+    /// Sends the open bucket, if it holds anything.
+    pub fn flush(&mut self, sender: &mut BucketSender) {
+        if self.open.is_empty() {
+            return;
+        }
+        let flat = Tensor::cat(std::mem::take(&mut self.open), 0);
+        sender.send(bertkit_model::nn::to_host(flat).data);
+        self.open_len = 0;
+        self.sent += 1;
+    }
+
+    /// The summed gradients of `module`'s parameters from the reduced buckets (in the order
+    /// they were sent).
+    pub fn unpack<AD: AutodiffBackend<InnerBackend = B>, M: AutodiffModule<AD>>(
+        self,
+        module: &M,
+        reduced: Vec<Vec<f32>>,
+    ) -> Result<GradientsParams> {
+        if !self.open.is_empty() || reduced.len() != self.sent {
+            bail!(
+                "all-reduce of gradients: {} buckets sent, {} came back (and {} values unsent)",
+                self.sent,
+                reduced.len(),
+                self.open_len
+            );
+        }
+        struct Put<'a, B: Backend> {
+            slots: &'a HashMap<ParamId, (usize, usize, Vec<usize>)>,
+            buckets: Vec<Tensor<B, 1>>,
+            grads: GradientsParams,
+            placed: usize,
+        }
+        impl<AD: AutodiffBackend> ModuleVisitor<AD> for Put<'_, AD::InnerBackend> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AD, D>>) {
+                let Some((bucket, offset, dims)) = self.slots.get(&param.id) else {
+                    return;
+                };
+                let Ok(shape) = <[usize; D]>::try_from(dims.as_slice()) else {
+                    return;
+                };
+                let n: usize = dims.iter().product();
+                let g = self.buckets[*bucket]
+                    .clone()
+                    .slice(*offset..*offset + n)
+                    .reshape(shape);
+                self.grads.register(param.id, g);
+                self.placed += 1;
+            }
+        }
+        let Some(device) = self.device else {
+            return Ok(GradientsParams::new());
+        };
+        let buckets = reduced
+            .into_iter()
+            .map(|values| {
+                let n = values.len();
+                Tensor::<B, 1>::from_data(TensorData::new(values, [n]), &device)
+            })
+            .collect();
+        let mut put = Put {
+            slots: &self.slots,
+            buckets,
+            grads: GradientsParams::new(),
+            placed: 0,
+        };
+        module.visit(&mut put);
+        if put.placed != self.slots.len() {
+            bail!("all-reduce of gradients: the module's parameters changed while reducing");
+        }
+        Ok(put.grads)
+    }
 }
 
 /// Every rank gets rank 0's parameter values (shapes must match; they are checked by size).

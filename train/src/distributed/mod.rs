@@ -41,6 +41,18 @@ pub struct DistributedSettings {
     /// `auto` (NCCL on CUDA, the TCP ring on the CPU), `tcp` or `nccl`.
     #[serde(default)]
     pub backend: CollectiveBackend,
+    /// Gradients are all-reduced in buckets of whole layers, each at least this many MB
+    /// (PyTorch DDP's `bucket_cap_mb` is 25).
+    #[serde(default = "default_bucket_mb")]
+    pub bucket_mb: f64,
+    /// Start each bucket's all-reduce while the backward pass goes on through the layers below
+    /// (on the TCP ring; NCCL's host-staged path reduces after the backward pass).
+    #[serde(default = "default_overlap")]
+    pub overlap: bool,
+    /// The gradients' type in the all-reduce: `fp32`, or `bf16` (half the bytes; each rank's
+    /// gradient and every partial sum rounded to bf16, as PyTorch's `bf16_compress_hook`).
+    #[serde(default)]
+    pub reduce_dtype: ReduceDtype,
 }
 
 impl Default for DistributedSettings {
@@ -49,12 +61,23 @@ impl Default for DistributedSettings {
             timeout_s: default_timeout(),
             rendezvous_timeout_s: default_rendezvous_timeout(),
             backend: CollectiveBackend::Auto,
+            bucket_mb: default_bucket_mb(),
+            overlap: default_overlap(),
+            reduce_dtype: ReduceDtype::Fp32,
         }
     }
 }
 
 fn default_timeout() -> f64 {
     600.0
+}
+
+fn default_bucket_mb() -> f64 {
+    25.0
+}
+
+fn default_overlap() -> bool {
+    true
 }
 
 fn default_rendezvous_timeout() -> f64 {
@@ -68,6 +91,16 @@ pub enum CollectiveBackend {
     Auto,
     Tcp,
     Nccl,
+}
+
+/// What [`DistributedSettings::reduce_dtype`] may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReduceDtype {
+    #[default]
+    #[serde(alias = "f32")]
+    Fp32,
+    Bf16,
 }
 
 fn seconds(s: f64, key: &str) -> Result<Duration> {
@@ -88,6 +121,10 @@ pub struct ProcessGroup {
     ring: Option<Ring>,
     #[cfg(feature = "cuda")]
     nccl: Option<nccl::Nccl>,
+    /// Gradient buckets: at least this many f32 values each.
+    bucket_len: usize,
+    overlap: bool,
+    reduce_dtype: ReduceDtype,
 }
 
 impl ProcessGroup {
@@ -101,6 +138,9 @@ impl ProcessGroup {
             ring: None,
             #[cfg(feature = "cuda")]
             nccl: None,
+            bucket_len: 0,
+            overlap: false,
+            reduce_dtype: ReduceDtype::Fp32,
         }
     }
 
@@ -115,6 +155,12 @@ impl ProcessGroup {
     ) -> Result<ProcessGroup> {
         let timeout = seconds(settings.timeout_s, "timeout_s")?;
         let rendezvous_timeout = seconds(settings.rendezvous_timeout_s, "rendezvous_timeout_s")?;
+        if !(settings.bucket_mb.is_finite() && settings.bucket_mb > 0.0) {
+            anyhow::bail!(
+                "distributed.bucket_mb = {} is not a positive number of megabytes",
+                settings.bucket_mb
+            );
+        }
         if use_nccl && !cfg!(feature = "cuda") {
             anyhow::bail!("the NCCL backend needs a build with --features cuda");
         }
@@ -156,6 +202,9 @@ impl ProcessGroup {
             ring: joined.ring,
             #[cfg(feature = "cuda")]
             nccl,
+            bucket_len: ((settings.bucket_mb * 1e6 / 4.0) as usize).max(1),
+            overlap: settings.overlap,
+            reduce_dtype: settings.reduce_dtype,
         })
     }
 
@@ -185,6 +234,24 @@ impl ProcessGroup {
         }
     }
 
+    /// The collective backend and how gradients travel, for the logs: "tcp ring; fp32
+    /// gradients in buckets of >= 25 MB during the backward pass".
+    pub fn describe(&self) -> String {
+        let dtype = match self.reduce_dtype {
+            ReduceDtype::Fp32 => "fp32",
+            ReduceDtype::Bf16 => "bf16",
+        };
+        let how = if self.overlaps() {
+            format!(
+                "in buckets of >= {} MB during the backward pass",
+                self.bucket_len as f64 * 4.0 / 1e6
+            )
+        } else {
+            "in one buffer after the backward pass".into()
+        };
+        format!("{}; {dtype} gradients {how}", self.backend_name())
+    }
+
     /// Sums `data` over the ranks (NCCL when there is a communicator, else the ring).
     pub fn all_reduce_f32(&mut self, data: &mut [f32]) -> Result<()> {
         #[cfg(feature = "cuda")]
@@ -195,6 +262,87 @@ impl ProcessGroup {
             Some(ring) => ring.all_reduce(data),
             None => Ok(()),
         }
+    }
+
+    /// Sums gradients over the ranks, in the recipe's `reduce_dtype`.
+    pub fn all_reduce_grads(&mut self, data: &mut [f32]) -> Result<()> {
+        if self.reduce_dtype == ReduceDtype::Fp32 {
+            return self.all_reduce_f32(data);
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(nccl) = &self.nccl {
+            return nccl.all_reduce_bf16(data);
+        }
+        match &mut self.ring {
+            Some(ring) => ring.all_reduce_bf16(data),
+            None => Ok(()),
+        }
+    }
+
+    /// The smallest gradient bucket, in f32 values.
+    pub fn bucket_len(&self) -> usize {
+        self.bucket_len
+    }
+
+    /// Whether gradient buckets are all-reduced during the backward pass: on the TCP ring of a
+    /// job of several ranks with `overlap` on.
+    pub fn overlaps(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        if self.nccl.is_some() {
+            return false;
+        }
+        self.overlap && self.ring.is_some() && self.world_size > 1
+    }
+
+    /// Runs `work` (a backward pass) while a thread of its own all-reduces, in order, the
+    /// gradient buckets `work` hands to the [`BucketSender`] ([`Self::all_reduce_grads`]);
+    /// returns what `work` returned and the summed buckets in the order they were sent. Without
+    /// [`Self::overlaps`], the buckets are reduced one after another once `work` is done.
+    ///
+    /// A collective that fails ends the thread; `work` still runs to its end (its sends go
+    /// nowhere) and the failure, naming the rank, is returned.
+    pub fn overlapped<T>(
+        &mut self,
+        work: impl FnOnce(&mut BucketSender) -> T,
+    ) -> Result<(T, Vec<Vec<f32>>)> {
+        if !self.overlaps() {
+            let mut sender = BucketSender::Collect(Vec::new());
+            let out = work(&mut sender);
+            let BucketSender::Collect(mut buckets) = sender else {
+                unreachable!("built as Collect")
+            };
+            for b in &mut buckets {
+                self.all_reduce_grads(b)?;
+            }
+            return Ok((out, buckets));
+        }
+        let bf16 = self.reduce_dtype == ReduceDtype::Bf16;
+        let Some(ring) = self.ring.as_mut() else {
+            unreachable!("overlaps() needs the ring")
+        };
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel::<Vec<f32>>();
+            let comm = s.spawn(move || -> Result<Vec<Vec<f32>>> {
+                bertkit_model::denormals::flush_denormals();
+                let mut done = Vec::new();
+                for mut bucket in rx {
+                    if bf16 {
+                        ring.all_reduce_bf16(&mut bucket)?;
+                    } else {
+                        ring.all_reduce(&mut bucket)?;
+                    }
+                    done.push(bucket);
+                }
+                Ok(done)
+            });
+            let mut sender = BucketSender::Thread(tx);
+            let out = work(&mut sender);
+            drop(sender);
+            let done = comm
+                .join()
+                .map_err(|_| anyhow::anyhow!("the gradient all-reduce thread panicked"))??;
+            Ok((out, done))
+        })
     }
 
     /// Sums `data` over the ranks on the ring (exact for integer counts below 2^53).
@@ -225,6 +373,26 @@ impl ProcessGroup {
     pub fn abort(&mut self, message: &str) {
         if let Some(ring) = &mut self.ring {
             ring.abort(message);
+        }
+    }
+}
+
+/// Where [`ProcessGroup::overlapped`]'s work puts each finished gradient bucket.
+pub enum BucketSender {
+    /// To the all-reduce thread.
+    Thread(std::sync::mpsc::Sender<Vec<f32>>),
+    /// Kept, to be reduced after the work.
+    Collect(Vec<Vec<f32>>),
+}
+
+impl BucketSender {
+    pub fn send(&mut self, bucket: Vec<f32>) {
+        match self {
+            // A closed channel means the all-reduce failed; the error comes at the end.
+            BucketSender::Thread(tx) => {
+                let _ = tx.send(bucket);
+            }
+            BucketSender::Collect(v) => v.push(bucket),
         }
     }
 }

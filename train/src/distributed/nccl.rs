@@ -2,7 +2,8 @@
 //!
 //! Rank 0 creates the unique id; the rendezvous carries it to the others; each rank makes a
 //! communicator on GPU `LOCAL_RANK`. The gradients arrive here as one host buffer (see
-//! `grads`), are copied to the GPU in pieces of [`PIECE`] values, summed by `ncclAllReduce`, and
+//! `grads`), are copied to the GPU in pieces of [`PIECE`] values (f32, or bf16 with
+//! `reduce_dtype = "bf16"`), summed by `ncclAllReduce`, and
 //! copied back. A watchdog aborts the communicator when a piece takes longer than the
 //! timeout (a rank died or hangs), so the wait ends with an error instead of a hang.
 
@@ -13,6 +14,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaStream, DevicePtrMut};
 use cudarc::nccl::{result, sys};
+
+use super::wire::Bf16;
 
 /// Values per NCCL call (256 MB of f32).
 const PIECE: usize = 64 << 20;
@@ -89,6 +92,25 @@ impl Nccl {
     }
 
     pub fn all_reduce_f32(&self, data: &mut [f32]) -> Result<()> {
+        self.all_reduce(data, sys::ncclDataType_t::ncclFloat32)
+    }
+
+    /// Sums `data` with bf16 on the GPU (each value rounded to bf16 first).
+    pub fn all_reduce_bf16(&self, data: &mut [f32]) -> Result<()> {
+        let mut bits: Vec<u16> = data.iter().map(|&x| Bf16::from_f32(x).0).collect();
+        self.all_reduce(&mut bits, sys::ncclDataType_t::ncclBfloat16)?;
+        for (d, b) in data.iter_mut().zip(bits) {
+            *d = Bf16(b).to_f32();
+        }
+        Ok(())
+    }
+
+    /// Sums `data` (host values of NCCL type `dtype`) over the ranks, staged through the GPU.
+    fn all_reduce<T: cudarc::driver::DeviceRepr>(
+        &self,
+        data: &mut [T],
+        dtype: sys::ncclDataType_t,
+    ) -> Result<()> {
         if self.aborted.get() {
             bail!("rank {}: an earlier NCCL all-reduce timed out", self.rank);
         }
@@ -99,13 +121,14 @@ impl Nccl {
                 .context("copying gradients to the GPU for NCCL")?;
             {
                 let (ptr, _sync) = buf.device_ptr_mut(&self.stream);
-                // SAFETY: `ptr` is a device buffer of `piece.len()` f32 on this stream.
+                // SAFETY: `ptr` is a device buffer of `piece.len()` values of `dtype` on this
+                // stream.
                 unsafe {
                     result::all_reduce(
                         ptr as *const _,
                         ptr as *mut _,
                         piece.len(),
-                        sys::ncclDataType_t::ncclFloat32,
+                        dtype,
                         sys::ncclRedOp_t::ncclSum,
                         self.comm,
                         self.stream.cu_stream() as _,

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use serde::{Deserialize, Serialize};
 
-use super::wire::{self, Element, Kind, ReadError};
+use super::wire::{self, Bf16, Element, Kind, ReadError};
 
 /// Broadcast chunk size: small enough to pipeline, large enough to amortize the frame.
 const BROADCAST_CHUNK: usize = 8 << 20;
@@ -116,6 +116,17 @@ impl Ring {
         (self.scratch_out, self.scratch_in) = (out, inp);
         self.seq += 1;
         result
+    }
+
+    /// [`Self::all_reduce`] with bf16 on the wire: each value is rounded to bf16 and every
+    /// partial sum too; all ranks end with the same values.
+    pub fn all_reduce_bf16(&mut self, data: &mut [f32]) -> Result<()> {
+        let mut wire: Vec<Bf16> = data.iter().map(|&x| Bf16::from_f32(x)).collect();
+        self.all_reduce(&mut wire)?;
+        for (d, w) in data.iter_mut().zip(wire) {
+            *d = w.to_f32();
+        }
+        Ok(())
     }
 
     /// Rank 0's `data` replaces every other rank's.

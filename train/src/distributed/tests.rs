@@ -29,6 +29,7 @@ fn settings(timeout_s: f64, rendezvous_timeout_s: f64) -> DistributedSettings {
         timeout_s,
         rendezvous_timeout_s,
         backend: CollectiveBackend::Tcp,
+        ..Default::default()
     }
 }
 
@@ -239,4 +240,128 @@ fn an_abort_reaches_the_others_with_its_message() {
         e.contains("rank 1 (") && e.contains("data shard 7 is corrupt"),
         "{e}"
     );
+}
+
+#[test]
+fn bf16_all_reduce_rounds_each_hop_and_every_rank_ends_equal() {
+    let s = DistributedSettings {
+        reduce_dtype: ReduceDtype::Bf16,
+        ..settings(20.0, 20.0)
+    };
+    let results = on_ranks(
+        3,
+        s,
+        |_| "bf16".into(),
+        |r, g| {
+            let mut g = g.expect("join");
+            // Values whose f32 sums bf16 cannot hold exactly, and small integers it can.
+            let mut v: Vec<f32> = (0..1001)
+                .map(|i| (1.0 + i as f32 / 997.0) * (r as f32 + 1.0).sqrt())
+                .collect();
+            g.all_reduce_grads(&mut v).expect("bf16 all-reduce");
+            let mut ints: Vec<f32> = (0..10).map(|i| (i + r) as f32).collect();
+            g.all_reduce_grads(&mut ints).expect("bf16 all-reduce");
+            // The statistics' all-reduce stays f32.
+            let mut exact = vec![1.0f32 + 1e-6 * r as f32];
+            g.all_reduce_f32(&mut exact).expect("f32 all-reduce");
+            (v, ints, exact)
+        },
+    );
+    let (v0, _, _) = &results[0];
+    let mut worst = 0.0f32;
+    for (v, ints, exact) in &results {
+        assert_eq!(v, v0, "every rank holds the same sums");
+        let want: Vec<f32> = (0..10).map(|i| (3 * i + 3) as f32).collect();
+        assert_eq!(ints, &want);
+        assert!((exact[0] - (3.0 + 3e-6)).abs() < 1e-6, "{}", exact[0]);
+    }
+    for (i, got) in v0.iter().enumerate() {
+        let want: f32 = (0..3)
+            .map(|r| (1.0 + i as f32 / 997.0) * (r as f32 + 1.0).sqrt())
+            .sum();
+        // bf16 keeps 8 significant bits: a few roundings of 2^-9 relative each.
+        worst = worst.max((got - want).abs() / want);
+        assert!(wire::Bf16::from_f32(*got).to_f32() == *got, "a bf16 value");
+    }
+    assert!(worst < 4.0 / 512.0 && worst > 0.0, "relative error {worst}");
+}
+
+#[test]
+fn overlapped_buckets_come_back_summed_in_order_while_the_work_runs() {
+    for overlap in [true, false] {
+        let s = DistributedSettings {
+            overlap,
+            ..settings(20.0, 20.0)
+        };
+        let results = on_ranks(
+            3,
+            s,
+            |_| "o".into(),
+            move |r, g| {
+                let mut g = g.expect("join");
+                assert_eq!(g.overlaps(), overlap);
+                let (work, buckets) = g
+                    .overlapped(|sender| {
+                        for len in [5usize, 0, 1000, 3] {
+                            sender.send((0..len).map(|i| (i * 10 + r) as f32).collect());
+                            // Work between the sends, as the backward pass of the next layer.
+                            thread::sleep(Duration::from_millis(20));
+                        }
+                        "done"
+                    })
+                    .expect("overlapped all-reduce");
+                (work, buckets)
+            },
+        );
+        for (work, buckets) in results {
+            assert_eq!(work, "done");
+            let lens: Vec<usize> = buckets.iter().map(Vec::len).collect();
+            assert_eq!(lens, [5, 0, 1000, 3], "overlap {overlap}");
+            for b in &buckets {
+                assert!(b.iter().enumerate().all(|(i, &v)| v == (i * 30 + 3) as f32));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_rank_that_exits_mid_bucket_is_named_and_the_work_still_ends() {
+    let errors = on_ranks(
+        3,
+        settings(30.0, 20.0),
+        |_| "m".into(),
+        |r, g| {
+            let mut g = g.expect("join");
+            if r == 1 {
+                // Takes part in the first bucket's all-reduce only, then dies.
+                let mut first = vec![1.0f32; 1000];
+                g.all_reduce_grads(&mut first).expect("first bucket");
+                drop(g);
+                return None;
+            }
+            let started = Instant::now();
+            let mut sent = 0;
+            let e = g
+                .overlapped(|sender| {
+                    for _ in 0..4 {
+                        sender.send(vec![1.0f32; 1000]);
+                        sent += 1;
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                })
+                .expect_err("rank 1 is gone");
+            assert!(started.elapsed() < Duration::from_secs(10));
+            // The work ran to its end although the all-reduce failed at its second bucket.
+            assert_eq!(sent, 4);
+            assert!(g.barrier().is_err(), "the ring is not used again");
+            Some(format!("{e:#}"))
+        },
+    );
+    for r in [0, 2] {
+        let e = errors[r].as_deref().unwrap();
+        assert!(
+            e.contains("rank 1 (") && e.contains("exited or was killed"),
+            "rank {r}: {e}"
+        );
+    }
 }

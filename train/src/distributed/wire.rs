@@ -162,3 +162,76 @@ macro_rules! element {
 }
 element!(f32, 4);
 element!(f64, 8);
+
+/// bfloat16 on the wire: the upper half of an f32, rounded to nearest (ties to even). Adding two
+/// adds their f32 values and rounds the sum again, as a bf16 all-reduce does at every hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bf16(pub u16);
+
+impl Bf16 {
+    pub fn from_f32(x: f32) -> Bf16 {
+        let bits = x.to_bits();
+        if x.is_nan() {
+            // Keep it a NaN (a quiet one) whatever its payload.
+            return Bf16((bits >> 16) as u16 | 0x40);
+        }
+        let round = 0x7fff + ((bits >> 16) & 1);
+        Bf16((bits.wrapping_add(round) >> 16) as u16)
+    }
+
+    pub fn to_f32(self) -> f32 {
+        f32::from_bits((self.0 as u32) << 16)
+    }
+}
+
+impl std::ops::AddAssign for Bf16 {
+    fn add_assign(&mut self, other: Bf16) {
+        *self = Bf16::from_f32(self.to_f32() + other.to_f32());
+    }
+}
+
+impl Element for Bf16 {
+    const SIZE: usize = 2;
+    fn put(values: &[Self], out: &mut Vec<u8>) {
+        out.reserve(values.len() * 2);
+        for v in values {
+            out.extend_from_slice(&v.0.to_le_bytes());
+        }
+    }
+    fn get(bytes: &[u8], out: &mut [Self]) {
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *o = Bf16(u16::from_le_bytes([b[0], b[1]]));
+        }
+    }
+    fn add_from(bytes: &[u8], out: &mut [Self]) {
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *o += Bf16(u16::from_le_bytes([b[0], b[1]]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bf16;
+
+    #[test]
+    fn bf16_rounds_to_nearest_even_and_keeps_specials() {
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
+        assert_eq!(Bf16::from_f32(1.0 + 1.0 / 256.0).to_f32(), 1.0);
+        // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: even is 1 + 2^-6.
+        assert_eq!(Bf16::from_f32(1.0 + 3.0 / 256.0).to_f32(), 1.0 + 1.0 / 64.0);
+        // Just above halfway rounds up.
+        assert_eq!(
+            Bf16::from_f32(1.0 + 1.0 / 256.0 + 1.0 / 65536.0).to_f32(),
+            1.0 + 1.0 / 128.0
+        );
+        assert_eq!(Bf16::from_f32(-2.5).to_f32(), -2.5);
+        assert_eq!(Bf16::from_f32(f32::INFINITY).to_f32(), f32::INFINITY);
+        assert!(Bf16::from_f32(f32::NAN).to_f32().is_nan());
+        // The largest f32 overflows to infinity, as rounding says.
+        assert_eq!(Bf16::from_f32(f32::MAX).to_f32(), f32::INFINITY);
+        let mut a = Bf16::from_f32(1.0);
+        a += Bf16::from_f32(1.0 / 512.0);
+        assert_eq!(a.to_f32(), 1.0, "the sum is rounded to bf16 again");
+    }
+}

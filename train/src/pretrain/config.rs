@@ -132,6 +132,13 @@ pub struct BatchConfig {
     /// Sequences per forward pass on one rank; gradients accumulate over
     /// `global / (micro * world_size)` passes.
     pub micro: usize,
+    /// Every step (and evaluation batch) has the same tensor shapes: rows padded to the training
+    /// data's `seq_len` (they always are) and the MLM head run on `micro x max_predictions` rows,
+    /// the masked positions then rows of weight 0, so a GPU compiles and tunes its kernels once.
+    /// The numbers are the same. Default: on for CUDA, off on the CPU (where the padding rows
+    /// are only extra work).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_shapes: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -309,6 +316,13 @@ impl PretrainConfig {
     }
 
     /// Forward passes per optimizer step on each of `world_size` ranks.
+    /// [`BatchConfig::stable_shapes`], its default resolved from the device.
+    pub fn stable_shapes(&self) -> bool {
+        self.batch
+            .stable_shapes
+            .unwrap_or_else(|| self.device.starts_with("cuda"))
+    }
+
     pub fn accumulation(&self, world_size: usize) -> Result<usize> {
         let per_step = self.batch.micro * world_size;
         if !self.batch.global.is_multiple_of(per_step) {

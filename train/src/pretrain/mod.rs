@@ -212,6 +212,7 @@ fn open_loader(cfg: &PretrainConfig, group: &ProcessGroup) -> Result<Loader> {
             pad_to: None,
             verify: false,
             prefetch: true,
+            fixed_predictions: cfg.stable_shapes(),
         },
     )
 }
@@ -238,7 +239,7 @@ fn banner<AD: AutodiffBackend>(
         cfg.batch.global,
         cfg.batch.micro,
         if group.world_size > 1 {
-            format!(" x {} ranks, {}", group.world_size, group.backend_name())
+            format!(" x {} ranks, {}", group.world_size, group.describe())
         } else {
             String::new()
         },
@@ -372,6 +373,94 @@ fn evaluate<AD: AutodiffBackend>(
         s.mlm_loss, s.mlm_accuracy
     ));
     Ok(s)
+}
+
+/// What `--warmup-kernels` did.
+#[derive(Debug, Clone)]
+pub struct WarmupReport {
+    /// Micro-batches of the one optimizer step run, and of evaluation.
+    pub micro_batches: usize,
+    pub eval_batches: usize,
+    pub seconds: f64,
+}
+
+/// Runs the recipe's work once, as one process, and keeps nothing: one optimizer step over
+/// two micro-batches (forward, backward, gradient accumulation, clipping, the optimizer) with
+/// the run's shapes, precision, encoder and teacher, then one evaluation batch when the recipe
+/// evaluates. On CUDA this compiles and tunes every kernel the run will use, into the kernel
+/// cache, so that the ranks of the job start warm; nothing is written to `out` (no checkpoint,
+/// no log), and the model is a fresh one (kernels do not depend on the weights).
+pub fn warm_up<AD: AutodiffBackend>(
+    cfg: &PretrainConfig,
+    device: &AD::Device,
+) -> Result<WarmupReport> {
+    let started = Instant::now();
+    let mut single = ProcessGroup::single();
+    // Two micro-batches use every kernel a step of many does (the second one adds gradients).
+    let accumulation = cfg.accumulation(1)?.min(2);
+    let manifest = Manifest::read(&cfg.data)?;
+    let teacher = match &cfg.distill {
+        Some(d) => Some(load_teacher::<AD::InnerBackend>(d, &manifest, cfg, device)?),
+        None => None,
+    };
+    let task = if manifest.settings.nsp {
+        Task::Pretraining
+    } else {
+        Task::MaskedLm
+    };
+    let config = config::read_model_config(&cfg.model, manifest.tokenizer.vocab_size)?;
+    let model = model_ckpt::init::<AD>(&config, task, cfg.seed, device)?;
+    check_fits(&model.config, &manifest, &cfg.model)?;
+    let (model, teacher) = distillation(model, teacher, cfg)?;
+    let mut optimizer = Optimizer::<AD::InnerBackend>::new(cfg.optimizer.clone());
+    let mut loader = open_loader(cfg, &single)?;
+    let batches = (0..accumulation)
+        .map(|_| loader.next_batch())
+        .collect::<Result<Vec<_>>>()?;
+    let state = TrainerState {
+        step: 0,
+        optimizer_steps: 0,
+        position: Position::default(),
+        loss_scale: LossScale::new(cfg.precision, cfg.initial_loss_scale).scale,
+        good_steps: 0,
+        nonfinite_in_a_row: 0,
+        skipped_steps: 0,
+        sequences: 0,
+        tokens: 0,
+        identity: RunIdentity {
+            micro_batch: cfg.batch.micro,
+            accumulation,
+            world_size: 1,
+            seed: cfg.seed,
+            data_manifest_sha256: String::new(),
+            teacher_sha256: None,
+        },
+    };
+    let settings = step_settings(cfg, &state, cfg.optimizer.lr);
+    let (model, _) = pretrain_step(
+        model,
+        &mut optimizer,
+        &batches,
+        &settings,
+        manifest.settings.nsp,
+        teacher.as_ref(),
+        &mut single,
+        device,
+    )?;
+    let eval_batches = match &cfg.eval_data {
+        Some(dir) if cfg.eval.every > 0 => {
+            let mut ev = Evaluator::open(dir, cfg, &manifest)?;
+            ev.batches = 1;
+            ev.run(&model.valid(), device)?;
+            1
+        }
+        _ => 0,
+    };
+    Ok(WarmupReport {
+        micro_batches: accumulation,
+        eval_batches,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// What a run starts from: the data's manifest, the task, and the model, optimizer and
@@ -782,9 +871,11 @@ impl Evaluator {
                 seed: cfg.seed,
                 shuffle: false,
                 masking: cfg.masking.to_config(),
-                pad_to: None,
+                // Stable shapes: the training rows' length, whatever the eval data's.
+                pad_to: cfg.stable_shapes().then_some(train.settings.seq_len),
                 verify: false,
                 prefetch: false,
+                fixed_predictions: cfg.stable_shapes(),
             },
         )
         .with_context(|| format!("opening eval_data {}", dir.display()))?;

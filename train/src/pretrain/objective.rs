@@ -13,7 +13,7 @@ use crate::activations::Encode;
 use crate::distill::{intermediate, kl_rows, soft_and_hard, Intermediate};
 use crate::loader::Batch;
 use crate::masking::IGNORE_LABEL;
-use crate::step::{cross_entropy_sum, MicroLoss};
+use crate::step::{cross_entropy_sum, weighted_cross_entropy_sum, MicroLoss};
 
 /// The denominators of one optimizer step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,8 +179,8 @@ pub fn distill_micro_loss<AD: AutodiffBackend>(
             None,
         ),
     };
-    let soft = match (&teacher.model.mlm, teacher_hidden, masked_positions(batch)) {
-        (Some(mlm), Some(hidden), (positions, _))
+    let soft = match (&teacher.model.mlm, teacher_hidden, Predictions::of(batch)) {
+        (Some(mlm), Some(hidden), Predictions { positions, .. })
             if teacher.alpha > 0.0 && !positions.is_empty() =>
         {
             let [b, t, h] = hidden.dims();
@@ -199,15 +199,49 @@ pub fn distill_micro_loss<AD: AutodiffBackend>(
     heads_loss(model, student, batch, counts, soft, layers, device)
 }
 
-/// The masked positions of a micro-batch (flat indices) and their labels.
-fn masked_positions(batch: &Batch) -> (Vec<i64>, Vec<i64>) {
-    batch
-        .mlm_labels
-        .iter()
-        .enumerate()
-        .filter(|(_, &l)| l != IGNORE_LABEL)
-        .map(|(i, &l)| (i as i64, l))
-        .unzip()
+/// The rows the MLM head predicts in a micro-batch.
+#[derive(Debug, PartialEq)]
+pub struct Predictions {
+    /// Flat indices into `[batch * seq]`: the masked positions, then padding (the first
+    /// position that is not masked) up to [`Batch::prediction_slots`].
+    pub positions: Vec<i64>,
+    /// The original tokens (0 for padding).
+    pub labels: Vec<i64>,
+    /// 1 for a masked position, 0 for padding; `None` without padding.
+    pub weights: Option<Vec<f32>>,
+}
+
+impl Predictions {
+    pub fn of(batch: &Batch) -> Predictions {
+        let (mut positions, mut labels): (Vec<i64>, Vec<i64>) = batch
+            .mlm_labels
+            .iter()
+            .enumerate()
+            .filter(|(_, &l)| l != IGNORE_LABEL)
+            .map(|(i, &l)| (i as i64, l))
+            .unzip();
+        let real = positions.len();
+        let weights = batch.prediction_slots.map(|slots| {
+            let rows = slots.max(real);
+            // The padding reads a position nobody predicts ([CLS] in real data): every
+            // gradient the padding rows scatter back (all zero) lands where no real row's does.
+            let free = batch
+                .mlm_labels
+                .iter()
+                .position(|&l| l == IGNORE_LABEL)
+                .unwrap_or(0) as i64;
+            positions.resize(rows, free);
+            labels.resize(rows, 0);
+            let mut w = vec![1.0f32; real];
+            w.resize(rows, 0.0);
+            w
+        });
+        Predictions {
+            positions,
+            labels,
+            weights,
+        }
+    }
 }
 
 /// The heads' losses on the last hidden state `hidden`; with `soft`, the MLM term is
@@ -223,7 +257,11 @@ fn heads_loss<B: Backend>(
     device: &B::Device,
 ) -> MicroLoss<B> {
     let [b, t, h] = hidden.dims();
-    let (positions, labels) = masked_positions(batch);
+    let Predictions {
+        positions,
+        labels,
+        weights,
+    } = Predictions::of(batch);
     let zero = || Tensor::<B, 1>::zeros([1], device);
     let (mlm_sum, mlm_correct, kl_sum) = match (&model.mlm, positions.len()) {
         (Some(mlm), n) if n > 0 => {
@@ -232,11 +270,17 @@ fn heads_loss<B: Backend>(
             let word_embeddings = model.bert.embeddings.word_embeddings.weight.val();
             let logits = mlm.forward(selected, word_embeddings);
             let labels = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [n]), device);
+            let weights =
+                weights.map(|w| Tensor::<B, 1>::from_data(TensorData::new(w, [n]), device));
             let kl = soft.as_ref().map(|s| {
-                let kl = kl_rows(logits.clone(), s.logits.clone(), s.temperature).sum();
+                let rows = kl_rows(logits.clone(), s.logits.clone(), s.temperature);
+                let kl = match &weights {
+                    Some(w) => (rows * w.clone()).sum(),
+                    None => rows.sum(),
+                };
                 (kl, s)
             });
-            let (sum, correct) = cross_entropy_sum(logits, labels);
+            let (sum, correct) = weighted_cross_entropy_sum(logits, labels, weights);
             (sum, correct, kl)
         }
         _ => (zero(), zero(), None),

@@ -1,0 +1,288 @@
+//! bertkit's GPU kernel cache: what burn's CUDA backend compiles and tunes, kept between runs
+//! and shared by every rank and job that points at the same folder.
+//!
+//! 1. The root: `--kernel-cache DIR`, else `$BERTKIT_KERNEL_CACHE`, else
+//!    `$XDG_CACHE_HOME/bertkit/kernels`, else `~/.cache/bertkit/kernels` ([`root`]).
+//! 2. One folder per GPU architecture and per burn/cubecl version under it
+//!    (`sm_90/burn-0.21.0-cubecl-0.10.0`, [`keyed`]): CubeCL keys neither its autotune results nor
+//!    its PTX by architecture, so a cache built on another card, or by another version, is never
+//!    read. It holds CubeCL's autotune results (`autotune/`) and its PTX cache (`cuda/`, off in
+//!    CubeCL unless configured).
+//! 3. The CUDA driver's own JIT cache (`CUDA_CACHE_PATH`, which the driver keys by GPU and driver
+//!    version itself) goes to `ROOT/cuda-driver`, up to [`DRIVER_CACHE_BYTES`], unless the
+//!    environment already sets it ([`driver_cache_env`]; set before the driver starts).
+//! 4. Every device ordinal shares one set of autotune entries: CubeCL names its folder after the
+//!    ordinal (`device-0-<ordinal>-cuda`), so rank 3 on GPU 3 would miss rank 0's results; the
+//!    other ordinals' folders are links to ordinal 0's ([`share_ordinals`]).
+//!
+//! Several processes may use one cache at once: CubeCL guards each autotune file and the PTX
+//! index with a lock file (a lock older than 30 s is taken over); the PTX data file is appended
+//! without a lock, so a job pre-warms the cache once (`bertkit pretrain --warmup-kernels`) before
+//! many ranks read it. [`install`] (feature `cuda`) configures CubeCL before its first use.
+
+use std::path::{Path, PathBuf};
+
+/// The environment variable naming the cache root.
+pub const ENV: &str = "BERTKIT_KERNEL_CACHE";
+/// burn and CubeCL as built into this bertkit (pinned in Cargo.toml).
+pub const BURN_VERSION: &str = "0.21.0";
+pub const CUBECL_VERSION: &str = "0.10.0";
+/// The CUDA driver's JIT cache limit (its maximum; the default is 256 MiB).
+pub const DRIVER_CACHE_BYTES: u64 = 4 << 30;
+
+/// The cache root: `flag`, else [`ENV`], else the user's cache folder; `None` without a home.
+pub fn root(flag: Option<&Path>) -> Option<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    flag.map(Path::to_path_buf)
+        .or_else(|| var(ENV))
+        .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("bertkit/kernels")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache/bertkit/kernels")))
+}
+
+/// The folder of one GPU architecture (compute capability `major.minor`) and of this build's
+/// burn and CubeCL versions.
+pub fn keyed(root: &Path, major: i32, minor: i32) -> PathBuf {
+    root.join(format!("sm_{major}{minor}"))
+        .join(format!("burn-{BURN_VERSION}-cubecl-{CUBECL_VERSION}"))
+}
+
+/// The CUDA driver's JIT cache settings for `root`: `CUDA_CACHE_PATH` and `CUDA_CACHE_MAXSIZE`,
+/// each only when the environment does not set it already.
+pub fn driver_cache_env(root: &Path) -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    if std::env::var_os("CUDA_CACHE_PATH").is_none() {
+        env.push((
+            "CUDA_CACHE_PATH",
+            root.join("cuda-driver").display().to_string(),
+        ));
+    }
+    if std::env::var_os("CUDA_CACHE_MAXSIZE").is_none() {
+        env.push(("CUDA_CACHE_MAXSIZE", DRIVER_CACHE_BYTES.to_string()));
+    }
+    env
+}
+
+/// Where CubeCL keeps the autotune results of device `ordinal` under a cache folder `dir`.
+pub fn autotune_dir(dir: &Path, ordinal: usize) -> PathBuf {
+    dir.join("autotune")
+        .join(CUBECL_VERSION)
+        .join(format!("device-0-{ordinal}-cuda"))
+}
+
+/// Makes the autotune folders of ordinals `1..count` links to ordinal 0's under `dir`, so every
+/// GPU of a node reads and writes the same entries. A real folder that an earlier run made for
+/// another ordinal is merged into ordinal 0's first (its files moved unless ordinal 0 has the
+/// same file, whose entries win) and replaced by the link.
+pub fn share_ordinals(dir: &Path, count: usize) -> std::io::Result<()> {
+    let first = autotune_dir(dir, 0);
+    std::fs::create_dir_all(&first)?;
+    for ordinal in 1..count {
+        let path = autotune_dir(dir, ordinal);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => continue,
+            Ok(m) if m.is_dir() => {
+                for entry in std::fs::read_dir(&path)? {
+                    let entry = entry?;
+                    let target = first.join(entry.file_name());
+                    if !target.exists() {
+                        std::fs::rename(entry.path(), target)?;
+                    }
+                }
+                std::fs::remove_dir_all(&path)?;
+            }
+            Ok(_) => std::fs::remove_file(&path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        link(Path::new("device-0-0-cuda"), &path)?;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn link(target: &Path, path: &Path) -> std::io::Result<()> {
+    match std::os::unix::fs::symlink(target, path) {
+        // Another rank made it at the same moment.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        r => r,
+    }
+}
+
+#[cfg(not(unix))]
+fn link(_target: &Path, path: &Path) -> std::io::Result<()> {
+    // Without symlinks each ordinal keeps its own entries.
+    std::fs::create_dir_all(path)
+}
+
+/// The root chosen for this process by [`choose`].
+static CHOSEN: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// Chooses this process's cache root ([`root`] of the `--kernel-cache` flag) once, at start,
+/// before any other thread exists: a CUDA build also sets the CUDA driver's JIT cache
+/// ([`driver_cache_env`]) in the environment, which the driver reads when it starts.
+pub fn choose(flag: Option<&Path>) -> Option<PathBuf> {
+    let chosen = CHOSEN.get_or_init(|| root(flag)).clone();
+    #[cfg(feature = "cuda")]
+    if let Some(r) = &chosen {
+        for (k, v) in driver_cache_env(r) {
+            std::env::set_var(k, v);
+        }
+    }
+    chosen
+}
+
+/// The root [`choose`] chose, else the default one.
+pub fn chosen() -> Option<PathBuf> {
+    CHOSEN.get().cloned().unwrap_or_else(|| root(None))
+}
+
+/// [`install`] under [`chosen`]'s root (nothing without one).
+#[cfg(feature = "cuda")]
+pub fn install_chosen(index: usize) -> Result<Option<PathBuf>, String> {
+    match chosen() {
+        Some(r) => install(&r, index).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The cache folder this process's CUDA backend uses, once [`install`]ed.
+#[cfg(feature = "cuda")]
+static INSTALLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Points CubeCL's autotune and PTX caches at the folder of CUDA device `index`'s architecture
+/// under `root` (made, with the ordinals shared), before burn's CUDA backend first starts.
+/// CubeCL's own settings (`cubecl.toml` from the working directory up, `CUBECL_*`) are kept
+/// apart from the two cache locations. Once per process: later calls return the first folder.
+#[cfg(feature = "cuda")]
+pub fn install(root: &Path, index: usize) -> Result<PathBuf, String> {
+    use cubecl_runtime::config::cache::CacheConfig;
+    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+    use cudarc::driver::{result, sys};
+    if let Some(dir) = INSTALLED.get() {
+        return Ok(dir.clone());
+    }
+    let probe = || -> Result<(i32, i32, usize), cudarc::driver::DriverError> {
+        result::init()?;
+        let count = usize::try_from(result::device::get_count()?).unwrap_or(0);
+        let dev = result::device::get(index as i32)?;
+        // SAFETY: `dev` is a valid device handle from cuDeviceGet; attributes are plain reads.
+        let (major, minor) = unsafe {
+            (
+                result::device::get_attribute(
+                    dev,
+                    sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                )?,
+                result::device::get_attribute(
+                    dev,
+                    sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                )?,
+            )
+        };
+        Ok((major, minor, count))
+    };
+    let (major, minor, count) =
+        probe().map_err(|e| format!("reading cuda:{index}'s compute capability: {e}"))?;
+    let dir = keyed(root, major, minor);
+    share_ordinals(&dir, count.max(index + 1))
+        .map_err(|e| format!("kernel cache {}: {e}", dir.display()))?;
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    config.autotune.cache = CacheConfig::File(dir.clone());
+    config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+    std::panic::catch_unwind(|| CubeClRuntimeConfig::set(config)).map_err(|_| {
+        "the kernel cache must be chosen before the CUDA backend starts (CubeCL's \
+         configuration was already read)"
+            .to_string()
+    })?;
+    Ok(INSTALLED.get_or_init(|| dir).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_comes_from_the_flag_then_the_environment_then_home() {
+        let flag = Path::new("/flag/cache");
+        assert_eq!(root(Some(flag)).as_deref(), Some(flag));
+        // The environment variables are read, not set, here (tests share the process).
+        match std::env::var_os(ENV) {
+            Some(v) if !v.is_empty() => assert_eq!(root(None), Some(PathBuf::from(v))),
+            _ => {
+                let want = std::env::var_os("XDG_CACHE_HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|c| PathBuf::from(c).join("bertkit/kernels"))
+                    .or_else(|| {
+                        std::env::var_os("HOME")
+                            .map(|h| PathBuf::from(h).join(".cache/bertkit/kernels"))
+                    });
+                assert_eq!(root(None), want);
+            }
+        }
+    }
+
+    #[test]
+    fn each_architecture_and_version_has_its_own_folder() {
+        let r = Path::new("/c");
+        let h100 = keyed(r, 9, 0);
+        assert_eq!(h100, Path::new("/c/sm_90/burn-0.21.0-cubecl-0.10.0"));
+        assert_ne!(
+            h100,
+            keyed(r, 8, 0),
+            "an A100 never reads an H100's kernels"
+        );
+        assert_ne!(keyed(r, 8, 6), keyed(r, 8, 0));
+        // The versions in the key are the ones this binary is built with.
+        let lock = include_str!("../../Cargo.lock");
+        for (name, version) in [
+            ("burn-cuda", BURN_VERSION),
+            ("cubecl-runtime", CUBECL_VERSION),
+        ] {
+            let entry = format!("name = \"{name}\"\nversion = \"{version}\"");
+            assert!(lock.contains(&entry), "Cargo.lock has no {entry}");
+        }
+    }
+
+    #[test]
+    fn every_ordinal_shares_ordinal_zeros_autotune_entries() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = keyed(tmp.path(), 9, 0);
+        // An earlier run without sharing left ordinal 2 with its own file.
+        let old = autotune_dir(&dir, 2);
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("matmul.json.log"), "{\"from\": 2}\n").unwrap();
+        share_ordinals(&dir, 4).unwrap();
+        // Again, as a second rank would: nothing changes, nothing fails.
+        share_ordinals(&dir, 4).unwrap();
+        std::fs::write(autotune_dir(&dir, 3).join("reduce.json.log"), "{}\n").unwrap();
+        for ordinal in 0..4 {
+            let d = autotune_dir(&dir, ordinal);
+            assert_eq!(
+                std::fs::read_to_string(d.join("matmul.json.log")).unwrap(),
+                "{\"from\": 2}\n",
+                "ordinal {ordinal}"
+            );
+            assert!(d.join("reduce.json.log").exists(), "ordinal {ordinal}");
+        }
+        assert!(std::fs::symlink_metadata(autotune_dir(&dir, 2))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn the_driver_cache_goes_under_the_root_unless_set() {
+        let env = driver_cache_env(Path::new("/c"));
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+        match std::env::var("CUDA_CACHE_PATH") {
+            Ok(_) => assert_eq!(get("CUDA_CACHE_PATH"), None),
+            Err(_) => assert_eq!(get("CUDA_CACHE_PATH").as_deref(), Some("/c/cuda-driver")),
+        }
+        if std::env::var_os("CUDA_CACHE_MAXSIZE").is_none() {
+            assert_eq!(get("CUDA_CACHE_MAXSIZE").as_deref(), Some("4294967296"));
+        }
+    }
+}
