@@ -274,6 +274,37 @@ def step(m, recipe, p, hw, grad_bytes, mfu=MFU, bucket=BUCKET_BYTES, micro=None,
     }
 
 
+def layered_overlap(m, recipe, p, hw, grad_bytes, bucket_bytes, mfu=MFU, seq_time=None,
+                    micro=None):
+    """bertkit's bucketed all-reduce (train/src/distributed/grads.rs, as built on the CPU ring)
+    on device buffers: the last micro-batch's backward runs layer by layer from the top, each
+    layer taking an equal share of it; after each layer its gradients join the open bucket,
+    which starts its all-reduce once it holds bucket_bytes (whole layers) and the previous
+    bucket's all-reduce is done; the embeddings, pooler and heads make the last bucket, ready
+    when the backward pass ends. Returns the step dict with the all-reduce time left exposed
+    after the backward pass."""
+    s = step(m, recipe, p, hw, grad_bytes, mfu=mfu, bucket=None, micro=micro, seq_time=seq_time)
+    counts = param_counts(m)
+    t_bwd = s["t_micro"] * BACKWARD_OVER_FORWARD / (1 + BACKWARD_OVER_FORWARD)
+    per_layer = counts["encoder"] // m["L"] * grad_bytes
+    rest = (counts["total"] - counts["encoder"]) * grad_bytes
+    buckets, open_bytes = [], 0
+    for k in range(1, m["L"] + 1):          # k layers done
+        open_bytes += per_layer
+        if open_bytes >= bucket_bytes:
+            buckets.append((t_bwd * k / m["L"], open_bytes))
+            open_bytes = 0
+    buckets.append((t_bwd, open_bytes + rest))
+    busbw, lat = bottleneck_busbw(hw, p), ring_latency(p)
+    end = 0.0
+    for ready, nbytes in buckets:
+        end = max(end, ready) + 2 * (p - 1) / p * nbytes / busbw + lat
+    exposed = max(0.0, end - t_bwd)
+    s.update({"buckets": len(buckets), "exposed": exposed,
+              "eff_layered": s["t_compute"] / (s["t_compute"] + exposed)})
+    return s
+
+
 # ---------------------------------------------------------------------------------------------
 # Output
 # ---------------------------------------------------------------------------------------------
@@ -409,6 +440,44 @@ def main():
     table(["GPU", "model", "GPUs", "compute/step ms", "host copies ms", "NCCL ms",
            "efficiency", "same without the host copies"], rows)
 
+    print("### The bucketed, overlapped all-reduce on device buffers, phase 1\n")
+    print("What train/src/distributed/grads.rs does on the CPU ring, priced on GPUs: whole-layer "
+          "buckets of at least 25 MB (`bucket_mb`), each all-reduced once its layers' backward is "
+          "done, the embeddings and heads last; compared with one flat all-reduce after the "
+          "backward pass (both on device buffers, no host copies). Cells: bf16 / fp32 on the "
+          "wire.\n")
+    rows = []
+    r = recipes["phase1"]
+    for hwname, hw in HARDWARE.items():
+        for name, m in models.items():
+            for p in GPU_COUNTS:
+                b = layered_overlap(m, r, p, hw, 2, 25e6)
+                f = layered_overlap(m, r, p, hw, 4, 25e6)
+                fb = step(m, r, p, hw, 2, bucket=None)
+                ff = step(m, r, p, hw, 4, bucket=None)
+                rows.append([hwname, name, p, f"{b['buckets']} / {f['buckets']}",
+                             f"{ms(b['exposed'])} / {ms(f['exposed'])}",
+                             f"{pct(b['eff_layered'])} / {pct(f['eff_layered'])}",
+                             f"{pct(fb['eff_no_overlap'])} / {pct(ff['eff_no_overlap'])}"])
+    table(["GPU", "model", "GPUs", "buckets", "exposed all-reduce ms",
+           "efficiency, buckets overlapped", "efficiency, one buffer after backward"], rows)
+
+    print("Bucket size for the overlapped all-reduce, BERT-large phase 1, H100, MFU 45% "
+          "(cells: efficiency, exposed ms; bf16 / fp32 on the wire). Each bucket pays the ring "
+          "latency, which grows with the node count, so large jobs want larger buckets "
+          "(`--set distributed.bucket_mb=...`):\n")
+    rows = []
+    hw = HARDWARE["H100"]
+    for mb in (25, 100, 400):
+        cells = []
+        for p in GPU_COUNTS:
+            b = layered_overlap(large, r, p, hw, 2, mb * 1e6)
+            f = layered_overlap(large, r, p, hw, 4, mb * 1e6)
+            cells.append(f"{pct(b['eff_layered'])}, {ms(b['exposed'])} / "
+                         f"{pct(f['eff_layered'])}, {ms(f['exposed'])}")
+        rows.append([f"{mb} MB ({b['buckets']} / {f['buckets']} buckets)"] + cells)
+    table(["bucket_mb"] + [f"{p} GPUs" for p in GPU_COUNTS], rows)
+
     print("### Sensitivity: BERT-large phase 1 on 256 H100s, no overlap, device buffers\n")
     rows = []
     hw, r = HARDWARE["H100"], recipes["phase1"]
@@ -457,6 +526,21 @@ def main():
                      pct(rel), pct(t8 / 32 / t256)])
     table(["phase", "scaling", "accumulation", "compute/step ms", "all-reduce ms",
            "NVIDIA published", "model", f"model + LAMB step ({ms(t_lamb)} ms)"], rows)
+
+    print("The same strong scaling (NVIDIA's compute times, the LAMB step added) with bertkit's "
+          "design on device buffers: bf16 on the wire, whole-layer buckets of at least 25 MB "
+          "overlapped with the last micro-batch's backward pass.\n")
+    rows = []
+    for phase in ("phase1", "phase2"):
+        r, pub = recipes[phase], NVIDIA_PUBLISHED[phase]
+        seq_time = 1.0 / pub["one_gpu_seq_s"]
+        res = {}
+        for p in (8, 256):
+            s = layered_overlap(large, r, p, hw, 2, 25e6, seq_time=seq_time, micro=pub["micro"])
+            res[p] = s["t_compute"] + s["exposed"] + t_lamb
+        rows.append([phase, f"{pub['strong32']:.2f}/32 ({pct(pub['strong32'] / 32)})",
+                     pct(res[8] / 32 / res[256])])
+    table(["phase", "NVIDIA published, 1 -> 32 nodes", "bertkit's design, model"], rows)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ MICRO=${MICRO:-8}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/bertkit}
 [ -x "$BIN" ] || cargo build --release
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'status=$?; [ $status = 0 ] || tail -n 20 "$work/errors" >&2; rm -rf "$work"' EXIT
+touch "$work/errors"
 scripts/fetch-assets.sh >/dev/null
 # Real text, BERT's uncased vocabulary (30522 tokens), seq 128 with NSP.
 "$BIN" prep --nsp --seq-len 128 --quiet --input assets/data/wikipedia/*.bz2 \
@@ -45,13 +46,13 @@ run() { # name world extra-settings...
         # Two single-rank runs at once, each its own job: what 2 ranks would cost with a free
         # all-reduce (they share the machine's cores, caches and memory bandwidth).
         RAYON_NUM_THREADS=$THREADS "$BIN" "${args[@]}" --set "out=\"$out-b\"" >/dev/null 2>&1 &
-        RAYON_NUM_THREADS=$THREADS "$BIN" "${args[@]}" >/dev/null 2>&1
+        RAYON_NUM_THREADS=$THREADS "$BIN" "${args[@]}" >/dev/null 2>>"$work/errors"
         wait
     elif [ "$world" = 1 ]; then
-        RAYON_NUM_THREADS=$THREADS "$BIN" "${args[@]}" >/dev/null 2>&1
+        RAYON_NUM_THREADS=$THREADS "$BIN" "${args[@]}" >/dev/null 2>>"$work/errors"
     else
         RAYON_NUM_THREADS=$THREADS "$BIN" launch --nproc-per-node "$world" --master-port "$port" \
-            -- "$BIN" "${args[@]}" >/dev/null 2>&1
+            -- "$BIN" "${args[@]}" >/dev/null 2>>"$work/errors"
     fi
     python3 - "$out/metrics.jsonl" "$name" "$((MICRO * world))" "$WARMUP" >> "$work/rows" <<'PY'
 import json, statistics, sys

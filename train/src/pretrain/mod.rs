@@ -417,17 +417,9 @@ pub fn warm_up<AD: AutodiffBackend>(
     let batches = (0..accumulation)
         .map(|_| loader.next_batch())
         .collect::<Result<Vec<_>>>()?;
-    let state = TrainerState {
-        step: 0,
-        optimizer_steps: 0,
-        position: Position::default(),
-        loss_scale: LossScale::new(cfg.precision, cfg.initial_loss_scale).scale,
-        good_steps: 0,
-        nonfinite_in_a_row: 0,
-        skipped_steps: 0,
-        sequences: 0,
-        tokens: 0,
-        identity: RunIdentity {
+    let state = fresh_state(
+        cfg,
+        RunIdentity {
             micro_batch: cfg.batch.micro,
             accumulation,
             world_size: 1,
@@ -435,7 +427,7 @@ pub fn warm_up<AD: AutodiffBackend>(
             data_manifest_sha256: String::new(),
             teacher_sha256: None,
         },
-    };
+    );
     let settings = step_settings(cfg, &state, cfg.optimizer.lr);
     let (model, _) = pretrain_step(
         model,
@@ -556,18 +548,7 @@ fn setup<AD: AutodiffBackend>(
             check_fits(&model.config, &manifest, source)?;
             let (model, teacher) = distillation(model, teacher, cfg)?;
             let model = broadcast_params(model, group)?;
-            let state = TrainerState {
-                step: 0,
-                optimizer_steps: 0,
-                position: Position::default(),
-                loss_scale: LossScale::new(cfg.precision, cfg.initial_loss_scale).scale,
-                good_steps: 0,
-                nonfinite_in_a_row: 0,
-                skipped_steps: 0,
-                sequences: 0,
-                tokens: 0,
-                identity: identity.clone(),
-            };
+            let state = fresh_state(cfg, identity.clone());
             (model, state, teacher)
         }
     };
@@ -582,6 +563,22 @@ fn setup<AD: AutodiffBackend>(
         resumed: resumed.map(|(dir, _)| dir),
         teacher,
     })
+}
+
+/// The counters of a run that has not taken a step.
+fn fresh_state(cfg: &PretrainConfig, identity: RunIdentity) -> TrainerState {
+    TrainerState {
+        step: 0,
+        optimizer_steps: 0,
+        position: Position::default(),
+        loss_scale: LossScale::new(cfg.precision, cfg.initial_loss_scale).scale,
+        good_steps: 0,
+        nonfinite_in_a_row: 0,
+        skipped_steps: 0,
+        sequences: 0,
+        tokens: 0,
+        identity,
+    }
 }
 
 /// Loads the recipe's teacher (on the inner backend: no graph) and the sha256 of its weights:
