@@ -226,11 +226,38 @@ where
     AD: AutodiffBackend,
     F: FnMut(&Bert<AD>, &mut dyn Encode<AD>, usize) -> MicroLoss<AD>,
 {
+    let (mut accumulator, sums) = accumulate_first(
+        model,
+        micro_batches,
+        micro_batches,
+        s,
+        rank,
+        device,
+        &mut micro_loss,
+    );
+    (unscaled(model, accumulator.grads(), s), sums.read())
+}
+
+/// Forward and backward of micro-batches `0..count` of the step's `micro_batches`, their
+/// gradients summed in the accumulator and their `[loss, stats...]` in the sums.
+fn accumulate_first<AD, F>(
+    model: &Bert<AD>,
+    count: usize,
+    micro_batches: usize,
+    s: &StepSettings,
+    rank: usize,
+    device: &AD::Device,
+    micro_loss: &mut F,
+) -> (GradientsAccumulator<Bert<AD>>, Sums<AD::InnerBackend>)
+where
+    AD: AutodiffBackend,
+    F: FnMut(&Bert<AD>, &mut dyn Encode<AD>, usize) -> MicroLoss<AD>,
+{
     // Subnormal gradients cost Intel cores ~18x (bertkit_model::denormals); cheap to repeat.
     bertkit_model::denormals::flush_denormals();
     let mut accumulator = GradientsAccumulator::<Bert<AD>>::new();
     let mut sums = Sums::default();
-    for i in 0..micro_batches {
+    for i in 0..count {
         let micro = micro_batch(
             model,
             micro_batches,
@@ -238,17 +265,25 @@ where
             rank,
             device,
             i,
-            &mut micro_loss,
+            micro_loss,
             false,
             |f| backward_into(&mut accumulator, model, f),
         );
         sums.add(micro);
     }
-    let mut grads = accumulator.grads();
+    (accumulator, sums)
+}
+
+/// `grads` with fp16's loss scale divided out.
+fn unscaled<AD: AutodiffBackend>(
+    model: &Bert<AD>,
+    mut grads: GradientsParams,
+    s: &StepSettings,
+) -> GradientsParams {
     if s.precision == Precision::Fp16 {
         optim::scale_grads(model, &mut grads, 1.0 / s.loss_scale);
     }
-    (grads, sums.read())
+    grads
 }
 
 /// [`accumulate_gradients`] whose last micro-batch is differentiated one layer at a time
@@ -267,24 +302,16 @@ where
     AD: AutodiffBackend,
     F: FnMut(&Bert<AD>, &mut dyn Encode<AD>, usize) -> MicroLoss<AD>,
 {
-    bertkit_model::denormals::flush_denormals();
     let last = micro_batches - 1;
-    let mut accumulator = GradientsAccumulator::<Bert<AD>>::new();
-    let mut sums = Sums::default();
-    for i in 0..last {
-        let micro = micro_batch(
-            model,
-            micro_batches,
-            s,
-            group.rank,
-            device,
-            i,
-            &mut micro_loss,
-            false,
-            |f| backward_into(&mut accumulator, model, f),
-        );
-        sums.add(micro);
-    }
+    let (mut accumulator, mut sums) = accumulate_first(
+        model,
+        last,
+        micro_batches,
+        s,
+        group.rank,
+        device,
+        &mut micro_loss,
+    );
     let mut earlier = accumulator.grads();
     let bucket_len = group.bucket_len();
     let rank = group.rank;
@@ -321,10 +348,7 @@ where
         buckets.flush(sender);
         buckets
     })?;
-    let mut grads = buckets.unpack(model, reduced)?;
-    if s.precision == Precision::Fp16 {
-        optim::scale_grads(model, &mut grads, 1.0 / s.loss_scale);
-    }
+    let grads = unscaled(model, buckets.unpack(model, reduced)?, s);
     Ok((grads, sums.read()))
 }
 

@@ -274,7 +274,7 @@ impl ProcessGroup {
             return nccl.all_reduce_bf16(data);
         }
         match &mut self.ring {
-            Some(ring) => ring.all_reduce_bf16(data),
+            Some(ring) => ring.all_reduce_grads(data, self.reduce_dtype),
             None => Ok(()),
         }
     }
@@ -316,7 +316,7 @@ impl ProcessGroup {
             }
             return Ok((out, buckets));
         }
-        let bf16 = self.reduce_dtype == ReduceDtype::Bf16;
+        let dtype = self.reduce_dtype;
         let Some(ring) = self.ring.as_mut() else {
             unreachable!("overlaps() needs the ring")
         };
@@ -326,11 +326,7 @@ impl ProcessGroup {
                 bertkit_model::denormals::flush_denormals();
                 let mut done = Vec::new();
                 for mut bucket in rx {
-                    if bf16 {
-                        ring.all_reduce_bf16(&mut bucket)?;
-                    } else {
-                        ring.all_reduce(&mut bucket)?;
-                    }
+                    ring.all_reduce_grads(&mut bucket, dtype)?;
                     done.push(bucket);
                 }
                 Ok(done)

@@ -129,6 +129,14 @@ impl Ring {
         Ok(())
     }
 
+    /// Gradients summed with `dtype` on the wire.
+    pub fn all_reduce_grads(&mut self, data: &mut [f32], dtype: super::ReduceDtype) -> Result<()> {
+        match dtype {
+            super::ReduceDtype::Fp32 => self.all_reduce(data),
+            super::ReduceDtype::Bf16 => self.all_reduce_bf16(data),
+        }
+    }
+
     /// Rank 0's `data` replaces every other rank's.
     pub fn broadcast(&mut self, data: &mut Vec<u8>) -> Result<()> {
         self.check_usable()?;
