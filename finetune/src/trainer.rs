@@ -50,6 +50,9 @@ pub struct TrainSettings {
     /// Activation checkpointing: recompute each encoder layer in the backward pass instead of
     /// keeping its activations (less memory, the same numbers; `step::StepSettings`).
     pub gradient_checkpointing: bool,
+    /// Padding-free training: the encoder runs on each micro-batch's real tokens only
+    /// (`StepSettings::padding_free`).
+    pub padding_free: bool,
     /// Write a checkpoint (model, optimizer, trainer state) every N optimizer steps into
     /// `out/checkpoints/` (0: none). One that falls on an epoch's end is written after its
     /// evaluation.
@@ -436,6 +439,7 @@ where
                     loss_scale: state.loss_scale,
                     dropout_seed: [s.seed, step],
                     checkpoint_activations: s.gradient_checkpointing,
+                    padding_free: s.padding_free,
                 },
                 group,
                 device,
@@ -580,6 +584,7 @@ mod tests {
             patience: None,
             precision: Precision::F32,
             gradient_checkpointing: false,
+            padding_free: false,
             save_steps: 0,
             save_total_limit: 1,
             log_every: 1,

@@ -2,11 +2,14 @@
 //! ...), with HF's parameter names, so a checkpoint maps onto it one to one.
 //! BERT is post-LayerNorm: each sub-block is `LayerNorm(x + dropout(f(x)))`.
 
+use std::sync::Arc;
+
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Int, Tensor};
 
+use crate::attention::Spans;
 use crate::config::{BertConfig, HiddenAct};
 use crate::nn::{activation, dropout, Embedding, LayerNorm, Linear};
 use crate::weights::{ParamSink, ParamSource};
@@ -26,6 +29,23 @@ pub struct AttentionMask<B: Backend> {
     masked: Tensor<B, 4, Bool>,
     /// `[batch, 1, 1, seq]`, 0 for real keys and f32::MIN for padding, as HF adds it to the scores.
     additive: Tensor<B, 4>,
+    /// The sequences as spans of rows, for the CPU attention kernel (`crate::attention`): on the
+    /// CPU backend, when every row of the mask is right-padded.
+    spans: Option<Arc<Spans>>,
+    /// Set when the layers run on the real tokens only ([`BertModel::embed_with`]).
+    packing: Option<Packing<B>>,
+}
+
+/// Padding-free execution: the real tokens of a right-padded `[batch, seq]` batch packed into
+/// `[1, tokens, hidden]`, as MosaicBERT trains and as the plan runtime serves. The linear
+/// layers, GELU and LayerNorm then cost the real tokens instead of `batch x seq`, and attention
+/// runs per sequence (`crate::attention`).
+#[derive(Debug, Clone)]
+pub struct Packing<B: Backend> {
+    /// Each real token's row in the flattened `[batch * seq]` batch.
+    rows: Tensor<B, 1, Int>,
+    batch: usize,
+    seq: usize,
 }
 
 impl<B: Backend> AttentionMask<B> {
@@ -38,7 +58,41 @@ impl<B: Backend> AttentionMask<B> {
             .expand([b, 1, t, t]);
         let additive =
             (attention_mask.clone().float().neg() + 1.0).reshape([b, 1, 1, t]) * f32::MIN;
-        AttentionMask { masked, additive }
+        let spans = crate::attention::supported::<B>(burn::tensor::DType::F32)
+            .then(|| {
+                let host = attention_mask.clone().into_data().convert::<i64>();
+                Spans::padded(&host.to_vec::<i64>().ok()?, b, t)
+            })
+            .flatten()
+            .map(Arc::new);
+        AttentionMask {
+            masked,
+            additive,
+            spans,
+            packing: None,
+        }
+    }
+
+    /// Whether the layers run packed ([`BertModel::embed_with`]).
+    pub fn packed(&self) -> bool {
+        self.packing.is_some()
+    }
+
+    /// A layer stack's output back in the batch's `[batch, seq, hidden]` layout (zeros at the
+    /// padding when packed; otherwise `x` itself).
+    pub fn unpack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let Some(p) = &self.packing else {
+            return x;
+        };
+        let [_, n, h] = x.dims();
+        Tensor::<B, 2>::zeros([p.batch * p.seq, h], &x.device())
+            .select_assign(
+                0,
+                p.rows.clone(),
+                x.reshape([n, h]),
+                burn::tensor::IndexingUpdateOp::Add,
+            )
+            .reshape([p.batch, p.seq, h])
     }
 }
 
@@ -103,6 +157,16 @@ impl<B: Backend> BertEmbeddings<B> {
         let positions =
             Tensor::<B, 1, Int>::arange(0..t as i64, &input_ids.device()).reshape([1, t]);
         // `[1, seq, hidden]` position embeddings broadcast over the batch.
+        self.forward_at(input_ids, token_type_ids, positions)
+    }
+
+    /// [`Self::forward`] with each token's position given (`[batch or 1, seq]`).
+    pub fn forward_at(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        token_type_ids: Tensor<B, 2, Int>,
+        positions: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
         let x = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids)
             + self.position_embeddings.forward(positions);
@@ -157,9 +221,21 @@ impl<B: Backend> BertSelfAttention<B> {
         probs: bool,
     ) -> (Tensor<B, 3>, Option<Tensor<B, 4>>) {
         let [b, t, h] = x.dims();
-        let q = self.split_heads(self.query.forward(x.clone()));
-        let k = self.split_heads(self.key.forward(x.clone()));
-        let v = self.split_heads(self.value.forward(x));
+        let q = self.query.forward(x.clone());
+        let k = self.key.forward(x.clone());
+        let v = self.value.forward(x);
+        if let (false, Some(spans)) = (probs, &mask.spans) {
+            let context =
+                crate::attention::multi_head(&q, &k, &v, spans, self.num_heads, self.dropout);
+            if let Some(context) = context {
+                return (context, None);
+            }
+        }
+        let (q, k, v) = (
+            self.split_heads(q),
+            self.split_heads(k),
+            self.split_heads(v),
+        );
         // The fused kernel has no dropout on the probabilities and does not expose them;
         // training with attention dropout and tracing take the explicit path.
         let training_dropout = self.dropout > 0.0 && B::ad_enabled(&q.device());
@@ -396,7 +472,54 @@ impl<B: Backend> BertModel<B> {
     /// What the first layer takes: the embeddings' output `[batch, seq, hidden]` and the
     /// attention mask every layer uses.
     pub fn embed(&self, input: &BertInput<B>) -> (Tensor<B, 3>, AttentionMask<B>) {
-        let mask = AttentionMask::new(&input.attention_mask);
+        self.embed_with(input, false)
+    }
+
+    /// [`Self::embed`]; with `padding_free`, the real tokens only, packed into `[1, tokens,
+    /// hidden]` ([`Packing`]) where the CPU attention kernel runs (the CPU backend in f32, a
+    /// right-padded mask); elsewhere the batch as it is. The layers take either; the last one's
+    /// output goes through [`AttentionMask::unpack`].
+    pub fn embed_with(
+        &self,
+        input: &BertInput<B>,
+        padding_free: bool,
+    ) -> (Tensor<B, 3>, AttentionMask<B>) {
+        let mut mask = AttentionMask::new(&input.attention_mask);
+        let f32 = self.embeddings.word_embeddings.weight.val().dtype() == burn::tensor::DType::F32;
+        if let (true, true, Some(spans)) = (padding_free, f32, mask.spans.clone()) {
+            let [b, t] = input.input_ids.dims();
+            let device = input.input_ids.device();
+            let lengths: Vec<usize> = spans.spans().iter().map(|s| s.keys).collect();
+            let n = lengths.iter().sum::<usize>();
+            let int = |v: Vec<i64>, shape: [usize; 2]| {
+                Tensor::<B, 2, Int>::from_data(burn::tensor::TensorData::new(v, shape), &device)
+            };
+            let rows = spans
+                .spans()
+                .iter()
+                .flat_map(|s| (s.start..s.start + s.keys).map(|r| r as i64))
+                .collect();
+            let rows = int(rows, [1, n]).reshape([n]);
+            let positions = lengths.iter().flat_map(|&l| 0..l as i64).collect();
+            let pick = |x: &Tensor<B, 2, Int>| {
+                x.clone()
+                    .reshape([b * t])
+                    .select(0, rows.clone())
+                    .reshape([1, n])
+            };
+            let x = self.embeddings.forward_at(
+                pick(&input.input_ids),
+                pick(&input.token_type_ids),
+                int(positions, [1, n]),
+            );
+            mask.spans = Some(Arc::new(Spans::packed(&lengths)));
+            mask.packing = Some(Packing {
+                rows,
+                batch: b,
+                seq: t,
+            });
+            return (x, mask);
+        }
         let x = self
             .embeddings
             .forward(input.input_ids.clone(), input.token_type_ids.clone());

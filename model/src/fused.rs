@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use crate::cpu_math;
 
 /// Training on the CPU.
-type Ad = Autodiff<Flex>;
+pub(crate) type Ad = Autodiff<Flex>;
 
 /// `x * Φ(x)` (HF `gelu`).
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
@@ -105,13 +105,7 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, prob: f64) -> Tensor
         return x * mask / keep;
     }
     let device = x.device();
-    // Two uniform draws of the backend's generator (24 random bits each) make the key.
-    let draws = Tensor::<B, 1>::random([2], Distribution::Uniform(0.0, 1.0), &device)
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap_or_default();
-    let bits = |i: usize| (draws.get(i).copied().unwrap_or(0.0) * 16_777_216.0) as u64;
-    let key = bits(0) << 24 | bits(1);
+    let key = dropout_key::<B>(&device);
     let shape = x.shape();
     let mut mask = vec![0f32; shape.num_elements()];
     mask.par_chunks_mut(CHUNK)
@@ -120,11 +114,22 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, prob: f64) -> Tensor
     x * Tensor::<B, D>::from_data(TensorData::new(mask, shape), &device)
 }
 
+/// A dropout mask's key: two uniform draws of the backend's seeded generator (24 random bits
+/// each).
+pub(crate) fn dropout_key<B: Backend>(device: &B::Device) -> u64 {
+    let draws = Tensor::<B, 1>::random([2], Distribution::Uniform(0.0, 1.0), device)
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap_or_default();
+    let bits = |i: usize| (draws.get(i).copied().unwrap_or(0.0) * 16_777_216.0) as u64;
+    bits(0) << 24 | bits(1)
+}
+
 /// Elements per parallel task of the element-wise kernels.
 const CHUNK: usize = 1 << 14;
 
 /// A float tensor primitive sorted by backend.
-enum Cpu<B: Backend> {
+pub(crate) enum Cpu<B: Backend> {
     Ad(FloatTensor<Ad>),
     Flex(FlexTensor),
     /// Another backend, or a tensor that is not f32.
@@ -142,7 +147,7 @@ impl<B: Backend> Cpu<B> {
     }
 }
 
-fn on_cpu<B: Backend>(x: FloatTensor<B>) -> Cpu<B> {
+pub(crate) fn on_cpu<B: Backend>(x: FloatTensor<B>) -> Cpu<B> {
     if x.dtype() != DType::F32 {
         return Cpu::Other(x);
     }
@@ -155,7 +160,7 @@ fn on_cpu<B: Backend>(x: FloatTensor<B>) -> Cpu<B> {
     }
 }
 
-fn is_cpu<B: Backend>() -> bool {
+pub(crate) fn is_cpu<B: Backend>() -> bool {
     use std::any::TypeId;
     [TypeId::of::<FloatTensor<Ad>>(), TypeId::of::<FlexTensor>()]
         .contains(&TypeId::of::<FloatTensor<B>>())
@@ -178,16 +183,16 @@ fn same_type<S: 'static, T: 'static>(x: S) -> T {
     }
 }
 
-fn from_ad<B: Backend, const D: usize>(x: FloatTensor<Ad>) -> Tensor<B, D> {
+pub(crate) fn from_ad<B: Backend, const D: usize>(x: FloatTensor<Ad>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(same_type(x)))
 }
 
-fn from_flex<B: Backend, const D: usize>(x: FlexTensor) -> Tensor<B, D> {
+pub(crate) fn from_flex<B: Backend, const D: usize>(x: FlexTensor) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(same_type(x)))
 }
 
 /// The f32 values of `t` in row-major order (a copy only if `t` is a strided view).
-fn values(t: &FlexTensor) -> FlexTensor {
+pub(crate) fn values(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
 
@@ -205,11 +210,11 @@ fn into_values(t: FlexTensor) -> Vec<f32> {
     }
 }
 
-fn slice(t: &FlexTensor) -> &[f32] {
+pub(crate) fn slice(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("a contiguous f32 tensor")
 }
 
-fn tensor(data: Vec<f32>, shape: Shape) -> FlexTensor {
+pub(crate) fn tensor(data: Vec<f32>, shape: Shape) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape))
 }
 

@@ -1,6 +1,7 @@
 //! bertkit-model: what every stage shares. `BertConfig` (HF `config.json`), the BERT module and
 //! its heads with HF names, the tokenizer, checkpoints, Hugging Face import and export.
 
+pub mod attention;
 pub mod backend;
 pub mod bert;
 pub mod card;

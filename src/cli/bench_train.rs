@@ -119,6 +119,8 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
             loss_scale: LossScale::new(precision, 1024.0).scale,
             dropout_seed: [0, step as u64],
             checkpoint_activations: args.checkpoint_activations,
+            // Its synthetic batches have no padding.
+            padding_free: false,
         };
         let (next, out) = pretrain_step(
             model,

@@ -321,6 +321,11 @@ pub struct TrainingArgs {
     /// in the backward pass. Less memory, about a third more time, the same numbers.
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// Padding-free training: the encoder runs on the real tokens of each batch only, packed,
+    /// so a batch costs its tokens instead of batch x longest (CPU backend, fp32; elsewhere the
+    /// batch runs padded). Exact for every task but QA, whose loss HF also takes over the padding.
+    #[arg(long)]
+    pub padding_free: bool,
     /// Use only the first N training examples.
     #[arg(long)]
     pub max_train_examples: Option<usize>,
@@ -376,6 +381,7 @@ impl TrainingArgs {
             patience: self.patience,
             precision: self.precision,
             gradient_checkpointing: self.gradient_checkpointing,
+            padding_free: self.padding_free,
             log_every: self.log_every,
             report_to: self.report_to,
             save_steps: self.save_steps,
@@ -427,6 +433,12 @@ fn finetune_on<B: Backend>(
     group: &mut ProcessGroup,
 ) -> Result<()> {
     let mut spec = args.data.spec(None)?;
+    if args.training.padding_free && spec.kind() == TaskKind::Qa {
+        bail!(
+            "--padding-free does not apply to --task qa: its loss, as HF computes it, is a \
+             softmax over every position, padding included; drop --padding-free"
+        );
+    }
     if args.data.max_seq_length.is_none() {
         // The default length, unless the model's position table is shorter.
         let dir = bertkit_model::checkpoint::model_dir(&args.model);

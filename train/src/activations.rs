@@ -73,17 +73,19 @@ pub fn layer_seed(micro_seed: u64, layer: usize) -> u64 {
 /// [`layer_seed`]`(micro_seed, i)`.
 pub struct Seeded {
     pub micro_seed: u64,
+    /// Run the layers on the real tokens only ([`BertModel::embed_with`]).
+    pub padding_free: bool,
 }
 
 impl<B: Backend> Encode<B> for Seeded {
     fn encode(&mut self, bert: &BertModel<B>, input: &BertInput<B>) -> Tensor<B, 3> {
         let device = input.input_ids.device();
-        let (mut x, mask) = bert.embed(input);
+        let (mut x, mask) = bert.embed_with(input, self.padding_free);
         for (i, layer) in bert.encoder.layer.iter().enumerate() {
             B::seed(&device, layer_seed(self.micro_seed, i));
             x = layer.forward(x, &mask);
         }
-        x
+        mask.unpack(x)
     }
 
     fn encode_layers(
@@ -126,6 +128,7 @@ pub struct ByLayer<B: AutodiffBackend> {
     saved: Option<Saved<B>>,
     /// The objective took every layer's output ([`Encode::encode_layers`]): one backward pass.
     whole: bool,
+    padding_free: bool,
 }
 
 struct Saved<B: AutodiffBackend> {
@@ -155,6 +158,15 @@ impl<B: AutodiffBackend> ByLayer<B> {
             recompute: true,
             saved: None,
             whole: false,
+            padding_free: false,
+        }
+    }
+
+    /// Run the layers on the real tokens only ([`BertModel::embed_with`]).
+    pub fn padding_free(self, padding_free: bool) -> Self {
+        ByLayer {
+            padding_free,
+            ..self
         }
     }
 
@@ -227,7 +239,7 @@ impl<B: AutodiffBackend> Encode<B> for ByLayer<B> {
             "a micro-batch's objective encodes once"
         );
         let device = input.input_ids.device();
-        let (embedded, mask) = bert.embed(input);
+        let (embedded, mask) = bert.embed_with(input, self.padding_free);
         let mut layers = Vec::with_capacity(bert.encoder.layer.len());
         let mut x = embedded.clone().detach().inner();
         for (i, layer) in bert.encoder.layer.iter().enumerate() {
@@ -246,13 +258,15 @@ impl<B: AutodiffBackend> Encode<B> for ByLayer<B> {
             }
         }
         let top = Tensor::<B, 3>::from_inner(x).require_grad();
+        // Packed, the heads read `[batch, seq, hidden]`: the unpacking is in their graph.
+        let hidden = mask.unpack(top.clone());
         self.saved = Some(Saved {
             embedded,
             mask,
             layers,
-            top: top.clone(),
+            top,
         });
-        top
+        hidden
     }
 
     /// Keeping graphs: every layer's output in one graph (as [`Seeded`]), differentiated in one
@@ -273,6 +287,7 @@ impl<B: AutodiffBackend> Encode<B> for ByLayer<B> {
         self.whole = true;
         Seeded {
             micro_seed: self.micro_seed,
+            padding_free: false,
         }
         .encode_layers(bert, input, attention)
     }

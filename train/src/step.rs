@@ -138,6 +138,9 @@ pub struct StepSettings {
     /// ([`activations::ByLayer::recompute`]): less memory, about one more forward pass of time, the same
     /// numbers.
     pub checkpoint_activations: bool,
+    /// Run the encoder on each micro-batch's real tokens only, packed (`BertModel::embed_with`;
+    /// the CPU backend in f32): a batch costs its tokens, not batch x longest.
+    pub padding_free: bool,
 }
 
 /// One micro-batch's contribution: the loss to differentiate (already divided by the step's
@@ -397,7 +400,8 @@ where
             ByLayer::recompute(micro_seed)
         } else {
             ByLayer::keep(micro_seed)
-        };
+        }
+        .padding_free(s.padding_free);
         let micro = micro_loss(&compute, &mut encoder, i);
         backward((compute, scaled(micro.loss.clone()), Some(encoder)));
         micro
@@ -406,7 +410,14 @@ where
             Precision::F32 => model.clone(),
             p => cast_params(model.clone(), p.dtype()),
         };
-        let micro = micro_loss(&compute, &mut Seeded { micro_seed }, i);
+        let micro = micro_loss(
+            &compute,
+            &mut Seeded {
+                micro_seed,
+                padding_free: s.padding_free,
+            },
+            i,
+        );
         backward((compute, scaled(micro.loss.clone()), None));
         micro
     };

@@ -80,7 +80,7 @@ fn gradients(
     precision: Precision,
     checkpoint_activations: bool,
 ) -> (Vec<Vec<f32>>, Vec<f32>) {
-    gradients_with(model, precision, checkpoint_activations, false)
+    gradients_with(model, precision, checkpoint_activations, false, false)
 }
 
 /// [`gradients`], with `by_layer` through `accumulate_by_layer` in a group of one (its
@@ -90,6 +90,7 @@ fn gradients_with(
     precision: Precision,
     checkpoint_activations: bool,
     by_layer: bool,
+    padding_free: bool,
 ) -> (Vec<Vec<f32>>, Vec<f32>) {
     let batches = [batch(1, 3), batch(2, 2)];
     let counts = StepCounts::of(&batches);
@@ -104,6 +105,7 @@ fn gradients_with(
         },
         dropout_seed: [5, 3],
         checkpoint_activations,
+        padding_free,
     };
     let device = Default::default();
     let loss = |m: &Bert<AD>, e: &mut dyn bertkit_train::activations::Encode<AD>, i: usize| {
@@ -188,9 +190,9 @@ fn differentiating_layer_by_layer_for_the_all_reduce_gives_the_same_gradients() 
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let m = model(0.1);
     for precision in [Precision::F32, Precision::Bf16, Precision::Fp16] {
-        let (kept, kept_sums) = gradients_with(&m, precision, false, false);
+        let (kept, kept_sums) = gradients_with(&m, precision, false, false, false);
         for recompute in [false, true] {
-            let (by_layer, sums) = gradients_with(&m, precision, recompute, true);
+            let (by_layer, sums) = gradients_with(&m, precision, recompute, true, false);
             assert_eq!(kept_sums, sums, "{precision}, recompute {recompute}");
             // f32: the same operations; the tied word embeddings add their two gradients in
             // another order (and, in bf16/fp16, type).
@@ -206,6 +208,48 @@ fn differentiating_layer_by_layer_for_the_all_reduce_gives_the_same_gradients() 
             );
         }
     }
+}
+
+/// Padding-free training (`StepSettings::padding_free`): the encoder on the real tokens only,
+/// packed, gives the padded batch's loss and gradients without dropout, whether the layers are
+/// kept, recomputed or differentiated one at a time; with dropout, recomputing replays the
+/// packed masks exactly.
+#[test]
+fn padding_free_gives_the_padded_loss_and_gradients() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let m = model(0.0);
+    let (padded, padded_sums) = gradients_with(&m, Precision::F32, false, false, false);
+    for (recompute, by_layer, padding_free) in [
+        (false, false, true),
+        (true, false, true),
+        (false, true, true),
+        (true, true, true),
+        (false, true, false),
+    ] {
+        let (packed, sums) = gradients_with(&m, Precision::F32, recompute, by_layer, padding_free);
+        let what = format!("recompute {recompute}, by layer {by_layer}");
+        assert_eq!(sums.len(), padded_sums.len(), "{what}");
+        for (a, b) in sums.iter().zip(&padded_sums) {
+            assert!(
+                (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                "{what}: {sums:?} vs {padded_sums:?}"
+            );
+        }
+        let worst = worst_difference(&padded, &packed);
+        assert!(worst < 1e-4, "{what}: gradients differ by {worst}");
+    }
+
+    let m = model(0.1);
+    let (kept, kept_sums) = gradients_with(&m, Precision::F32, false, false, true);
+    let (recomputed, recomputed_sums) = gradients_with(&m, Precision::F32, true, false, true);
+    assert_eq!(kept_sums, recomputed_sums);
+    let worst = worst_difference(&kept, &recomputed);
+    assert!(worst < 1e-6, "dropout: gradients differ by {worst}");
+    let (_, padded_dropout) = gradients_with(&m, Precision::F32, false, false, false);
+    assert_ne!(
+        kept_sums[0], padded_dropout[0],
+        "packed dropout draws its own masks"
+    );
 }
 
 /// Stable shapes (`batch.stable_shapes`): the MLM head on `batch x max_predictions` rows, the
@@ -229,6 +273,7 @@ fn padded_prediction_rows_change_no_number() {
         loss_scale: 1.0,
         dropout_seed: [5, 3],
         checkpoint_activations: false,
+        padding_free: false,
     };
     let run = |batches: &[Batch; 2]| {
         let (grads, sums) = accumulate_gradients(&m, 2, &settings, 0, &device, |m, e, i| {

@@ -139,6 +139,12 @@ pub struct BatchConfig {
     /// are only extra work).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_shapes: Option<bool>,
+    /// Padding-free training: the encoder runs on each micro-batch's real tokens only, packed
+    /// (MosaicBERT's unpadding), so a short instance costs its tokens, not `seq_len`. The CPU
+    /// backend in f32; elsewhere the batch runs padded. The loss is the same up to rounding and
+    /// the dropout masks (drawn per packed element).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub padding_free: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -195,6 +195,7 @@ fn step_settings(cfg: &PretrainConfig, state: &TrainerState, lr: f64) -> StepSet
         loss_scale: state.loss_scale,
         dropout_seed: [cfg.seed, state.step],
         checkpoint_activations: cfg.memory.checkpoint_activations,
+        padding_free: cfg.batch.padding_free,
     }
 }
 
