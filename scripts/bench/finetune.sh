@@ -20,7 +20,7 @@ WARMUP=2
 PYTHON=${PYTHON:-python3}
 BIN=${BIN:-target/release/bertkit}
 [ -x "$BIN" ] || cargo build --release
-MODEL=assets/all-MiniLM-L6-v2
+MODEL=${MODEL:-assets/all-MiniLM-L6-v2}
 DATA=assets/data/sentiment/train.jsonl
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
