@@ -141,15 +141,7 @@ pub fn multi_head<B: Backend>(
     let out = match (prim(q), prim(k), prim(v)) {
         (Cpu::Ad(q), Cpu::Ad(k), Cpu::Ad(v)) => fused::from_ad(attention_ad(q, k, v, geometry)),
         (Cpu::Flex(q), Cpu::Flex(k), Cpu::Flex(v)) => {
-            let (q, k, v) = (fused::values(&q), fused::values(&k), fused::values(&v));
-            let mut probs = vec![0f32; geometry.probs_len()];
-            let out = geometry.forward(
-                fused::slice(&q),
-                fused::slice(&k),
-                fused::slice(&v),
-                &mut probs,
-            );
-            fused::from_flex(fused::tensor(out, q.shape()))
+            fused::from_flex(geometry.forward_tensors([&q, &k, &v]).out)
         }
         _ => return None,
     };
@@ -276,7 +268,8 @@ impl Geometry {
         )
     }
 
-    /// Task `at`'s dropout mask (`1 / keep` or 0 per probability), or `None` without dropout.
+    /// Task `at`'s dropout mask (`1 / keep` or 0 per probability) into `buf`; false without
+    /// dropout.
     fn mask(&self, at: &std::ops::Range<usize>, buf: &mut Vec<f32>) -> bool {
         let Some(d) = self.dropout else {
             return false;
@@ -285,6 +278,33 @@ impl Geometry {
         buf.resize(at.len(), 0.0);
         cpu_math::dropout_mask(buf, at.start, d.key, d.keep);
         true
+    }
+
+    /// Task `block`'s attention weights: its probabilities `p`, or with dropout `p` times the
+    /// mask (left in `mask`) in `dropped`; and whether there was dropout.
+    fn weights<'a>(
+        &self,
+        block: &std::ops::Range<usize>,
+        p: &'a [f32],
+        mask: &mut Vec<f32>,
+        dropped: &'a mut Vec<f32>,
+    ) -> (&'a [f32], bool) {
+        if !self.mask(block, mask) {
+            return (p, false);
+        }
+        dropped.clear();
+        dropped.extend(p.iter().zip(mask.iter()).map(|(p, m)| p * m));
+        (dropped, true)
+    }
+
+    /// [`Self::forward`] on tensors: q, k and v made contiguous, the probabilities, the context.
+    fn forward_tensors(&self, [q, k, v]: [&FlexTensor; 3]) -> Forward {
+        let qkv = [q, k, v].map(fused::values);
+        let mut probs = vec![0f32; self.probs_len()];
+        let [q, k, v] = qkv.each_ref().map(fused::slice);
+        let out = self.forward(q, k, v, &mut probs);
+        let out = fused::tensor(out, qkv[0].shape());
+        Forward { qkv, probs, out }
     }
 
     /// The context `[rows, hidden]`; fills `probs` (the softmax, before dropout).
@@ -315,13 +335,7 @@ impl Geometry {
                     );
                 }
                 cpu_math::softmax_rows(p, nk);
-                let weights: &[f32] = if self.mask(&block, mask) {
-                    dropped.clear();
-                    dropped.extend(p.iter().zip(mask.iter()).map(|(p, m)| p * m));
-                    dropped
-                } else {
-                    p
-                };
+                let (weights, _) = self.weights(&block, p, mask, dropped);
                 // SAFETY: as above.
                 unsafe {
                     matmul(
@@ -358,14 +372,7 @@ impl Geometry {
                 let (nq, nk) = (s.queries, s.keys);
                 let at = s.start * h + head * d;
                 let p = &probs[block.clone()];
-                let masked = self.mask(&block, mask);
-                let weights: &[f32] = if masked {
-                    dropped.clear();
-                    dropped.extend(p.iter().zip(mask.iter()).map(|(p, m)| p * m));
-                    dropped
-                } else {
-                    p
-                };
+                let (weights, masked) = self.weights(&block, p, mask, dropped);
                 g.clear();
                 g.resize(block.len(), 0.0);
                 // SAFETY: as in `forward`; each task writes its own rows x columns block of dq,
@@ -418,6 +425,13 @@ impl Geometry {
     }
 }
 
+/// What [`Geometry::forward_tensors`] returns.
+struct Forward {
+    qkv: [FlexTensor; 3],
+    probs: Vec<f32>,
+    out: FlexTensor,
+}
+
 /// What the backward pass needs.
 #[derive(Debug, Clone)]
 struct Saved {
@@ -454,19 +468,11 @@ pub(crate) fn attention_ad(
     v: FloatTensor<Ad>,
     geometry: Geometry,
 ) -> FloatTensor<Ad> {
-    let (qv, kv, vv) = (
-        fused::values(&q.primitive),
-        fused::values(&k.primitive),
-        fused::values(&v.primitive),
-    );
-    let mut probs = vec![0f32; geometry.probs_len()];
-    let out = geometry.forward(
-        fused::slice(&qv),
-        fused::slice(&kv),
-        fused::slice(&vv),
-        &mut probs,
-    );
-    let out = fused::tensor(out, qv.shape());
+    let Forward {
+        qkv: [qv, kv, vv],
+        probs,
+        out,
+    } = geometry.forward_tensors([&q.primitive, &k.primitive, &v.primitive]);
     match AttentionNode
         .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
         .compute_bound()

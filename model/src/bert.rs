@@ -73,11 +73,6 @@ impl<B: Backend> AttentionMask<B> {
         }
     }
 
-    /// Whether the layers run packed ([`BertModel::embed_with`]).
-    pub fn packed(&self) -> bool {
-        self.packing.is_some()
-    }
-
     /// A layer stack's output back in the batch's `[batch, seq, hidden]` layout (zeros at the
     /// padding when packed; otherwise `x` itself).
     pub fn unpack(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
