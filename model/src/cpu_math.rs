@@ -1,14 +1,22 @@
 //! Element-wise CPU kernels: exp, erf-GELU, tanh-GELU, softmax, LayerNorm and their gradients,
 //! and dropout masks. Written so that LLVM vectorizes them (no branches in the loops, `exp` by
-//! range reduction on the bits); each public function picks the AVX2+FMA build of the same code
-//! at run time when the CPU has it. The plan runtime (bertkit-runtime) runs inference on them;
+//! range reduction on the bits); each public function picks the AVX-512 or the AVX2+FMA build
+//! of the same code at run time, whichever the CPU has. Both builds compute the same operations:
+//! the code is element-wise, its sums keep 8 accumulators in the written order, and it fuses
+//! only where it says `mul_add`. The plan runtime (bertkit-runtime) runs inference on them;
 //! `crate::fused` runs burn's CPU backend's training ops on them.
 
 /// `e^x` with ~2 ulp relative error on [-87, 88] (Cephes' expf polynomial); 0 below.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
+    // Adding 1.5·2^23 rounds x·log2(e) to the nearest integer n and leaves n, two's
+    // complement, in the low bits of the sum's mantissa: `n << 23` is then the sum's bits
+    // shifted left by 23 (the exponent bits fall off). Unlike `round()` and `as i32`, this
+    // vectorizes (LLVM does `as i32`'s saturation lane by lane in scalar code).
+    const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    let m = x.mul_add(std::f32::consts::LOG2_E, MAGIC);
+    let n = m - MAGIC;
     // Two-part ln 2 keeps the reduced argument exact.
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let p = 1.987_569_1e-4_f32;
@@ -18,7 +26,7 @@ fn exp(x: f32) -> f32 {
     let p = p.mul_add(r, 1.666_666_5e-1);
     let p = p.mul_add(r, 0.5);
     let e = (p * r).mul_add(r, r) + 1.0;
-    f32::from_bits(e.to_bits().wrapping_add(((n as i32) << 23) as u32))
+    f32::from_bits(e.to_bits().wrapping_add(m.to_bits() << 23))
 }
 
 /// `erf(x)`, Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7).
@@ -49,6 +57,16 @@ macro_rules! dispatch {
             fn generic($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) { generic($($arg),*) }
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has the features `avx512` was compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) { generic($($arg),*) }
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
