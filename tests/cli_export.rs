@@ -79,8 +79,15 @@ fn a_finetuned_minilm_keeps_its_decisions_at_every_precision() {
         })
         .collect();
     std::fs::write(&calibration, lines.join("\n")).unwrap();
-    for precision in ["fp32", "fp16", "bf16", "int8"] {
-        let plan = dir.path().join(format!("sentiment-{precision}.plan"));
+    // int8: all four projections of a layer (the default, as ONNX Runtime quantizes every
+    // MatMul), and with the FFN output projection kept in f32.
+    for variant in ["fp32", "fp16", "bf16", "int8", "int8-ffn-out-f32"] {
+        let precision = if variant.starts_with("int8") {
+            "int8"
+        } else {
+            variant
+        };
+        let plan = dir.path().join(format!("sentiment-{variant}.plan"));
         let mut cmd = bertkit();
         cmd.args([
             "export",
@@ -98,6 +105,9 @@ fn a_finetuned_minilm_keeps_its_decisions_at_every_precision() {
         if precision != "int8" {
             cmd.arg("--no-tune");
         }
+        if variant == "int8-ffn-out-f32" {
+            cmd.arg("--int8-ffn-out-f32");
+        }
         let printed = run_ok(&mut cmd);
         let meta = json(&plan.join("plan.json"));
         assert_eq!(meta["task"], "sequence-classification");
@@ -111,7 +121,7 @@ fn a_finetuned_minilm_keeps_its_decisions_at_every_precision() {
             p["plan_accuracy"].as_f64().unwrap(),
         );
         eprintln!(
-            "{precision}: max abs {:.3e}, agreement {agreement:.4}, accuracy {before:.4} -> \
+            "{variant}: max abs {:.3e}, agreement {agreement:.4}, accuracy {before:.4} -> \
              {after:.4}",
             p["max_abs_error"].as_f64().unwrap()
         );
@@ -124,13 +134,31 @@ fn a_finetuned_minilm_keeps_its_decisions_at_every_precision() {
             assert!(p["max_abs_error"].as_f64().unwrap() <= 1e-4, "{p}");
             assert_eq!(agreement, 1.0);
         } else {
-            assert!(agreement >= 0.99, "{precision}: {agreement}");
+            // int8 flips the few reviews whose logits nearly tie: 99.17% agreement in both
+            // int8 variants on the machine of docs/PERFORMANCE.md, where ONNX Runtime's int8 of
+            // the same checkpoint agrees on 95.17% (scripts/bench/int8_agreement_peer.py). The
+            // bar leaves room for the fine-tuning itself to land elsewhere on another CPU.
+            let bar = if precision == "int8" { 0.985 } else { 0.99 };
+            assert!(agreement >= bar, "{variant}: {agreement}");
             assert!(
                 (before - after).abs() <= 0.02,
-                "{precision}: {before} -> {after}"
+                "{variant}: {before} -> {after}"
             );
         }
         if precision == "int8" {
+            let f32_ffn_out = variant == "int8-ffn-out-f32";
+            let optimizations = meta["optimizations"].to_string();
+            assert_eq!(optimizations.contains("ffn-output-in-f32"), f32_ffn_out);
+            // The FFN output projection's weight is int8 unless kept in f32.
+            let weights = std::fs::read(plan.join("weights.safetensors")).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&weights).unwrap();
+            let dtype = st.tensor("layer.0.ffn_out.w").unwrap().dtype();
+            let want = if f32_ffn_out {
+                safetensors::Dtype::F32
+            } else {
+                safetensors::Dtype::I8
+            };
+            assert_eq!(dtype, want, "{variant}");
             let t = &meta["tuning"];
             assert!(t["trials"].as_array().unwrap().len() >= 2, "{t}");
             assert!(t["int8_kernel"].is_string());

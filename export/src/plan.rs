@@ -5,7 +5,8 @@
 //! - the attention scale `1/sqrt(head_dim)` folded into the query weights and bias;
 //! - linear weights stored `[out, in]`, each output channel contiguous (the runtime packs f32
 //!   weights into panels at load for its one, batch-invariant kernel), for int8 quantized per
-//!   output channel to 7 bits (the FFN output projection stays f32);
+//!   output channel to 8 bits, all four projections of every layer as ONNX Runtime's
+//!   `quantize_dynamic` does (or all but the FFN output projection, `int8_ffn_out_f32`);
 //! - fp16/bf16: weights and embeddings stored in half precision (the CPU computes in f32);
 //! - padding-free execution (the runtime packs the sequences of a batch).
 //!
@@ -54,6 +55,9 @@ pub struct PlanOptions {
     pub allow_parity_failure: bool,
     /// Measure threads and kernels on this machine (else all cores, the int8 kernel).
     pub tune: bool,
+    /// int8 plans: keep the FFN output projection in f32. Its input (GELU outputs) has the
+    /// widest range; f32 there is more accurate and slower.
+    pub int8_ffn_out_f32: bool,
 }
 
 /// The plan written, and the checkpoint outputs parity was measured against.
@@ -210,7 +214,7 @@ pub fn export_plan(options: &PlanOptions) -> Result<Exported> {
     let result = (|| -> Result<PlanMeta> {
         let mut sink = ParamSink::default();
         model.save(&mut sink);
-        let weights = runtime_weights(&sink.tensors, &model, o.precision)?;
+        let weights = runtime_weights(&sink.tensors, &model, o.precision, o.int8_ffn_out_f32)?;
         let bytes = safetensors_bytes(&weights)?;
         plan::write_atomic(&tmp.join(plan::WEIGHTS_FILE), &bytes)?;
         tokenizer
@@ -277,9 +281,13 @@ pub fn export_plan(options: &PlanOptions) -> Result<Exported> {
                 lowercase,
             },
             precision: o.precision,
-            compute: match o.precision {
-                Precision::Int8 => "int8 (u8 x i8 -> i32, AVX2) for QKV, attention output and \
-                                    FFN input projections; f32 elsewhere"
+            compute: match (o.precision, o.int8_ffn_out_f32) {
+                (Precision::Int8, false) => "int8 (u8 x i8 -> i32) for the QKV, attention \
+                                             output, FFN input and FFN output projections; \
+                                             f32 elsewhere"
+                    .into(),
+                (Precision::Int8, true) => "int8 (u8 x i8 -> i32) for the QKV, attention \
+                                            output and FFN input projections; f32 elsewhere"
                     .into(),
                 _ => "f32".into(),
             },
@@ -287,7 +295,7 @@ pub fn export_plan(options: &PlanOptions) -> Result<Exported> {
             max_batch: o.max_batch,
             seq_buckets: buckets.clone(),
             execution: "padding-free".into(),
-            optimizations: optimizations(o.precision),
+            optimizations: optimizations(o.precision, o.int8_ffn_out_f32),
             files,
             parity: None,
             tuning: None,
@@ -365,7 +373,7 @@ fn tokenizer_lowercases(t: &BertTokenizer) -> bool {
         .unwrap_or(false)
 }
 
-fn optimizations(p: Precision) -> Vec<String> {
+fn optimizations(p: Precision, ffn_out_f32: bool) -> Vec<String> {
     let mut v = vec![
         "fused-qkv-projection".to_string(),
         "attention-scale-folded-into-query".into(),
@@ -373,9 +381,10 @@ fn optimizations(p: Precision) -> Vec<String> {
         "padding-free-packed-sequences".into(),
     ];
     v.push(match p {
-        Precision::Int8 => {
+        Precision::Int8 if ffn_out_f32 => {
             "int8-per-channel-weights-[out,in]-dynamic-activation-scales-(ffn-output-in-f32)".into()
         }
+        Precision::Int8 => "int8-per-channel-weights-[out,in]-dynamic-activation-scales".into(),
         _ => "weights-[out,in]-packed-at-load-for-one-batch-invariant-kernel".into(),
     });
     match p {
@@ -457,6 +466,7 @@ fn runtime_weights(
     src: &BTreeMap<String, HostTensor>,
     model: &Bert<Cpu>,
     precision: Precision,
+    ffn_out_f32: bool,
 ) -> Result<BTreeMap<String, OutTensor>> {
     let c = &model.config;
     let (h, inter) = (c.hidden_size, c.intermediate_size);
@@ -520,11 +530,10 @@ fn runtime_weights(
         ] {
             let w = get(&p(&format!("{from}.weight")))?;
             let b = get(&p(&format!("{from}.bias")))?;
-            // int8 plans keep the FFN output projection in f32: its input (GELU outputs) has
-            // the widest range. Measured on a fine-tuned MiniLM over 600 held-out reviews:
-            // 99.83% label agreement instead of 99.00%, for 12% more time (docs/PERFORMANCE.md).
+            // The FFN output projection's input (GELU outputs) has the widest range; f32 there
+            // on request (docs/PERFORMANCE.md has both variants' accuracy and speed).
             let p = match (precision, to) {
-                (Precision::Int8, "ffn_out") => Precision::Fp32,
+                (Precision::Int8, "ffn_out") if ffn_out_f32 => Precision::Fp32,
                 (p, _) => p,
             };
             put_linear(&mut out, &names::layer(l, to), &w.data, &b.data, n, k, p);

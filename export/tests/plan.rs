@@ -31,6 +31,7 @@ fn options(model: &Path, out: &Path, precision: Precision) -> PlanOptions {
         overwrite: false,
         allow_parity_failure: false,
         tune: false,
+        int8_ffn_out_f32: false,
     }
 }
 

@@ -117,9 +117,9 @@ fn meta(task: PlanTask, precision: Precision) -> PlanMeta {
     }
 }
 
-/// A random plan's `weights.safetensors` in the layout export writes: for int8, the linear
-/// layers quantized per output channel except the FFN output projection (kept f32, as export
-/// does); the pooler and head f32.
+/// A random plan's `weights.safetensors` in the layout export writes: for int8, the four linear
+/// layers of each encoder layer quantized per output channel (as export does by default); the
+/// pooler and head f32.
 fn weights(precision: Precision, seed: u64) -> Vec<u8> {
     let mut rng = Rng(seed);
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -181,7 +181,7 @@ fn weights(precision: Precision, seed: u64) -> Vec<u8> {
         linear(&mut tensors, &mut rng, &n("attn_out"), h, h, int8);
         ln(&mut tensors, &mut rng, &n("attn_ln"));
         linear(&mut tensors, &mut rng, &n("ffn_in"), h, i, int8);
-        linear(&mut tensors, &mut rng, &n("ffn_out"), i, h, false);
+        linear(&mut tensors, &mut rng, &n("ffn_out"), i, h, int8);
         ln(&mut tensors, &mut rng, &n("ffn_ln"));
     }
     linear(&mut tensors, &mut rng, names::POOLER, h, h, false);

@@ -200,6 +200,7 @@ fn compare_plans(args: &DistillArgs) -> Result<()> {
             overwrite: true,
             allow_parity_failure: false,
             no_tune: true,
+            int8_ffn_out_f32: false,
         })
         .with_context(|| format!("exporting the {name}"))?;
         let shapes: Vec<(usize, usize)> =

@@ -68,6 +68,11 @@ pub struct ExportArgs {
     /// Skip tuning threads and kernels on this machine.
     #[arg(long)]
     pub no_tune: bool,
+    /// int8 plans: keep the FFN output projection in f32 (its input, the GELU outputs, has the
+    /// widest range): closer to the checkpoint, slower. By default all four projections of a
+    /// layer are int8, as in ONNX Runtime's quantize_dynamic.
+    #[arg(long)]
+    pub int8_ffn_out_f32: bool,
 }
 
 pub fn run(args: &ExportArgs) -> Result<()> {
@@ -126,6 +131,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
                 overwrite: args.overwrite,
                 allow_parity_failure: args.allow_parity_failure,
                 tune: !args.no_tune,
+                int8_ffn_out_f32: args.int8_ffn_out_f32,
             })?;
             let m = &e.meta;
             println!(

@@ -484,6 +484,7 @@ pub fn run(out: &Path, device: DeviceSpec) -> Result<()> {
         overwrite: true,
         allow_parity_failure: false,
         no_tune: false,
+        int8_ffn_out_f32: false,
     })?;
     let runtime = bertkit_runtime::Runtime::load(&plan_dir, &Default::default())?;
     let examples = [

@@ -5,15 +5,19 @@
 //! In f32, one kernel of our own for every batch size ([`f32_kernel`]: weights packed in panels
 //! of 16 output channels at load, register-tiled outer products, a fixed fused multiply-add
 //! order per output element). In int8, kernels of our own: weights quantized per output channel
-//! to 7 bits, activations per row to 8 bits at run time (asymmetric: the row's [min, max] onto
+//! to 8 bits (±127), activations per row to 8 bits at run time (asymmetric: the row's [min, max] onto
 //! 0..=255, which keeps twice the resolution for GELU outputs, nearly all positive), products
 //! summed exactly in i32: `Σ x·w ≈ s_w · (s_x · Σ q_x·q_w + min_x · Σ q_w)`. With AVX-512 VNNI
 //! ([`int8_vnni`]: weights packed in panels of 16 channels, `vpdpbusd`), else with AVX2
 //! `vpmaddubsw` (weights `[out, in]`, dot products along k). Both give the same bits.
 //!
-//! 7-bit weights (as ONNX Runtime's `reduce_range`) keep `vpmaddubsw`'s pairwise i16 sums from
-//! saturating: 255 · 63 · 2 < 32767. Each row is quantized on its own and the integer sums are
-//! exact, so the int8 products too depend on the row alone.
+//! `vpdpbusd` sums in i32 and never saturates. `vpmaddubsw` adds pairs of products in i16, which
+//! 8-bit weights could overflow (255 · 127 · 2 > 32767), so where a weight holds values beyond
+//! ±64 the AVX2 kernel runs it as two halves, `q = (q >> 1) + (q - (q >> 1))`, each within ±64
+//! (255 · 64 · 2 < 32767), and adds both products in i32: the same exact sums at half speed.
+//! Plans written before 8-bit weights hold 7-bit ones (±63, ONNX Runtime's `reduce_range`) and
+//! run in one half. Each row is quantized on its own and the integer sums are exact, so the int8
+//! products too depend on the row alone.
 
 mod f32_kernel;
 #[cfg(target_arch = "x86_64")]
@@ -23,8 +27,10 @@ use rayon::prelude::*;
 
 pub use f32_kernel::PackedF32;
 
-/// Largest quantized weight magnitude (7 bits).
-pub const WEIGHT_QMAX: f32 = 63.0;
+/// Largest quantized weight magnitude (8 bits, symmetric).
+pub const WEIGHT_QMAX: f32 = 127.0;
+/// The largest weight magnitude `vpmaddubsw` takes in one half (see the module's docs).
+const HALF_QMAX: i8 = 64;
 /// Activation levels (8 bits, unsigned).
 const ACT_LEVELS: f32 = 255.0;
 /// k is padded to a multiple of this (one AVX2 register of bytes).
@@ -33,12 +39,14 @@ const K_BLOCK: usize = 32;
 pub enum Weight {
     /// Packed for the f32 kernel (see [`Weight::f32`]).
     F32(PackedF32),
-    /// `[n, k_pad]` row-major, zero padded, or packed in panels for the AVX-512 VNNI kernel
-    /// when `vnni`; `scale[j]` per output channel; `colsum[j]` is the sum of channel j's
-    /// quantized weights (adds back the activations' offset).
+    /// `[n, halves, k_pad]` row-major, zero padded, or packed in panels for the AVX-512 VNNI
+    /// kernel when `vnni`; `scale[j]` per output channel; `colsum[j]` is the sum of channel
+    /// j's quantized weights (adds back the activations' offset). Without VNNI, weights beyond
+    /// ±64 are stored as two halves that sum to them (`halves` 2, else 1).
     Int8 {
         w: Vec<i8>,
         vnni: bool,
+        halves: usize,
         scale: Vec<f32>,
         colsum: Vec<i32>,
         k: usize,
@@ -52,7 +60,7 @@ pub struct Linear {
     pub bias: Vec<f32>,
 }
 
-/// Quantizes PyTorch's `[out, in]` weight per output channel to 7 bits; returns the values and
+/// Quantizes PyTorch's `[out, in]` weight per output channel to 8 bits (±127); returns the values and
 /// the scales (`w ≈ q · scale`).
 pub fn quantize_weight(w_out_in: &[f32], n: usize, k: usize) -> (Vec<i8>, Vec<f32>) {
     let mut q = vec![0i8; n * k];
@@ -100,11 +108,22 @@ impl Weight {
     pub fn int8_for(q: &[i8], scale: Vec<f32>, n: usize, k: usize, vnni: bool) -> Weight {
         let vnni = vnni && int8_isa() == "avx512-vnni";
         let k_pad = k.div_ceil(K_BLOCK) * K_BLOCK;
-        let mut w = vec![0i8; n * k_pad];
+        let wide = q.iter().any(|&v| v.unsigned_abs() > HALF_QMAX as u8);
+        let halves = if wide && !vnni { 2 } else { 1 };
+        let row = halves * k_pad;
+        let mut w = vec![0i8; n * row];
         let mut colsum = vec![0i32; n];
         for j in 0..n {
             let src = &q[j * k..(j + 1) * k];
-            w[j * k_pad..j * k_pad + k].copy_from_slice(src);
+            if halves == 1 {
+                w[j * row..j * row + k].copy_from_slice(src);
+            } else {
+                for (t, &v) in src.iter().enumerate() {
+                    let a = v >> 1;
+                    w[j * row + t] = a;
+                    w[j * row + k_pad + t] = v - a;
+                }
+            }
             colsum[j] = src.iter().map(|&v| v as i32).sum();
         }
         #[cfg(target_arch = "x86_64")]
@@ -116,6 +135,7 @@ impl Weight {
         Weight::Int8 {
             w,
             vnni,
+            halves,
             scale,
             colsum,
             k,
@@ -132,6 +152,7 @@ impl Weight {
             Weight::Int8 {
                 w,
                 vnni,
+                halves,
                 scale,
                 k,
                 k_pad,
@@ -144,7 +165,8 @@ impl Weight {
                         return w[int8_vnni::index(k_pad / 4, j, i)];
                     }
                     let _ = vnni;
-                    w[j * k_pad + i]
+                    let row = &w[j * halves * k_pad..];
+                    (0..*halves).map(|h| row[h * k_pad + i]).sum::<i8>()
                 };
                 let mut out = vec![0f32; k * n];
                 for j in 0..*n {
@@ -158,26 +180,103 @@ impl Weight {
     }
 }
 
+/// What a task of a linear layer writes into its own block of `out` before it adds the product:
+/// the bias, plus the same rows of a residual. The block is then in cache when the product adds
+/// to it, where a separate pass over `out` would write it to memory and read it back. The values
+/// are those the caller would have written (`bias + residual`), so the result has the same bits.
+#[derive(Clone, Copy)]
+pub(crate) struct Init<'a> {
+    pub bias: &'a [f32],
+    pub residual: Option<&'a [f32]>,
+}
+
+impl Init<'_> {
+    /// Rows `rows`, columns `cols` of `out` (rows `n` apart).
+    ///
+    /// # Safety
+    /// `out` addresses `rows.end` rows of `n` values; nothing else accesses the block meanwhile.
+    pub(crate) unsafe fn fill(
+        &self,
+        out: *mut f32,
+        n: usize,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) {
+        for r in rows {
+            let dst = std::slice::from_raw_parts_mut(out.add(r * n + cols.start), cols.len());
+            let bias = &self.bias[cols.clone()];
+            match self.residual {
+                Some(res) => {
+                    let res = &res[r * n + cols.start..r * n + cols.end];
+                    for ((d, b), x) in dst.iter_mut().zip(bias).zip(res) {
+                        *d = b + x;
+                    }
+                }
+                None => dst.copy_from_slice(bias),
+            }
+        }
+    }
+}
+
 impl Linear {
     /// `out[m, n] += x[m, k] · W`, `out` already holding the bias (and a residual).
     pub fn accumulate(&self, x: &[f32], m: usize, out: &mut [f32], threads: usize) {
+        self.accumulate_init(x, m, out, threads, None)
+    }
+
+    /// `out[m, n] = bias + residual + x[m, k] · W` (no residual: `bias + x · W`); the same bits
+    /// as filling `out` with `bias + residual` and then [`Linear::accumulate`].
+    pub fn forward(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        residual: Option<&[f32]>,
+        threads: usize,
+    ) {
+        let n = self.weight.out_features();
+        assert!(
+            self.bias.len() == n && out.len() >= m * n && residual.is_none_or(|r| r.len() >= m * n),
+            "linear forward: short operands"
+        );
+        let init = Init {
+            bias: &self.bias,
+            residual,
+        };
+        self.accumulate_init(x, m, out, threads, Some(init))
+    }
+
+    fn accumulate_init(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        threads: usize,
+        init: Option<Init>,
+    ) {
         match &self.weight {
-            Weight::F32(p) => p.accumulate(x, m, out, threads),
+            Weight::F32(p) => p.accumulate_init(x, m, out, threads, init),
             Weight::Int8 {
                 w,
                 vnni,
+                halves,
                 scale,
                 colsum,
                 k,
                 k_pad,
                 n,
             } => {
-                let (k, k_pad, n, vnni) = (*k, *k_pad, *n, *vnni);
+                let (k, k_pad, n, vnni, halves) = (*k, *k_pad, *n, *vnni, *halves);
                 // Rows in blocks: each thread quantizes its rows and runs them against all of W.
                 let rows = m.div_ceil(threads.max(1)).clamp(1, 64);
                 let work = |(block, out): (usize, &mut [f32])| {
                     let r0 = block * rows;
                     let nr = out.len() / n;
+                    if let Some(init) = init {
+                        let residual = init.residual.map(|r| &r[r0 * n..]);
+                        // SAFETY: out is this task's nr rows of n values.
+                        unsafe { Init { residual, ..init }.fill(out.as_mut_ptr(), n, 0..nr, 0..n) };
+                    }
                     // Padding is 0: it meets zero weights.
                     let mut qa = vec![0u8; nr * k_pad];
                     let mut sa = vec![(0f32, 0f32); nr];
@@ -195,7 +294,7 @@ impl Linear {
                         unsafe { int8_vnni::block(&qa, &sa, nr, w, scale, colsum, k_pad, n, out) };
                         return;
                     }
-                    int8_block(&qa, &sa, nr, w, scale, colsum, k_pad, n, out);
+                    int8_block(&qa, &sa, nr, w, halves, scale, colsum, k_pad, n, out);
                 };
                 if threads > 1 && m > rows {
                     out[..m * n]
@@ -233,46 +332,136 @@ pub fn int8_isa() -> &'static str {
 }
 
 /// Quantizes one activation row to u8 `q` with `x ≈ scale · q + min`; returns (scale, min).
+/// Every build (AVX-512, AVX2, portable) gives the same bytes for finite inputs: min and max are
+/// exact, and the rounding is the same operations.
 fn quantize_row(x: &[f32], q: &mut [u8]) -> (f32, f32) {
-    #[inline(always)]
-    fn generic(x: &[f32], q: &mut [u8]) -> (f32, f32) {
-        let (mut hi, mut lo) = ([f32::MIN; 8], [f32::MAX; 8]);
-        let chunks = x.chunks_exact(8);
-        let rest = chunks.remainder();
-        for c in chunks {
-            for i in 0..8 {
-                hi[i] = if c[i] > hi[i] { c[i] } else { hi[i] };
-                lo[i] = if c[i] < lo[i] { c[i] } else { lo[i] };
-            }
+    assert_eq!(x.len(), q.len(), "quantize_row: lengths");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU has the features the function was compiled for.
+            return unsafe { x86::quantize_row_avx512(x, q) };
         }
-        let max = hi.iter().chain(rest).fold(f32::MIN, |m, &v| m.max(v));
-        let min = lo.iter().chain(rest).fold(f32::MAX, |m, &v| m.min(v));
-        let scale = if max > min {
-            (max - min) / ACT_LEVELS
-        } else {
-            1.0
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { x86::quantize_row_avx2(x, q) };
+        }
+    }
+    quantize_row_portable(x, q)
+}
+
+fn quantize_row_portable(x: &[f32], q: &mut [u8]) -> (f32, f32) {
+    let (mut hi, mut lo) = ([f32::MIN; 8], [f32::MAX; 8]);
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            hi[i] = hi[i].max(c[i]);
+            lo[i] = lo[i].min(c[i]);
+        }
+    }
+    let max = hi.iter().chain(rest).fold(f32::MIN, |m, &v| m.max(v));
+    let min = lo.iter().chain(rest).fold(f32::MAX, |m, &v| m.min(v));
+    let (scale, inv) = levels(max, min);
+    round_to_u8(x, q, min, inv);
+    (scale, min)
+}
+
+/// The step and its inverse that map [min, max] onto 0..=255.
+#[inline(always)]
+fn levels(max: f32, min: f32) -> (f32, f32) {
+    let scale = if max > min {
+        (max - min) / ACT_LEVELS
+    } else {
+        1.0
+    };
+    (scale, 1.0 / scale)
+}
+
+/// Adding 1.5·2^23 to `(v - min)·inv` leaves its round-to-nearest-even in the low bits of the
+/// mantissa (it lies in 0..=255 by construction): a vectorizable float-to-int rounding.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+#[inline(always)]
+fn round_to_u8(x: &[f32], q: &mut [u8], min: f32, inv: f32) {
+    for (d, v) in q.iter_mut().zip(x) {
+        *d = ((v - min) * inv + ROUND_MAGIC).to_bits() as u8;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{levels, round_to_u8, ROUND_MAGIC};
+    use std::arch::x86_64::*;
+
+    /// [`super::quantize_row`] with AVX-512: 16 lanes, the tail masked.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn quantize_row_avx512(x: &[f32], q: &mut [u8]) -> (f32, f32) {
+        let n = x.len();
+        let (xp, qp) = (x.as_ptr(), q.as_mut_ptr());
+        let tail: __mmask16 = ((1u32 << (n % 16)) - 1) as u16;
+        let body = n - n % 16;
+        let (mut hi, mut lo) = (_mm512_set1_ps(f32::MIN), _mm512_set1_ps(f32::MAX));
+        let mut i = 0;
+        while i < body {
+            let v = _mm512_loadu_ps(xp.add(i));
+            hi = _mm512_max_ps(hi, v);
+            lo = _mm512_min_ps(lo, v);
+            i += 16;
+        }
+        if tail != 0 {
+            let v = _mm512_maskz_loadu_ps(tail, xp.add(body));
+            hi = _mm512_mask_max_ps(hi, tail, hi, v);
+            lo = _mm512_mask_min_ps(lo, tail, lo, v);
+        }
+        let min = _mm512_reduce_min_ps(lo);
+        let (scale, inv) = levels(_mm512_reduce_max_ps(hi), min);
+        let (vmin, vinv, magic) = (
+            _mm512_set1_ps(min),
+            _mm512_set1_ps(inv),
+            _mm512_set1_ps(ROUND_MAGIC),
+        );
+        let round = |v: __m512| {
+            _mm512_castps_si512(_mm512_add_ps(
+                _mm512_mul_ps(_mm512_sub_ps(v, vmin), vinv),
+                magic,
+            ))
         };
-        let inv = 1.0 / scale;
-        // Adding 1.5·2^23 leaves round-to-nearest-even((v - min)·inv) in the low bits of the
-        // mantissa (it lies in 0..=255 by construction): a vectorizable float-to-int rounding.
-        const MAGIC: f32 = 12_582_912.0;
-        for (d, v) in q.iter_mut().zip(x) {
-            *d = ((v - min) * inv + MAGIC).to_bits() as u8;
+        i = 0;
+        while i < body {
+            let b = _mm512_cvtepi32_epi8(round(_mm512_loadu_ps(xp.add(i))));
+            _mm_storeu_si128(qp.add(i) as *mut __m128i, b);
+            i += 16;
+        }
+        if tail != 0 {
+            let t = round(_mm512_maskz_loadu_ps(tail, xp.add(body)));
+            _mm512_mask_cvtepi32_storeu_epi8(qp.add(body) as *mut i8, tail, t);
         }
         (scale, min)
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(x: &[f32], q: &mut [u8]) -> (f32, f32) {
-            generic(x, q)
+
+    /// [`super::quantize_row`] with AVX2: the range with explicit `vmaxps` / `vminps` (LLVM
+    /// vectorizes the portable loop poorly), the rounding as the portable code.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize_row_avx2(x: &[f32], q: &mut [u8]) -> (f32, f32) {
+        let body = x.len() - x.len() % 8;
+        let (mut hi, mut lo) = (_mm256_set1_ps(f32::MIN), _mm256_set1_ps(f32::MAX));
+        let mut i = 0;
+        while i < body {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            hi = _mm256_max_ps(hi, v);
+            lo = _mm256_min_ps(lo, v);
+            i += 8;
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features `avx2` was compiled for.
-            return unsafe { avx2(x, q) };
-        }
+        let (mut h, mut l) = ([0f32; 8], [0f32; 8]);
+        _mm256_storeu_ps(h.as_mut_ptr(), hi);
+        _mm256_storeu_ps(l.as_mut_ptr(), lo);
+        let max = h.iter().chain(&x[body..]).fold(f32::MIN, |m, &v| m.max(v));
+        let min = l.iter().chain(&x[body..]).fold(f32::MAX, |m, &v| m.min(v));
+        let (scale, inv) = levels(max, min);
+        round_to_u8(x, q, min, inv);
+        (scale, min)
     }
-    generic(x, q)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -281,15 +470,28 @@ fn int8_block(
     sa: &[(f32, f32)],
     nr: usize,
     w: &[i8],
+    halves: usize,
     scale: &[f32],
     colsum: &[i32],
     k_pad: usize,
     n: usize,
     out: &mut [f32],
 ) {
+    let row = halves * k_pad;
     let write = |out: &mut [f32], r: usize, j: usize, dot: i32| {
         let (s, min) = sa[r];
         out[r * n + j] += scale[j] * (s * dot as f32 + min * colsum[j] as f32);
+    };
+    // Channel c's dot product with activation row r (over its halves).
+    let dot = |r: usize, c: usize| -> i32 {
+        (0..halves)
+            .map(|h| {
+                dot_scalar(
+                    &qa[r * k_pad..][..k_pad],
+                    &w[c * row + h * k_pad..][..k_pad],
+                )
+            })
+            .sum()
     };
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
@@ -297,15 +499,16 @@ fn int8_block(
         while j + 4 <= n {
             let mut r = 0;
             while r + 2 <= nr {
-                // SAFETY: rows r, r+1 of qa and rows j..j+4 of w hold k_pad bytes each, and
-                // k_pad is a multiple of 32; out rows r, r+1 hold n ≥ j+4 values; the CPU has
-                // AVX2.
+                // SAFETY: rows r, r+1 of qa hold k_pad bytes each, rows j..j+4 of w `halves`
+                // times k_pad, and k_pad is a multiple of 32; out rows r, r+1 hold n ≥ j+4
+                // values; the CPU has AVX2.
                 unsafe {
                     avx2::tile_2x4(
                         qa.as_ptr().add(r * k_pad),
                         qa.as_ptr().add((r + 1) * k_pad),
-                        w.as_ptr().add(j * k_pad),
+                        w.as_ptr().add(j * row),
                         k_pad,
+                        halves,
                         &colsum[j..j + 4],
                         [sa[r], sa[r + 1]],
                         &scale[j..j + 4],
@@ -317,36 +520,21 @@ fn int8_block(
             }
             for r in r..nr {
                 for c in j..j + 4 {
-                    write(
-                        out,
-                        r,
-                        c,
-                        dot_scalar(&qa[r * k_pad..][..k_pad], &w[c * k_pad..][..k_pad]),
-                    );
+                    write(out, r, c, dot(r, c));
                 }
             }
             j += 4;
         }
         for r in 0..nr {
             for c in j..n {
-                write(
-                    out,
-                    r,
-                    c,
-                    dot_scalar(&qa[r * k_pad..][..k_pad], &w[c * k_pad..][..k_pad]),
-                );
+                write(out, r, c, dot(r, c));
             }
         }
         return;
     }
     for r in 0..nr {
         for c in 0..n {
-            write(
-                out,
-                r,
-                c,
-                dot_scalar(&qa[r * k_pad..][..k_pad], &w[c * k_pad..][..k_pad]),
-            );
+            write(out, r, c, dot(r, c));
         }
     }
 }
@@ -359,8 +547,9 @@ fn dot_scalar(a: &[u8], w: &[i8]) -> i32 {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    /// Dot products of 2 activation rows (u8) with 4 weight rows (i8, `k_pad` apart), turned
-    /// into `out[r][c] += scale[c] · (s_r · dot + min_r · colsum[c])` where `rows[r]` is
+    /// Dot products of 2 activation rows (u8, `k_pad` bytes) with 4 weight rows (i8, each
+    /// `halves` runs of `k_pad` that sum to the weights), turned into
+    /// `out[r][c] += scale[c] · (s_r · dot + min_r · colsum[c])` where `rows[r]` is
     /// `(s_r, min_r)` (`out` rows `n` apart).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2")]
@@ -369,6 +558,7 @@ mod avx2 {
         a1: *const u8,
         w: *const i8,
         k_pad: usize,
+        halves: usize,
         colsum: &[i32],
         rows: [(f32, f32); 2],
         scale: &[f32],
@@ -377,19 +567,23 @@ mod avx2 {
     ) {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_si256(); 4]; 2];
-        let mut k = 0;
-        while k < k_pad {
-            let va0 = _mm256_loadu_si256(a0.add(k) as *const __m256i);
-            let va1 = _mm256_loadu_si256(a1.add(k) as *const __m256i);
-            #[allow(clippy::needless_range_loop)] // c indexes both rows of acc and w
-            for c in 0..4 {
-                let vw = _mm256_loadu_si256(w.add(c * k_pad + k) as *const __m256i);
-                let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(va0, vw), ones);
-                let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(va1, vw), ones);
-                acc[0][c] = _mm256_add_epi32(acc[0][c], p0);
-                acc[1][c] = _mm256_add_epi32(acc[1][c], p1);
+        let row = halves * k_pad;
+        for half in 0..halves {
+            let w = w.add(half * k_pad);
+            let mut k = 0;
+            while k < k_pad {
+                let va0 = _mm256_loadu_si256(a0.add(k) as *const __m256i);
+                let va1 = _mm256_loadu_si256(a1.add(k) as *const __m256i);
+                #[allow(clippy::needless_range_loop)] // c indexes both rows of acc and w
+                for c in 0..4 {
+                    let vw = _mm256_loadu_si256(w.add(c * row + k) as *const __m256i);
+                    let p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(va0, vw), ones);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(va1, vw), ones);
+                    acc[0][c] = _mm256_add_epi32(acc[0][c], p0);
+                    acc[1][c] = _mm256_add_epi32(acc[1][c], p1);
+                }
+                k += 32;
             }
-            k += 32;
         }
         let sums_w = _mm_cvtepi32_ps(_mm_loadu_si128(colsum.as_ptr() as *const __m128i));
         let scales = _mm_loadu_ps(scale.as_ptr());
@@ -601,30 +795,115 @@ mod tests {
         ] {
             let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
             let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
-            let (q, s) = quantize_weight(&w, n, k);
-            let run = |vnni: bool| {
-                let weight = Weight::int8_for(&q, s.clone(), n, k, vnni);
-                assert!(matches!(weight, Weight::Int8 { vnni: v, .. } if v == vnni));
-                let unpacked = match weight.dequantized() {
-                    Weight::F32(p) => p.unpacked(),
-                    Weight::Int8 { .. } => unreachable!(),
+            let (q8, s) = quantize_weight(&w, n, k);
+            // 8-bit weights (two halves on AVX2) and the 7-bit ones of older plans (one).
+            let q7: Vec<i8> = q8.iter().map(|&v| v / 2).collect();
+            for (q, halves) in [(&q8, 2), (&q7, 1)] {
+                let run = |vnni: bool| {
+                    let weight = Weight::int8_for(q, s.clone(), n, k, vnni);
+                    assert!(matches!(weight, Weight::Int8 { vnni: v, .. } if v == vnni));
+                    if !vnni {
+                        assert!(matches!(weight, Weight::Int8 { halves: h, .. } if h == halves));
+                    }
+                    let unpacked = match weight.dequantized() {
+                        Weight::F32(p) => p.unpacked(),
+                        Weight::Int8 { .. } => unreachable!(),
+                    };
+                    let lin = Linear {
+                        weight,
+                        bias: vec![],
+                    };
+                    let mut out: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.25).collect();
+                    lin.accumulate(&x, m, &mut out, threads);
+                    let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+                    (bits, unpacked)
                 };
+                let (vnni, vnni_w) = run(true);
+                let (rows, rows_w) = run(false);
+                assert!(vnni == rows, "{m}x{k}x{n}: the kernels differ");
+                assert!(
+                    vnni_w == rows_w,
+                    "{m}x{k}x{n}: the packings dequantize differently"
+                );
+            }
+        }
+    }
+
+    /// `forward` (each task writing the bias and residual into its own block) gives the bits of
+    /// filling `out` first and then `accumulate`, in f32 and int8, with and without a residual,
+    /// for row counts that split into tasks of rows and of panels.
+    #[test]
+    fn forward_matches_fill_then_accumulate() {
+        let mut seed = 13;
+        for (m, k, n) in [(1, 40, 33), (37, 64, 70), (300, 96, 17), (130, 384, 100)] {
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed)).collect();
+            let bias: Vec<f32> = (0..n).map(|_| lcg(&mut seed)).collect();
+            let res: Vec<f32> = (0..m * n).map(|_| lcg(&mut seed)).collect();
+            let (q, s) = quantize_weight(&w, n, k);
+            for weight in [Weight::f32(&w, n, k), Weight::int8(&q, s, n, k)] {
                 let lin = Linear {
                     weight,
-                    bias: vec![],
+                    bias: bias.clone(),
                 };
-                let mut out: Vec<f32> = (0..m * n).map(|i| i as f32 * 0.25).collect();
-                lin.accumulate(&x, m, &mut out, threads);
-                let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
-                (bits, unpacked)
-            };
-            let (vnni, vnni_w) = run(true);
-            let (rows, rows_w) = run(false);
-            assert!(vnni == rows, "{m}x{k}x{n}: the kernels differ");
-            assert!(
-                vnni_w == rows_w,
-                "{m}x{k}x{n}: the packings dequantize differently"
-            );
+                for residual in [None, Some(res.as_slice())] {
+                    for threads in [1, 2] {
+                        let pool = rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap();
+                        let mut want = vec![0f32; m * n];
+                        for (r, row) in want.chunks_exact_mut(n).enumerate() {
+                            for (c, d) in row.iter_mut().enumerate() {
+                                *d = bias[c] + residual.map_or(0.0, |res| res[r * n + c]);
+                            }
+                        }
+                        pool.install(|| lin.accumulate(&x, m, &mut want, threads));
+                        let mut got = vec![f32::NAN; m * n];
+                        pool.install(|| lin.forward(&x, m, &mut got, residual, threads));
+                        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert!(
+                            bits(&got) == bits(&want),
+                            "{m}x{k}x{n}, residual {}, {threads} threads",
+                            residual.is_some()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX-512, AVX2 and portable activation quantizers give the same bytes and scales,
+    /// whatever the row's length (tails of every size).
+    #[test]
+    fn quantize_row_builds_agree() {
+        let mut seed = 5;
+        for len in [1, 7, 8, 15, 16, 17, 31, 37, 384, 1536] {
+            let x: Vec<f32> = (0..len).map(|_| lcg(&mut seed) * 3.0 + 0.5).collect();
+            let mut want = vec![0u8; len];
+            let w = quantize_row_portable(&x, &mut want);
+            // The rounding hits 0 and 255 at the row's ends.
+            if len > 1 {
+                assert!(want.contains(&0) && want.contains(&255), "{len}");
+            }
+            let mut got = vec![0u8; len];
+            assert_eq!(quantize_row(&x, &mut got), w, "{len}");
+            assert_eq!(got, want, "{len}: the dispatched build");
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                {
+                    let mut got = vec![0u8; len];
+                    let s = unsafe { x86::quantize_row_avx512(&x, &mut got) };
+                    assert_eq!((s, got.as_slice()), (w, want.as_slice()), "{len}: AVX-512");
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    let mut got = vec![0u8; len];
+                    let s = unsafe { x86::quantize_row_avx2(&x, &mut got) };
+                    assert_eq!((s, got.as_slice()), (w, want.as_slice()), "{len}: AVX2");
+                }
+            }
         }
     }
 
@@ -635,7 +914,10 @@ mod tests {
         let x: Vec<f32> = (0..m * k)
             .map(|i| ((i * 37 % 255) as f32) - 127.0)
             .collect();
-        let mut w: Vec<f32> = (0..n * k).map(|i| ((i * 11 % 127) as f32) - 63.0).collect();
+        // 8-bit weights, beyond the ±64 that the AVX2 kernel takes in one half.
+        let mut w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 11 % 255) as f32) - 127.0)
+            .collect();
         let mut x = x;
         // Each row spans exactly 255 (scale 1, integer offset).
         for r in 0..m {
@@ -643,18 +925,29 @@ mod tests {
             x[r * k + 1] = 128.0;
         }
         for j in 0..n {
-            w[j * k] = 63.0;
+            w[j * k] = 127.0;
         }
         let want = reference(&x, &w, m, k, n);
         let (q, s) = quantize_weight(&w, n, k);
-        let lin = Linear {
-            weight: Weight::int8(&q, s, n, k),
-            bias: vec![],
-        };
-        let mut out = vec![0f32; m * n];
-        lin.accumulate(&x, m, &mut out, 1);
-        for (a, b) in out.iter().zip(&want) {
-            assert!((a - b).abs() <= b.abs() * 1e-5 + 1e-3, "{a} vs {b}");
+        assert!(q.contains(&127) && q.iter().any(|&v| v < -64));
+        // The VNNI kernel where the CPU has it, and the AVX2 (two halves) or portable one.
+        for vnni in [true, false] {
+            let weight = Weight::int8_for(&q, s.clone(), n, k, vnni);
+            if !vnni {
+                assert!(matches!(weight, Weight::Int8 { halves: 2, .. }));
+            }
+            let lin = Linear {
+                weight,
+                bias: vec![],
+            };
+            let mut out = vec![0f32; m * n];
+            lin.accumulate(&x, m, &mut out, 1);
+            for (a, b) in out.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= b.abs() * 1e-5 + 1e-3,
+                    "vnni {vnni}: {a} vs {b}"
+                );
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 
 use rayon::prelude::*;
 
+use super::Init;
 use crate::cpu::SyncPtr;
 
 /// Output channels per panel of a packed f32 weight.
@@ -67,10 +68,30 @@ impl PackedF32 {
     /// rounds once, so the AVX-512, AVX2 and portable paths agree bit for bit too). Threads take
     /// blocks of rows, or of panels when there are few rows.
     pub fn accumulate(&self, x: &[f32], m: usize, out: &mut [f32], threads: usize) {
-        self.accumulate_on(Isa::get(), x, m, out, threads)
+        self.accumulate_on(Isa::get(), x, m, out, threads, None)
     }
 
-    fn accumulate_on(&self, isa: Isa, x: &[f32], m: usize, out: &mut [f32], threads: usize) {
+    /// The same, each task first writing `init` into its own block of `out` (see [`Init`]).
+    pub(crate) fn accumulate_init(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        threads: usize,
+        init: Option<Init>,
+    ) {
+        self.accumulate_on(Isa::get(), x, m, out, threads, init)
+    }
+
+    fn accumulate_on(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+        threads: usize,
+        init: Option<Init>,
+    ) {
         let (k, n) = (self.k, self.n);
         assert!(
             x.len() >= m * k && out.len() >= m * n,
@@ -108,6 +129,9 @@ impl PackedF32 {
             // SAFETY: x holds m rows of k values and out m rows of n; tasks write disjoint
             // (rows, panels) blocks of out.
             unsafe {
+                if let Some(init) = init {
+                    init.fill(ptr.get(), n, r0..r1, p0 * NR..(p1 * NR).min(n));
+                }
                 f32_block(
                     isa,
                     x.as_ptr().add(r0 * k),
@@ -454,7 +478,7 @@ mod tests {
                 .iter()
                 .map(|&isa| {
                     let mut out = vec![0.5f32; m * n];
-                    p.accumulate_on(isa, &x, m, &mut out, 1);
+                    p.accumulate_on(isa, &x, m, &mut out, 1, None);
                     out.iter().map(|v| v.to_bits()).collect()
                 })
                 .collect();

@@ -4,9 +4,9 @@
 //!
 //! The weight is packed once, at load, in panels of 16 output channels, each `[k_pad / 4][16][4]`:
 //! for every group of four `k` steps, the 16 channels' four weights (64 bytes, one register; the
-//! layout `vpdpbusd` reads, as AMX's `tdpbusd` does). A micro-tile of up to 12 rows runs against
-//! a panel as outer products: a row's next four activation bytes are broadcast to the 16 lanes,
-//! and each lane accumulates its channel's dot product. The sums are the exact integers the AVX2
+//! layout `vpdpbusd` reads, as AMX's `tdpbusd` does). A micro-tile of up to 6 rows runs against
+//! up to 4 panels as outer products: a row's next four activation bytes are broadcast to the 16
+//! lanes, and each lane of each panel accumulates its channel's dot product. The sums are the exact integers the AVX2
 //! and portable kernels compute, and the f32 epilogue is the same operations in the same order,
 //! so every kernel gives the same bits.
 
@@ -14,8 +14,12 @@ use std::arch::x86_64::*;
 
 /// Output channels per panel.
 pub const NR: usize = 16;
-/// Rows per micro-tile (12 accumulator registers).
-const MR: usize = 12;
+/// A micro-tile: up to MR rows against up to MP panels (24 accumulator registers, 4 for the
+/// panels' weights and 1 for the broadcast activations: 29 of AVX-512's 32). Each broadcast
+/// then feeds MP products and each weight load MR: 10 loads for 24 `vpdpbusd`, where one
+/// panel at a time (12 rows) took 13 loads for 12.
+const MR: usize = 6;
+const MP: usize = 4;
 
 /// Whether this CPU runs the kernel (AVX-512 F, BW and VNNI).
 pub fn available() -> bool {
@@ -61,89 +65,105 @@ pub unsafe fn block(
     out: &mut [f32],
 ) {
     let quads = k_pad / 4;
-    for p in 0..n.div_ceil(NR) {
-        let c0 = p * NR;
-        let nc = (n - c0).min(NR);
-        // The panel's scales and column sums, zero padded past n.
-        let (mut sc, mut cs) = ([0f32; NR], [0f32; NR]);
-        for c in 0..nc {
-            sc[c] = scale[c0 + c];
-            cs[c] = colsum[c0 + c] as f32;
-        }
-        let panel = Panel {
-            w: panels.as_ptr().add(p * quads * NR * 4),
-            quads,
-            scale: _mm512_loadu_ps(sc.as_ptr()),
-            colsum: _mm512_loadu_ps(cs.as_ptr()),
-            mask: if nc == NR { !0 } else { (1u16 << nc) - 1 },
-        };
+    let np = n.div_ceil(NR);
+    let mut p = 0;
+    while p < np {
+        let pp = (np - p).min(MP);
+        let group: [Panel; MP] = std::array::from_fn(|i| {
+            // Panels past the last are never read (the tile takes `pp` of them).
+            let c0 = ((p + i).min(np - 1)) * NR;
+            let nc = (n - c0).min(NR);
+            // The panel's scales and column sums, zero padded past n.
+            let (mut sc, mut cs) = ([0f32; NR], [0f32; NR]);
+            for c in 0..nc {
+                sc[c] = scale[c0 + c];
+                cs[c] = colsum[c0 + c] as f32;
+            }
+            Panel {
+                w: panels.as_ptr().add(c0 / NR * quads * NR * 4),
+                c0,
+                scale: _mm512_loadu_ps(sc.as_ptr()),
+                colsum: _mm512_loadu_ps(cs.as_ptr()),
+                mask: if nc == NR { !0 } else { (1u16 << nc) - 1 },
+            }
+        });
         let mut r = 0;
         while r < nr {
             let (a, rows, o) = (
                 qa.as_ptr().add(r * k_pad),
                 &sa[r..],
-                out.as_mut_ptr().add(r * n + c0),
+                out.as_mut_ptr().add(r * n),
             );
-            match nr - r {
-                1 => tile::<1>(&panel, a, k_pad, rows, o, n),
-                2 => tile::<2>(&panel, a, k_pad, rows, o, n),
-                3 => tile::<3>(&panel, a, k_pad, rows, o, n),
-                4 => tile::<4>(&panel, a, k_pad, rows, o, n),
-                5 => tile::<5>(&panel, a, k_pad, rows, o, n),
-                6 => tile::<6>(&panel, a, k_pad, rows, o, n),
-                7 => tile::<7>(&panel, a, k_pad, rows, o, n),
-                8 => tile::<8>(&panel, a, k_pad, rows, o, n),
-                9 => tile::<9>(&panel, a, k_pad, rows, o, n),
-                10 => tile::<10>(&panel, a, k_pad, rows, o, n),
-                11 => tile::<11>(&panel, a, k_pad, rows, o, n),
-                _ => tile::<MR>(&panel, a, k_pad, rows, o, n),
+            macro_rules! tiles {
+                ($($r:literal)*) => {
+                    match ((nr - r).min(MR), pp) {
+                        $((
+                            $r, 1) => tile::<$r, 1>(&group, quads, a, k_pad, rows, o, n),
+                            ($r, 2) => tile::<$r, 2>(&group, quads, a, k_pad, rows, o, n),
+                            ($r, 3) => tile::<$r, 3>(&group, quads, a, k_pad, rows, o, n),
+                            ($r, _) => tile::<$r, MP>(&group, quads, a, k_pad, rows, o, n),
+                        )*
+                        _ => unreachable!("1 to {MR} rows"),
+                    }
+                };
             }
+            tiles!(1 2 3 4 5 6);
             r += MR;
         }
+        p += MP;
     }
 }
 
 struct Panel {
     w: *const i8,
-    quads: usize,
+    /// The panel's first output channel.
+    c0: usize,
     scale: __m512,
     colsum: __m512,
     /// The panel's real channels (all 16 but in the last panel).
     mask: __mmask16,
 }
 
-/// `R` rows (`k_pad` bytes apart from `a`) against one panel, into `out` (rows `n` apart,
-/// the panel's first column).
+/// `R` rows (`k_pad` bytes apart from `a`) against the first `P` panels of `group`, into `out`
+/// (rows `n` apart, from column 0).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
-unsafe fn tile<const R: usize>(
-    panel: &Panel,
+unsafe fn tile<const R: usize, const P: usize>(
+    group: &[Panel; MP],
+    quads: usize,
     a: *const u8,
     k_pad: usize,
     rows: &[(f32, f32)],
     out: *mut f32,
     n: usize,
 ) {
-    let mut acc = [_mm512_setzero_si512(); R];
-    for q in 0..panel.quads {
-        let w = _mm512_loadu_si512(panel.w.add(q * NR * 4) as *const __m512i);
+    let mut acc = [[_mm512_setzero_si512(); P]; R];
+    for q in 0..quads {
+        let w: [__m512i; P] = std::array::from_fn(|p| {
+            _mm512_loadu_si512(group[p].w.add(q * NR * 4) as *const __m512i)
+        });
         for (r, acc) in acc.iter_mut().enumerate() {
             let x = _mm512_set1_epi32((a.add(r * k_pad + q * 4) as *const i32).read_unaligned());
-            *acc = _mm512_dpbusd_epi32(*acc, x, w);
+            for p in 0..P {
+                acc[p] = _mm512_dpbusd_epi32(acc[p], x, w[p]);
+            }
         }
     }
     for (r, acc) in acc.iter().enumerate() {
         let (s, min) = rows[r];
-        // The same operations, in the same order, as the AVX2 and portable epilogues.
-        let v = _mm512_add_ps(
-            _mm512_mul_ps(_mm512_cvtepi32_ps(*acc), _mm512_set1_ps(s)),
-            _mm512_mul_ps(panel.colsum, _mm512_set1_ps(min)),
-        );
-        let o = out.add(r * n);
-        let sum = _mm512_add_ps(
-            _mm512_maskz_loadu_ps(panel.mask, o),
-            _mm512_mul_ps(v, panel.scale),
-        );
-        _mm512_mask_storeu_ps(o, panel.mask, sum);
+        for (p, acc) in acc.iter().enumerate() {
+            let panel = &group[p];
+            // The same operations, in the same order, as the AVX2 and portable epilogues.
+            let v = _mm512_add_ps(
+                _mm512_mul_ps(_mm512_cvtepi32_ps(*acc), _mm512_set1_ps(s)),
+                _mm512_mul_ps(panel.colsum, _mm512_set1_ps(min)),
+            );
+            let o = out.add(r * n + panel.c0);
+            let sum = _mm512_add_ps(
+                _mm512_maskz_loadu_ps(panel.mask, o),
+                _mm512_mul_ps(v, panel.scale),
+            );
+            _mm512_mask_storeu_ps(o, panel.mask, sum);
+        }
     }
 }
