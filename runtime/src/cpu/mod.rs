@@ -5,12 +5,13 @@
 //!
 //! A sequence's output depends on that sequence alone, bit for bit, whatever else shares its
 //! batch and whatever the thread count: the linear layers compute each row the same way for any
-//! number of rows (see [`matmul`]), attention runs on the sequence's own rows (`gemm` with sizes
-//! and strides that depend on the sequence only, no threads inside), and LayerNorm, the
+//! number of rows (see [`matmul`]), attention runs on the sequence's own rows (see [`attention`]:
+//! sizes and strides that depend on the sequence only, no threads inside), and LayerNorm, the
 //! activations and pooling work row by row or element by element.
 
 /// The element-wise kernels, shared with the training path (bertkit_model::cpu_math).
 pub use bertkit_model::cpu_math as math;
+mod attention;
 pub mod matmul;
 
 use anyhow::{bail, Context, Result};
@@ -103,6 +104,28 @@ pub struct Encoder {
     type_vocab: usize,
     eps: f32,
     act: HiddenAct,
+    /// Activation buffers of earlier passes, for the next ones: fresh buffers of a large batch
+    /// cost a page fault per 4 KiB every pass. One set per pass running at the same time.
+    buffers: std::sync::Mutex<Vec<Buffers>>,
+}
+
+/// The activations of one forward pass. Every pass writes each element it reads, so the
+/// buffers only grow and are never cleared.
+#[derive(Default)]
+struct Buffers {
+    x: Vec<f32>,
+    y: Vec<f32>,
+    qkv: Vec<f32>,
+    ctx: Vec<f32>,
+    ffn: Vec<f32>,
+}
+
+/// The first `n` values of `buf`, grown if shorter.
+fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if buf.len() < n {
+        buf.resize(n, 0.0);
+    }
+    &mut buf[..n]
 }
 
 /// How int8 weights are computed with.
@@ -254,6 +277,7 @@ impl Encoder {
             type_vocab: s.type_vocab_size,
             eps: s.layer_norm_eps as f32,
             act,
+            buffers: Default::default(),
         })
     }
 
@@ -273,8 +297,20 @@ impl Encoder {
             offsets.push((total, seq.ids.len()));
             total += seq.ids.len();
         }
+        let pool = || self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buffers = pool().pop().unwrap_or_default();
+        let Buffers {
+            x,
+            y,
+            qkv,
+            ctx,
+            ffn,
+        } = &mut buffers;
+        let (mut x, mut y) = (sized(x, total * h), sized(y, total * h));
+        let qkv = sized(qkv, total * 3 * h);
+        let ctx = sized(ctx, total * h);
+        let ffn = sized(ffn, total * self.inter);
         // Embeddings.
-        let mut x = vec![0f32; total * h];
         for (seq, &(start, _)) in batch.iter().zip(&offsets) {
             for (p, (&id, &tt)) in seq.ids.iter().zip(&seq.type_ids).enumerate() {
                 let row = &mut x[(start + p) * h..(start + p + 1) * h];
@@ -286,39 +322,33 @@ impl Encoder {
                 }
             }
         }
-        rows_par(&mut x, h, threads, |r| {
+        rows_par(x, h, threads, |r| {
             math::layer_norm_rows(r, &self.emb_ln.gamma, &self.emb_ln.beta, self.eps)
         });
-        let mut qkv = vec![0f32; total * 3 * h];
-        let mut ctx = vec![0f32; total * h];
-        let mut ffn = vec![0f32; total * self.inter];
-        let mut y = vec![0f32; total * h];
         for layer in &self.layers {
-            fill_rows(&mut qkv, &layer.qkv.bias, None);
-            layer.qkv.accumulate(&x, total, &mut qkv, threads);
-            self.attention(&qkv, &offsets, &mut ctx, threads);
-            fill_rows(&mut y, &layer.attn_out.bias, Some(&x));
-            layer.attn_out.accumulate(&ctx, total, &mut y, threads);
-            rows_par(&mut y, h, threads, |r| {
+            layer.qkv.forward(x, total, qkv, None, threads);
+            self.attention(qkv, &offsets, ctx, threads);
+            layer.attn_out.forward(ctx, total, y, Some(x), threads);
+            rows_par(y, h, threads, |r| {
                 math::layer_norm_rows(r, &layer.attn_ln.gamma, &layer.attn_ln.beta, self.eps)
             });
             std::mem::swap(&mut x, &mut y);
-            fill_rows(&mut ffn, &layer.ffn_in.bias, None);
-            layer.ffn_in.accumulate(&x, total, &mut ffn, threads);
+            layer.ffn_in.forward(x, total, ffn, None, threads);
             let act = self.act;
-            rows_par(&mut ffn, self.inter, threads, |r| match act {
+            rows_par(ffn, self.inter, threads, |r| match act {
                 HiddenAct::Gelu => math::gelu_erf(r),
                 HiddenAct::GeluTanh => math::gelu_tanh(r),
                 HiddenAct::Relu => math::relu(r),
             });
-            fill_rows(&mut y, &layer.ffn_out.bias, Some(&x));
-            layer.ffn_out.accumulate(&ffn, total, &mut y, threads);
-            rows_par(&mut y, h, threads, |r| {
+            layer.ffn_out.forward(ffn, total, y, Some(x), threads);
+            rows_par(y, h, threads, |r| {
                 math::layer_norm_rows(r, &layer.ffn_ln.gamma, &layer.ffn_ln.beta, self.eps)
             });
             std::mem::swap(&mut x, &mut y);
         }
-        Ok(self.heads_output(&x, &offsets, threads))
+        let out = self.heads_output(x, &offsets, threads);
+        pool().push(buffers);
+        Ok(out)
     }
 
     fn heads_output(
@@ -410,63 +440,25 @@ impl Encoder {
         let h = self.hidden;
         let d = h / self.heads;
         let stride = 3 * h;
+        assert!(qkv.len() >= ctx.len() * 3, "attention: short QKV rows");
         let out = SyncPtr(ctx.as_mut_ptr());
-        let one = |scores: &mut Vec<f32>, (s, head): (usize, usize)| {
+        let one = |scratch: &mut attention::Scratch, (s, head): (usize, usize)| {
             let (start, len) = offsets[s];
-            scores.clear();
-            scores.resize(len * len, 0.0);
-            let q = qkv[start * stride + head * d..].as_ptr();
-            let k = qkv[start * stride + h + head * d..].as_ptr();
-            let v = qkv[start * stride + 2 * h + head * d..].as_ptr();
-            // SAFETY: q, k, v address `len` rows of `d` values `stride` apart inside qkv; the
-            // scores buffer holds len×len; each (sequence, head) writes its own rows × columns
-            // block of ctx, so the parallel writes are disjoint.
-            unsafe {
-                gemm::gemm(
-                    len,
-                    len,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    len as isize,
-                    false,
-                    q,
-                    1,
-                    stride as isize,
-                    k,
-                    stride as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-                math::softmax_rows(scores, len);
-                let dst = out.get().add(start * h + head * d);
-                gemm::gemm(
-                    len,
-                    d,
-                    len,
-                    dst,
-                    1,
-                    h as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    len as isize,
-                    v,
-                    1,
-                    stride as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            let at = start * stride + head * d;
+            let rows = attention::Head {
+                q: qkv[at..].as_ptr(),
+                k: qkv[at + h..].as_ptr(),
+                v: qkv[at + 2 * h..].as_ptr(),
+                stride,
+                len,
+                d,
+                out: out.get().wrapping_add(start * h + head * d),
+                out_stride: h,
+            };
+            // SAFETY: q, k, v address `len` rows of `d` values `stride` apart inside qkv (the
+            // sequence's rows); each (sequence, head) writes its own rows × columns block of
+            // ctx, so the parallel writes are disjoint.
+            unsafe { attention::head(&rows, scratch) }
         };
         let pairs: Vec<(usize, usize)> = (0..offsets.len())
             .flat_map(|s| (0..self.heads).map(move |hd| (s, hd)))
@@ -474,9 +466,9 @@ impl Encoder {
         if threads > 1 {
             pairs
                 .par_iter()
-                .for_each_init(Vec::new, |sc, &p| one(sc, p));
+                .for_each_init(attention::Scratch::default, |sc, &p| one(sc, p));
         } else {
-            let mut sc = Vec::new();
+            let mut sc = attention::Scratch::default();
             pairs.iter().for_each(|&p| one(&mut sc, p));
         }
     }
