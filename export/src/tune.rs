@@ -92,9 +92,10 @@ pub fn tune(dir: &Path, meta: &PlanMeta) -> Result<Tuning> {
         threads,
         int8_kernel: kernel.map(|k| k.name().to_string()),
         kernels: Some(format!(
-            "f32={} int8={}",
+            "f32={} int8={} bf16={}",
             bertkit_runtime::cpu::matmul::f32_isa(),
-            bertkit_runtime::cpu::matmul::int8_isa()
+            bertkit_runtime::cpu::matmul::int8_isa(),
+            bertkit_runtime::cpu::matmul::bf16_isa()
         )),
         trials,
     })

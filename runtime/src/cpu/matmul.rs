@@ -19,6 +19,8 @@
 //! run in one half. Each row is quantized on its own and the integer sums are exact, so the int8
 //! products too depend on the row alone.
 
+#[cfg(target_arch = "x86_64")]
+mod bf16_kernel;
 mod f32_kernel;
 #[cfg(target_arch = "x86_64")]
 mod int8_vnni;
@@ -39,6 +41,9 @@ const K_BLOCK: usize = 32;
 pub enum Weight {
     /// Packed for the f32 kernel (see [`Weight::f32`]).
     F32(PackedF32),
+    /// bf16, packed for the AVX-512 BF16 kernel (see [`Weight::bf16`]).
+    #[cfg(target_arch = "x86_64")]
+    Bf16(bf16_kernel::PackedBf16),
     /// `[n, halves, k_pad]` row-major, zero padded, or packed in panels for the AVX-512 VNNI
     /// kernel when `vnni`; `scale[j]` per output channel; `colsum[j]` is the sum of channel
     /// j's quantized weights (adds back the activations' offset). Without VNNI, weights beyond
@@ -81,6 +86,8 @@ impl Weight {
     pub fn in_features(&self) -> usize {
         match self {
             Weight::F32(p) => p.in_features(),
+            #[cfg(target_arch = "x86_64")]
+            Weight::Bf16(p) => p.in_features(),
             Weight::Int8 { k, .. } => *k,
         }
     }
@@ -88,6 +95,8 @@ impl Weight {
     pub fn out_features(&self) -> usize {
         match self {
             Weight::F32(p) => p.out_features(),
+            #[cfg(target_arch = "x86_64")]
+            Weight::Bf16(p) => p.out_features(),
             Weight::Int8 { n, .. } => *n,
         }
     }
@@ -95,6 +104,17 @@ impl Weight {
     /// From PyTorch's f32 `[out = n, in = k]` weight (packed for the kernel).
     pub fn f32(w_out_in: &[f32], n: usize, k: usize) -> Weight {
         Weight::F32(PackedF32::new(w_out_in, n, k))
+    }
+
+    /// A bf16 plan's weight (`[out = n, in = k]`, values that are bf16): for the AVX-512 BF16
+    /// kernel where the CPU has it ([`bf16_isa`]), which also rounds the activations to bf16;
+    /// else for the f32 kernel.
+    pub fn bf16(w_out_in: &[f32], n: usize, k: usize) -> Weight {
+        #[cfg(target_arch = "x86_64")]
+        if bf16_kernel::available() {
+            return Weight::Bf16(bf16_kernel::PackedBf16::new(w_out_in, n, k));
+        }
+        Weight::f32(w_out_in, n, k)
     }
 
     /// From quantized `[n, k]` values and their scales, laid out for the best int8 kernel
@@ -149,6 +169,8 @@ impl Weight {
     pub fn dequantized(&self) -> Weight {
         match self {
             Weight::F32(p) => Weight::F32(p.clone()),
+            #[cfg(target_arch = "x86_64")]
+            Weight::Bf16(p) => Weight::Bf16(p.clone()),
             Weight::Int8 {
                 w,
                 vnni,
@@ -256,6 +278,8 @@ impl Linear {
     ) {
         match &self.weight {
             Weight::F32(p) => p.accumulate_init(x, m, out, threads, init),
+            #[cfg(target_arch = "x86_64")]
+            Weight::Bf16(p) => p.accumulate(x, m, out, threads, init),
             Weight::Int8 {
                 w,
                 vnni,
@@ -312,6 +336,16 @@ impl Linear {
 /// The instruction set the f32 kernel runs on here: `avx512`, `avx2` or `portable`.
 pub fn f32_isa() -> &'static str {
     f32_kernel::isa_name()
+}
+
+/// What a bf16 plan's linear layers compute with here: `avx512-bf16` (bf16 products, f32
+/// sums) or `f32` (the weights widened to f32 at load, the f32 kernel).
+pub fn bf16_isa() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if bf16_kernel::available() {
+        return "avx512-bf16";
+    }
+    "f32"
 }
 
 /// The instruction set the int8 kernel runs on here: `avx512-vnni`, `avx2` or `portable`.
@@ -807,6 +841,8 @@ mod tests {
                     }
                     let unpacked = match weight.dequantized() {
                         Weight::F32(p) => p.unpacked(),
+                        #[cfg(target_arch = "x86_64")]
+                        Weight::Bf16(p) => p.unpacked(),
                         Weight::Int8 { .. } => unreachable!(),
                     };
                     let lin = Linear {
@@ -826,6 +862,50 @@ mod tests {
                     "{m}x{k}x{n}: the packings dequantize differently"
                 );
             }
+        }
+    }
+
+    /// The AVX-512 BF16 kernel (where the CPU has it) computes the exact products of the
+    /// bf16-rounded activations and weights, summed in f32; and a row's result is the same bits
+    /// alone or in any batch, with 1 or 2 threads.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn bf16_kernel_sums_the_rounded_products() {
+        if bf16_isa() != "avx512-bf16" {
+            eprintln!("skipped: this CPU has no AVX-512 BF16");
+            return;
+        }
+        let round = |v: f32| f32::from_bits((bf16_kernel::to_bf16(v) as u32) << 16);
+        assert_eq!(round(1.0 + 1.0 / 256.0), 1.0, "ties to even");
+        assert_eq!(round(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0, "ties to even");
+        let mut seed = 17;
+        let m = 150;
+        for (k, n) in [(1, 5), (37, 45), (64, 33), (384, 70), (1535, 17)] {
+            let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| round(lcg(&mut seed))).collect();
+            let weight = Weight::bf16(&w, n, k);
+            assert!(matches!(weight, Weight::Bf16(_)));
+            let lin = Linear {
+                weight,
+                bias: (0..n).map(|_| lcg(&mut seed)).collect(),
+            };
+            let all = f32_rows(&lin, &x, k, n, 1);
+            let mut worst = 0f64;
+            for r in 0..m {
+                for c in 0..n {
+                    let (mut exact, mut size) = (lin.bias[c] as f64, lin.bias[c].abs() as f64);
+                    for t in 0..k {
+                        let p = round(x[r * k + t]) as f64 * w[c * k + t] as f64;
+                        exact += p;
+                        size += p.abs();
+                    }
+                    let got = f32::from_bits(all[r * n + c]) as f64;
+                    worst = worst.max((got - exact).abs() / size);
+                }
+            }
+            let what = format!("bf16 k {k}, n {n}");
+            assert!(worst < 1e-6, "{what}: relative error {worst:e}");
+            assert_rows_stand_alone(&lin, &x, k, n, &all, &what);
         }
     }
 

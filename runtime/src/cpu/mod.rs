@@ -224,6 +224,8 @@ impl<'a> Tensors<'a> {
                 Some(Int8Kernel::DequantizedF32) => w.dequantized(),
                 _ => w,
             }
+        } else if t.dtype() == Dtype::BF16 {
+            Weight::bf16(&self.f32(&wname, &[n, k])?, n, k)
         } else {
             Weight::f32(&self.f32(&wname, &[n, k])?, n, k)
         };
