@@ -1,5 +1,5 @@
 //! The plan runtime's linear layers alone: MiniLM's four shapes (QKV, attention output, FFN in,
-//! FFN out) at 4096 rows (32x128) and 32 rows (1x32), f32 and int8 kernels, in a pool of
+//! FFN out) at 4096 rows (32x128) and 32 rows (1x32), f32, bf16 and int8 kernels, in a pool of
 //! THREADS (default 2) threads. Prints the median milliseconds and GOP/s (2 ops per
 //! multiply-add) of ITERS (default 20) runs after 3 warm-ups.
 //!
@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use bertkit_runtime::cpu::matmul::{f32_isa, int8_isa, quantize_weight, Linear, Weight};
+use bertkit_runtime::cpu::matmul::{bf16_isa, f32_isa, int8_isa, quantize_weight, Linear, Weight};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -29,12 +29,15 @@ fn main() {
         .build()
         .expect("a thread pool");
     println!(
-        "threads {threads}, iters {iters}; kernels: f32={} int8={}",
+        "threads {threads}, iters {iters}; kernels: f32={} bf16={} int8={}",
         f32_isa(),
+        bf16_isa(),
         int8_isa()
     );
-    println!("| layer | rows | k | n | f32 ms | f32 GOP/s | int8 ms | int8 GOP/s |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| layer | rows | k | n | f32 ms | f32 GOP/s | bf16 ms | bf16 GOP/s | int8 ms | int8 GOP/s |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut seed = 1u32;
     let mut rand = move || {
         seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -51,7 +54,11 @@ fn main() {
             let w: Vec<f32> = (0..n * k).map(|_| rand() * 0.1).collect();
             let (q, s) = quantize_weight(&w, n, k);
             let mut cells = Vec::new();
-            for weight in [Weight::f32(&w, n, k), Weight::int8(&q, s, n, k)] {
+            for weight in [
+                Weight::f32(&w, n, k),
+                Weight::bf16(&w, n, k),
+                Weight::int8(&q, s, n, k),
+            ] {
                 let lin = Linear {
                     weight,
                     bias: vec![0.0; n],

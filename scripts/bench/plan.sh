@@ -10,7 +10,7 @@
 # Usage: scripts/bench/plan.sh [THREADS=2] [ITERS=30] [ROUNDS=3]
 #   env: BERTKIT_PEER_PYTHON (default /work/venv/bin/python: torch, transformers, onnxruntime, onnx, numpy)
 #        BIN (default target/release/bertkit), WARMUP (3), PRECISIONS ("fp32 fp16 bf16 int8"),
-#        SHAPES ("1x32 32x128"), ONNX_WORKDIR (/tmp/bertkit-peer-onnx, the cached ONNX files),
+#        SHAPES ("1x32 32x128"), PEERS ("pytorch ort-fp32 ort-int8"; also pytorch-bf16), ONNX_WORKDIR (/tmp/bertkit-peer-onnx, the cached ONNX files),
 #        WORK (plans and raw results; default a temp dir, removed at exit unless WORK is given)
 # Exits non-zero if any run fails.
 set -euo pipefail
@@ -24,7 +24,9 @@ BIN=${BIN:-target/release/bertkit}
 PRECISIONS=${PRECISIONS:-fp32 fp16 bf16 int8}
 SHAPES=${SHAPES:-1x32 32x128}
 ONNX_WORKDIR=${ONNX_WORKDIR:-/tmp/bertkit-peer-onnx}
-PEERS="pytorch ort-fp32 ort-int8"
+# pytorch-bf16: HF BertModel in bfloat16 on the CPU (plan_peer.py --peer pytorch --dtype bf16), the peer
+# of bertkit's bf16 plan (ONNX Runtime has no bf16 CPU kernels).
+PEERS=${PEERS:-pytorch ort-fp32 ort-int8}
 MODEL=assets/all-MiniLM-L6-v2
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS
 
@@ -116,6 +118,8 @@ for round in $(seq "$ROUNDS"); do
             case $impl in
             bertkit-*) run "$tag" "$BIN" bench-plan --plan "$WORK/minilm-${impl#bertkit-}.plan" --batch "$b" --seq "$s" \
                            --threads "$THREADS" --iters "$ITERS" --warmup "$WARMUP" ;;
+            pytorch-bf16) run "$tag" "$PYTHON" scripts/bench/plan_peer.py --model "$MODEL" --peer pytorch --dtype bf16 \
+                              --batch "$b" --seq "$s" --threads "$THREADS" --iters "$ITERS" --warmup "$WARMUP" ;;
             *) run "$tag" "$PYTHON" scripts/bench/plan_peer.py --model "$MODEL" --peer "$impl" --batch "$b" --seq "$s" \
                    --threads "$THREADS" --iters "$ITERS" --warmup "$WARMUP" --workdir "$ONNX_WORKDIR" ;;
             esac
@@ -150,6 +154,9 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if b > 0 else "-"
 
 cols = [f"bk {p}" for p in precs] + peers + ["ORT fp32 / best bk", "ORT int8 / bk int8", "ORT fp32 / bk fp32"]
+bf16 = "bf16" in precs and "pytorch-bf16" in peers
+if bf16:
+    cols.append("PyTorch bf16 / bk bf16")
 print(f"median ms over {rounds} rounds (>1x: bertkit faster)")
 print("| shape | " + " | ".join(cols) + " |")
 print("|---|" + "---:|" * len(cols))
@@ -161,6 +168,8 @@ for s in shapes:
     cells.append(f"{ratio(ortf, bk[best])} ({best})" if ortf else "-")
     cells.append(ratio(orti, bk["int8"]) if orti and "int8" in bk else "-")
     cells.append(ratio(ortf, bk["fp32"]) if ortf and "fp32" in bk else "-")
+    if bf16:
+        cells.append(ratio(med[(s, "pytorch-bf16")], bk["bf16"]))
     print(f"| {s} | " + " | ".join(cells) + " |")
 print("\nseq/s: " + "; ".join(f"{s} " + ", ".join(f"{i} {int(s.split('x')[0]) * 1e3 / med[(s, i)]:.1f}" for i in impls)
                              for s in shapes))
