@@ -240,6 +240,41 @@ impl Init<'_> {
     }
 }
 
+/// Runs `work(r0, block)` over the `m` rows of `out` (`n` wide) in blocks of whole rows, in
+/// parallel when `threads > 1`, each block first given `init`. For the kernels that take
+/// whole rows against all of W (they convert each row once: int8, bf16): about one block per
+/// thread, at most 64 rows.
+pub(crate) fn row_blocks(
+    m: usize,
+    n: usize,
+    out: &mut [f32],
+    threads: usize,
+    init: Option<Init>,
+    work: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let rows = m.div_ceil(threads.max(1)).clamp(1, 64);
+    let task = |(block, out): (usize, &mut [f32])| {
+        let r0 = block * rows;
+        if let Some(init) = init {
+            let residual = init.residual.map(|r| &r[r0 * n..]);
+            // SAFETY: out is this block's rows of n values.
+            unsafe { Init { residual, ..init }.fill(out.as_mut_ptr(), n, 0..out.len() / n, 0..n) };
+        }
+        work(r0, out)
+    };
+    if threads > 1 && m > rows {
+        out[..m * n]
+            .par_chunks_mut(rows * n)
+            .enumerate()
+            .for_each(task);
+    } else {
+        out[..m * n].chunks_mut(rows * n).enumerate().for_each(task);
+    }
+}
+
 impl Linear {
     /// `out[m, n] += x[m, k] · W`, `out` already holding the bias (and a residual).
     pub fn accumulate(&self, x: &[f32], m: usize, out: &mut [f32], threads: usize) {
@@ -291,16 +326,9 @@ impl Linear {
                 n,
             } => {
                 let (k, k_pad, n, vnni, halves) = (*k, *k_pad, *n, *vnni, *halves);
-                // Rows in blocks: each thread quantizes its rows and runs them against all of W.
-                let rows = m.div_ceil(threads.max(1)).clamp(1, 64);
-                let work = |(block, out): (usize, &mut [f32])| {
-                    let r0 = block * rows;
+                // Each block quantizes its rows and runs them against all of W.
+                row_blocks(m, n, out, threads, init, |r0, out| {
                     let nr = out.len() / n;
-                    if let Some(init) = init {
-                        let residual = init.residual.map(|r| &r[r0 * n..]);
-                        // SAFETY: out is this task's nr rows of n values.
-                        unsafe { Init { residual, ..init }.fill(out.as_mut_ptr(), n, 0..nr, 0..n) };
-                    }
                     // Padding is 0: it meets zero weights.
                     let mut qa = vec![0u8; nr * k_pad];
                     let mut sa = vec![(0f32, 0f32); nr];
@@ -319,15 +347,7 @@ impl Linear {
                         return;
                     }
                     int8_block(&qa, &sa, nr, w, halves, scale, colsum, k_pad, n, out);
-                };
-                if threads > 1 && m > rows {
-                    out[..m * n]
-                        .par_chunks_mut(rows * n)
-                        .enumerate()
-                        .for_each(work);
-                } else {
-                    out[..m * n].chunks_mut(rows * n).enumerate().for_each(work);
-                }
+                });
             }
         }
     }

@@ -13,9 +13,7 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
-
-use super::Init;
+use super::{row_blocks, Init};
 
 /// Output channels per panel; rows and panels per micro-tile (24 accumulators).
 const NR: usize = 16;
@@ -95,19 +93,9 @@ impl PackedBf16 {
             x.len() >= m * k && out.len() >= m * n,
             "bf16 product: short operands"
         );
-        if m == 0 || n == 0 {
-            return;
-        }
         let k2 = k.div_ceil(2);
-        let rows = m.div_ceil(threads.max(1)).clamp(1, 64);
-        let work = |(block, out): (usize, &mut [f32])| {
-            let r0 = block * rows;
+        row_blocks(m, n, out, threads, init, |r0, out| {
             let nr = out.len() / n;
-            if let Some(init) = init {
-                let residual = init.residual.map(|r| &r[r0 * n..]);
-                // SAFETY: out is this task's nr rows of n values.
-                unsafe { Init { residual, ..init }.fill(out.as_mut_ptr(), n, 0..nr, 0..n) };
-            }
             // The rows in bf16, k2 pairs each (an odd k's last pair padded with 0).
             let mut xb = vec![0u16; nr * k2 * 2];
             for r in 0..nr {
@@ -117,15 +105,7 @@ impl PackedBf16 {
             }
             // SAFETY: as above; xb holds nr rows of 2·k2 values, out nr rows of n.
             unsafe { block_product(&xb, nr, k2, &self.panels, n, out) };
-        };
-        if threads > 1 && m > rows {
-            out[..m * n]
-                .par_chunks_mut(rows * n)
-                .enumerate()
-                .for_each(work);
-        } else {
-            out[..m * n].chunks_mut(rows * n).enumerate().for_each(work);
-        }
+        });
     }
 }
 
