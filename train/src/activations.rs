@@ -219,10 +219,24 @@ impl<B: AutodiffBackend> ByLayer<B> {
                 }
                 SavedLayer::Graph { input, output } => (input, output),
             };
-            let mut grads = (output * Tensor::from_inner(grad)).sum().backward();
-            grad = input
-                .grad_remove(&mut grads)
-                .expect("a layer's output depends on its input");
+            let mut grads = (output * Tensor::from_inner(grad.clone())).sum().backward();
+            grad = match input.grad_remove(&mut grads) {
+                Some(g) => g,
+                None => {
+                    // burn-autodiff 0.21's graph cleanup after an earlier backward pass can
+                    // drop a kept layer's graph (rarely, depending on its hash order). The
+                    // layer is then recomputed from its input under its seed, as `recompute`
+                    // does: the same masks, so the same gradients.
+                    tracing::debug!(layer = i, "kept layer graph lost; recomputing the layer");
+                    let input = Tensor::<B, 3>::from_inner(input.inner()).require_grad();
+                    B::seed(&device, layer_seed(self.micro_seed, i));
+                    let output = layer.forward(input.clone(), &saved.mask);
+                    grads = (output * Tensor::from_inner(grad)).sum().backward();
+                    input
+                        .grad_remove(&mut grads)
+                        .expect("a layer's output depends on its input")
+                }
+            };
             add(Segment::Layer(i), grads);
         }
         add(
