@@ -101,8 +101,7 @@ mod avx512 {
     use super::{math, Head, Scratch};
     use std::arch::x86_64::*;
 
-    /// Query rows per micro-tile; key (or context) vectors of 16 per micro-tile: 6 × 4
-    /// accumulators, as the f32 linear kernel.
+    /// Rows and vectors of 16 per micro-tile: 6 × 4 accumulators, as the f32 linear kernel.
     const MR: usize = 6;
     const MB: usize = 4;
 
@@ -128,121 +127,109 @@ mod avx512 {
         let scores = &mut scratch.scores;
         scores.clear();
         scores.resize(len * lp, 0.0);
-        let (kt, s) = (kt.as_ptr(), scores.as_mut_ptr());
-        // Scores: query rows against the keys, 16 keys per vector.
-        let mut r = 0;
-        while r < len {
-            let rows = (len - r).min(MR);
-            let q = h.q.add(r * h.stride);
-            let mut b = 0;
-            while b < lp / 16 {
-                let nb = (lp / 16 - b).min(MB);
-                let (kt, s) = (kt.add(b * 16), s.add(r * lp + b * 16));
-                macro_rules! scores {
-                    ($($r:literal)*) => {
-                        match (rows, nb) {
-                            $(($r, 1) => scores_tile::<$r, 1>(q, h.stride, kt, lp, d, s),
-                              ($r, 2) => scores_tile::<$r, 2>(q, h.stride, kt, lp, d, s),
-                              ($r, 3) => scores_tile::<$r, 3>(q, h.stride, kt, lp, d, s),
-                              ($r, _) => scores_tile::<$r, MB>(q, h.stride, kt, lp, d, s),)*
-                            _ => unreachable!("1 to {MR} rows"),
-                        }
-                    };
-                }
-                scores!(1 2 3 4 5 6);
-                b += nb;
-            }
-            r += MR;
-        }
+        // Scores: query rows against the keys (Kᵀ's rows), 16 keys per vector.
+        let q = Operand {
+            at: h.q,
+            row: h.stride,
+        };
+        let kt = Operand {
+            at: kt.as_ptr(),
+            row: lp,
+        };
+        product(q, kt, len, lp / 16, d, scores.as_mut_ptr(), lp);
         for row in scores.chunks_exact_mut(lp) {
             math::softmax_rows(&mut row[..len], len);
         }
         // Context: the probabilities against the value rows, 16 columns per vector.
-        let p = scores.as_ptr();
+        let p = Operand {
+            at: scores.as_ptr(),
+            row: lp,
+        };
+        let v = Operand {
+            at: h.v,
+            row: h.stride,
+        };
+        product(p, v, len, d / 16, len, h.out, h.out_stride);
+    }
+
+    /// Rows of `f32` values `row` apart, from `at`.
+    #[derive(Clone, Copy)]
+    struct Operand {
+        at: *const f32,
+        row: usize,
+    }
+
+    /// `out[i][0..16·vectors] = Σ_t a[i][t] · b[t][0..16·vectors]` for `rows` rows of `a` and
+    /// `steps` steps (rows of `b`), in micro-tiles of up to `MR` rows × `MB` vectors; `out`
+    /// rows `out_row` apart.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn product(
+        a: Operand,
+        b: Operand,
+        rows: usize,
+        vectors: usize,
+        steps: usize,
+        out: *mut f32,
+        out_row: usize,
+    ) {
         let mut r = 0;
-        while r < len {
-            let rows = (len - r).min(MR);
-            let mut b = 0;
-            while b < d / 16 {
-                let nb = (d / 16 - b).min(MB);
-                let (p, v, o) = (
-                    p.add(r * lp),
-                    h.v.add(b * 16),
-                    h.out.add(r * h.out_stride + b * 16),
-                );
-                macro_rules! context {
+        while r < rows {
+            let nr = (rows - r).min(MR);
+            let a = Operand {
+                at: a.at.add(r * a.row),
+                ..a
+            };
+            let mut v = 0;
+            while v < vectors {
+                let nv = (vectors - v).min(MB);
+                let b = Operand {
+                    at: b.at.add(v * 16),
+                    ..b
+                };
+                let o = out.add(r * out_row + v * 16);
+                macro_rules! tiles {
                     ($($r:literal)*) => {
-                        match (rows, nb) {
-                            $(($r, 1) => context_tile::<$r, 1>(p, lp, len, v, h.stride, o, h.out_stride),
-                              ($r, 2) => context_tile::<$r, 2>(p, lp, len, v, h.stride, o, h.out_stride),
-                              ($r, 3) => context_tile::<$r, 3>(p, lp, len, v, h.stride, o, h.out_stride),
-                              ($r, _) => context_tile::<$r, MB>(p, lp, len, v, h.stride, o, h.out_stride),)*
+                        match (nr, nv) {
+                            $(($r, 1) => tile::<$r, 1>(a, b, steps, o, out_row),
+                              ($r, 2) => tile::<$r, 2>(a, b, steps, o, out_row),
+                              ($r, 3) => tile::<$r, 3>(a, b, steps, o, out_row),
+                              ($r, _) => tile::<$r, MB>(a, b, steps, o, out_row),)*
                             _ => unreachable!("1 to {MR} rows"),
                         }
                     };
                 }
-                context!(1 2 3 4 5 6);
-                b += nb;
+                tiles!(1 2 3 4 5 6);
+                v += nv;
             }
             r += MR;
         }
     }
 
-    /// `s[r][16b..16b+16] = Σ_t q[r][t] · kt[t][16b..16b+16]` for `R` rows and `B` vectors.
+    /// [`product`] for `R` rows and `V` vectors: each step broadcasts `a[i][t]` into the `V`
+    /// vectors of `b[t]`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn scores_tile<const R: usize, const B: usize>(
-        q: *const f32,
-        stride: usize,
-        kt: *const f32,
-        lp: usize,
-        d: usize,
-        s: *mut f32,
+    unsafe fn tile<const R: usize, const V: usize>(
+        a: Operand,
+        b: Operand,
+        steps: usize,
+        out: *mut f32,
+        out_row: usize,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); B]; R];
-        for t in 0..d {
-            let k: [__m512; B] = std::array::from_fn(|b| _mm512_loadu_ps(kt.add(t * lp + b * 16)));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*q.add(r * stride + t));
-                for b in 0..B {
-                    acc[b] = _mm512_fmadd_ps(x, k[b], acc[b]);
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        for t in 0..steps {
+            let w: [__m512; V] =
+                std::array::from_fn(|v| _mm512_loadu_ps(b.at.add(t * b.row + v * 16)));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*a.at.add(i * a.row + t));
+                for v in 0..V {
+                    acc[v] = _mm512_fmadd_ps(x, w[v], acc[v]);
                 }
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            for (b, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(s.add(r * lp + b * 16), *a);
-            }
-        }
-    }
-
-    /// `o[r][16b..16b+16] = Σ_j p[r][j] · v[j][16b..16b+16]` for `R` rows and `B` vectors.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn context_tile<const R: usize, const B: usize>(
-        p: *const f32,
-        lp: usize,
-        len: usize,
-        v: *const f32,
-        stride: usize,
-        o: *mut f32,
-        out_stride: usize,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); B]; R];
-        for j in 0..len {
-            let w: [__m512; B] =
-                std::array::from_fn(|b| _mm512_loadu_ps(v.add(j * stride + b * 16)));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*p.add(r * lp + j));
-                for b in 0..B {
-                    acc[b] = _mm512_fmadd_ps(x, w[b], acc[b]);
-                }
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            for (b, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(o.add(r * out_stride + b * 16), *a);
+        for (i, acc) in acc.iter().enumerate() {
+            for (v, x) in acc.iter().enumerate() {
+                _mm512_storeu_ps(out.add(i * out_row + v * 16), *x);
             }
         }
     }

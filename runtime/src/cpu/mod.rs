@@ -400,13 +400,11 @@ impl Encoder {
                     cls.extend_from_slice(&x[start * h..(start + 1) * h]);
                 }
                 let mut pooled = vec![0f32; b * h];
-                fill_rows(&mut pooled, &pooler.bias, None);
-                pooler.accumulate(&cls, b, &mut pooled, threads);
+                pooler.forward(&cls, b, &mut pooled, None, threads);
                 math::tanh_in_place(&mut pooled);
                 let n = head.bias.len();
                 let mut logits = vec![0f32; b * n];
-                fill_rows(&mut logits, &head.bias, None);
-                head.accumulate(&pooled, b, &mut logits, threads);
+                head.forward(&pooled, b, &mut logits, None, threads);
                 logits
                     .chunks_exact(n)
                     .map(|r| SeqOutput {
@@ -423,8 +421,7 @@ impl Encoder {
                 let total = x.len() / h;
                 let n = head.bias.len();
                 let mut logits = vec![0f32; total * n];
-                fill_rows(&mut logits, &head.bias, None);
-                head.accumulate(x, total, &mut logits, threads);
+                head.forward(x, total, &mut logits, None, threads);
                 offsets
                     .iter()
                     .map(|&(start, len)| SeqOutput {
@@ -486,25 +483,6 @@ unsafe impl Sync for SyncPtr {}
 impl SyncPtr {
     pub(crate) fn get(self) -> *mut f32 {
         self.0
-    }
-}
-
-/// Sets every row of `buf` to `bias` (plus the same row of `residual`).
-fn fill_rows(buf: &mut [f32], bias: &[f32], residual: Option<&[f32]>) {
-    let w = bias.len();
-    match residual {
-        Some(res) => {
-            for (row, r) in buf.chunks_exact_mut(w).zip(res.chunks_exact(w)) {
-                for ((d, b), x) in row.iter_mut().zip(bias).zip(r) {
-                    *d = b + x;
-                }
-            }
-        }
-        None => {
-            for row in buf.chunks_exact_mut(w) {
-                row.copy_from_slice(bias);
-            }
-        }
     }
 }
 

@@ -35,6 +35,11 @@ pub struct PackedBf16 {
     n: usize,
 }
 
+/// Where channel `j`'s weight for step `t` lies in the panels (`k2` pairs per panel).
+fn index(k2: usize, j: usize, t: usize) -> usize {
+    ((j / NR * k2 + t / 2) * NR + j % NR) * 2 + t % 2
+}
+
 /// `v` rounded to the nearest bf16, ties to even (what `vcvtneps2bf16` does for finite values).
 pub fn to_bf16(v: f32) -> u16 {
     let b = v.to_bits();
@@ -50,7 +55,7 @@ impl PackedBf16 {
         let mut panels = vec![0u16; n.div_ceil(NR) * k2 * NR * 2];
         for (j, row) in w_out_in.chunks_exact(k.max(1)).take(n).enumerate() {
             for (t, &v) in row.iter().enumerate() {
-                panels[((j / NR * k2 + t / 2) * NR + j % NR) * 2 + t % 2] = to_bf16(v);
+                panels[index(k2, j, t)] = to_bf16(v);
             }
         }
         PackedBf16 { panels, k, n }
@@ -70,7 +75,7 @@ impl PackedBf16 {
         let mut w = vec![0f32; self.n * self.k];
         for j in 0..self.n {
             for t in 0..self.k {
-                let b = self.panels[((j / NR * k2 + t / 2) * NR + j % NR) * 2 + t % 2];
+                let b = self.panels[index(k2, j, t)];
                 w[j * self.k + t] = f32::from_bits((b as u32) << 16);
             }
         }
