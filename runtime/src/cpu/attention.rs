@@ -27,6 +27,8 @@ pub(crate) struct Head {
 #[derive(Default)]
 pub(crate) struct Scratch {
     scores: Vec<f32>,
+    /// Kᵀ, packed for the AVX-512 kernel.
+    #[cfg(target_arch = "x86_64")]
     kt: Vec<f32>,
 }
 

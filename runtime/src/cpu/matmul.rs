@@ -8,8 +8,10 @@
 //! to 8 bits (±127), activations per row to 8 bits at run time (asymmetric: the row's [min, max] onto
 //! 0..=255, which keeps twice the resolution for GELU outputs, nearly all positive), products
 //! summed exactly in i32: `Σ x·w ≈ s_w · (s_x · Σ q_x·q_w + min_x · Σ q_w)`. With AVX-512 VNNI
-//! ([`int8_vnni`]: weights packed in panels of 16 channels, `vpdpbusd`), else with AVX2
-//! `vpmaddubsw` (weights `[out, in]`, dot products along k). Both give the same bits.
+//! ([`int8_vnni`]: weights packed in [`int8_panels`] of 16 channels, `vpdpbusd`), with Arm's
+//! dot-product instructions ([`int8_sdot`]: the same panels, `sdot`), else with AVX2
+//! `vpmaddubsw` or portable code (weights `[out, in]`, dot products along k). All give the same
+//! bits.
 //!
 //! `vpdpbusd` sums in i32 and never saturates. `vpmaddubsw` adds pairs of products in i16, which
 //! 8-bit weights could overflow (255 · 127 · 2 > 32767), so where a weight holds values beyond
@@ -22,6 +24,9 @@
 #[cfg(target_arch = "x86_64")]
 mod bf16_kernel;
 mod f32_kernel;
+mod int8_panels;
+#[cfg(target_arch = "aarch64")]
+mod int8_sdot;
 #[cfg(target_arch = "x86_64")]
 mod int8_vnni;
 
@@ -44,13 +49,14 @@ pub enum Weight {
     /// bf16, packed for the AVX-512 BF16 kernel (see [`Weight::bf16`]).
     #[cfg(target_arch = "x86_64")]
     Bf16(bf16_kernel::PackedBf16),
-    /// `[n, halves, k_pad]` row-major, zero padded, or packed in panels for the AVX-512 VNNI
-    /// kernel when `vnni`; `scale[j]` per output channel; `colsum[j]` is the sum of channel
-    /// j's quantized weights (adds back the activations' offset). Without VNNI, weights beyond
-    /// ±64 are stored as two halves that sum to them (`halves` 2, else 1).
+    /// `[n, halves, k_pad]` row-major, zero padded, or packed in [`int8_panels`] for the
+    /// dot-product kernels (AVX-512 VNNI, Arm `sdot`) when `panels`; `scale[j]` per output
+    /// channel; `colsum[j]` is the sum of channel j's quantized weights (adds back the
+    /// activations' offset). Without panels, weights beyond ±64 are stored as two halves that sum
+    /// to them (`halves` 2, else 1).
     Int8 {
         w: Vec<i8>,
-        vnni: bool,
+        panels: bool,
         halves: usize,
         scale: Vec<f32>,
         colsum: Vec<i32>,
@@ -123,13 +129,13 @@ impl Weight {
         Weight::int8_for(q, scale, n, k, true)
     }
 
-    /// The same, packed for the AVX-512 VNNI kernel when `vnni` and the CPU has it, else for
-    /// the AVX2 / portable one (all give the same bits).
-    pub fn int8_for(q: &[i8], scale: Vec<f32>, n: usize, k: usize, vnni: bool) -> Weight {
-        let vnni = vnni && int8_isa() == "avx512-vnni";
+    /// The same, packed for the dot-product kernel (AVX-512 VNNI, Arm `sdot`) when `panels`
+    /// and the CPU has one, else for the AVX2 / portable one (all give the same bits).
+    pub fn int8_for(q: &[i8], scale: Vec<f32>, n: usize, k: usize, panels: bool) -> Weight {
+        let panels = panels && dot_product_isa();
         let k_pad = k.div_ceil(K_BLOCK) * K_BLOCK;
         let wide = q.iter().any(|&v| v.unsigned_abs() > HALF_QMAX as u8);
-        let halves = if wide && !vnni { 2 } else { 1 };
+        let halves = if wide && !panels { 2 } else { 1 };
         let row = halves * k_pad;
         let mut w = vec![0i8; n * row];
         let mut colsum = vec![0i32; n];
@@ -146,15 +152,14 @@ impl Weight {
             }
             colsum[j] = src.iter().map(|&v| v as i32).sum();
         }
-        #[cfg(target_arch = "x86_64")]
-        let w = if vnni {
-            int8_vnni::pack(&w, n, k_pad)
+        let w = if panels {
+            int8_panels::pack(&w, n, k_pad)
         } else {
             w
         };
         Weight::Int8 {
             w,
-            vnni,
+            panels,
             halves,
             scale,
             colsum,
@@ -173,7 +178,7 @@ impl Weight {
             Weight::Bf16(p) => Weight::Bf16(p.clone()),
             Weight::Int8 {
                 w,
-                vnni,
+                panels,
                 halves,
                 scale,
                 k,
@@ -182,11 +187,9 @@ impl Weight {
                 ..
             } => {
                 let at = |j: usize, i: usize| {
-                    #[cfg(target_arch = "x86_64")]
-                    if *vnni {
-                        return w[int8_vnni::index(k_pad / 4, j, i)];
+                    if *panels {
+                        return w[int8_panels::index(k_pad / 4, j, i)];
                     }
-                    let _ = vnni;
                     let row = &w[j * halves * k_pad..];
                     (0..*halves).map(|h| row[h * k_pad + i]).sum::<i8>()
                 };
@@ -317,7 +320,7 @@ impl Linear {
             Weight::Bf16(p) => p.accumulate(x, m, out, threads, init),
             Weight::Int8 {
                 w,
-                vnni,
+                panels,
                 halves,
                 scale,
                 colsum,
@@ -325,7 +328,7 @@ impl Linear {
                 k_pad,
                 n,
             } => {
-                let (k, k_pad, n, vnni, halves) = (*k, *k_pad, *n, *vnni, *halves);
+                let (k, k_pad, n, panels, halves) = (*k, *k_pad, *n, *panels, *halves);
                 // Each block quantizes its rows and runs them against all of W.
                 row_blocks(m, n, out, threads, init, |r0, out| {
                     let nr = out.len() / n;
@@ -338,12 +341,18 @@ impl Linear {
                             &mut qa[r * k_pad..r * k_pad + k],
                         );
                     }
-                    #[cfg(target_arch = "x86_64")]
-                    if vnni {
-                        // SAFETY: `vnni` weights exist only where the CPU has the features
-                        // (`Weight::int8_for`); qa holds nr
-                        // rows of k_pad bytes, w the packing of [n, k_pad], out nr rows of n.
-                        unsafe { int8_vnni::block(&qa, &sa, nr, w, scale, colsum, k_pad, n, out) };
+                    if panels {
+                        // SAFETY: panel weights exist only where the CPU has the features of
+                        // a dot-product kernel (`Weight::int8_for`); qa holds nr rows of k_pad
+                        // bytes, w the packing of [n, k_pad], out nr rows of n.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            int8_vnni::block(&qa, &sa, nr, w, scale, colsum, k_pad, n, out)
+                        };
+                        #[cfg(target_arch = "aarch64")]
+                        unsafe {
+                            int8_sdot::block(&qa, &sa, nr, w, scale, colsum, k_pad, n, out)
+                        };
                         return;
                     }
                     int8_block(&qa, &sa, nr, w, halves, scale, colsum, k_pad, n, out);
@@ -368,7 +377,8 @@ pub fn bf16_isa() -> &'static str {
     "f32"
 }
 
-/// The instruction set the int8 kernel runs on here: `avx512-vnni`, `avx2` or `portable`.
+/// The instruction set the int8 kernel runs on here: `avx512-vnni`, `avx2`, `neon-dotprod`
+/// (Arm's `sdot`) or `portable`.
 pub fn int8_isa() -> &'static str {
     static ISA: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
     ISA.get_or_init(|| {
@@ -381,8 +391,17 @@ pub fn int8_isa() -> &'static str {
                 return "avx2";
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if int8_sdot::available() {
+            return "neon-dotprod";
+        }
         "portable"
     })
+}
+
+/// Whether the int8 kernel here is one of the dot-product kernels that take [`int8_panels`].
+fn dot_product_isa() -> bool {
+    matches!(int8_isa(), "avx512-vnni" | "neon-dotprod")
 }
 
 /// Quantizes one activation row to u8 `q` with `x ≈ scale · q + min`; returns (scale, min).
@@ -831,13 +850,13 @@ mod tests {
         }
     }
 
-    /// The AVX-512 VNNI kernel (where the CPU has it) gives the bits of the AVX2 / portable
+    /// The dot-product kernel (AVX-512 VNNI or Arm `sdot`, where the CPU has one) gives the bits of the AVX2 / portable
     /// one: both sum the same integers exactly and share the epilogue. Its packing dequantizes
     /// to the same weights.
     #[test]
     fn int8_kernels_agree_bit_for_bit() {
-        if int8_isa() != "avx512-vnni" {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI");
+        if !dot_product_isa() {
+            eprintln!("skipped: this CPU has no AVX-512 VNNI or Arm dot product");
             return;
         }
         let mut seed = 3;
@@ -853,10 +872,10 @@ mod tests {
             // 8-bit weights (two halves on AVX2) and the 7-bit ones of older plans (one).
             let q7: Vec<i8> = q8.iter().map(|&v| v / 2).collect();
             for (q, halves) in [(&q8, 2), (&q7, 1)] {
-                let run = |vnni: bool| {
-                    let weight = Weight::int8_for(q, s.clone(), n, k, vnni);
-                    assert!(matches!(weight, Weight::Int8 { vnni: v, .. } if v == vnni));
-                    if !vnni {
+                let run = |panels: bool| {
+                    let weight = Weight::int8_for(q, s.clone(), n, k, panels);
+                    assert!(matches!(weight, Weight::Int8 { panels: p, .. } if p == panels));
+                    if !panels {
                         assert!(matches!(weight, Weight::Int8 { halves: h, .. } if h == halves));
                     }
                     let unpacked = match weight.dequantized() {
@@ -874,11 +893,11 @@ mod tests {
                     let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
                     (bits, unpacked)
                 };
-                let (vnni, vnni_w) = run(true);
+                let (panels, panels_w) = run(true);
                 let (rows, rows_w) = run(false);
-                assert!(vnni == rows, "{m}x{k}x{n}: the kernels differ");
+                assert!(panels == rows, "{m}x{k}x{n}: the kernels differ");
                 assert!(
-                    vnni_w == rows_w,
+                    panels_w == rows_w,
                     "{m}x{k}x{n}: the packings dequantize differently"
                 );
             }
@@ -1030,10 +1049,11 @@ mod tests {
         let want = reference(&x, &w, m, k, n);
         let (q, s) = quantize_weight(&w, n, k);
         assert!(q.contains(&127) && q.iter().any(|&v| v < -64));
-        // The VNNI kernel where the CPU has it, and the AVX2 (two halves) or portable one.
-        for vnni in [true, false] {
-            let weight = Weight::int8_for(&q, s.clone(), n, k, vnni);
-            if !vnni {
+        // The dot-product kernel where the CPU has one, and the AVX2 (two halves) or portable
+        // one.
+        for panels in [true, false] {
+            let weight = Weight::int8_for(&q, s.clone(), n, k, panels);
+            if !panels {
                 assert!(matches!(weight, Weight::Int8 { halves: 2, .. }));
             }
             let lin = Linear {
@@ -1045,7 +1065,7 @@ mod tests {
             for (a, b) in out.iter().zip(&want) {
                 assert!(
                     (a - b).abs() <= b.abs() * 1e-5 + 1e-3,
-                    "vnni {vnni}: {a} vs {b}"
+                    "panels {panels}: {a} vs {b}"
                 );
             }
         }

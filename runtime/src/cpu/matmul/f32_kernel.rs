@@ -5,7 +5,7 @@
 //! panel zero padded). A micro-tile of rows runs against a panel as outer products: for each
 //! `t`, `x[r][t]` is broadcast and multiplied into the panel's 16 weights of step `t`,
 //! accumulating in registers (AVX-512: 12 rows × 16 lanes; AVX2+FMA: 6 rows × 2 × 8 lanes;
-//! elsewhere plain `f32::mul_add`). Every output element is thus
+//! aarch64 Neon: 6 rows × 4 × 4 lanes; elsewhere plain `f32::mul_add`). Every output element is thus
 //! `acc = 0; for t in 0..k { acc = fma(x[r][t], w[c][t], acc) }; out[r][c] += acc`, whichever
 //! tile, row position, row count, thread split or instruction set computes it.
 
@@ -16,7 +16,8 @@ use crate::cpu::SyncPtr;
 
 /// Output channels per panel of a packed f32 weight.
 const NR: usize = 16;
-/// Rows per micro-tile of the AVX2 and portable kernels (2 × 6 accumulator registers).
+/// Rows per micro-tile of the AVX2, Neon and portable kernels (AVX2: 2 × 6 accumulator
+/// registers; Neon: 4 × 6).
 const MR: usize = 6;
 /// The rows of `x` a task runs against one panel after another are kept within this many bytes
 /// (they stay in L2 while the panels pass).
@@ -178,9 +179,17 @@ pub fn isa_name() -> &'static str {
         Isa::Avx512 => "avx512",
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => "avx2",
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => "neon",
         Isa::Portable => "portable",
     }
 }
+
+/// What the kernel runs on where nothing better is detected.
+#[cfg(target_arch = "aarch64")]
+const BASELINE: Isa = Isa::Neon;
+#[cfg(not(target_arch = "aarch64"))]
+const BASELINE: Isa = Isa::Portable;
 
 /// The instruction set the f32 kernel runs on, chosen once per process.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -189,6 +198,11 @@ enum Isa {
     Avx512,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// Every aarch64 CPU has Neon.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+    /// Built everywhere, and compared with the others in tests.
+    #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
     Portable,
 }
 
@@ -205,7 +219,7 @@ impl Isa {
                     return Isa::Avx2;
                 }
             }
-            Isa::Portable
+            BASELINE
         })
     }
 }
@@ -233,6 +247,8 @@ unsafe fn f32_block(
             Isa::Avx512 => avx512::panel(x, rows, k, wp, o, n, nc),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => avx2::panel(x, rows, k, wp, o, n, nc),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => neon::panel(x, rows, k, wp, o, n, nc),
             Isa::Portable => portable::panel(x, rows, k, wp, o, n, nc),
         }
     }
@@ -367,6 +383,55 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{add_tile, MR, NR};
+    use std::arch::aarch64::*;
+
+    /// # Safety
+    /// See `f32_block`; `w` addresses `k × 16` values.
+    pub unsafe fn panel(
+        x: *const f32,
+        rows: usize,
+        k: usize,
+        w: *const f32,
+        out: *mut f32,
+        n: usize,
+        nc: usize,
+    ) {
+        panel_rows!(tile, x, rows, k, w, out, n, nc, MR, [1, 2, 3, 4, 5]);
+    }
+
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(
+        x: *const f32,
+        k: usize,
+        w: *const f32,
+        out: *mut f32,
+        n: usize,
+        nc: usize,
+    ) {
+        let mut acc = [[vdupq_n_f32(0.0); 4]; R];
+        for t in 0..k {
+            let wt: [float32x4_t; 4] = std::array::from_fn(|g| vld1q_f32(w.add(t * NR + 4 * g)));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv = vdupq_n_f32(*x.add(r * k + t));
+                for (a, w) in acc.iter_mut().zip(&wt) {
+                    // a + xv · w, rounded once (fmla).
+                    *a = vfmaq_f32(*a, xv, *w);
+                }
+            }
+        }
+        let mut part = [[0f32; NR]; R];
+        for (p, acc) in part.iter_mut().zip(&acc) {
+            for (g, a) in acc.iter().enumerate() {
+                vst1q_f32(p.as_mut_ptr().add(4 * g), *a);
+            }
+        }
+        add_tile(&part, out, n, nc);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{add_tile, NR};
@@ -453,11 +518,11 @@ mod tests {
             .all(|r| r.0[n % NR..] == [0.0; NR][n % NR..]));
     }
 
-    /// The portable path, the AVX2 path and the AVX-512 path (those the CPU has) give the same
+    /// The portable path, the AVX2, AVX-512 and Neon paths (those the CPU has) give the same
     /// bits: each output element is the same chain of fused multiply-adds.
     #[test]
     fn every_instruction_set_gives_the_same_bits() {
-        #[allow(unused_mut)] // only x86 adds to it
+        #[allow(unused_mut)] // only x86 and aarch64 add to it
         let mut isas = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         {
@@ -468,6 +533,8 @@ mod tests {
                 isas.push(Isa::Avx512);
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        isas.push(Isa::Neon);
         assert!(isas.contains(&Isa::get()));
         let mut seed = 5;
         for (m, k, n) in [(31, 37, 45), (13, 64, 16), (40, 200, 70)] {

@@ -2,9 +2,9 @@
 //! `vpdpbusd` multiplies four u8 activations by four i8 weights and adds the four products to an
 //! i32 lane, 64 products per instruction, with no intermediate rounding or saturation.
 //!
-//! The weight is packed once, at load, in panels of 16 output channels, each `[k_pad / 4][16][4]`:
-//! for every group of four `k` steps, the 16 channels' four weights (64 bytes, one register; the
-//! layout `vpdpbusd` reads, as AMX's `tdpbusd` does). A micro-tile of up to 6 rows runs against
+//! The weight is packed once, at load, in [`int8_panels`](super::int8_panels) of 16 output
+//! channels: for every group of four `k` steps, the 16 channels' four weights (64 bytes, one
+//! register; the layout `vpdpbusd` reads, as AMX's `tdpbusd` does). A micro-tile of up to 6 rows runs against
 //! up to 4 panels as outer products: a row's next four activation bytes are broadcast to the 16
 //! lanes, and each lane of each panel accumulates its channel's dot product. The sums are the exact integers the AVX2
 //! and portable kernels compute, and the f32 epilogue is the same operations in the same order,
@@ -12,8 +12,7 @@
 
 use std::arch::x86_64::*;
 
-/// Output channels per panel.
-pub const NR: usize = 16;
+use super::int8_panels::NR;
 /// A micro-tile: up to MR rows against up to MP panels (24 accumulator registers, 4 for the
 /// panels' weights and 1 for the broadcast activations: 29 of AVX-512's 32). Each broadcast
 /// then feeds MP products and each weight load MR: 10 loads for 24 `vpdpbusd`, where one
@@ -26,23 +25,6 @@ pub fn available() -> bool {
     std::is_x86_feature_detected!("avx512f")
         && std::is_x86_feature_detected!("avx512bw")
         && std::is_x86_feature_detected!("avx512vnni")
-}
-
-/// Packs `[n, k_pad]` row-major weights (k_pad a multiple of 4) into panels.
-pub fn pack(rows: &[i8], n: usize, k_pad: usize) -> Vec<i8> {
-    let quads = k_pad / 4;
-    let mut panels = vec![0i8; n.div_ceil(NR) * quads * NR * 4];
-    for (j, row) in rows.chunks_exact(k_pad).take(n).enumerate() {
-        for (t, &v) in row.iter().enumerate() {
-            panels[index(quads, j, t)] = v;
-        }
-    }
-    panels
-}
-
-/// Where channel `j`'s weight for step `t` lies in the panels.
-pub fn index(quads: usize, j: usize, t: usize) -> usize {
-    ((j / NR * quads + t / 4) * NR + j % NR) * 4 + t % 4
 }
 
 /// `out[r][c] += scale[c] · (s_r · Σ_t qa[r][t] · w[c][t] + min_r · colsum[c])` for the `nr`
