@@ -125,6 +125,8 @@ pub enum Segment {
 pub struct ByLayer<B: AutodiffBackend> {
     micro_seed: u64,
     recompute: bool,
+    /// Tests: treat every kept layer graph as lost ([`ByLayer::as_if_graphs_were_lost`]).
+    lose_kept: bool,
     saved: Option<Saved<B>>,
     /// The objective took every layer's output ([`Encode::encode_layers`]): one backward pass.
     whole: bool,
@@ -156,6 +158,7 @@ impl<B: AutodiffBackend> ByLayer<B> {
         ByLayer {
             micro_seed,
             recompute: true,
+            lose_kept: false,
             saved: None,
             whole: false,
             padding_free: false,
@@ -178,72 +181,113 @@ impl<B: AutodiffBackend> ByLayer<B> {
         }
     }
 
+    /// For tests: [`ByLayer::backward`] behaves as if burn-autodiff had lost every kept layer
+    /// graph, so each layer takes the recovery path (recomputed from its input).
+    #[doc(hidden)]
+    pub fn as_if_graphs_were_lost(self) -> Self {
+        ByLayer {
+            lose_kept: true,
+            ..self
+        }
+    }
+
     /// Backpropagates `loss` (computed from [`Encode::encode`]'s output by `model`, the model
     /// `encode` was given) and hands each segment's gradients, in f32, to `add`: the heads,
     /// then the layers from the last down, then the embeddings.
+    ///
+    /// A layer whose kept graph burn-autodiff 0.21 has lost, wholly or in part, is recomputed
+    /// from its input. The cause is in burn-autodiff's `GraphLocator::merge_two`: it moves a
+    /// merged graph's keys to the main graph but not the merged graph's own origin node, whose
+    /// entry keeps pointing to the emptied graph. Measured with the 2-rank fine-tuning run of
+    /// `tests/cli_data_parallel.rs`: 16 of 900 runs lost layer 1's graph on the first step; with
+    /// that one line added in a locally patched burn-autodiff, 0 of 300. (The likely path: later
+    /// registrations through the stale entry put a kept layer into the graph of an earlier
+    /// backward pass, whose cleanup frees it. With one backward pass everything the loss reads
+    /// ends up merged before it runs.) A layer's pass is accepted when its input and every
+    /// parameter of the layer got a gradient; else the layer is recomputed under its seed, as
+    /// `recompute` does: the same masks, so the same gradients.
     pub fn backward(
         self,
         loss: Tensor<B, 1>,
         model: &Bert<B>,
         mut add: impl FnMut(Segment, GradientsParams),
     ) {
-        let mut add = |segment, grads| {
-            add(
-                segment,
-                f32_grads(GradientsParams::from_grads(grads, model), model),
-            )
-        };
+        let params = |grads| f32_grads(GradientsParams::from_grads(grads, model), model);
         let mut grads = loss.backward();
         if self.whole {
-            add(Segment::Whole, grads);
+            add(Segment::Whole, params(grads));
             return;
         }
         let top_grad = self
             .saved
             .as_ref()
             .and_then(|saved| saved.top.grad_remove(&mut grads));
-        add(Segment::Heads, grads);
+        add(Segment::Heads, params(grads));
         // Nothing below to reach when the objective never encoded, or its loss does not read
         // the hidden state.
         let (Some(saved), Some(mut grad)) = (self.saved, top_grad) else {
             return;
         };
         let device = saved.embedded.device();
+        // Layer i run again from its input's value, under its seed.
+        let recompute = |i: usize, x: Tensor<B::InnerBackend, 3>| {
+            let input = Tensor::<B, 3>::from_inner(x).require_grad();
+            B::seed(&device, layer_seed(self.micro_seed, i));
+            let output = model.bert.encoder.layer[i].forward(input.clone(), &saved.mask);
+            (input, output)
+        };
         let mut layers = saved.layers;
         for (i, layer) in model.bert.encoder.layer.iter().enumerate().rev() {
-            let (input, output) = match layers.pop().expect("one saved input per layer") {
+            let (input, output, kept) = match layers.pop().expect("one saved input per layer") {
                 SavedLayer::Input(x) => {
-                    let input = Tensor::<B, 3>::from_inner(x).require_grad();
-                    B::seed(&device, layer_seed(self.micro_seed, i));
-                    (input.clone(), layer.forward(input, &saved.mask))
+                    let (input, output) = recompute(i, x);
+                    (input, output, false)
                 }
-                SavedLayer::Graph { input, output } => (input, output),
+                SavedLayer::Graph { input, output } => (input, output, true),
             };
-            let mut grads = (output * Tensor::from_inner(grad.clone())).sum().backward();
-            grad = match input.grad_remove(&mut grads) {
-                Some(g) => g,
-                None => {
-                    // burn-autodiff 0.21's graph cleanup after an earlier backward pass can
-                    // drop a kept layer's graph (rarely, depending on its hash order). The
-                    // layer is then recomputed from its input under its seed, as `recompute`
-                    // does: the same masks, so the same gradients.
-                    tracing::debug!(layer = i, "kept layer graph lost; recomputing the layer");
-                    let input = Tensor::<B, 3>::from_inner(input.inner()).require_grad();
-                    B::seed(&device, layer_seed(self.micro_seed, i));
-                    let output = layer.forward(input.clone(), &saved.mask);
-                    grads = (output * Tensor::from_inner(grad)).sum().backward();
-                    input
-                        .grad_remove(&mut grads)
-                        .expect("a layer's output depends on its input")
-                }
+            // The gradients of the layer's input and parameters.
+            let differentiate = |input: &Tensor<B, 3>, output: Tensor<B, 3>| {
+                let mut grads = (output * Tensor::from_inner(grad.clone())).sum().backward();
+                (input.grad_remove(&mut grads), params(grads))
             };
+            let (mut input_grad, mut grads) = differentiate(&input, output);
+            let complete = |g: &Option<_>, grads: &GradientsParams| {
+                g.is_some() && missing_grads(layer, grads) == 0
+            };
+            if kept && (self.lose_kept || !complete(&input_grad, &grads)) {
+                tracing::debug!(layer = i, "kept layer graph lost; recomputing the layer");
+                let (input, output) = recompute(i, input.inner());
+                (input_grad, grads) = differentiate(&input, output);
+            }
+            assert!(
+                complete(&input_grad, &grads),
+                "layer {i}: its input or a parameter got no gradient"
+            );
+            grad = input_grad.expect("checked above");
             add(Segment::Layer(i), grads);
         }
-        add(
-            Segment::Embeddings,
-            (saved.embedded * Tensor::from_inner(grad)).sum().backward(),
+        let grads = params((saved.embedded * Tensor::from_inner(grad)).sum().backward());
+        assert!(
+            missing_grads(&model.bert.embeddings, &grads) == 0,
+            "an embedding parameter got no gradient (burn-autodiff lost the embeddings' graph)"
         );
+        add(Segment::Embeddings, grads);
     }
+}
+
+/// How many of `module`'s trainable parameters have no gradient in `grads`.
+fn missing_grads<B: AutodiffBackend, M: Module<B>>(module: &M, grads: &GradientsParams) -> usize {
+    struct Missing<'a>(&'a GradientsParams, usize);
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Missing<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if param.is_require_grad() && self.0.get::<B::InnerBackend, D>(param.id).is_none() {
+                self.1 += 1;
+            }
+        }
+    }
+    let mut missing = Missing(grads, 0);
+    module.visit(&mut missing);
+    missing.1
 }
 
 impl<B: AutodiffBackend> Encode<B> for ByLayer<B> {
@@ -353,4 +397,53 @@ fn f32_grads<B: AutodiffBackend>(mut grads: GradientsParams, model: &Bert<B>) ->
     }
     model.visit(&mut ToF32(&mut grads));
     grads
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bertkit_model::backend::Cpu;
+    use bertkit_model::config::BertConfig;
+    use bertkit_model::heads::Task;
+    use burn::backend::Autodiff;
+
+    type AD = Autodiff<Cpu>;
+
+    /// `missing_grads` sees every parameter of a layer that has no gradient: none after the
+    /// layer's backward pass, one when a gradient is taken out.
+    #[test]
+    fn missing_grads_counts_the_parameters_without_a_gradient() {
+        let config = BertConfig::from_json(
+            r#"{"vocab_size": 16, "hidden_size": 8, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "intermediate_size": 16,
+                "max_position_embeddings": 8}"#,
+        )
+        .expect("a valid config");
+        let model = bertkit_model::checkpoint::init::<AD>(
+            &config,
+            Task::Pretraining,
+            3,
+            &Default::default(),
+        )
+        .expect("a model");
+        let layer = &model.bert.encoder.layer[0];
+        let device = Default::default();
+        let x = Tensor::<AD, 3>::random([1, 4, 8], burn::tensor::Distribution::Default, &device);
+        let input = BertInput {
+            input_ids: Tensor::zeros([1, 4], &device),
+            attention_mask: Tensor::ones([1, 4], &device),
+            token_type_ids: Tensor::zeros([1, 4], &device),
+        };
+        let (_, mask) = model.bert.embed_with(&input, false);
+        let out = layer.forward(x, &mask);
+        let mut grads = GradientsParams::from_grads(out.powf_scalar(2.0).sum().backward(), layer);
+        assert_eq!(missing_grads(layer, &grads), 0);
+        // The whole model's other parameters had no part in this pass.
+        assert!(missing_grads(&model.bert.embeddings, &grads) > 0);
+        let id = layer.output.dense.weight.id;
+        grads
+            .remove::<Cpu, 2>(id)
+            .expect("the output weight's gradient");
+        assert_eq!(missing_grads(layer, &grads), 1);
+    }
 }

@@ -10,6 +10,7 @@ use bertkit_model::checkpoint::init;
 use bertkit_model::config::BertConfig;
 use bertkit_model::heads::{Bert, Task};
 use bertkit_model::tokenizer::Batch as InputBatch;
+use bertkit_train::activations::{ByLayer, Segment};
 use bertkit_train::distributed::ProcessGroup;
 use bertkit_train::loader::Batch;
 use bertkit_train::masking::IGNORE_LABEL;
@@ -18,7 +19,8 @@ use bertkit_train::rng::Rng;
 use bertkit_train::step::{accumulate_by_layer, accumulate_gradients, Precision, StepSettings};
 use burn::backend::Autodiff;
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 type AD = Autodiff<Cpu>;
@@ -208,6 +210,48 @@ fn differentiating_layer_by_layer_for_the_all_reduce_gives_the_same_gradients() 
             );
         }
     }
+}
+
+/// The recovery for a kept layer graph that burn-autodiff lost (`ByLayer::backward`): each
+/// layer recomputed from its input under its seed gives the gradients of its kept graph, with
+/// dropout on.
+#[test]
+fn a_lost_layer_graph_is_recomputed_to_the_same_gradients() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let m = model(0.1);
+    let b = batch(4, 3);
+    let counts = StepCounts::of(std::slice::from_ref(&b));
+    let device = Default::default();
+    let run = |lost: bool| {
+        let mut encoder = ByLayer::keep(11);
+        if lost {
+            encoder = encoder.as_if_graphs_were_lost();
+        }
+        AD::seed(&device, 11);
+        let micro = micro_loss(&m, &mut encoder, &b, counts, &device);
+        let mut segments = Vec::new();
+        let mut all = GradientsAccumulator::<Bert<AD>>::new();
+        encoder.backward(micro.loss, &m, |segment, grads| {
+            segments.push(segment);
+            all.accumulate(&m, grads);
+        });
+        (collect(&m, &all.grads()), segments)
+    };
+    let (kept, kept_segments) = run(false);
+    let (recovered, segments) = run(true);
+    assert_eq!(segments, kept_segments);
+    assert_eq!(
+        segments,
+        [
+            Segment::Heads,
+            Segment::Layer(2),
+            Segment::Layer(1),
+            Segment::Layer(0),
+            Segment::Embeddings
+        ]
+    );
+    let worst = worst_difference(&kept, &recovered);
+    assert!(worst < 1e-6, "gradients differ by {worst} of their largest");
 }
 
 /// Padding-free training (`StepSettings::padding_free`): the encoder on the real tokens only,
