@@ -5,7 +5,7 @@
 #   max         Armv8.x with the dot-product extension: the Neon f32 kernel and the `sdot` int8
 #               kernel, each against the portable one, bit for bit; FPCR.FZ in every pool;
 #   cortex-a53  Armv8.0, no dot product: the portable int8 path.
-# First clippy for aarch64 (-D warnings).
+# First the whole workspace through clippy for aarch64 (-D warnings).
 # Emulation says nothing about speed. Installs what it lacks (rustup target, apt packages);
 # the runner and linker are set in .cargo/config.toml.
 set -euo pipefail
@@ -27,8 +27,8 @@ if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/
 fi
 # The runtime's kernels and plans, and the model crate's CPU math and denormal flags.
 tests=(-p bertkit-runtime -p bertkit-model)
-# The Arm code paths lint-clean too (CI's clippy builds for x86-64 only).
-cargo clippy --release --target "$target" "${tests[@]}" --lib --tests -- -D warnings
+# The whole workspace builds for aarch64, lint-clean (CI's other clippy builds for x86-64).
+cargo clippy --release --target "$target" --workspace --all-targets -- -D warnings
 for cpu in max cortex-a53; do
     echo "--- aarch64 under qemu, cpu $cpu"
     QEMU_CPU="$cpu" cargo test --release --target "$target" "${tests[@]}" --lib --test batch_invariance
