@@ -189,18 +189,7 @@ mod avx512 {
                     ..b
                 };
                 let o = out.add(r * out_row + v * 16);
-                macro_rules! tiles {
-                    ($($r:literal)*) => {
-                        match (nr, nv) {
-                            $(($r, 1) => tile::<$r, 1>(a, b, steps, o, out_row),
-                              ($r, 2) => tile::<$r, 2>(a, b, steps, o, out_row),
-                              ($r, 3) => tile::<$r, 3>(a, b, steps, o, out_row),
-                              ($r, _) => tile::<$r, MB>(a, b, steps, o, out_row),)*
-                            _ => unreachable!("1 to {MR} rows"),
-                        }
-                    };
-                }
-                tiles!(1 2 3 4 5 6);
+                tile_of_size!(nr, nv, MB, tile(a, b, steps, o, out_row));
                 v += nv;
             }
             r += MR;

@@ -11,6 +11,26 @@
 
 /// The element-wise kernels, shared with the training path (bertkit_model::cpu_math).
 pub use bertkit_model::cpu_math as math;
+
+/// Calls `$tile::<R, C>$args` with R = `$rows` (1 to 6) and C = `$cols` (1 to 3, else `$max`):
+/// the micro-tiles of the AVX-512 kernels (attention, bf16, int8 VNNI) are const-generic in
+/// their rows and column groups, so each size is its own function, picked here.
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_of_size {
+    ($rows:expr, $cols:expr, $max:ident, $tile:ident $args:tt) => {
+        tile_of_size!(@ $rows, $cols, $max, $tile $args; 1 2 3 4 5 6)
+    };
+    (@ $rows:expr, $cols:expr, $max:ident, $tile:ident $args:tt; $($r:literal)*) => {
+        match ($rows, $cols) {
+            $(($r, 1) => $tile::<$r, 1> $args,
+              ($r, 2) => $tile::<$r, 2> $args,
+              ($r, 3) => $tile::<$r, 3> $args,
+              ($r, _) => $tile::<$r, $max> $args,)*
+            (rows, _) => unreachable!("{rows} rows: 1 to 6"),
+        }
+    };
+}
+
 mod attention;
 pub mod matmul;
 

@@ -162,18 +162,7 @@ unsafe fn block_product(
         let mut r = 0;
         while r < nr {
             let (a, o) = (xb.as_ptr().add(r * k2 * 2), out.as_mut_ptr().add(r * n));
-            macro_rules! tiles {
-                ($($r:literal)*) => {
-                    match ((nr - r).min(MR), pp) {
-                        $(($r, 1) => tile::<$r, 1>(&group, k2, a, o, n),
-                          ($r, 2) => tile::<$r, 2>(&group, k2, a, o, n),
-                          ($r, 3) => tile::<$r, 3>(&group, k2, a, o, n),
-                          ($r, _) => tile::<$r, MP>(&group, k2, a, o, n),)*
-                        _ => unreachable!("1 to {MR} rows"),
-                    }
-                };
-            }
-            tiles!(1 2 3 4 5 6);
+            tile_of_size!((nr - r).min(MR), pp, MP, tile(&group, k2, a, o, n));
             r += MR;
         }
         p += MP;

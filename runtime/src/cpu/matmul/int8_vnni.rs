@@ -76,20 +76,12 @@ pub unsafe fn block(
                 &sa[r..],
                 out.as_mut_ptr().add(r * n),
             );
-            macro_rules! tiles {
-                ($($r:literal)*) => {
-                    match ((nr - r).min(MR), pp) {
-                        $((
-                            $r, 1) => tile::<$r, 1>(&group, quads, a, k_pad, rows, o, n),
-                            ($r, 2) => tile::<$r, 2>(&group, quads, a, k_pad, rows, o, n),
-                            ($r, 3) => tile::<$r, 3>(&group, quads, a, k_pad, rows, o, n),
-                            ($r, _) => tile::<$r, MP>(&group, quads, a, k_pad, rows, o, n),
-                        )*
-                        _ => unreachable!("1 to {MR} rows"),
-                    }
-                };
-            }
-            tiles!(1 2 3 4 5 6);
+            tile_of_size!(
+                (nr - r).min(MR),
+                pp,
+                MP,
+                tile(&group, quads, a, k_pad, rows, o, n)
+            );
             r += MR;
         }
         p += MP;
