@@ -14,6 +14,112 @@ pub fn cuda_device(index: usize) -> burn::backend::cuda::CudaDevice {
     burn::backend::cuda::CudaDevice { index }
 }
 
+/// A CUDA tensor's memory as a device pointer, for libraries that work on device memory (NCCL
+/// sums gradient buckets in place with it). It holds the tensor's buffer, so the memory stays
+/// allocated (and is not handed to another tensor) until this is dropped.
+#[cfg(feature = "cuda")]
+pub struct CudaMemory {
+    /// The first element's address (the buffer's offset included).
+    pub ptr: u64,
+    /// Elements.
+    pub len: usize,
+    pub dtype: burn::tensor::DType,
+    _buffer: burn_cubecl::tensor::CubeTensor<cubecl::cuda::CudaRuntime>,
+}
+
+#[cfg(feature = "cuda")]
+impl CudaMemory {
+    /// The `len` f32 values at `ptr`, copied to the host by the CUDA driver directly (not
+    /// through burn): checks that `ptr` is where burn keeps the tensor.
+    pub fn read_f32(&self, gpu: usize) -> Result<Vec<f32>, String> {
+        self.check_f32()?;
+        let ctx = cudarc::driver::CudaContext::new(gpu).map_err(|e| format!("cuda:{gpu}: {e}"))?;
+        ctx.bind_to_thread()
+            .map_err(|e| format!("cuda:{gpu}: {e}"))?;
+        let mut out = vec![0f32; self.len];
+        // SAFETY: `ptr` addresses `len` f32 values held alive by `self`, in the primary
+        // context of `gpu` (burn's CUDA backend uses it too).
+        unsafe { cudarc::driver::result::memcpy_dtoh_sync(&mut out, self.ptr) }
+            .map_err(|e| format!("reading {} values at {:#x}: {e}", self.len, self.ptr))?;
+        Ok(out)
+    }
+
+    /// Writes `values` (exactly `len` f32 values) at `ptr` with the CUDA driver.
+    pub fn write_f32(&self, gpu: usize, values: &[f32]) -> Result<(), String> {
+        self.check_f32()?;
+        if values.len() != self.len {
+            return Err(format!("{} values for {} places", values.len(), self.len));
+        }
+        let ctx = cudarc::driver::CudaContext::new(gpu).map_err(|e| format!("cuda:{gpu}: {e}"))?;
+        ctx.bind_to_thread()
+            .map_err(|e| format!("cuda:{gpu}: {e}"))?;
+        // SAFETY: as in `read_f32`.
+        unsafe { cudarc::driver::result::memcpy_htod_sync(self.ptr, values) }
+            .map_err(|e| format!("writing {} values at {:#x}: {e}", self.len, self.ptr))
+    }
+
+    fn check_f32(&self) -> Result<(), String> {
+        match self.dtype {
+            burn::tensor::DType::F32 => Ok(()),
+            d => Err(format!("the tensor is {d:?}, not f32")),
+        }
+    }
+}
+
+/// Whether `t` lives on burn's CUDA backend (as the fusion tensor `burn::backend::Cuda` makes).
+#[cfg(feature = "cuda")]
+pub fn on_cuda<B: burn::tensor::backend::Backend, const D: usize>(
+    t: &burn::tensor::Tensor<B, D>,
+) -> bool {
+    use burn_cubecl::fusion::FusionCubeRuntime;
+    use cubecl::cuda::CudaRuntime;
+    let primitive: Box<dyn std::any::Any> = Box::new(t.clone().into_primitive().tensor());
+    primitive.is::<burn_fusion::FusionTensor<FusionCubeRuntime<CudaRuntime>>>()
+}
+
+/// [`CudaMemory`] of a one-dimensional tensor, after every operation queued before it on the
+/// device is done (so the memory holds the tensor's values and a library may read and write it
+/// on a stream of its own); `None` when the tensor does not live on burn's CUDA backend (a CPU
+/// tensor). `t` keeps referring to the same memory: values written there are its values, so it
+/// must not be read until the writer is done.
+#[cfg(feature = "cuda")]
+pub fn cuda_memory<B: burn::tensor::backend::Backend>(
+    t: &burn::tensor::Tensor<B, 1>,
+) -> Result<Option<CudaMemory>, String> {
+    use burn_cubecl::{fusion::FusionCubeRuntime, CubeBackend};
+    use cubecl::cuda::CudaRuntime;
+    type Fused = burn_fusion::FusionTensor<FusionCubeRuntime<CudaRuntime>>;
+    let device = t.device();
+    // A clone: the fusion server keeps the tensor registered (read-only), so `t` stays valid.
+    let primitive: Box<dyn std::any::Any> = Box::new(t.clone().into_primitive().tensor());
+    let Ok(fused) = primitive.downcast::<Fused>() else {
+        return Ok(None);
+    };
+    let client = fused.client.clone();
+    let dtype = fused.dtype;
+    let buffer = client.resolve_tensor_float::<CubeBackend<CudaRuntime, f32, i32, u8>>(*fused);
+    if !buffer.is_contiguous() {
+        return Err(format!(
+            "a CUDA tensor of shape {:?} is not contiguous (strides {:?})",
+            buffer.meta.shape(),
+            buffer.meta.strides()
+        ));
+    }
+    let len = buffer.meta.shape().num_elements();
+    let resource = buffer
+        .client
+        .get_resource(buffer.handle.clone())
+        .map_err(|e| format!("reading a CUDA tensor's device address: {e:?}"))?;
+    let ptr = resource.resource().ptr;
+    B::sync(&device).map_err(|e| format!("waiting for the GPU: {e:?}"))?;
+    Ok(Some(CudaMemory {
+        ptr,
+        len,
+        dtype,
+        _buffer: buffer,
+    }))
+}
+
 /// Whether CUDA device `index` can run burn's CUDA backend: the driver library loads and
 /// initializes, the device exists, and NVRTC (which compiles the kernels at run time) loads.
 /// burn's backend panics inside its runtime thread without them; this says what is missing.

@@ -29,6 +29,8 @@ pub struct RuntimeOptions {
 
 /// What runs the batches: the CPU executor with its thread pool, or the burn encoder on a
 /// GPU (`--features cuda`).
+// One executor per loaded plan: its size does not matter.
+#[cfg_attr(feature = "cuda", allow(clippy::large_enum_variant))]
 enum Executor {
     Cpu {
         encoder: cpu::Encoder,

@@ -11,7 +11,9 @@ use bertkit_model::backend::DeviceSpec;
 use bertkit_model::checkpoint as model_ckpt;
 use bertkit_model::heads::Task;
 use bertkit_model::tokenizer::Batch as InputBatch;
-use bertkit_train::distributed::ProcessGroup;
+use bertkit_train::distributed::{
+    CollectiveBackend, DistributedSettings, ProcessEnv, ProcessGroup,
+};
 use bertkit_train::loader::Batch;
 use bertkit_train::masking::IGNORE_LABEL;
 use bertkit_train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
@@ -61,6 +63,11 @@ pub struct BenchTrainArgs {
     /// (pretraining's `memory.checkpoint_activations`).
     #[arg(long, visible_alias = "gradient-checkpointing")]
     pub checkpoint_activations: bool,
+    /// Sum the gradients with NCCL in a job of this one process, as every rank of a multi-GPU
+    /// job does (`nccl`: buckets started during the backward pass; `nccl-after-backward`: one
+    /// buffer after it), to measure what the all-reduce costs beside `none`.
+    #[arg(long, default_value = "none", value_parser = ["none", "nccl", "nccl-after-backward"])]
+    pub all_reduce: String,
 }
 
 pub fn run(args: &BenchTrainArgs) -> Result<()> {
@@ -87,6 +94,23 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
 
 fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
     type AD<B> = Autodiff<B>;
+    let started = Instant::now();
+    let mut group = match args.all_reduce.as_str() {
+        "none" => ProcessGroup::single(),
+        how => {
+            let settings = DistributedSettings {
+                backend: CollectiveBackend::Nccl,
+                overlap: how == "nccl",
+                ..Default::default()
+            };
+            ProcessGroup::join(
+                &ProcessEnv::from_vars(&Default::default())?,
+                &settings,
+                "bench-train",
+                true,
+            )?
+        }
+    };
     let precision: Precision = parse("precision", &args.precision)?;
     let kind: OptimizerKind = parse("optimizer", &args.optimizer)?;
     let mut config = read_model_config(&args.model, args.vocab)?;
@@ -110,6 +134,7 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
     let mut model = model;
     let mut times = Vec::new();
     let mut losses = Vec::new();
+    let mut first_step = None;
     for step in 0..args.warmup + args.steps {
         let start = Instant::now();
         let settings = StepSettings {
@@ -129,11 +154,16 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
             &settings,
             true,
             None,
-            &mut ProcessGroup::single(),
+            &mut group,
             device,
         )?;
         model = next;
         AD::<B>::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
+        // The first step compiles (and with autotuning, tunes) every kernel the step uses.
+        first_step.get_or_insert((
+            start.elapsed().as_secs_f64(),
+            started.elapsed().as_secs_f64(),
+        ));
         if step >= args.warmup {
             times.push(start.elapsed().as_secs_f64() * 1e3);
         }
@@ -167,6 +197,10 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
         "mfu": matmul.map(|m| achieved / m),
         "losses": losses,
         "checkpoint_activations": args.checkpoint_activations,
+        "all_reduce": args.all_reduce,
+        "gradient_sync": group.describe(),
+        "first_step_s": first_step.map(|f| f.0),
+        "start_to_first_step_s": first_step.map(|f| f.1),
         "peak_rss_mib": peak_rss_mib(),
     });
     if args.json {

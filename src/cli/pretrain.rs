@@ -69,7 +69,8 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
         return Ok(());
     }
     let use_nccl = match cfg.distributed.backend {
-        CollectiveBackend::Auto => matches!(device, DeviceSpec::Cuda(_)),
+        // One rank sums nothing; `backend = "nccl"` says to run the all-reduce all the same.
+        CollectiveBackend::Auto => matches!(device, DeviceSpec::Cuda(_)) && env.world_size > 1,
         CollectiveBackend::Tcp => false,
         CollectiveBackend::Nccl => true,
     };

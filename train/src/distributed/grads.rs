@@ -27,7 +27,7 @@ pub fn all_reduce_grads<AD: AutodiffBackend, M: AutodiffModule<AD>>(
     grads: &mut GradientsParams,
     group: &mut ProcessGroup,
 ) -> Result<()> {
-    if group.world_size == 1 {
+    if !group.reduces() {
         return Ok(());
     }
     // Nothing left to overlap with: one bucket (one NCCL call, one ring pass) costs the least.
@@ -51,6 +51,9 @@ pub struct Buckets<B: Backend> {
     /// Where each parameter's gradient sits: (bucket, offset, dims).
     slots: HashMap<ParamId, (usize, usize, Vec<usize>)>,
     sent: usize,
+    /// Per bucket sent: the tensor that holds its sum (summed on the GPU), or `None` (its sum
+    /// comes back from the host).
+    sums: Vec<Option<Tensor<B, 1>>>,
     device: Option<B::Device>,
 }
 
@@ -62,6 +65,7 @@ impl<B: Backend> Buckets<B> {
             open_len: 0,
             slots: HashMap::new(),
             sent: 0,
+            sums: Vec::new(),
             device: None,
         }
     }
@@ -128,7 +132,7 @@ impl<B: Backend> Buckets<B> {
             return;
         }
         let flat = Tensor::cat(std::mem::take(&mut self.open), 0);
-        sender.send(bertkit_model::nn::to_host(flat).data);
+        self.sums.push(sender.send_tensor(flat));
         self.open_len = 0;
         self.sent += 1;
     }
@@ -140,9 +144,11 @@ impl<B: Backend> Buckets<B> {
         module: &M,
         reduced: Vec<Vec<f32>>,
     ) -> Result<GradientsParams> {
-        if !self.open.is_empty() || reduced.len() != self.sent {
+        let from_host = self.sums.iter().filter(|s| s.is_none()).count();
+        if !self.open.is_empty() || reduced.len() != from_host {
             bail!(
-                "all-reduce of gradients: {} buckets sent, {} came back (and {} values unsent)",
+                "all-reduce of gradients: {from_host} of {} buckets sent through the host, {} \
+                 came back (and {} values unsent)",
                 self.sent,
                 reduced.len(),
                 self.open_len
@@ -174,11 +180,17 @@ impl<B: Backend> Buckets<B> {
         let Some(device) = self.device else {
             return Ok(GradientsParams::new());
         };
-        let buckets = reduced
+        let mut reduced = reduced.into_iter();
+        let buckets = self
+            .sums
             .into_iter()
-            .map(|values| {
-                let n = values.len();
-                Tensor::<B, 1>::from_data(TensorData::new(values, [n]), &device)
+            .map(|sum| match sum {
+                Some(t) => t.cast(burn::tensor::DType::F32),
+                None => {
+                    let values = reduced.next().unwrap_or_default();
+                    let n = values.len();
+                    Tensor::<B, 1>::from_data(TensorData::new(values, [n]), &device)
+                }
             })
             .collect();
         let mut put = Put {

@@ -46,7 +46,7 @@ pub struct DistributedSettings {
     #[serde(default = "default_bucket_mb")]
     pub bucket_mb: f64,
     /// Start each bucket's all-reduce while the backward pass goes on through the layers below
-    /// (on the TCP ring; NCCL's host-staged path reduces after the backward pass).
+    /// (on the TCP ring in a thread of its own; with NCCL on NCCL's CUDA stream).
     #[serde(default = "default_overlap")]
     pub overlap: bool,
     /// The gradients' type in the all-reduce: `fp32`, or `bf16` (half the bytes; each rank's
@@ -164,12 +164,14 @@ impl ProcessGroup {
         if use_nccl && !cfg!(feature = "cuda") {
             anyhow::bail!("the NCCL backend needs a build with --features cuda");
         }
+        // With one rank, NCCL only when asked for (`use_nccl`): a single-GPU run with
+        // `backend = "nccl"` goes through every step of the all-reduce, which measures its cost.
         #[cfg(feature = "cuda")]
-        if use_nccl && env.world_size > 1 {
+        if use_nccl {
             nccl::check_libraries(env.local_rank)?;
         }
         let joined = rendezvous::join(env, config_hash, rendezvous_timeout, timeout, || {
-            if use_nccl && env.world_size > 1 {
+            if use_nccl {
                 nccl_unique_id()
             } else {
                 Ok(Vec::new())
@@ -178,7 +180,7 @@ impl ProcessGroup {
         #[cfg(feature = "cuda")]
         let mut joined = joined;
         #[cfg(feature = "cuda")]
-        let nccl = if use_nccl && env.world_size > 1 {
+        let nccl = if use_nccl {
             // ncclCommInitRank waits for every rank without a timeout: meet on the ring first,
             // so a rank that died since the rendezvous is named instead of hanging the others.
             if let Some(ring) = &mut joined.ring {
@@ -284,14 +286,20 @@ impl ProcessGroup {
         self.bucket_len
     }
 
-    /// Whether gradient buckets are all-reduced during the backward pass: on the TCP ring of a
-    /// job of several ranks with `overlap` on.
-    pub fn overlaps(&self) -> bool {
+    /// Whether gradients are summed over ranks at all: a job of several ranks, or NCCL asked
+    /// for with one.
+    pub fn reduces(&self) -> bool {
         #[cfg(feature = "cuda")]
         if self.nccl.is_some() {
-            return false;
+            return true;
         }
-        self.overlap && self.ring.is_some() && self.world_size > 1
+        self.ring.is_some()
+    }
+
+    /// Whether gradient buckets are all-reduced during the backward pass: with `overlap` on,
+    /// on the TCP ring of a job of several ranks, or with NCCL.
+    pub fn overlaps(&self) -> bool {
+        self.overlap && self.reduces()
     }
 
     /// Runs `work` (a backward pass) while a thread of its own all-reduces, in order, the
@@ -305,6 +313,23 @@ impl ProcessGroup {
         &mut self,
         work: impl FnOnce(&mut BucketSender) -> T,
     ) -> Result<(T, Vec<Vec<f32>>)> {
+        #[cfg(feature = "cuda")]
+        if let Some(nccl) = &self.nccl {
+            // Buckets are summed where they are, on NCCL's stream, as `work` hands them over;
+            // the sums stay where they are (`send_tensor`), host buckets come back here.
+            let mut sender = BucketSender::Device(DeviceQueue {
+                nccl,
+                bf16: self.reduce_dtype == ReduceDtype::Bf16,
+                held: Vec::new(),
+                host: Vec::new(),
+                error: None,
+            });
+            let out = work(&mut sender);
+            let BucketSender::Device(queue) = sender else {
+                unreachable!("built as Device")
+            };
+            return Ok((out, queue.finish()?));
+        }
         if !self.overlaps() {
             let mut sender = BucketSender::Collect(Vec::new());
             let out = work(&mut sender);
@@ -374,14 +399,21 @@ impl ProcessGroup {
 }
 
 /// Where [`ProcessGroup::overlapped`]'s work puts each finished gradient bucket.
-pub enum BucketSender {
+pub enum BucketSender<'a> {
     /// To the all-reduce thread.
     Thread(std::sync::mpsc::Sender<Vec<f32>>),
     /// Kept, to be reduced after the work.
     Collect(Vec<Vec<f32>>),
+    /// Summed by NCCL where it lives ([`DeviceQueue`]).
+    #[cfg(feature = "cuda")]
+    Device(DeviceQueue<'a>),
+    #[doc(hidden)]
+    #[cfg(not(feature = "cuda"))]
+    _Unused(std::marker::PhantomData<&'a ()>),
 }
 
-impl BucketSender {
+impl BucketSender<'_> {
+    /// Hands over a bucket of host values.
     pub fn send(&mut self, bucket: Vec<f32>) {
         match self {
             // A closed channel means the all-reduce failed; the error comes at the end.
@@ -389,6 +421,108 @@ impl BucketSender {
                 let _ = tx.send(bucket);
             }
             BucketSender::Collect(v) => v.push(bucket),
+            #[cfg(feature = "cuda")]
+            BucketSender::Device(q) => q.send_host(bucket),
+            #[cfg(not(feature = "cuda"))]
+            BucketSender::_Unused(_) => {}
+        }
+    }
+
+    /// Hands over a bucket as a tensor; returns the tensor that holds its sum over the ranks
+    /// once [`ProcessGroup::overlapped`] has returned, or `None` when the bucket went to the
+    /// host (its sum comes back with the host buckets).
+    pub fn send_tensor<B: burn::tensor::backend::Backend>(
+        &mut self,
+        bucket: burn::tensor::Tensor<B, 1>,
+    ) -> Option<burn::tensor::Tensor<B, 1>> {
+        #[cfg(feature = "cuda")]
+        if let BucketSender::Device(q) = self {
+            return Some(q.start(bucket));
+        }
+        self.send(bertkit_model::nn::to_host(bucket).data);
+        None
+    }
+}
+
+/// NCCL all-reduces of gradient buckets on the GPU, started one after another on NCCL's stream
+/// while the work that makes the next buckets goes on; [`Self::finish`] waits for them.
+#[cfg(feature = "cuda")]
+pub struct DeviceQueue<'a> {
+    nccl: &'a nccl::Nccl,
+    bf16: bool,
+    /// The buckets' memory, held until the sums are done.
+    held: Vec<bertkit_model::backend::CudaMemory>,
+    /// Host buckets, summed.
+    host: Vec<Vec<f32>>,
+    /// The first failure; later buckets are not started.
+    error: Option<anyhow::Error>,
+}
+
+#[cfg(feature = "cuda")]
+impl DeviceQueue<'_> {
+    /// Starts summing `bucket` (f32; cast to bf16 first with `reduce_dtype = "bf16"`) in place.
+    /// A bucket that is not on the GPU (a CPU model with `backend = "nccl"`) is summed through
+    /// the host before this returns.
+    fn start<B: burn::tensor::backend::Backend>(
+        &mut self,
+        bucket: burn::tensor::Tensor<B, 1>,
+    ) -> burn::tensor::Tensor<B, 1> {
+        use burn::tensor::{DType, TensorData};
+        if self.error.is_some() {
+            return bucket;
+        }
+        if !bertkit_model::backend::on_cuda(&bucket) {
+            let device = bucket.device();
+            let values = bertkit_model::nn::to_host(bucket).data;
+            let n = values.len();
+            self.send_host(values);
+            let values = self.host.pop().unwrap_or_default();
+            return burn::tensor::Tensor::from_data(TensorData::new(values, [n]), &device);
+        }
+        let bucket = if self.bf16 {
+            bucket.cast(DType::BF16)
+        } else {
+            bucket
+        };
+        let want = if self.bf16 { DType::BF16 } else { DType::F32 };
+        let started = bertkit_model::backend::cuda_memory(&bucket)
+            .map_err(|e| anyhow::anyhow!("a gradient bucket for NCCL: {e}"))
+            .and_then(|m| m.ok_or_else(|| anyhow::anyhow!("a gradient bucket left the GPU")))
+            .and_then(|m| {
+                if m.dtype != want {
+                    anyhow::bail!("a gradient bucket is {:?}, not {want:?}", m.dtype);
+                }
+                self.nccl.start_on_device(m.ptr, m.len, self.bf16)?;
+                self.held.push(m);
+                Ok(())
+            });
+        if let Err(e) = started {
+            self.error = Some(e);
+        }
+        bucket
+    }
+
+    fn send_host(&mut self, mut bucket: Vec<f32>) {
+        if self.error.is_none() {
+            let summed = if self.bf16 {
+                self.nccl.all_reduce_bf16(&mut bucket)
+            } else {
+                self.nccl.all_reduce_f32(&mut bucket)
+            };
+            if let Err(e) = summed {
+                self.error = Some(e);
+            }
+        }
+        self.host.push(bucket);
+    }
+
+    /// Waits for every started sum; the host buckets, summed, or the first failure.
+    fn finish(self) -> Result<Vec<Vec<f32>>> {
+        let waited = self.nccl.wait();
+        drop(self.held);
+        match self.error {
+            Some(e) => Err(e),
+            None => waited.map(|()| self.host),
         }
     }
 }

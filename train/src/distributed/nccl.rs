@@ -1,11 +1,13 @@
 //! NCCL all-reduce through cudarc (libnccl is loaded at run time, like the rest of CUDA).
 //!
 //! Rank 0 creates the unique id; the rendezvous carries it to the others; each rank makes a
-//! communicator on GPU `LOCAL_RANK`. The gradients arrive here as one host buffer (see
-//! `grads`), are copied to the GPU in pieces of [`PIECE`] values (f32, or bf16 with
-//! `reduce_dtype = "bf16"`), summed by `ncclAllReduce`, and
-//! copied back. A watchdog aborts the communicator when a piece takes longer than the
-//! timeout (a rank died or hangs), so the wait ends with an error instead of a hang.
+//! communicator on GPU `LOCAL_RANK`, with a stream of its own. Gradients on the GPU are summed
+//! where they are: `grads` hands each bucket's device address to [`Nccl::start_on_device`],
+//! which queues `ncclAllReduce` on that stream and returns, and [`Nccl::wait`] waits for them
+//! all. Host buffers (a CPU model with `backend = "nccl"`, `bench-allreduce`) are copied to the
+//! GPU in pieces of [`PIECE`] values (f32, or bf16 with `reduce_dtype = "bf16"`), summed and
+//! copied back. A watchdog aborts the communicator when a wait takes longer than the timeout (a
+//! rank died or hangs), so it ends with an error instead of a hang.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -73,7 +75,10 @@ impl Nccl {
         }
         let ctx = CudaContext::new(local_rank)
             .with_context(|| format!("opening GPU {local_rank} (LOCAL_RANK) for NCCL"))?;
-        let stream = ctx.default_stream();
+        // Not the legacy default stream, which would wait for burn's streams and they for it.
+        let stream = ctx
+            .new_stream()
+            .with_context(|| format!("making a CUDA stream on GPU {local_rank} for NCCL"))?;
         let mut comm = std::mem::MaybeUninit::uninit();
         // SAFETY: `comm` is written by ncclCommInitRank before it is read; the id came from
         // ncclGetUniqueId on rank 0 and every rank passes the same world size.
@@ -103,6 +108,45 @@ impl Nccl {
             *d = Bf16(b).to_f32();
         }
         Ok(())
+    }
+
+    /// Queues the sum over the ranks of `len` values (f32, or bf16 with `bf16`) at device
+    /// address `ptr`, in place, on NCCL's stream, and returns without waiting. The memory must
+    /// hold its values already (nothing else may be writing it) and stay allocated, unread by
+    /// anyone else, until [`Self::wait`] returns.
+    pub fn start_on_device(&self, ptr: u64, len: usize, bf16: bool) -> Result<()> {
+        if self.aborted.get() {
+            bail!("rank {}: an earlier NCCL all-reduce timed out", self.rank);
+        }
+        let dtype = if bf16 {
+            sys::ncclDataType_t::ncclBfloat16
+        } else {
+            sys::ncclDataType_t::ncclFloat32
+        };
+        // SAFETY: the caller guarantees `ptr` addresses `len` values of `dtype` on this GPU,
+        // alive and unused by others until `wait`.
+        unsafe {
+            result::all_reduce(
+                ptr as *const _,
+                ptr as *mut _,
+                len,
+                dtype,
+                sys::ncclRedOp_t::ncclSum,
+                self.comm,
+                self.stream.cu_stream() as _,
+            )
+            .map_err(|e| anyhow!("ncclAllReduce of {len} values on the GPU: {e:?}"))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every all-reduce queued by [`Self::start_on_device`] is done.
+    pub fn wait(&self) -> Result<()> {
+        self.watched(|| {
+            self.stream
+                .synchronize()
+                .context("waiting for NCCL's all-reduce on the GPU")
+        })
     }
 
     /// Sums `data` (host values of NCCL type `dtype`) over the ranks, staged through the GPU.

@@ -325,6 +325,39 @@ fn overlapped_buckets_come_back_summed_in_order_while_the_work_runs() {
 }
 
 #[test]
+fn one_process_sums_nothing_and_cpu_tensor_buckets_travel_as_host_values() {
+    let single = ProcessGroup::single();
+    assert!(!single.reduces() && !single.overlaps());
+    let results = on_ranks(
+        2,
+        settings(20.0, 20.0),
+        |_| "t".into(),
+        |r, g| {
+            let mut g = g.expect("join");
+            assert!(g.reduces());
+            let device = Default::default();
+            let (kept, host) = g
+                .overlapped(|sender| {
+                    let t = burn::tensor::Tensor::<bertkit_model::backend::Cpu, 1>::from_floats(
+                        [1.0 + r as f32, 10.0, 100.0 * r as f32],
+                        &device,
+                    );
+                    sender.send_tensor(t)
+                })
+                .expect("overlapped all-reduce");
+            (kept.is_none(), host)
+        },
+    );
+    for (went_to_host, host) in results {
+        assert!(
+            went_to_host,
+            "a CPU tensor has no device buffer for the collective"
+        );
+        assert_eq!(host, [vec![3.0, 20.0, 100.0]]);
+    }
+}
+
+#[test]
 fn a_rank_that_exits_mid_bucket_is_named_and_the_work_still_ends() {
     let errors = on_ranks(
         3,
