@@ -18,7 +18,8 @@ The model, per optimizer step, per GPU (all GPUs do the same work):
               InfiniBand NICs across nodes)
   efficiency without overlap = t_compute / (t_compute + t_comm)
   efficiency with overlap    = t_compute / (t_compute + max(0, t_comm - t_backward_last_micro))
-  bertkit today additionally copies the f32 gradients through host memory: + 4 * S / PCIe
+  the host-staged path (bertkit's NCCL path until 2026-12-04; now only for gradients that are not
+  on the GPU) additionally copies the f32 gradients through host memory: + 4 * S / PCIe
 """
 import math
 import os
@@ -87,8 +88,8 @@ RING_MULTINODE_FACTOR = 1.9
 BUCKET_BYTES = 256 * 2**20
 BUCKET_SENSITIVITY = [25 * 2**20, 64 * 2**20, 256 * 2**20, None]  # None: one flat buffer
 
-# bertkit's current data-parallel step (train/src/distributed/grads.rs and nccl.rs, being
-# written): the f32 gradients are concatenated on the GPU, copied to one host buffer, then each
+# The host-staged path (train/src/distributed/nccl.rs; bertkit's NCCL path until 2026-12-04, now
+# only for gradients not on the GPU): the f32 gradients are concatenated on the GPU, copied to one host buffer, then each
 # 256 MiB piece is copied back to the GPU, all-reduced by NCCL and copied to the host again, and
 # the result is copied to the GPU once more: 4 x S bytes over PCIe, in sequence with the NCCL
 # calls. ASSUMPTION: these copies (pageable host memory) reach 40% of the x16 link rate per
@@ -424,8 +425,8 @@ def main():
         table(["GPU", "model", "GPUs", "accum.", "compute/step ms", "last backward ms",
                "all-reduce ms", "efficiency, no overlap", "efficiency, overlap"], rows)
 
-    print("### bertkit today, phase 1: f32 gradients staged through host memory, NCCL in "
-          f"{BUCKET_BYTES // 2**20} MiB pieces, no overlap\n")
+    print("### The host-staged path, phase 1: f32 gradients staged through host memory, NCCL in "
+          f"{BUCKET_BYTES // 2**20} MiB pieces, no overlap (bertkit until 2026-12-04)\n")
     rows = []
     r = recipes["phase1"]
     for hwname, hw in HARDWARE.items():
@@ -441,7 +442,8 @@ def main():
            "efficiency", "same without the host copies"], rows)
 
     print("### The bucketed, overlapped all-reduce on device buffers, phase 1\n")
-    print("What train/src/distributed/grads.rs does on the CPU ring, priced on GPUs: whole-layer "
+    print("What train/src/distributed/grads.rs does (on the CPU ring, and with NCCL on the GPU's "
+          "own buffers since 2026-12-04), priced on GPUs: whole-layer "
           "buckets of at least 25 MB (`bucket_mb`), each all-reduced once its layers' backward is "
           "done, the embeddings and heads last; compared with one flat all-reduce after the "
           "backward pass (both on device buffers, no host copies). Cells: bf16 / fp32 on the "

@@ -1,16 +1,18 @@
 # shellcheck shell=bash
-# Sourced by the GPU scripts (gpu_pretrain.sh, gpu_plan.sh). CubeCL (burn's CUDA backend) autotunes
-# every new kernel shape on first use, 5-35 s each on an H100 (docs/PERFORMANCE.md), and keeps the
-# results under ./target/ of the working directory. These two functions carry them from one lent
-# GPU session to the next: CUBECL_CACHE=FILE.tgz is unpacked before the runs, and everything under
-# ./target but build outputs is packed into $OUT/cubecl-cache.tgz after every run (so a command
-# stopped at its time limit still returns what it tuned).
+# Sourced by the GPU plan scripts (gpu_plan.sh, gpu_session.sh). burn's CUDA backend (CubeCL)
+# compiles every kernel with NVRTC on first use (and, in a `cuda-autotune` build, tunes every new
+# matmul shape, 5-35 s each on an H100); bertkit keeps both in its kernel cache
+# (BERTKIT_KERNEL_CACHE, docs/SCALING.md). These two functions carry that cache from one lent GPU
+# session to the next: CUBECL_CACHE=FILE.tgz is unpacked into it before the runs, and it is packed
+# into $OUT/cubecl-cache.tgz after every run (so a command stopped at its time limit still
+# returns what it compiled and tuned).
+export BERTKIT_KERNEL_CACHE=${BERTKIT_KERNEL_CACHE:-/tmp/bertkit-kernels}
 unpack_cubecl_cache() {
+    mkdir -p "$BERTKIT_KERNEL_CACHE"
     if [ -n "${CUBECL_CACHE:-}" ] && [ -f "$CUBECL_CACHE" ]; then
-        mkdir -p target && tar xzf "$CUBECL_CACHE" -C target && echo "unpacked the autotune cache $CUBECL_CACHE"
+        tar xzf "$CUBECL_CACHE" -C "$BERTKIT_KERNEL_CACHE" && echo "unpacked the kernel cache $CUBECL_CACHE"
     fi
 }
 save_cubecl_cache() {
-    (cd target 2>/dev/null && find . -maxdepth 1 -mindepth 1 ! -name release ! -name debug -print0 \
-        | tar czf "$OUT/cubecl-cache.tgz" --null -T -) 2>/dev/null
+    tar czf "$OUT/cubecl-cache.tgz" -C "$BERTKIT_KERNEL_CACHE" . 2>/dev/null
 }

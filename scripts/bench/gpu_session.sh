@@ -23,6 +23,7 @@ left() { echo $((BUDGET - (SECONDS - T0))); }
 log() { echo "[$((SECONDS - T0)) s] $*"; }
 # shellcheck source=scripts/bench/cubecl_cache.sh
 . scripts/bench/cubecl_cache.sh
+unpack_cubecl_cache
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RUST_LOG=warn
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.gpu/bertkit.xz'), open('$BK', 'wb'))"

@@ -93,6 +93,9 @@ med = statistics.median(times)
 res = {"impl": "pytorch", "model": f"bert-L{args.layers}-H{args.hidden}-A{args.heads}-I{args.intermediate}-V{args.vocab}",
        "batch": B, "seq": T, "threads": args.threads, "device": args.device, "bf16": args.bf16, "attn_implementation": attn_impl,
        "step_ms_median": round(med, 3), "step_ms_all": [round(t, 3) for t in times], "seq_per_s": round(B * 1e3 / med, 3)}
+if dev.type == "cuda":
+    res["peak_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    res["peak_reserved_mib"] = round(torch.cuda.max_memory_reserved() / 2**20)
 if not args.json:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"params {sum(p.numel() for p in model.parameters())}, losses {[round(l, 4) for l in losses]}")
