@@ -357,6 +357,73 @@ fn one_process_sums_nothing_and_cpu_tensor_buckets_travel_as_host_values() {
     }
 }
 
+/// The device path's half that needs no GPU: buckets whose sums come back as tensors are sliced
+/// back into every parameter's gradient, in shape, for any bucket size.
+#[test]
+fn tensor_sums_go_back_to_their_parameters() {
+    use bertkit_model::config::BertConfig;
+    use burn::module::{Module, ModuleVisitor, Param, ParamId};
+    use burn::optim::GradientsParams;
+    use burn::tensor::Tensor;
+    type B = bertkit_model::backend::Cpu;
+    type AD = burn::backend::Autodiff<B>;
+    let config = BertConfig {
+        vocab_size: 50,
+        hidden_size: 8,
+        num_hidden_layers: 3,
+        num_attention_heads: 2,
+        intermediate_size: 16,
+        ..BertConfig::default()
+    };
+    let device = Default::default();
+    let model = bertkit_model::checkpoint::init::<AD>(
+        &config,
+        bertkit_model::heads::Task::Pretraining,
+        0,
+        &device,
+    )
+    .expect("model");
+    // Each parameter's "gradient" is its own value: distinct numbers everywhere.
+    struct Grads(GradientsParams, Vec<(ParamId, Vec<f32>, Vec<usize>)>);
+    impl ModuleVisitor<AD> for Grads {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AD, D>>) {
+            let g: Tensor<B, D> = param.val().inner();
+            self.1.push((
+                param.id,
+                bertkit_model::nn::to_host(g.clone()).data,
+                g.dims().to_vec(),
+            ));
+            self.0.register(param.id, g);
+        }
+    }
+    for bucket_len in [1, 100, usize::MAX] {
+        let mut grads = Grads(GradientsParams::new(), Vec::new());
+        model.visit(&mut grads);
+        let Grads(mut g, want) = grads;
+        let mut buckets = grads::Buckets::<B>::new(bucket_len);
+        let mut sender = BucketSender::Scaled(3.0);
+        buckets.take_final(&model, &mut g, &mut sender);
+        buckets.flush(&mut sender);
+        let back = buckets.unpack(&model, Vec::new()).expect("unpack");
+        for (id, values, dims) in want {
+            // GradientsParams::get does not check the rank: ask for the parameter's own.
+            let got = match dims.len() {
+                1 => back
+                    .get::<B, 1>(id)
+                    .map(|t| (t.dims().to_vec(), bertkit_model::nn::to_host(t).data)),
+                2 => back
+                    .get::<B, 2>(id)
+                    .map(|t| (t.dims().to_vec(), bertkit_model::nn::to_host(t).data)),
+                d => panic!("a parameter of rank {d}"),
+            }
+            .expect("every parameter gets its gradient back");
+            assert_eq!(got.0, dims, "bucket_len {bucket_len}");
+            let tripled: Vec<f32> = values.iter().map(|v| 3.0 * v).collect();
+            assert_eq!(got.1, tripled, "bucket_len {bucket_len}");
+        }
+    }
+}
+
 #[test]
 fn a_rank_that_exits_mid_bucket_is_named_and_the_work_still_ends() {
     let errors = on_ranks(
