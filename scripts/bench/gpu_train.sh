@@ -26,8 +26,9 @@
 #       --set log.every=1 --set eval.every=0 --set checkpoint.every=0 --set log.report_to=jsonl
 #   cp /tmp/run-cpu/metrics.jsonl .gpu/losses-cpu-f32.jsonl     # the CPU side of `agree` below
 # Run from the repository root: OUT=$OUT bash scripts/bench/gpu_train.sh (carry .gpu). What comes
-# back: $OUT/summary.txt, $OUT/logs.tgz (every run's output), $OUT/kernel-cache.tgz (both caches,
-# for the next session: BERTKIT_KERNEL_CACHE=<unpacked>/kc-fixed).
+# back: $OUT/summary.txt, $OUT/logs.tgz (every run's output), $OUT/kernel-cache.tgz (both caches;
+# carried by the next session as .gpu/kernel-cache.tgz, it times the first step with a cache kept
+# from an earlier GPU run).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 OUT=${OUT:-/tmp/bertkit-gpu}
@@ -97,6 +98,13 @@ agree() { # agree PRECISION LIMIT
     cp "/tmp/run-$1/metrics.jsonl" "$W/losses-cuda-$1.jsonl" 2>/dev/null
 }
 
+# A cache brought back by an earlier session (its $OUT/kernel-cache.tgz, carried as
+# .gpu/kernel-cache.tgz): the first step with it, before anything compiles here.
+if [ -f .gpu/kernel-cache.tgz ]; then
+    mkdir -p /tmp/carried && tar xzf .gpu/kernel-cache.tgz -C /tmp/carried
+    bench "$F" /tmp/carried/kc-fixed mini-fixed-carried 60 bert-mini 64 128 --steps 5 --warmup 1
+    bench "$F" /tmp/carried/kc-fixed base-fixed-carried 60 bert-base 64 128 --steps 5 --warmup 1
+fi
 bench "$F" "$KF" mini-fixed-cold 120 bert-mini 64 128 --steps 5 --warmup 1
 agree fp32 75
 agree bf16 60
