@@ -25,7 +25,8 @@
 #       --set 'out="/tmp/run-cpu"' --set batch.global=32 --set batch.micro=32 --set schedule.steps=6 \
 #       --set log.every=1 --set eval.every=0 --set checkpoint.every=0 --set log.report_to=jsonl
 #   cp /tmp/run-cpu/metrics.jsonl .gpu/losses-cpu-f32.jsonl     # the CPU side of `agree` below
-# Run from the repository root: OUT=$OUT bash scripts/bench/gpu_train.sh (carry .gpu). What comes
+# Run from the repository root: OUT=$OUT BUDGET=565 bash scripts/bench/gpu_train.sh, carrying .gpu
+# (33 MB; the lease's limit is 64 MiB with the tree), with a 600 s limit on the call. What comes
 # back: $OUT/summary.txt, $OUT/logs.tgz (every run's output), $OUT/kernel-cache.tgz (both caches;
 # carried by the next session as .gpu/kernel-cache.tgz, it times the first step with a cache kept
 # from an earlier GPU run).
