@@ -517,3 +517,51 @@ fn general_distillation_learns_from_a_teacher_and_resumes_bit_for_bit() {
         "distill.alpha must be within 0 and 1",
     );
 }
+
+/// `bench-train --json` times each step and says where its time went (the phases are measured
+/// where the step waits anyway, the optimizer is the rest), and the time to the first step.
+#[test]
+fn bench_train_reports_the_step_and_its_phases() {
+    let out = run_ok(bertkit().current_dir(repo()).args([
+        "bench-train",
+        "--model",
+        "configs/models/bert-tiny.toml",
+        "--vocab",
+        "100",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--optimizer",
+        "lamb",
+        "--json",
+    ]));
+    let line = out
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(r["all_reduce"], "none");
+    assert_eq!(r["losses"].as_array().unwrap().len(), 4);
+    let step = r["step_ms_median"].as_f64().unwrap();
+    let first = r["first_step_s"].as_f64().unwrap();
+    assert!(step > 0.0 && first > 0.0, "{r}");
+    assert!(r["start_to_first_step_s"].as_f64().unwrap() >= first, "{r}");
+    let phases = &r["phase_ms_median"];
+    let part = |k: &str| {
+        phases[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("phase {k}: {r}"))
+    };
+    let fb = part("forward_backward");
+    assert!(fb > 0.0, "{r}");
+    for k in ["all_reduce", "grad_norm", "optimizer"] {
+        assert!(part(k) >= 0.0, "{k}: {r}");
+    }
+    // Medians of parts need not add up to the median step exactly, but each is within it.
+    assert!(fb <= step * 1.5, "{r}");
+}

@@ -9,7 +9,8 @@
 #  3. bench-train at NVIDIA's phase-1 shape (seq 128, micro-batch 64, bf16) for BERT-base and
 #     BERT-large, phase 2 (seq 512, micro-batch 8) for BERT-base, each next to PyTorch (HF
 #     BertForPreTraining, bf16 autocast, sdpa, AdamW on both) and the bf16 matmul rates of
-#     cuBLAS (through PyTorch) and burn, with the GPU memory in use at its peak;
+#     cuBLAS (through PyTorch) and burn, with the GPU memory in use at its peak, and where the
+#     step's time goes (forward+backward, all-reduce, gradient norm, optimizer);
 #  4. NCCL at world size 1: bench-allreduce of 1 GiB as a host buffer and as a CUDA tensor in
 #     place (the gradient buckets' path, its device address checked both ways), and BERT-base's
 #     step with the gradients all-reduced on the GPU (during / after the backward) against none;
@@ -176,6 +177,10 @@ for name, r in runs.items():
               f"{j['step_ms_median']:8.1f} {j['seq_per_s']:7.1f} {tf:8.1f} {tf*1e12/cublas:10.3f} {peak(name):9.0f}"
               + (f"  burn matmul {j['matmul_tflop_s']:.0f} TFLOP/s" if j.get("matmul_tflop_s") else "")
               + (f"  [{j['gradient_sync']}]" if j.get("all_reduce") not in (None, "none") else ""))
+        ph = j.get("phase_ms_median") or {}
+        if ph:
+            print(f"{'':22s} step ms: forward+backward {ph['forward_backward']:.1f}, all-reduce "
+                  f"{ph['all_reduce']:.1f}, grad norm {ph['grad_norm']:.1f}, optimizer {ph['optimizer']:.1f}")
     elif j and j.get("impl") == "pytorch":
         print(f"{name:22s} {r['rc']:3d} {wall:7.1f} {'':12s} {'':14s} {j['step_ms_median']:8.1f} {j['seq_per_s']:7.1f} "
               f"{'':8s} {'':10s} {peak(name):9.0f}  torch peak allocated {j.get('peak_allocated_mib')} MiB")

@@ -135,6 +135,8 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
     let mut times = Vec::new();
     let mut losses = Vec::new();
     let mut first_step = None;
+    // Per timed step: forward+backward, all-reduce, gradient norm, optimizer update (ms).
+    let mut phases: [Vec<f64>; 4] = Default::default();
     for step in 0..args.warmup + args.steps {
         let start = Instant::now();
         let settings = StepSettings {
@@ -165,10 +167,18 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
             started.elapsed().as_secs_f64(),
         ));
         if step >= args.warmup {
-            times.push(start.elapsed().as_secs_f64() * 1e3);
+            let total = start.elapsed().as_secs_f64() * 1e3;
+            let p = out.phases;
+            let split = [p.gradients_s, p.all_reduce_s, p.grad_norm_s].map(|x| x * 1e3);
+            for (all, ms) in phases.iter_mut().zip(split) {
+                all.push(ms);
+            }
+            phases[3].push(total - split.iter().sum::<f64>());
+            times.push(total);
         }
         losses.push(out.stats.loss());
     }
+    let phase_ms = phases.map(|mut p| median(&mut p));
     let median = median(&mut times.clone());
     let flops = step_flops(&config, args.batch, args.seq, masked);
     let achieved = flops / (median / 1e3);
@@ -200,6 +210,12 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
         "all_reduce": args.all_reduce,
         "gradient_sync": group.describe(),
         "first_step_s": first_step.map(|f| f.0),
+        "phase_ms_median": {
+            "forward_backward": phase_ms[0],
+            "all_reduce": phase_ms[1],
+            "grad_norm": phase_ms[2],
+            "optimizer": phase_ms[3],
+        },
         "start_to_first_step_s": first_step.map(|f| f.1),
         "peak_rss_mib": peak_rss_mib(),
     });

@@ -159,6 +159,22 @@ pub struct StepOutput {
     pub grad_norm: f64,
     /// False when the loss or the gradients were non-finite and the weights were left alone.
     pub updated: bool,
+    pub phases: StepPhases,
+}
+
+/// Where a step's time went, in seconds, measured at the points where it waits for the device
+/// anyway (reading the losses back, the all-reduce, reading the gradient norm), so timing adds
+/// no wait. The optimizer update is queued last; its time is the step's (after a device sync)
+/// minus these.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepPhases {
+    /// Forward and backward passes of every micro-batch, their losses read back (with an
+    /// overlapped all-reduce, the all-reduce during the backward pass too).
+    pub gradients_s: f64,
+    /// The gradients' and statistics' all-reduce after the backward pass.
+    pub all_reduce_s: f64,
+    /// The global gradient norm, read back.
+    pub grad_norm_s: f64,
 }
 
 /// One optimizer step over this rank's `micro_batches` micro-batches; `micro_loss(model,
@@ -185,17 +201,24 @@ where
     AD: AutodiffBackend,
     F: FnMut(&Bert<AD>, &mut dyn Encode<AD>, usize) -> MicroLoss<AD>,
 {
+    let start = std::time::Instant::now();
+    let mut phases = StepPhases::default();
     let (mut grads, mut sums) = if group.overlaps() && micro_batches > 0 {
-        accumulate_by_layer(&model, micro_batches, s, group, device, micro_loss)?
+        let out = accumulate_by_layer(&model, micro_batches, s, group, device, micro_loss)?;
+        phases.gradients_s = start.elapsed().as_secs_f64();
+        out
     } else {
         let (mut grads, sums) =
             accumulate_gradients(&model, micro_batches, s, group.rank, device, micro_loss);
+        phases.gradients_s = start.elapsed().as_secs_f64();
         grads::all_reduce_grads(&model, &mut grads, group)?;
         (grads, sums)
     };
     group.all_reduce_f32(&mut sums)?;
+    phases.all_reduce_s = start.elapsed().as_secs_f64() - phases.gradients_s;
     let loss = sums.remove(0) as f64;
     let grad_norm = optim::global_grad_norm(&model, &grads);
+    phases.grad_norm_s = start.elapsed().as_secs_f64() - phases.gradients_s - phases.all_reduce_s;
     let updated = grad_norm.is_finite() && loss.is_finite();
     let model = if updated {
         let clip = optim::clip_factor(grad_norm, s.max_grad_norm);
@@ -210,6 +233,7 @@ where
             sums,
             grad_norm,
             updated,
+            phases,
         },
     ))
 }

@@ -754,6 +754,7 @@ pub fn pretrain_step<AD: AutodiffBackend>(
             tokens: all[2] as u64,
             grad_norm: out.grad_norm,
             updated: out.updated,
+            phases: out.phases,
         },
     ))
 }
@@ -767,6 +768,7 @@ pub struct PretrainStep {
     pub grad_norm: f64,
     /// False when the loss or the gradients were non-finite and the weights were left alone.
     pub updated: bool,
+    pub phases: crate::step::StepPhases,
 }
 
 /// Loads a checkpoint (exactly) or, with `fresh_heads`, a model folder for `task` (heads the
