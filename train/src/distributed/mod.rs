@@ -38,7 +38,8 @@ pub struct DistributedSettings {
     /// Seconds the rendezvous waits for every rank to join.
     #[serde(default = "default_rendezvous_timeout")]
     pub rendezvous_timeout_s: f64,
-    /// `auto` (NCCL on CUDA, the TCP ring on the CPU), `tcp` or `nccl`.
+    /// `auto` (NCCL on CUDA, the TCP ring on the CPU), `tcp` or `nccl`. With one process only
+    /// `nccl` makes a communicator (and runs the whole all-reduce, to measure its cost).
     #[serde(default)]
     pub backend: CollectiveBackend,
     /// Gradients are all-reduced in buckets of whole layers, each at least this many MB
