@@ -66,15 +66,27 @@ impl CudaMemory {
     }
 }
 
-/// Whether `t` lives on burn's CUDA backend (as the fusion tensor `burn::backend::Cuda` makes).
+/// The tensor primitive of burn's CUDA backend (`burn::backend::Cuda`, a fusion backend).
+#[cfg(feature = "cuda")]
+type CudaFusionTensor =
+    burn_fusion::FusionTensor<burn_cubecl::fusion::FusionCubeRuntime<cubecl::cuda::CudaRuntime>>;
+
+/// A clone of `t`'s primitive (so the fusion server keeps `t` registered, read-only), when `t`
+/// lives on burn's CUDA backend.
+#[cfg(feature = "cuda")]
+fn cuda_primitive<B: burn::tensor::backend::Backend, const D: usize>(
+    t: &burn::tensor::Tensor<B, D>,
+) -> Option<CudaFusionTensor> {
+    let primitive: Box<dyn std::any::Any> = Box::new(t.clone().into_primitive().tensor());
+    primitive.downcast::<CudaFusionTensor>().ok().map(|p| *p)
+}
+
+/// Whether `t` lives on burn's CUDA backend.
 #[cfg(feature = "cuda")]
 pub fn on_cuda<B: burn::tensor::backend::Backend, const D: usize>(
     t: &burn::tensor::Tensor<B, D>,
 ) -> bool {
-    use burn_cubecl::fusion::FusionCubeRuntime;
-    use cubecl::cuda::CudaRuntime;
-    let primitive: Box<dyn std::any::Any> = Box::new(t.clone().into_primitive().tensor());
-    primitive.is::<burn_fusion::FusionTensor<FusionCubeRuntime<CudaRuntime>>>()
+    cuda_primitive(t).is_some()
 }
 
 /// [`CudaMemory`] of a one-dimensional tensor, after every operation queued before it on the
@@ -86,18 +98,15 @@ pub fn on_cuda<B: burn::tensor::backend::Backend, const D: usize>(
 pub fn cuda_memory<B: burn::tensor::backend::Backend>(
     t: &burn::tensor::Tensor<B, 1>,
 ) -> Result<Option<CudaMemory>, String> {
-    use burn_cubecl::{fusion::FusionCubeRuntime, CubeBackend};
+    use burn_cubecl::CubeBackend;
     use cubecl::cuda::CudaRuntime;
-    type Fused = burn_fusion::FusionTensor<FusionCubeRuntime<CudaRuntime>>;
     let device = t.device();
-    // A clone: the fusion server keeps the tensor registered (read-only), so `t` stays valid.
-    let primitive: Box<dyn std::any::Any> = Box::new(t.clone().into_primitive().tensor());
-    let Ok(fused) = primitive.downcast::<Fused>() else {
+    let Some(fused) = cuda_primitive(t) else {
         return Ok(None);
     };
     let client = fused.client.clone();
     let dtype = fused.dtype;
-    let buffer = client.resolve_tensor_float::<CubeBackend<CudaRuntime, f32, i32, u8>>(*fused);
+    let buffer = client.resolve_tensor_float::<CubeBackend<CudaRuntime, f32, i32, u8>>(fused);
     if !buffer.is_contiguous() {
         return Err(format!(
             "a CUDA tensor of shape {:?} is not contiguous (strides {:?})",

@@ -68,8 +68,8 @@ pub fn run(args: &BenchAllreduceArgs) -> Result<()> {
     }
     let mut buf = vec![0f32; n];
     let mut times = Vec::new();
+    let rank = group.rank;
     for i in 0..=args.iters {
-        let rank = group.rank;
         buf.iter_mut()
             .enumerate()
             .for_each(|(j, v)| *v = value(rank, j));

@@ -50,9 +50,8 @@ pub struct Buckets<B: Backend> {
     open_len: usize,
     /// Where each parameter's gradient sits: (bucket, offset, dims).
     slots: HashMap<ParamId, (usize, usize, Vec<usize>)>,
-    sent: usize,
-    /// Per bucket sent: the tensor that holds its sum (summed on the GPU), or `None` (its sum
-    /// comes back from the host).
+    /// Per bucket sent, in order: the tensor that holds its sum (summed on the GPU), or `None`
+    /// (its sum comes back from the host).
     sums: Vec<Option<Tensor<B, 1>>>,
     device: Option<B::Device>,
 }
@@ -64,7 +63,6 @@ impl<B: Backend> Buckets<B> {
             open: Vec::new(),
             open_len: 0,
             slots: HashMap::new(),
-            sent: 0,
             sums: Vec::new(),
             device: None,
         }
@@ -73,7 +71,8 @@ impl<B: Backend> Buckets<B> {
     fn add<const D: usize>(&mut self, id: ParamId, g: Tensor<B, D>) {
         let dims = g.dims().to_vec();
         let n: usize = dims.iter().product();
-        self.slots.insert(id, (self.sent, self.open_len, dims));
+        self.slots
+            .insert(id, (self.sums.len(), self.open_len, dims));
         self.device.get_or_insert_with(|| g.device());
         self.open.push(g.reshape([n]));
         self.open_len += n;
@@ -134,7 +133,6 @@ impl<B: Backend> Buckets<B> {
         let flat = Tensor::cat(std::mem::take(&mut self.open), 0);
         self.sums.push(sender.send_tensor(flat));
         self.open_len = 0;
-        self.sent += 1;
     }
 
     /// The summed gradients of `module`'s parameters from the reduced buckets (in the order
@@ -149,7 +147,7 @@ impl<B: Backend> Buckets<B> {
             bail!(
                 "all-reduce of gradients: {from_host} of {} buckets sent through the host, {} \
                  came back (and {} values unsent)",
-                self.sent,
+                self.sums.len(),
                 reduced.len(),
                 self.open_len
             );

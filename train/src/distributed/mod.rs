@@ -269,12 +269,9 @@ impl ProcessGroup {
 
     /// Sums gradients over the ranks, in the recipe's `reduce_dtype`.
     pub fn all_reduce_grads(&mut self, data: &mut [f32]) -> Result<()> {
-        if self.reduce_dtype == ReduceDtype::Fp32 {
-            return self.all_reduce_f32(data);
-        }
         #[cfg(feature = "cuda")]
         if let Some(nccl) = &self.nccl {
-            return nccl.all_reduce_bf16(data);
+            return nccl.all_reduce_grads(data, self.reduce_dtype);
         }
         match &mut self.ring {
             Some(ring) => ring.all_reduce_grads(data, self.reduce_dtype),
@@ -320,7 +317,7 @@ impl ProcessGroup {
             // the sums stay where they are (`send_tensor`), host buckets come back here.
             let mut sender = BucketSender::Device(DeviceQueue {
                 nccl,
-                bf16: self.reduce_dtype == ReduceDtype::Bf16,
+                dtype: self.reduce_dtype,
                 held: Vec::new(),
                 host: Vec::new(),
                 error: None,
@@ -461,7 +458,7 @@ impl BucketSender<'_> {
 #[cfg(feature = "cuda")]
 pub struct DeviceQueue<'a> {
     nccl: &'a nccl::Nccl,
-    bf16: bool,
+    dtype: ReduceDtype,
     /// The buckets' memory, held until the sums are done.
     held: Vec<bertkit_model::backend::CudaMemory>,
     /// Host buckets, summed.
@@ -485,18 +482,14 @@ impl DeviceQueue<'_> {
         }
         if !bertkit_model::backend::on_cuda(&bucket) {
             let device = bucket.device();
-            let values = bertkit_model::nn::to_host(bucket).data;
+            let mut values = bertkit_model::nn::to_host(bucket).data;
             let n = values.len();
-            self.send_host(values);
-            let values = self.host.pop().unwrap_or_default();
+            self.sum_host(&mut values);
             return burn::tensor::Tensor::from_data(TensorData::new(values, [n]), &device);
         }
-        let bucket = if self.bf16 {
-            bucket.cast(DType::BF16)
-        } else {
-            bucket
-        };
-        let want = if self.bf16 { DType::BF16 } else { DType::F32 };
+        let bf16 = self.dtype == ReduceDtype::Bf16;
+        let want = if bf16 { DType::BF16 } else { DType::F32 };
+        let bucket = bucket.cast(want);
         let started = bertkit_model::backend::cuda_memory(&bucket)
             .map_err(|e| anyhow::anyhow!("a gradient bucket for NCCL: {e}"))
             .and_then(|m| m.ok_or_else(|| anyhow::anyhow!("a gradient bucket left the GPU")))
@@ -504,7 +497,7 @@ impl DeviceQueue<'_> {
                 if m.dtype != want {
                     anyhow::bail!("a gradient bucket is {:?}, not {want:?}", m.dtype);
                 }
-                self.nccl.start_on_device(m.ptr, m.len, self.bf16)?;
+                self.nccl.start_on_device(m.ptr, m.len, bf16)?;
                 self.held.push(m);
                 Ok(())
             });
@@ -515,17 +508,17 @@ impl DeviceQueue<'_> {
     }
 
     fn send_host(&mut self, mut bucket: Vec<f32>) {
+        self.sum_host(&mut bucket);
+        self.host.push(bucket);
+    }
+
+    /// Sums host values through NCCL's host-staged path, unless an earlier bucket failed.
+    fn sum_host(&mut self, values: &mut [f32]) {
         if self.error.is_none() {
-            let summed = if self.bf16 {
-                self.nccl.all_reduce_bf16(&mut bucket)
-            } else {
-                self.nccl.all_reduce_f32(&mut bucket)
-            };
-            if let Err(e) = summed {
+            if let Err(e) = self.nccl.all_reduce_grads(values, self.dtype) {
                 self.error = Some(e);
             }
         }
-        self.host.push(bucket);
     }
 
     /// Waits for every started sum; the host buckets, summed, or the first failure.

@@ -96,6 +96,15 @@ impl Nccl {
         })
     }
 
+    /// Sums gradients (host values) in the recipe's `reduce_dtype`, as the ring's
+    /// `all_reduce_grads` does.
+    pub fn all_reduce_grads(&self, data: &mut [f32], dtype: super::ReduceDtype) -> Result<()> {
+        match dtype {
+            super::ReduceDtype::Fp32 => self.all_reduce_f32(data),
+            super::ReduceDtype::Bf16 => self.all_reduce_bf16(data),
+        }
+    }
+
     pub fn all_reduce_f32(&self, data: &mut [f32]) -> Result<()> {
         self.all_reduce(data, sys::ncclDataType_t::ncclFloat32)
     }
