@@ -4,7 +4,7 @@
 //! The weight is packed once, at load, in panels of 16 output channels (`[k][16]` each, the last
 //! panel zero padded). A micro-tile of rows runs against a panel as outer products: for each
 //! `t`, `x[r][t]` is broadcast and multiplied into the panel's 16 weights of step `t`,
-//! accumulating in registers (AVX-512: 12 rows × 16 lanes; AVX2+FMA: 6 rows × 2 × 8 lanes;
+//! accumulating in registers (AVX-512: 6 rows × 4 panels of 16 lanes; AVX2+FMA: 6 rows × 2 × 8 lanes;
 //! aarch64 Neon: 6 rows × 4 × 4 lanes; elsewhere plain `f32::mul_add`). Every output element is thus
 //! `acc = 0; for t in 0..k { acc = fma(x[r][t], w[c][t], acc) }; out[r][c] += acc`, whichever
 //! tile, row position, row count, thread split or instruction set computes it.
@@ -22,8 +22,10 @@ const MR: usize = 6;
 /// The rows of `x` a task runs against one panel after another are kept within this many bytes
 /// (they stay in L2 while the panels pass).
 const X_BLOCK_BYTES: usize = 256 * 1024;
-/// Row blocks are whole micro-tiles of both x86 kernels (6 and 12 rows).
+/// Row blocks are whole micro-tiles of the x86 kernels (6 rows).
 const ROW_ALIGN: usize = 12;
+/// Panel blocks are whole micro-tiles of the AVX-512 kernel (4 panels).
+const PANEL_ALIGN: usize = 4;
 /// With threads: tasks per thread, and the fewest rows a task takes before panels are split.
 const TASKS_PER_THREAD: usize = 16;
 const MIN_ROWS: usize = 48;
@@ -120,7 +122,8 @@ impl PackedF32 {
         } else {
             1
         };
-        let per_group = panels.div_ceil(groups);
+        // Whole micro-tiles of the AVX-512 kernel (4 panels) per task.
+        let per_group = panels.div_ceil(groups).next_multiple_of(PANEL_ALIGN);
         let groups = panels.div_ceil(per_group);
         let ptr = SyncPtr(out.as_mut_ptr());
         let run = |task: usize| {
@@ -237,6 +240,10 @@ unsafe fn f32_block(
     p1: usize,
     out: *mut f32,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        return avx512::block(x, rows, w, p0, p1, out);
+    }
     let (k, n) = (w.k, w.n);
     for p in p0..p1 {
         let wp = w.panels.as_ptr().add(p * k) as *const f32;
@@ -244,7 +251,7 @@ unsafe fn f32_block(
         let o = out.add(p * NR);
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => avx512::panel(x, rows, k, wp, o, n, nc),
+            Isa::Avx512 => unreachable!("AVX-512 runs whole panel groups"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => avx2::panel(x, rows, k, wp, o, n, nc),
             #[cfg(target_arch = "aarch64")]
@@ -434,67 +441,76 @@ mod neon {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{add_tile, NR};
+    use super::{PackedF32, NR};
     use std::arch::x86_64::*;
 
-    /// Rows per micro-tile (12 accumulator registers of 16 lanes).
-    const MR: usize = 12;
+    /// Rows and panels per micro-tile: 24 accumulator registers. Each `k` step loads 4 panel
+    /// rows and broadcasts 6 inputs for 24 multiply-adds (a 12 rows × 1 panel tile needed 13
+    /// loads for 12), so a core with two 512-bit FMA units is not held back by its load ports.
+    const MR: usize = 6;
+    const MP: usize = 4;
 
+    /// Rows `x[0..rows]` against panels `p0..p1` of `w`, in groups of [`MP`] panels.
+    ///
     /// # Safety
-    /// See `f32_block`; `w` addresses `k × 16` values, 64-byte aligned; the CPU has AVX-512F.
+    /// See `f32_block`; the CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn panel(
+    pub unsafe fn block(
         x: *const f32,
         rows: usize,
-        k: usize,
-        w: *const f32,
+        w: &PackedF32,
+        p0: usize,
+        p1: usize,
         out: *mut f32,
-        n: usize,
-        nc: usize,
     ) {
-        panel_rows!(
-            tile,
-            x,
-            rows,
-            k,
-            w,
-            out,
-            n,
-            nc,
-            MR,
-            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
-        );
+        let (k, n) = (w.k, w.n);
+        let mut p = p0;
+        while p < p1 {
+            let pp = (p1 - p).min(MP);
+            // (panel, first column, mask of its real columns); past p1 the last panel repeats
+            // but is not used (tile_of_size passes pp).
+            let group: [(*const f32, usize, __mmask16); MP] = std::array::from_fn(|i| {
+                let q = (p + i).min(p1 - 1);
+                let nc = (n - q * NR).min(NR);
+                let mask = if nc == NR { !0 } else { (1u16 << nc) - 1 };
+                (w.panels.as_ptr().add(q * k) as *const f32, q * NR, mask)
+            });
+            let mut r = 0;
+            while r < rows {
+                let (xr, o) = (x.add(r * k), out.add(r * n));
+                tile_of_size!((rows - r).min(MR), pp, MP, tile(&group, k, xr, o, n));
+                r += MR;
+            }
+            p += MP;
+        }
     }
 
+    /// `R` rows (k apart from `x`) against the first `P` panels of `group`, added into `out`
+    /// (rows `n` apart): per element `acc = 0; acc = fma(x, w, acc)` over `t`, then `out += acc`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn tile<const R: usize>(
-        x: *const f32,
+    unsafe fn tile<const R: usize, const P: usize>(
+        group: &[(*const f32, usize, __mmask16); MP],
         k: usize,
-        w: *const f32,
+        x: *const f32,
         out: *mut f32,
         n: usize,
-        nc: usize,
     ) {
-        let mut acc = [_mm512_setzero_ps(); R];
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
         for t in 0..k {
-            let wt = _mm512_load_ps(w.add(t * NR));
-            for (r, a) in acc.iter_mut().enumerate() {
+            let w: [__m512; P] = std::array::from_fn(|p| _mm512_load_ps(group[p].0.add(t * NR)));
+            for (r, acc) in acc.iter_mut().enumerate() {
                 let xv = _mm512_set1_ps(*x.add(r * k + t));
-                *a = _mm512_fmadd_ps(xv, wt, *a);
+                for (a, w) in acc.iter_mut().zip(&w) {
+                    *a = _mm512_fmadd_ps(xv, *w, *a);
+                }
             }
         }
-        if nc == NR {
-            for (r, a) in acc.iter().enumerate() {
-                let o = out.add(r * n);
-                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), *a));
+        for (r, acc) in acc.iter().enumerate() {
+            for (a, &(_, c0, mask)) in acc.iter().zip(group) {
+                let o = out.add(r * n + c0);
+                _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), *a));
             }
-        } else {
-            let mut part = [[0f32; NR]; R];
-            for (p, a) in part.iter_mut().zip(&acc) {
-                _mm512_storeu_ps(p.as_mut_ptr(), *a);
-            }
-            add_tile(&part, out, n, nc);
         }
     }
 }
