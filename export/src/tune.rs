@@ -1,5 +1,6 @@
 //! Tuning at export: runs the plan with each setting the runtime can choose (thread count; for
-//! int8 plans the integer kernel or dequantized f32 weights) on this machine and keeps the
+//! int8 plans the integer kernel or dequantized f32 weights; for bf16 plans, where the CPU has
+//! AVX-512 BF16, bf16 products or the weights widened to f32) on this machine and keeps the
 //! fastest. Every trial is recorded in plan.json.
 
 use std::path::Path;
@@ -7,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use bertkit_runtime::plan::{PlanMeta, Precision, Trial, Tuning};
-use bertkit_runtime::{Encoded, Int8Kernel, Runtime, RuntimeOptions};
+use bertkit_runtime::{Bf16Kernel, Encoded, Int8Kernel, Runtime, RuntimeOptions};
 
 /// A synthetic batch: `batch` sequences of `seq` tokens (ids spread over the vocabulary).
 pub fn synthetic_batch(meta: &PlanMeta, batch: usize, seq: usize) -> Vec<Encoded> {
@@ -51,29 +52,37 @@ pub fn tune(dir: &Path, meta: &PlanMeta) -> Result<Tuning> {
         .take_while(|&t| t < cores)
         .collect();
     threads.push(cores);
-    let kernels: Vec<Option<Int8Kernel>> = if meta.precision == Precision::Int8 {
-        vec![Some(Int8Kernel::Int8), Some(Int8Kernel::DequantizedF32)]
-    } else {
-        vec![None]
+    let kernels: Vec<Kernel> = match meta.precision {
+        Precision::Int8 => vec![
+            Kernel::Int8(Int8Kernel::Int8),
+            Kernel::Int8(Int8Kernel::DequantizedF32),
+        ],
+        Precision::Bf16 if bertkit_runtime::cpu::matmul::bf16_isa() != "f32" => vec![
+            Kernel::Bf16(Bf16Kernel::Bf16),
+            Kernel::Bf16(Bf16Kernel::WidenedF32),
+        ],
+        _ => vec![Kernel::Only],
     };
     let (batch, seq) = (meta.max_batch.min(8), meta.tokenizer.max_length.min(128));
     let input = synthetic_batch(meta, batch, seq);
     let mut trials = Vec::new();
-    let mut best: Option<(f64, usize, Option<Int8Kernel>)> = None;
+    let mut best: Option<(f64, usize, Kernel)> = None;
     for &kernel in &kernels {
         for &t in &threads {
             let runtime = Runtime::load(
                 dir,
                 &RuntimeOptions {
                     threads: Some(t),
-                    int8_kernel: kernel,
+                    int8_kernel: kernel.int8(),
+                    bf16_kernel: kernel.bf16(),
                     ..Default::default()
                 },
             )?;
             let ms = time_ms(&runtime, &input, 3)?;
             let setting = match kernel {
-                Some(k) => format!("threads={t} int8_kernel={}", k.name()),
-                None => format!("threads={t}"),
+                Kernel::Int8(k) => format!("threads={t} int8_kernel={}", k.name()),
+                Kernel::Bf16(k) => format!("threads={t} bf16_kernel={}", k.name()),
+                Kernel::Only => format!("threads={t}"),
             };
             trials.push(Trial {
                 setting,
@@ -86,11 +95,12 @@ pub fn tune(dir: &Path, meta: &PlanMeta) -> Result<Tuning> {
             }
         }
     }
-    let (_, threads, kernel) = best.unwrap_or((0.0, cores, None));
+    let (_, threads, kernel) = best.unwrap_or((0.0, cores, Kernel::Only));
     Ok(Tuning {
         machine: machine(),
         threads,
-        int8_kernel: kernel.map(|k| k.name().to_string()),
+        int8_kernel: kernel.int8().map(|k| k.name().to_string()),
+        bf16_kernel: kernel.bf16().map(|k| k.name().to_string()),
         kernels: Some(format!(
             "f32={} int8={} bf16={}",
             bertkit_runtime::cpu::matmul::f32_isa(),
@@ -99,6 +109,31 @@ pub fn tune(dir: &Path, meta: &PlanMeta) -> Result<Tuning> {
         )),
         trials,
     })
+}
+
+/// The kernel choice one trial runs with.
+#[derive(Debug, Clone, Copy)]
+enum Kernel {
+    Int8(Int8Kernel),
+    Bf16(Bf16Kernel),
+    /// The precision has no choice here.
+    Only,
+}
+
+impl Kernel {
+    fn int8(self) -> Option<Int8Kernel> {
+        match self {
+            Kernel::Int8(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    fn bf16(self) -> Option<Bf16Kernel> {
+        match self {
+            Kernel::Bf16(k) => Some(k),
+            _ => None,
+        }
+    }
 }
 
 /// CPU model and core count, for the record.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use bertkit_model::{BertTokenizer, TextInput, Truncate};
 
-pub use cpu::{check_input, Encoded, Int8Kernel, SeqOutput};
+pub use cpu::{check_input, Bf16Kernel, Encoded, Int8Kernel, Kernels, SeqOutput};
 pub use plan::{PlanMeta, PlanTask, Precision, Target};
 
 /// How to run a plan; `None` takes the value export tuned (plan.json `tuning`).
@@ -23,6 +23,7 @@ pub use plan::{PlanMeta, PlanTask, Precision, Target};
 pub struct RuntimeOptions {
     pub threads: Option<usize>,
     pub int8_kernel: Option<Int8Kernel>,
+    pub bf16_kernel: Option<Bf16Kernel>,
     /// The GPU of a cuda plan (default 0).
     pub cuda_device: Option<usize>,
 }
@@ -74,8 +75,17 @@ impl Runtime {
                             .and_then(|t| t.int8_kernel.as_deref())
                             .and_then(Int8Kernel::parse)
                     })
-                    .unwrap_or(Int8Kernel::Int8);
-                let encoder = cpu::Encoder::load(&meta, &bytes, &file, int8)?;
+                    .unwrap_or_default();
+                let bf16 = options
+                    .bf16_kernel
+                    .or_else(|| {
+                        tuning
+                            .and_then(|t| t.bf16_kernel.as_deref())
+                            .and_then(Bf16Kernel::parse)
+                    })
+                    .unwrap_or_default();
+                let kernels = Kernels { int8, bf16 };
+                let encoder = cpu::Encoder::load(&meta, &bytes, &file, kernels)?;
                 let pool = bertkit_model::denormals::thread_pool()
                     .num_threads(threads)
                     .thread_name(|i| format!("bertkit-runtime-{i}"))

@@ -226,6 +226,10 @@ pub struct Tuning {
     pub threads: usize,
     /// For int8 plans: `int8` (the integer kernel) or `dequantized-f32`.
     pub int8_kernel: Option<String>,
+    /// For bf16 plans: `bf16` (bf16 products where the CPU has AVX-512 BF16) or `widened-f32`
+    /// (absent in older plans: `bf16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bf16_kernel: Option<String>,
     /// The instruction sets the kernels ran on when tuning, e.g. `f32=avx512 int8=avx512-vnni`
     /// (chosen again at load from the CPU that runs the plan; absent in older plans).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use bertkit_runtime::cpu::matmul::quantize_weight;
+use bertkit_runtime::cpu::matmul::{bf16_isa, quantize_weight};
 use bertkit_runtime::cpu::Encoder;
 use bertkit_runtime::plan::{
     names, Head, PlanMeta, PlanTask, Pooling, PoolingMode, Precision, Shape, Target,
     TokenizerSettings,
 };
-use bertkit_runtime::{Encoded, Int8Kernel};
+use bertkit_runtime::{Bf16Kernel, Encoded, Int8Kernel, Kernels};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 
@@ -121,6 +121,18 @@ fn meta(task: PlanTask, precision: Precision) -> PlanMeta {
 /// layers of each encoder layer quantized per output channel (as export does by default); the
 /// pooler and head f32.
 fn weights(precision: Precision, seed: u64) -> Vec<u8> {
+    weights_rounded(precision, seed, precision == Precision::Bf16)
+}
+
+/// bf16's value nearest to `v` (ties to even), as export rounds a bf16 plan's weights.
+fn bf16_bits(v: f32) -> u16 {
+    let b = v.to_bits();
+    (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+/// The same, with `bf16_values` the encoder layers' linear weights rounded to bf16 values: kept
+/// as bf16 in a bf16 plan, as f32 otherwise (the fp32 plan of a bf16 plan's values).
+fn weights_rounded(precision: Precision, seed: u64, bf16_values: bool) -> Vec<u8> {
     let mut rng = Rng(seed);
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -161,31 +173,45 @@ fn weights(precision: Precision, seed: u64) -> Vec<u8> {
         );
     };
     ln(&mut tensors, &mut rng, names::EMB_LN);
-    let linear = |tensors: &mut Vec<_>, rng: &mut Rng, name: &str, k: usize, n: usize, int8| {
-        let w = rng.vec(n * k, 1.0 / (k as f32).sqrt() * 1.7, 0.0);
-        if int8 {
-            let (q, scale) = quantize_weight(&w, n, k);
-            let q: Vec<u8> = q.iter().map(|&v| v as u8).collect();
-            tensors.push((format!("{name}.w"), Dtype::I8, vec![n, k], q));
-            tensors.push((format!("{name}.scale"), Dtype::F32, vec![n], f32s(&scale)));
-        } else {
-            tensors.push((format!("{name}.w"), Dtype::F32, vec![n, k], f32s(&w)));
-        }
-        let b = rng.vec(n, 0.1, 0.0);
-        tensors.push((format!("{name}.b"), Dtype::F32, vec![n], f32s(&b)));
-    };
+    // `layer`: an encoder layer's (int8 or bf16 in those plans), not the pooler's or head's.
+    let linear =
+        |tensors: &mut Vec<_>, rng: &mut Rng, name: &str, k: usize, n: usize, int8, layer| {
+            let w = rng.vec(n * k, 1.0 / (k as f32).sqrt() * 1.7, 0.0);
+            if int8 {
+                let (q, scale) = quantize_weight(&w, n, k);
+                let q: Vec<u8> = q.iter().map(|&v| v as u8).collect();
+                tensors.push((format!("{name}.w"), Dtype::I8, vec![n, k], q));
+                tensors.push((format!("{name}.scale"), Dtype::F32, vec![n], f32s(&scale)));
+            } else if bf16_values && layer {
+                let bits: Vec<u16> = w.iter().map(|&v| bf16_bits(v)).collect();
+                if precision == Precision::Bf16 {
+                    let data = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
+                    tensors.push((format!("{name}.w"), Dtype::BF16, vec![n, k], data));
+                } else {
+                    let values: Vec<f32> = bits
+                        .iter()
+                        .map(|&b| f32::from_bits(u32::from(b) << 16))
+                        .collect();
+                    tensors.push((format!("{name}.w"), Dtype::F32, vec![n, k], f32s(&values)));
+                }
+            } else {
+                tensors.push((format!("{name}.w"), Dtype::F32, vec![n, k], f32s(&w)));
+            }
+            let b = rng.vec(n, 0.1, 0.0);
+            tensors.push((format!("{name}.b"), Dtype::F32, vec![n], f32s(&b)));
+        };
     let int8 = precision == Precision::Int8;
     for l in 0..LAYERS {
         let n = |part: &str| names::layer(l, part);
-        linear(&mut tensors, &mut rng, &n("qkv"), h, 3 * h, int8);
-        linear(&mut tensors, &mut rng, &n("attn_out"), h, h, int8);
+        linear(&mut tensors, &mut rng, &n("qkv"), h, 3 * h, int8, true);
+        linear(&mut tensors, &mut rng, &n("attn_out"), h, h, int8, true);
         ln(&mut tensors, &mut rng, &n("attn_ln"));
-        linear(&mut tensors, &mut rng, &n("ffn_in"), h, i, int8);
-        linear(&mut tensors, &mut rng, &n("ffn_out"), i, h, int8);
+        linear(&mut tensors, &mut rng, &n("ffn_in"), h, i, int8, true);
+        linear(&mut tensors, &mut rng, &n("ffn_out"), i, h, int8, true);
         ln(&mut tensors, &mut rng, &n("ffn_ln"));
     }
-    linear(&mut tensors, &mut rng, names::POOLER, h, h, false);
-    linear(&mut tensors, &mut rng, names::HEAD, h, LABELS, false);
+    linear(&mut tensors, &mut rng, names::POOLER, h, h, false, false);
+    linear(&mut tensors, &mut rng, names::HEAD, h, LABELS, false, false);
     let views = tensors
         .iter()
         .map(|(name, dtype, shape, data)| {
@@ -279,7 +305,11 @@ fn each_output_is_the_same_alone_and_inside_busy_batches() {
     let mut failures = Vec::new();
     for (p, &(task, precision, kernel)) in plans.iter().enumerate() {
         let bytes = weights(precision, 1000 + p as u64);
-        let encoder = Encoder::load(&meta(task, precision), &bytes, "random", kernel).unwrap();
+        let kernels = Kernels {
+            int8: kernel,
+            ..Default::default()
+        };
+        let encoder = Encoder::load(&meta(task, precision), &bytes, "random", kernels).unwrap();
         let what = match precision {
             Precision::Int8 => format!("{task:?} int8 ({} kernel)", kernel.name()),
             _ => format!("{task:?} {precision}"),
@@ -331,4 +361,63 @@ fn each_output_is_the_same_alone_and_inside_busy_batches() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// A bf16 plan run with `widened-f32` computes exactly what the fp32 plan of its values does
+/// (the f32 kernel on the same numbers); with `bf16` and AVX-512 BF16 it rounds the activations
+/// too, so it differs from that, by bf16's rounding only.
+#[test]
+fn a_bf16_plan_widened_to_f32_is_the_fp32_plan_of_its_values() {
+    let task = PlanTask::SequenceClassification;
+    let bf16 = weights_rounded(Precision::Bf16, 77, true);
+    let f32_values = weights_rounded(Precision::Fp32, 77, true);
+    let load = |precision, bytes: &[u8], bf16| {
+        let kernels = Kernels {
+            bf16,
+            ..Default::default()
+        };
+        Encoder::load(&meta(task, precision), bytes, "random", kernels).unwrap()
+    };
+    let mut rng = Rng(5);
+    let batch: Vec<Encoded> = (0..6)
+        .map(|_| {
+            let len = 1 + rng.below(MAX_POS);
+            sequence(&mut rng, len)
+        })
+        .collect();
+    let fp32 = run(
+        &load(Precision::Fp32, &f32_values, Bf16Kernel::Bf16),
+        &batch,
+        2,
+    );
+    let widened = run(
+        &load(Precision::Bf16, &bf16, Bf16Kernel::WidenedF32),
+        &batch,
+        2,
+    );
+    let products = run(&load(Precision::Bf16, &bf16, Bf16Kernel::Bf16), &batch, 2);
+    assert_eq!(
+        widened, fp32,
+        "widened-f32 is not the f32 kernel on the bf16 values"
+    );
+    let values =
+        |v: &[Vec<u32>]| -> Vec<f32> { v.iter().flatten().map(|&b| f32::from_bits(b)).collect() };
+    let (a, b) = (values(&widened), values(&products));
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(
+        diff <= 0.05 * scale,
+        "bf16 products differ by {diff} (scale {scale})"
+    );
+    if bf16_isa() == "avx512-bf16" {
+        assert!(diff > 0.0, "the bf16 kernel computed in f32");
+    } else {
+        assert_eq!(
+            diff, 0.0,
+            "without AVX-512 BF16 both kernels widen the weights"
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use bertkit_export::plan::{export_plan, PlanOptions};
 use bertkit_runtime::plan::{PoolingMode, Precision, Target};
-use bertkit_runtime::{Int8Kernel, Runtime, RuntimeOptions};
+use bertkit_runtime::{Bf16Kernel, Int8Kernel, Runtime, RuntimeOptions};
 use clap::{Args, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -163,11 +163,11 @@ pub fn run(args: &ExportArgs) -> Result<()> {
                 }
             }
             if let Some(t) = &m.tuning {
-                let kernel = t
-                    .int8_kernel
-                    .as_deref()
-                    .map(|k| format!(", int8 kernel {k}"))
-                    .unwrap_or_default();
+                let kernel = match (&t.int8_kernel, &t.bf16_kernel) {
+                    (Some(k), _) => format!(", int8 kernel {k}"),
+                    (None, Some(k)) => format!(", bf16 kernel {k}"),
+                    (None, None) => String::new(),
+                };
                 println!("tuned on {}: {} threads{kernel}", t.machine, t.threads);
             }
             Ok(())
@@ -194,6 +194,9 @@ pub struct BenchPlanArgs {
     /// int8 plans: `int8` or `dequantized-f32` (default: the tuned one).
     #[arg(long)]
     pub int8_kernel: Option<String>,
+    /// bf16 plans: `bf16` or `widened-f32` (default: the tuned one).
+    #[arg(long)]
+    pub bf16_kernel: Option<String>,
     /// Give every other sequence half the length (a mixed batch; padding-free execution
     /// runs only the real tokens).
     #[arg(long)]
@@ -255,11 +258,19 @@ pub fn bench(args: &BenchPlanArgs) -> Result<()> {
             })?),
             None => None,
         };
+    let bf16_kernel = match args.bf16_kernel.as_deref() {
+        Some(k) => Some(
+            Bf16Kernel::parse(k)
+                .with_context(|| format!("--bf16-kernel {k:?}: expected bf16 or widened-f32"))?,
+        ),
+        None => None,
+    };
     let runtime = Runtime::load(
         &args.plan,
         &RuntimeOptions {
             threads: args.threads,
             int8_kernel,
+            bf16_kernel,
             ..Default::default()
         },
     )?;

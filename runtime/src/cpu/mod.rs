@@ -149,9 +149,10 @@ fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
 }
 
 /// How int8 weights are computed with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Int8Kernel {
     /// Integer products (the AVX-512 VNNI kernel where the CPU has it, else AVX2 or portable).
+    #[default]
     Int8,
     /// The int8 weights dequantized at load, f32 matrix multiplies.
     DequantizedF32,
@@ -172,6 +173,45 @@ impl Int8Kernel {
             _ => None,
         }
     }
+}
+
+/// How a bf16 plan's weights are computed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Bf16Kernel {
+    /// bf16 products summed in f32 (`vdpbf16ps`) where the CPU has AVX-512 BF16, else the
+    /// weights widened to f32.
+    #[default]
+    Bf16,
+    /// The bf16 weights widened to f32 at load, f32 matrix multiplies. On a core with two
+    /// 512-bit FMA units and a slow `vdpbf16ps` (the Intel Xeons measured here) this is the
+    /// faster one; export's tuning times both.
+    WidenedF32,
+}
+
+impl Bf16Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Kernel::Bf16 => "bf16",
+            Bf16Kernel::WidenedF32 => "widened-f32",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Bf16Kernel> {
+        match s {
+            "bf16" => Some(Bf16Kernel::Bf16),
+            "widened-f32" => Some(Bf16Kernel::WidenedF32),
+            _ => None,
+        }
+    }
+}
+
+/// The kernels a CPU plan's linear layers use, where there is a choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Kernels {
+    /// For int8 weights.
+    pub int8: Int8Kernel,
+    /// For bf16 weights.
+    pub bf16: Bf16Kernel,
 }
 
 /// The tensors of a plan's weights file, read by name with their expected shape.
@@ -222,7 +262,15 @@ impl<'a> Tensors<'a> {
         })
     }
 
-    fn linear(&self, name: &str, k: usize, n: usize, int8: Option<Int8Kernel>) -> Result<Linear> {
+    /// A linear layer; `int8` is `None` where int8 weights are not expected (pooler, head).
+    fn linear(
+        &self,
+        name: &str,
+        k: usize,
+        n: usize,
+        int8: Option<Int8Kernel>,
+        bf16: Bf16Kernel,
+    ) -> Result<Linear> {
         let bias = self.f32(&format!("{name}.b"), &[n])?;
         let wname = format!("{name}.w");
         let t = self
@@ -245,7 +293,11 @@ impl<'a> Tensors<'a> {
                 _ => w,
             }
         } else if t.dtype() == Dtype::BF16 {
-            Weight::bf16(&self.f32(&wname, &[n, k])?, n, k)
+            let w = self.f32(&wname, &[n, k])?;
+            match bf16 {
+                Bf16Kernel::Bf16 => Weight::bf16(&w, n, k),
+                Bf16Kernel::WidenedF32 => Weight::f32(&w, n, k),
+            }
         } else {
             Weight::f32(&self.f32(&wname, &[n, k])?, n, k)
         };
@@ -255,29 +307,30 @@ impl<'a> Tensors<'a> {
 
 impl Encoder {
     /// Builds the encoder from the plan's weights file.
-    pub fn load(meta: &PlanMeta, weights: &[u8], file: &str, int8: Int8Kernel) -> Result<Self> {
+    pub fn load(meta: &PlanMeta, weights: &[u8], file: &str, kernels: Kernels) -> Result<Self> {
         let t = Tensors::open(meta, weights, file)?;
         let s = &meta.shape;
         let (h, i) = (s.hidden_size, s.intermediate_size);
-        let int8 = (meta.precision == Precision::Int8).then_some(int8);
+        let int8 = (meta.precision == Precision::Int8).then_some(kernels.int8);
+        let bf16 = kernels.bf16;
         let mut layers = Vec::with_capacity(s.num_hidden_layers);
         for l in 0..s.num_hidden_layers {
             let n = |part: &str| names::layer(l, part);
             layers.push(Layer {
-                qkv: t.linear(&n("qkv"), h, 3 * h, int8)?,
-                attn_out: t.linear(&n("attn_out"), h, h, int8)?,
+                qkv: t.linear(&n("qkv"), h, 3 * h, int8, bf16)?,
+                attn_out: t.linear(&n("attn_out"), h, h, int8, bf16)?,
                 attn_ln: t.layer_norm(&n("attn_ln"), h)?,
-                ffn_in: t.linear(&n("ffn_in"), h, i, int8)?,
-                ffn_out: t.linear(&n("ffn_out"), i, h, int8)?,
+                ffn_in: t.linear(&n("ffn_in"), h, i, int8, bf16)?,
+                ffn_out: t.linear(&n("ffn_out"), i, h, int8, bf16)?,
                 ffn_ln: t.layer_norm(&n("ffn_ln"), h)?,
             });
         }
         let pooler = match &meta.head {
-            Some(head) if head.pooler => Some(t.linear(names::POOLER, h, h, None)?),
+            Some(head) if head.pooler => Some(t.linear(names::POOLER, h, h, None, bf16)?),
             _ => None,
         };
         let head = match &meta.head {
-            Some(head) => Some(t.linear(names::HEAD, h, head.num_outputs, None)?),
+            Some(head) => Some(t.linear(names::HEAD, h, head.num_outputs, None, bf16)?),
             None => None,
         };
         let act = s.hidden_act;
