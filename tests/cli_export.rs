@@ -148,7 +148,7 @@ fn a_finetuned_minilm_keeps_its_decisions_at_every_precision() {
         }
         if precision == "bf16" {
             // Where the CPU has AVX-512 BF16, tuning times bf16 products against the weights
-            // widened to f32 (on the Intel Xeons measured, the f32 kernel was faster); elsewhere
+            // widened to f32 (on the Intel Xeon VM measured, the f32 kernel was faster); elsewhere
             // the weights are always widened and there is nothing to choose.
             let t = &meta["tuning"];
             let kernels = t["kernels"].as_str().unwrap_or_default();

@@ -182,9 +182,9 @@ pub enum Bf16Kernel {
     /// weights widened to f32.
     #[default]
     Bf16,
-    /// The bf16 weights widened to f32 at load, f32 matrix multiplies. On a core with two
-    /// 512-bit FMA units and a slow `vdpbf16ps` (the Intel Xeons measured here) this is the
-    /// faster one; export's tuning times both.
+    /// The bf16 weights widened to f32 at load, f32 matrix multiplies. Where `vdpbf16ps` is
+    /// slow (the Intel Xeon VM of docs/PERFORMANCE.md) this is the faster one; export's tuning
+    /// times both.
     WidenedF32,
 }
 
