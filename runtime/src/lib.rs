@@ -68,23 +68,26 @@ impl Runtime {
         let file = weights_path.display().to_string();
         let executor = match meta.target {
             Target::Cpu => {
-                let int8 = options
-                    .int8_kernel
-                    .or_else(|| {
-                        tuning
-                            .and_then(|t| t.int8_kernel.as_deref())
-                            .and_then(Int8Kernel::parse)
-                    })
-                    .unwrap_or_default();
-                let bf16 = options
-                    .bf16_kernel
-                    .or_else(|| {
-                        tuning
-                            .and_then(|t| t.bf16_kernel.as_deref())
-                            .and_then(Bf16Kernel::parse)
-                    })
-                    .unwrap_or_default();
-                let kernels = Kernels { int8, bf16 };
+                // The option given, else the plan's tuned choice, else the default.
+                fn chosen<K: Default>(
+                    given: Option<K>,
+                    tuned: Option<&str>,
+                    parse: fn(&str) -> Option<K>,
+                ) -> K {
+                    given.or_else(|| tuned.and_then(parse)).unwrap_or_default()
+                }
+                let kernels = Kernels {
+                    int8: chosen(
+                        options.int8_kernel,
+                        tuning.and_then(|t| t.int8_kernel.as_deref()),
+                        Int8Kernel::parse,
+                    ),
+                    bf16: chosen(
+                        options.bf16_kernel,
+                        tuning.and_then(|t| t.bf16_kernel.as_deref()),
+                        Bf16Kernel::parse,
+                    ),
+                };
                 let encoder = cpu::Encoder::load(&meta, &bytes, &file, kernels)?;
                 let pool = bertkit_model::denormals::thread_pool()
                     .num_threads(threads)

@@ -179,6 +179,28 @@ impl<B: Backend> Optimizer<B> {
         let [b1, b2] = c.betas;
         let t = self.steps as i32;
         let wd = if decays(name) { c.weight_decay } else { 0.0 };
+        if c.name == OptimizerKind::Adamw
+            && bertkit_model::fused::is_flex::<B>()
+            && p.dtype() == burn::tensor::DType::F32
+        {
+            // One pass over the values instead of the expression below, same f32 arithmetic.
+            let s = bertkit_model::fused::AdamScalars {
+                clip: (clip != 1.0).then_some(clip as f32),
+                beta1: b1 as f32,
+                one_minus_beta1: (1.0 - b1) as f32,
+                beta2: b2 as f32,
+                one_minus_beta2: (1.0 - b2) as f32,
+                correction1: (1.0 - b1.powi(t)) as f32,
+                correction2: (1.0 - b2.powi(t)) as f32,
+                eps: c.eps as f32,
+                decay: (wd != 0.0).then_some((1.0 - lr * wd) as f32),
+                lr: lr as f32,
+            };
+            let moments = self.state.remove(name).map(|s| (s.m, s.v));
+            let [new, m, v] = bertkit_model::fused::adam_update(p, g, moments, s);
+            self.state.insert(name.to_string(), Moments { m, v });
+            return new;
+        }
         let g = if clip != 1.0 { g / clip } else { g };
         let (m, v) = match self.state.remove(name) {
             Some(s) => (
