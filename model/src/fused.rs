@@ -515,38 +515,15 @@ pub fn adam_update<B: Backend>(
     moments: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
     s: AdamScalars,
 ) -> [Tensor<B, 1>; 3] {
-    let flex = |t: Tensor<B, 1>| match on_cpu::<B>(t.into_primitive().tensor()) {
-        Cpu::Flex(t) => into_values(t),
-        _ => panic!("adam_update: not an f32 tensor of the flex backend"),
-    };
-    let shape = p.shape();
-    let (mut p, g) = (flex(p), flex(g));
-    let first = moments.is_none();
-    let (mut m, mut v) = match moments {
-        Some((m, v)) => (flex(m), flex(v)),
-        None => (vec![0f32; p.len()], vec![0f32; p.len()]),
-    };
-    assert!(
-        g.len() == p.len() && m.len() == p.len() && v.len() == p.len(),
-        "adam_update: parameter, gradient and moments differ in size"
-    );
-    p.par_chunks_mut(CHUNK)
-        .zip(g.par_chunks(CHUNK))
-        .zip(m.par_chunks_mut(CHUNK))
-        .zip(v.par_chunks_mut(CHUNK))
+    let mut o = OptimizerValues::new(p, g, moments);
+    let first = o.first;
+    o.p.par_chunks_mut(CHUNK)
+        .zip(o.g.par_chunks(CHUNK))
+        .zip(o.m.par_chunks_mut(CHUNK))
+        .zip(o.v.par_chunks_mut(CHUNK))
         .for_each(|(((p, g), m), v)| {
             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                let g = match s.clip {
-                    Some(c) => g / c,
-                    None => g,
-                };
-                let (gm, gv) = (g * s.one_minus_beta1, (g * g) * s.one_minus_beta2);
-                (*m, *v) = if first {
-                    (gm, gv)
-                } else {
-                    (*m * s.beta1 + gm, *v * s.beta2 + gv)
-                };
-                let adam = (*m / s.correction1) / ((*v / s.correction2).sqrt() + s.eps);
+                let adam = adam_direction(g, m, v, first, &s);
                 let decayed = match s.decay {
                     Some(d) => *p * d,
                     None => *p,
@@ -554,7 +531,122 @@ pub fn adam_update<B: Backend>(
                 *p = decayed - adam * s.lr;
             }
         });
-    [p, m, v].map(|values| from_flex(tensor(values, shape.clone())))
+    o.into_tensors()
+}
+
+/// LAMB for one parameter in two passes over its values (flex backend, as [`adam_update`]):
+/// the moments and `u = adam + λ·p` with the sums of `p²` and `u²`, then `p = p - (u·r)·lr`,
+/// `r = ‖p‖/‖u‖` when `trust_ratio` and both are non-zero, else 1 (`bertkit_train::optim`'s
+/// expression; the norms are summed in f64 here, in f32 by burn, so the last bits can differ).
+pub fn lamb_update<B: Backend>(
+    p: Tensor<B, 1>,
+    g: Tensor<B, 1>,
+    moments: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
+    s: AdamScalars,
+    weight_decay: Option<f32>,
+    trust_ratio: bool,
+) -> [Tensor<B, 1>; 3] {
+    let mut o = OptimizerValues::new(p, g, moments);
+    let first = o.first;
+    // The gradient's buffer takes u.
+    let (pp, uu) =
+        o.p.par_chunks(CHUNK)
+            .zip(o.g.par_chunks_mut(CHUNK))
+            .zip(o.m.par_chunks_mut(CHUNK))
+            .zip(o.v.par_chunks_mut(CHUNK))
+            .map(|(((p, g), m), v)| {
+                let (mut pp, mut uu) = (0f64, 0f64);
+                for (((&p, g), m), v) in p.iter().zip(g).zip(m).zip(v) {
+                    let adam = adam_direction(*g, m, v, first, &s);
+                    let u = match weight_decay {
+                        Some(wd) => adam + p * wd,
+                        None => adam,
+                    };
+                    *g = u;
+                    pp += f64::from(p) * f64::from(p);
+                    uu += f64::from(u) * f64::from(u);
+                }
+                (pp, uu)
+            })
+            .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let ratio = if trust_ratio && pp > 0.0 && uu > 0.0 {
+        (pp.sqrt() as f32) / (uu.sqrt() as f32)
+    } else {
+        1.0
+    };
+    o.p.par_chunks_mut(CHUNK)
+        .zip(o.g.par_chunks(CHUNK))
+        .for_each(|(p, u)| {
+            for (p, &u) in p.iter_mut().zip(u) {
+                *p -= (u * ratio) * s.lr;
+            }
+        });
+    o.into_tensors()
+}
+
+/// Adam's moments updated in place for one element, and the step direction
+/// `(m / c1) / (sqrt(v / c2) + ε)`.
+#[inline(always)]
+fn adam_direction(g: f32, m: &mut f32, v: &mut f32, first: bool, s: &AdamScalars) -> f32 {
+    let g = match s.clip {
+        Some(c) => g / c,
+        None => g,
+    };
+    let (gm, gv) = (g * s.one_minus_beta1, (g * g) * s.one_minus_beta2);
+    (*m, *v) = if first {
+        (gm, gv)
+    } else {
+        (*m * s.beta1 + gm, *v * s.beta2 + gv)
+    };
+    (*m / s.correction1) / ((*v / s.correction2).sqrt() + s.eps)
+}
+
+/// A parameter, its gradient and moments as owned values (zero moments on the first step).
+struct OptimizerValues {
+    p: Vec<f32>,
+    g: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+    first: bool,
+    shape: Shape,
+}
+
+impl OptimizerValues {
+    fn new<B: Backend>(
+        p: Tensor<B, 1>,
+        g: Tensor<B, 1>,
+        moments: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
+    ) -> Self {
+        let flex = |t: Tensor<B, 1>| match on_cpu::<B>(t.into_primitive().tensor()) {
+            Cpu::Flex(t) => into_values(t),
+            _ => panic!("optimizer update: not an f32 tensor of the flex backend"),
+        };
+        let shape = p.shape();
+        let (p, g) = (flex(p), flex(g));
+        let first = moments.is_none();
+        let (m, v) = match moments {
+            Some((m, v)) => (flex(m), flex(v)),
+            None => (vec![0f32; p.len()], vec![0f32; p.len()]),
+        };
+        assert!(
+            g.len() == p.len() && m.len() == p.len() && v.len() == p.len(),
+            "optimizer update: parameter, gradient and moments differ in size"
+        );
+        OptimizerValues {
+            p,
+            g,
+            m,
+            v,
+            first,
+            shape,
+        }
+    }
+
+    /// The new parameter and moments.
+    fn into_tensors<B: Backend>(self) -> [Tensor<B, 1>; 3] {
+        let shape = self.shape;
+        [self.p, self.m, self.v].map(|values| from_flex(tensor(values, shape.clone())))
+    }
 }
 
 #[cfg(test)]
@@ -777,6 +869,84 @@ mod tests {
                     "step {step}: {differ} of {n} values of {name} differ"
                 );
             }
+        }
+    }
+
+    /// LAMB in two passes against the tensor expression it replaces: the moments to the bit,
+    /// the parameter within a few units in the last place (the norms are summed in another order),
+    /// with and without weight decay and the trust ratio.
+    #[test]
+    fn lamb_update_is_the_tensor_expression() {
+        let n = 70_001;
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-6f64);
+        for (step, clip, wd, trust, lr) in [
+            (1, 1.0, 0.01, true, 1e-3),
+            (4, 2.5, 0.0, false, 5e-3),
+            (9, 1.3, 0.0, true, 2e-2),
+        ] {
+            let p = random::<Cpu, 1>([n], step as u64);
+            let g = random::<Cpu, 1>([n], 100 + step as u64) * 1e-3;
+            let m0 = random::<Cpu, 1>([n], 200 + step as u64) * 1e-3;
+            let v0 = random::<Cpu, 1>([n], 300 + step as u64).abs() * 1e-6;
+            let first = step == 1;
+            let gc = if clip != 1.0 {
+                g.clone() / clip
+            } else {
+                g.clone()
+            };
+            let (m, v) = if first {
+                (gc.clone() * (1.0 - b1), gc.clone() * gc * (1.0 - b2))
+            } else {
+                (
+                    m0.clone() * b1 + gc.clone() * (1.0 - b1),
+                    v0.clone() * b2 + gc.clone() * gc * (1.0 - b2),
+                )
+            };
+            let (c1, c2) = (1.0 - b1.powi(step), 1.0 - b2.powi(step));
+            let adam = (m.clone() / c1) / ((v.clone() / c2).sqrt() + eps);
+            let u = if wd != 0.0 {
+                adam + p.clone() * wd
+            } else {
+                adam
+            };
+            let new = if trust {
+                let ratio = p.clone().square().sum().sqrt() / u.clone().square().sum().sqrt();
+                p.clone() - u * ratio.unsqueeze::<1>() * lr
+            } else {
+                p.clone() - u * lr
+            };
+            let s = AdamScalars {
+                clip: (clip != 1.0).then_some(clip as f32),
+                beta1: b1 as f32,
+                one_minus_beta1: (1.0 - b1) as f32,
+                beta2: b2 as f32,
+                one_minus_beta2: (1.0 - b2) as f32,
+                correction1: c1 as f32,
+                correction2: c2 as f32,
+                eps: eps as f32,
+                decay: None,
+                lr: lr as f32,
+            };
+            let moments = (!first).then_some((m0, v0));
+            let wd32 = (wd != 0.0).then_some(wd as f32);
+            let [gp, gm, gv] = lamb_update(p.clone(), g, moments, s, wd32, trust);
+            let host = |t: Tensor<Cpu, 1>| crate::nn::to_host(t).data;
+            assert_eq!(host(gm), host(m), "step {step}: m");
+            assert_eq!(host(gv), host(v), "step {step}: v");
+            let (before, got, want) = (host(p), host(gp), host(new));
+            let moved = before
+                .iter()
+                .zip(&want)
+                .fold(0f32, |a, (b, w)| a.max((b - w).abs()));
+            let worst = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |a, (g, w)| a.max((g - w).abs()));
+            assert!(moved > 0.0, "step {step}: the update moved nothing");
+            assert!(
+                worst <= 1e-6 * moved + 2.0 * f32::EPSILON,
+                "step {step}: p differs by {worst} (updates up to {moved})"
+            );
         }
     }
 }

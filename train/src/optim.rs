@@ -179,11 +179,9 @@ impl<B: Backend> Optimizer<B> {
         let [b1, b2] = c.betas;
         let t = self.steps as i32;
         let wd = if decays(name) { c.weight_decay } else { 0.0 };
-        if c.name == OptimizerKind::Adamw
-            && bertkit_model::fused::is_flex::<B>()
-            && p.dtype() == burn::tensor::DType::F32
-        {
-            // One pass over the values instead of the expression below, same f32 arithmetic.
+        if bertkit_model::fused::is_flex::<B>() && p.dtype() == burn::tensor::DType::F32 {
+            // One pass over the values (LAMB: two) instead of the expression below, same f32
+            // arithmetic (LAMB's norms are summed in f64).
             let s = bertkit_model::fused::AdamScalars {
                 clip: (clip != 1.0).then_some(clip as f32),
                 beta1: b1 as f32,
@@ -197,7 +195,17 @@ impl<B: Backend> Optimizer<B> {
                 lr: lr as f32,
             };
             let moments = self.state.remove(name).map(|s| (s.m, s.v));
-            let [new, m, v] = bertkit_model::fused::adam_update(p, g, moments, s);
+            let [new, m, v] = match c.name {
+                OptimizerKind::Adamw => bertkit_model::fused::adam_update(p, g, moments, s),
+                OptimizerKind::Lamb => bertkit_model::fused::lamb_update(
+                    p,
+                    g,
+                    moments,
+                    s,
+                    (wd != 0.0).then_some(wd as f32),
+                    wd != 0.0 || c.nvlamb,
+                ),
+            };
             self.state.insert(name.to_string(), Moments { m, v });
             return new;
         }
