@@ -24,6 +24,8 @@
 #[cfg(target_arch = "x86_64")]
 mod bf16_kernel;
 mod f32_kernel;
+#[cfg(target_arch = "x86_64")]
+mod int8_avxvnni;
 mod int8_panels;
 #[cfg(target_arch = "aarch64")]
 mod int8_sdot;
@@ -347,7 +349,11 @@ impl Linear {
                         // bytes, w the packing of [n, k_pad], out nr rows of n.
                         #[cfg(target_arch = "x86_64")]
                         unsafe {
-                            int8_vnni::block(&qa, &sa, nr, w, scale, colsum, k_pad, n, out)
+                            if int8_isa() == "avx512-vnni" {
+                                int8_vnni::block(&qa, &sa, nr, w, scale, colsum, k_pad, n, out)
+                            } else {
+                                int8_avxvnni::block(&qa, &sa, nr, w, scale, colsum, k_pad, n, out)
+                            }
                         };
                         #[cfg(target_arch = "aarch64")]
                         unsafe {
@@ -377,8 +383,8 @@ pub fn bf16_isa() -> &'static str {
     "f32"
 }
 
-/// The instruction set the int8 kernel runs on here: `avx512-vnni`, `avx2`, `neon-dotprod`
-/// (Arm's `sdot`) or `portable`.
+/// The instruction set the int8 kernel runs on here: `avx512-vnni`, `avx-vnni` (256-bit, CPUs
+/// without AVX-512), `avx2`, `neon-dotprod` (Arm's `sdot`) or `portable`.
 pub fn int8_isa() -> &'static str {
     static ISA: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
     ISA.get_or_init(|| {
@@ -386,6 +392,9 @@ pub fn int8_isa() -> &'static str {
         {
             if int8_vnni::available() {
                 return "avx512-vnni";
+            }
+            if int8_avxvnni::available() {
+                return "avx-vnni";
             }
             if std::is_x86_feature_detected!("avx2") {
                 return "avx2";
@@ -401,7 +410,7 @@ pub fn int8_isa() -> &'static str {
 
 /// Whether the int8 kernel here is one of the dot-product kernels that take [`int8_panels`].
 fn dot_product_isa() -> bool {
-    matches!(int8_isa(), "avx512-vnni" | "neon-dotprod")
+    matches!(int8_isa(), "avx512-vnni" | "avx-vnni" | "neon-dotprod")
 }
 
 /// Quantizes one activation row to u8 `q` with `x ≈ scale · q + min`; returns (scale, min).
@@ -850,13 +859,13 @@ mod tests {
         }
     }
 
-    /// The dot-product kernel (AVX-512 VNNI or Arm `sdot`, where the CPU has one) gives the bits of the AVX2 / portable
+    /// The dot-product kernel (AVX-512 VNNI, AVX-VNNI or Arm `sdot`, where the CPU has one) gives the bits of the AVX2 / portable
     /// one: both sum the same integers exactly and share the epilogue. Its packing dequantizes
     /// to the same weights.
     #[test]
     fn int8_kernels_agree_bit_for_bit() {
         if !dot_product_isa() {
-            eprintln!("skipped: this CPU has no AVX-512 VNNI or Arm dot product");
+            eprintln!("skipped: this CPU has no AVX-512 VNNI, AVX-VNNI or Arm dot product");
             return;
         }
         let mut seed = 3;
