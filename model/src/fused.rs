@@ -497,6 +497,33 @@ pub struct AdamScalars {
     pub lr: f32,
 }
 
+impl AdamScalars {
+    /// From the optimizer's f64 settings at step `step` (from 1): `clip` divides the gradient
+    /// (1: no clipping), `decay` multiplies the parameter first (AdamW's `1 - lr·λ`).
+    pub fn new(
+        betas: [f64; 2],
+        eps: f64,
+        step: i32,
+        clip: f64,
+        lr: f64,
+        decay: Option<f64>,
+    ) -> Self {
+        let [b1, b2] = betas;
+        AdamScalars {
+            clip: (clip != 1.0).then_some(clip as f32),
+            beta1: b1 as f32,
+            one_minus_beta1: (1.0 - b1) as f32,
+            beta2: b2 as f32,
+            one_minus_beta2: (1.0 - b2) as f32,
+            correction1: (1.0 - b1.powi(step)) as f32,
+            correction2: (1.0 - b2.powi(step)) as f32,
+            eps: eps as f32,
+            decay: decay.map(|d| d as f32),
+            lr: lr as f32,
+        }
+    }
+}
+
 /// AdamW for one parameter in one pass over its values, on burn's flex backend without autodiff
 /// (f32 tensors; check [`is_flex`] first: the optimizer works on the inner backend). `moments` is `None` on the first step. Returns the new parameter and
 /// moments. Per element, in f32, in this order (`bertkit_train::optim`'s tensor expression):
@@ -837,18 +864,7 @@ mod tests {
         };
         let (c1, c2) = (1.0 - b1.powi(step), 1.0 - b2.powi(step));
         let adam = (m.clone() / c1) / ((v.clone() / c2).sqrt() + eps);
-        let s = AdamScalars {
-            clip: (clip != 1.0).then_some(clip as f32),
-            beta1: b1 as f32,
-            one_minus_beta1: (1.0 - b1) as f32,
-            beta2: b2 as f32,
-            one_minus_beta2: (1.0 - b2) as f32,
-            correction1: c1 as f32,
-            correction2: c2 as f32,
-            eps: eps as f32,
-            decay: decay.map(|d| d as f32),
-            lr: lr as f32,
-        };
+        let s = AdamScalars::new([b1, b2], eps, step, clip, lr, decay);
         AdamCase {
             p,
             g,

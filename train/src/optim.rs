@@ -182,18 +182,8 @@ impl<B: Backend> Optimizer<B> {
         if bertkit_model::fused::is_flex::<B>() && p.dtype() == burn::tensor::DType::F32 {
             // One pass over the values (LAMB: two) instead of the expression below, same f32
             // arithmetic (LAMB's norms are summed in f64).
-            let s = bertkit_model::fused::AdamScalars {
-                clip: (clip != 1.0).then_some(clip as f32),
-                beta1: b1 as f32,
-                one_minus_beta1: (1.0 - b1) as f32,
-                beta2: b2 as f32,
-                one_minus_beta2: (1.0 - b2) as f32,
-                correction1: (1.0 - b1.powi(t)) as f32,
-                correction2: (1.0 - b2.powi(t)) as f32,
-                eps: c.eps as f32,
-                decay: (wd != 0.0).then_some((1.0 - lr * wd) as f32),
-                lr: lr as f32,
-            };
+            let decay = (wd != 0.0).then_some(1.0 - lr * wd);
+            let s = bertkit_model::fused::AdamScalars::new(c.betas, c.eps, t, clip, lr, decay);
             let moments = self.state.remove(name).map(|s| (s.m, s.v));
             let [new, m, v] = match c.name {
                 OptimizerKind::Adamw => bertkit_model::fused::adam_update(p, g, moments, s),
