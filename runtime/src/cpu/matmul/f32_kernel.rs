@@ -22,7 +22,7 @@ const MR: usize = 6;
 /// The rows of `x` a task runs against one panel after another are kept within this many bytes
 /// (they stay in L2 while the panels pass).
 const X_BLOCK_BYTES: usize = 256 * 1024;
-/// Row blocks are whole micro-tiles of the x86 kernels (6 rows).
+/// Row blocks are whole micro-tiles of the x86 kernels (a multiple of their 6 rows).
 const ROW_ALIGN: usize = 12;
 /// Panel blocks are whole micro-tiles of the AVX-512 kernel (4 panels).
 const PANEL_ALIGN: usize = 4;
@@ -240,24 +240,21 @@ unsafe fn f32_block(
     p1: usize,
     out: *mut f32,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        return avx512::block(x, rows, w, p0, p1, out);
-    }
+    // The AVX-512 kernel takes groups of panels; the others one panel at a time.
+    type Panel = unsafe fn(*const f32, usize, usize, *const f32, *mut f32, usize, usize);
+    let panel: Panel = match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => return avx512::block(x, rows, w, p0, p1, out),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::panel,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => neon::panel,
+        Isa::Portable => portable::panel,
+    };
     let (k, n) = (w.k, w.n);
     for p in p0..p1 {
         let wp = w.panels.as_ptr().add(p * k) as *const f32;
-        let nc = (n - p * NR).min(NR);
-        let o = out.add(p * NR);
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unreachable!("AVX-512 runs whole panel groups"),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => avx2::panel(x, rows, k, wp, o, n, nc),
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon => neon::panel(x, rows, k, wp, o, n, nc),
-            Isa::Portable => portable::panel(x, rows, k, wp, o, n, nc),
-        }
+        panel(x, rows, k, wp, out.add(p * NR), n, (n - p * NR).min(NR));
     }
 }
 
