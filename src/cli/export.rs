@@ -248,23 +248,33 @@ pub fn plan_latency(
         .collect()
 }
 
+/// A kernel flag's value, parsed (`None` when the flag is absent).
+fn kernel_arg<K>(
+    flag: &str,
+    value: Option<&str>,
+    parse: fn(&str) -> Option<K>,
+    expected: &str,
+) -> Result<Option<K>> {
+    value
+        .map(|k| parse(k).with_context(|| format!("{flag} {k:?}: expected {expected}")))
+        .transpose()
+}
+
 /// Times the plan on a synthetic batch; prints one JSON line (the keys of
 /// scripts/bench/plan_peer.py).
 pub fn bench(args: &BenchPlanArgs) -> Result<()> {
-    let int8_kernel =
-        match args.int8_kernel.as_deref() {
-            Some(k) => Some(Int8Kernel::parse(k).with_context(|| {
-                format!("--int8-kernel {k:?}: expected int8 or dequantized-f32")
-            })?),
-            None => None,
-        };
-    let bf16_kernel = match args.bf16_kernel.as_deref() {
-        Some(k) => Some(
-            Bf16Kernel::parse(k)
-                .with_context(|| format!("--bf16-kernel {k:?}: expected bf16 or widened-f32"))?,
-        ),
-        None => None,
-    };
+    let int8_kernel = kernel_arg(
+        "--int8-kernel",
+        args.int8_kernel.as_deref(),
+        Int8Kernel::parse,
+        "int8 or dequantized-f32",
+    )?;
+    let bf16_kernel = kernel_arg(
+        "--bf16-kernel",
+        args.bf16_kernel.as_deref(),
+        Bf16Kernel::parse,
+        "bf16 or widened-f32",
+    )?;
     let runtime = Runtime::load(
         &args.plan,
         &RuntimeOptions {
