@@ -139,7 +139,7 @@ pub(crate) enum Cpu<B: Backend> {
 
 impl<B: Backend> Cpu<B> {
     /// Back to the caller's backend (a no-op move: `B` is the type the value came from).
-    fn into_backend<T: Backend>(self) -> FloatTensor<T> {
+    pub(crate) fn into_backend<T: Backend>(self) -> FloatTensor<T> {
         match self {
             Cpu::Ad(x) => same_type(x),
             Cpu::Flex(x) => same_type(x),

@@ -167,7 +167,7 @@ impl<B: Backend> BertLMPredictionHead<B> {
         let x = t
             .layer_norm
             .forward(activation(t.act, t.dense.forward(hidden)));
-        burn::tensor::module::linear(x, word_embeddings.transpose(), Some(self.bias.val()))
+        crate::fused_linear::linear(x, word_embeddings.transpose(), self.bias.val())
     }
 }
 

@@ -12,6 +12,7 @@ pub mod denormals;
 pub mod error;
 pub mod fs;
 pub mod fused;
+pub mod fused_linear;
 pub mod heads;
 pub mod hub;
 pub mod kernel_cache;

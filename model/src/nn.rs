@@ -57,22 +57,9 @@ impl<B: Backend> Linear<B> {
         sink.put(&format!("{name}.bias"), to_host(self.bias.val()));
     }
 
-    /// Over the last dimension of `x`. The leading dimensions are flattened into one first: burn's
-    /// weight gradient for a `[batch, seq, in]` input is one `[in, seq] x [seq, out]` product per
-    /// sequence, summed afterwards (`batch` outputs of `in x out` written and read again); for
-    /// `[batch * seq, in]` it is a single product over all tokens (BERT-small's training step:
-    /// 1.2x faster; docs/PERFORMANCE.md, "Pretraining step on the CPU").
+    /// Over the last dimension of `x` (`crate::fused_linear::linear`).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let mut dims = x.dims();
-        let d_in = dims[D - 1];
-        let rows = x.shape().num_elements() / d_in.max(1);
-        let y = burn::tensor::module::linear(
-            x.reshape([rows, d_in]),
-            self.weight.val(),
-            Some(self.bias.val()),
-        );
-        dims[D - 1] = self.bias.dims()[0];
-        y.reshape(dims)
+        crate::fused_linear::linear(x, self.weight.val(), self.bias.val())
     }
 }
 
