@@ -51,14 +51,17 @@ fn tanh(x: f32) -> f32 {
 
 macro_rules! dispatch {
     ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        dispatch! { $(#[$doc])* pub fn $name($($arg: $ty),*) -> () $body }
+    };
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
         $(#[$doc])*
-        pub fn $name($($arg: $ty),*) {
+        pub fn $name($($arg: $ty),*) -> $ret {
             #[inline(always)]
-            fn generic($($arg: $ty),*) $body
+            fn generic($($arg: $ty),*) -> $ret $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) { generic($($arg),*) }
+                unsafe fn avx512($($arg: $ty),*) -> $ret { generic($($arg),*) }
                 if std::is_x86_feature_detected!("avx512f")
                     && std::is_x86_feature_detected!("avx512bw")
                     && std::is_x86_feature_detected!("avx512vl")
@@ -68,7 +71,7 @@ macro_rules! dispatch {
                     return unsafe { avx512($($arg),*) };
                 }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) { generic($($arg),*) }
+                unsafe fn avx2($($arg: $ty),*) -> $ret { generic($($arg),*) }
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     // SAFETY: the CPU has the features `avx2` was compiled for.
                     return unsafe { avx2($($arg),*) };
@@ -362,6 +365,142 @@ dispatch! {
             }
         }
     }
+}
+
+/// Adam's scalars as the loops below use them: clipping and decay off are a divisor and a factor
+/// of 1 (exact), so the loops have no branches.
+#[derive(Clone, Copy)]
+struct AdamLoop {
+    clip: f32,
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    correction1: f32,
+    correction2: f32,
+    eps: f32,
+}
+
+impl AdamLoop {
+    #[inline(always)]
+    fn new(s: &crate::fused::AdamScalars) -> Self {
+        AdamLoop {
+            clip: s.clip.unwrap_or(1.0),
+            beta1: s.beta1,
+            one_minus_beta1: s.one_minus_beta1,
+            beta2: s.beta2,
+            one_minus_beta2: s.one_minus_beta2,
+            correction1: s.correction1,
+            correction2: s.correction2,
+            eps: s.eps,
+        }
+    }
+
+    /// The moments updated in place for one element, and the step direction
+    /// `(m / c1) / (sqrt(v / c2) + ε)`; on the first step the moments are `g·(1-β1)` and
+    /// `(g·g)·(1-β2)` (what they were is not read).
+    #[inline(always)]
+    fn direction<const FIRST: bool>(&self, g: f32, m: &mut f32, v: &mut f32) -> f32 {
+        let g = g / self.clip;
+        let (gm, gv) = (g * self.one_minus_beta1, (g * g) * self.one_minus_beta2);
+        (*m, *v) = if FIRST {
+            (gm, gv)
+        } else {
+            (*m * self.beta1 + gm, *v * self.beta2 + gv)
+        };
+        (*m / self.correction1) / ((*v / self.correction2).sqrt() + self.eps)
+    }
+}
+
+#[inline(always)]
+fn adam_loop<const FIRST: bool>(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    a: AdamLoop,
+    decay: f32,
+    lr: f32,
+) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+        let adam = a.direction::<FIRST>(g, m, v);
+        *p = *p * decay - adam * lr;
+    }
+}
+
+dispatch! {
+    /// AdamW on one chunk of a parameter (`crate::fused::adam_update`, which gives the order
+    /// of the operations): the moments in place and `p = p·decay - direction·lr`. Vectorized:
+    /// IEEE division and square root are exact in every lane, nothing is fused.
+    pub fn adam_chunk(
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        first: bool,
+        s: &crate::fused::AdamScalars
+    ) {
+        let (a, decay) = (AdamLoop::new(s), s.decay.unwrap_or(1.0));
+        if first {
+            adam_loop::<true>(p, g, m, v, a, decay, s.lr)
+        } else {
+            adam_loop::<false>(p, g, m, v, a, decay, s.lr)
+        }
+    }
+}
+
+#[inline(always)]
+fn lamb_loop<const FIRST: bool>(
+    p: &[f32],
+    g: &mut [f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    a: AdamLoop,
+    wd: f32,
+) {
+    for (((&p, g), m), v) in p.iter().zip(g).zip(m).zip(v) {
+        *g = a.direction::<FIRST>(*g, m, v) + p * wd;
+    }
+}
+
+dispatch! {
+    /// LAMB's first pass on one chunk (`crate::fused::lamb_update`): the moments in place,
+    /// `u = direction + λ·p` into `g`'s buffer (λ = 0: no decay, exact), and the sums of `p²` and
+    /// `u²` in f64, in 8 interleaved accumulators added at the end.
+    pub fn lamb_chunk(
+        p: &[f32],
+        g: &mut [f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        first: bool,
+        s: &crate::fused::AdamScalars,
+        weight_decay: f32
+    ) -> (f64, f64) {
+        let a = AdamLoop::new(s);
+        if first {
+            lamb_loop::<true>(p, g, m, v, a, weight_decay)
+        } else {
+            lamb_loop::<false>(p, g, m, v, a, weight_decay)
+        }
+        (sum_squares_f64(p), sum_squares_f64(g))
+    }
+}
+
+/// `Σ x²` in f64 over 8 interleaved partial sums.
+#[inline(always)]
+fn sum_squares_f64(x: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f64::from(v) * f64::from(v);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(tail) {
+        *a += f64::from(v) * f64::from(v);
+    }
+    acc.iter().sum()
 }
 
 #[cfg(test)]

@@ -548,16 +548,7 @@ pub fn adam_update<B: Backend>(
         .zip(o.g.par_chunks(CHUNK))
         .zip(o.m.par_chunks_mut(CHUNK))
         .zip(o.v.par_chunks_mut(CHUNK))
-        .for_each(|(((p, g), m), v)| {
-            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                let adam = adam_direction(g, m, v, first, &s);
-                let decayed = match s.decay {
-                    Some(d) => *p * d,
-                    None => *p,
-                };
-                *p = decayed - adam * s.lr;
-            }
-        });
+        .for_each(|(((p, g), m), v)| cpu_math::adam_chunk(p, g, m, v, first, &s));
     o.into_tensors()
 }
 
@@ -582,18 +573,7 @@ pub fn lamb_update<B: Backend>(
             .zip(o.m.par_chunks_mut(CHUNK))
             .zip(o.v.par_chunks_mut(CHUNK))
             .map(|(((p, g), m), v)| {
-                let (mut pp, mut uu) = (0f64, 0f64);
-                for (((&p, g), m), v) in p.iter().zip(g).zip(m).zip(v) {
-                    let adam = adam_direction(*g, m, v, first, &s);
-                    let u = match weight_decay {
-                        Some(wd) => adam + p * wd,
-                        None => adam,
-                    };
-                    *g = u;
-                    pp += f64::from(p) * f64::from(p);
-                    uu += f64::from(u) * f64::from(u);
-                }
-                (pp, uu)
+                cpu_math::lamb_chunk(p, g, m, v, first, &s, weight_decay.unwrap_or(0.0))
             })
             .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
     let ratio = if trust_ratio && pp > 0.0 && uu > 0.0 {
@@ -609,23 +589,6 @@ pub fn lamb_update<B: Backend>(
             }
         });
     o.into_tensors()
-}
-
-/// Adam's moments updated in place for one element, and the step direction
-/// `(m / c1) / (sqrt(v / c2) + ε)`.
-#[inline(always)]
-fn adam_direction(g: f32, m: &mut f32, v: &mut f32, first: bool, s: &AdamScalars) -> f32 {
-    let g = match s.clip {
-        Some(c) => g / c,
-        None => g,
-    };
-    let (gm, gv) = (g * s.one_minus_beta1, (g * g) * s.one_minus_beta2);
-    (*m, *v) = if first {
-        (gm, gv)
-    } else {
-        (*m * s.beta1 + gm, *v * s.beta2 + gv)
-    };
-    (*m / s.correction1) / ((*v / s.correction2).sqrt() + s.eps)
 }
 
 /// A parameter, its gradient and moments as owned values (zero moments on the first step).
