@@ -486,7 +486,13 @@ dispatch! {
     }
 }
 
-/// `Σ x²` in f64 over 8 interleaved partial sums.
+dispatch! {
+    /// `Σ x²` in f64 over 8 interleaved partial sums, added at the end.
+    pub fn sum_squares(x: &[f32]) -> f64 {
+        sum_squares_f64(x)
+    }
+}
+
 #[inline(always)]
 fn sum_squares_f64(x: &[f32]) -> f64 {
     let mut acc = [0f64; 8];

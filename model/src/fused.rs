@@ -21,9 +21,9 @@ use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, FloatTensorOps, IntTensorOps, ModuleOps};
 use burn::tensor::{
-    DType, Distribution, Shape, Tensor, TensorData, TensorMetadata, TensorPrimitive,
+    DType, Distribution, Int, Shape, Tensor, TensorData, TensorMetadata, TensorPrimitive,
 };
 use rayon::prelude::*;
 
@@ -93,6 +93,64 @@ pub fn layer_norm<B: Backend, const D: usize>(
         Some(beta),
         eps,
     )))
+}
+
+/// Rows of `weights` (`[num, dim]`) for `ids` (`[batch, seq]`): burn's `embedding`, with a
+/// gradient that starts from zeros of our own on the CPU backend. burn-flex's starts from
+/// `float_zeros`, a zero-filled byte vector copied once more (see `crate::fused_linear`): for
+/// BERT's word embeddings 47-94 MB written on the main thread every step; here the zeros stay
+/// untouched pages until a row is added. The rows are added by burn's own `select_add`, so the
+/// gradient is burn's, bit for bit.
+pub fn embedding<B: Backend>(weights: Tensor<B, 2>, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    match on_cpu::<B>(weights.into_primitive().tensor()) {
+        // Autodiff keeps its inner backend's integer tensors: for `Ad` they are flex's.
+        Cpu::Ad(w) => from_ad(embedding_ad(w, same_type(ids.into_primitive()))),
+        w => burn::tensor::module::embedding(
+            Tensor::from_primitive(TensorPrimitive::Float(w.into_backend::<B>())),
+            ids,
+        ),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct EmbeddingSaved {
+    ids: FlexTensor,
+    num: usize,
+    dim: usize,
+}
+
+#[derive(Debug)]
+struct EmbeddingNode;
+
+impl Backward<Flex, 1> for EmbeddingNode {
+    type State = EmbeddingSaved;
+
+    fn backward(self, ops: Ops<EmbeddingSaved, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let EmbeddingSaved { ids, num, dim } = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |g| {
+            let tokens = ids.shape().num_elements();
+            let ids = Flex::int_reshape(ids, Shape::new([tokens]));
+            let g = Flex::float_reshape(g, Shape::new([tokens, dim]));
+            let zeros = tensor(vec![0f32; num * dim], Shape::new([num, dim]));
+            Flex::float_select_add(zeros, 0, ids, g)
+        });
+    }
+}
+
+fn embedding_ad(w: FloatTensor<Ad>, ids: FlexTensor) -> FloatTensor<Ad> {
+    let (num, dim) = match w.primitive.shape().as_slice() {
+        &[num, dim] => (num, dim),
+        s => panic!("embedding: a [num, dim] table, not {s:?}"),
+    };
+    let y = Flex::embedding(w.primitive.clone(), ids.clone());
+    match EmbeddingNode
+        .prepare::<NoCheckpointing>([w.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(EmbeddingSaved { ids, num, dim }, y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
 }
 
 /// Inverted dropout: each element is kept with probability `1 - prob` and scaled by
@@ -552,6 +610,22 @@ pub fn adam_update<B: Backend>(
     o.into_tensors()
 }
 
+/// `Σ x²` over the values of `t` in f64, on burn's flex backend without autodiff (check
+/// [`is_flex`] first): one parallel pass, chunks summed in f64 and the chunk sums added in order,
+/// so the result does not depend on the number of threads. burn's `square().sum()` writes the
+/// squares to a new tensor first and sums in f32 on one thread.
+pub fn sum_squares<B: Backend, const D: usize>(t: Tensor<B, D>) -> f64 {
+    let t = match on_cpu::<B>(t.into_primitive().tensor()) {
+        Cpu::Flex(t) => values(&t),
+        _ => panic!("sum_squares: not an f32 tensor of the flex backend"),
+    };
+    let parts: Vec<f64> = slice(&t)
+        .par_chunks(CHUNK)
+        .map(cpu_math::sum_squares)
+        .collect();
+    parts.iter().sum()
+}
+
 /// LAMB for one parameter in two passes over its values (flex backend, as [`adam_update`]):
 /// the moments and `u = adam + λ·p` with the sums of `p²` and `u²`, then `p = p - (u·r)·lr`,
 /// `r = ‖p‖/‖u‖` when `trust_ratio` and both are non-zero, else 1 (`bertkit_train::optim`'s
@@ -868,6 +942,53 @@ mod tests {
                 assert_eq!(differ, 0, "step {step}: {differ} values of {name} differ");
             }
         }
+    }
+
+    /// The embedding's output and gradient are burn's, bit for bit (repeated ids accumulate).
+    #[test]
+    fn embedding_is_burns() {
+        let table = random::<Cpu, 2>([50, 12], 9);
+        let ids = Tensor::<Ad, 2, Int>::from_data(
+            TensorData::new(vec![3i64, 7, 3, 49, 0, 7, 7, 1], [2, 4]),
+            &Default::default(),
+        );
+        let upstream = Tensor::<Ad, 3>::from_inner(random::<Cpu, 3>([2, 4, 12], 10));
+        let run = |ours: bool| {
+            let w = Tensor::<Ad, 2>::from_inner(table.clone()).require_grad();
+            let y = if ours {
+                embedding(w.clone(), ids.clone())
+            } else {
+                burn::tensor::module::embedding(w.clone(), ids.clone())
+            };
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            let bits = |v: Vec<f32>| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let g = w.grad(&grads).expect("a gradient");
+            (
+                bits(crate::nn::to_host(y.inner()).data),
+                bits(crate::nn::to_host(g).data),
+            )
+        };
+        let (ours, theirs) = (run(true), run(false));
+        assert_eq!(ours.0, theirs.0, "rows");
+        assert_eq!(ours.1, theirs.1, "gradient");
+        assert!(ours.1.iter().any(|&b| b != 0), "a gradient with values");
+    }
+
+    /// The sum of squares in f64 against a plain f64 loop (same value to 1e-12 relative) and
+    /// burn's f32 `square().sum()` (1e-5).
+    #[test]
+    fn sum_squares_matches_f64_and_burn() {
+        let x = random::<Cpu, 1>([70_001], 5) * 3.0;
+        let host = host1(x.clone());
+        let want: f64 = host.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let got = sum_squares(x.clone());
+        assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
+        let burn = f64::from(host1(x.square().sum())[0]);
+        assert!((got - burn).abs() <= 1e-5 * want, "{got} vs burn's {burn}");
+        assert_eq!(
+            sum_squares(Tensor::<Cpu, 1>::zeros([0], &Default::default())),
+            0.0
+        );
     }
 
     /// LAMB in two passes against the tensor expression it replaces: the moments to the bit,

@@ -320,25 +320,39 @@ pub fn global_grad_norm<AD: AutodiffBackend, M: AutodiffModule<AD>>(
 ) -> f64 {
     struct SumSquares<'a, B: Backend> {
         grads: &'a GradientsParams,
-        total: Option<Tensor<B, 1>>,
+        /// On the CPU: the sums so far, in f64 (`bertkit_model::fused::sum_squares`).
+        host: f64,
+        /// Elsewhere: the sum as a device tensor, read back once at the end.
+        device: Option<Tensor<B, 1>>,
     }
     impl<AD: AutodiffBackend> ModuleVisitor<AD> for SumSquares<'_, AD::InnerBackend> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AD, D>>) {
             if let Some(g) = self.grads.get::<AD::InnerBackend, D>(param.id) {
+                if bertkit_model::fused::is_flex::<AD::InnerBackend>()
+                    && g.dtype() == burn::tensor::DType::F32
+                {
+                    self.host += bertkit_model::fused::sum_squares(g);
+                    return;
+                }
                 let s = g.square().sum();
-                self.total = Some(match self.total.take() {
+                self.device = Some(match self.device.take() {
                     Some(t) => t + s,
                     None => s,
                 });
             }
         }
     }
-    let mut v = SumSquares::<AD::InnerBackend> { grads, total: None };
+    let mut v = SumSquares::<AD::InnerBackend> {
+        grads,
+        host: 0.0,
+        device: None,
+    };
     module.visit(&mut v);
-    match v.total {
-        Some(t) => (bertkit_model::nn::to_host(t).data[0] as f64).sqrt(),
+    let device = match v.device {
+        Some(t) => bertkit_model::nn::to_host(t).data[0] as f64,
         None => 0.0,
-    }
+    };
+    (v.host + device).sqrt()
 }
 
 /// The divisor that brings a gradient of global norm `norm` to at most `max_norm` (1 when
