@@ -480,8 +480,10 @@ impl Backward<Flex, 3> for LayerNormNode {
         let (xh, gm) = (slice(&xhat), slice(&gamma));
         let w = gm.len();
         let per = rows_per_task(w);
-        // Each task sums its rows' dgamma and dbeta; the task sums are added at the end.
-        let (dgamma, dbeta) = dx
+        // Each task sums its rows' dgamma and dbeta; the task sums are added at the end, in
+        // task order (a rayon `reduce` would add them in an order that varies from run to run
+        // with the work stealing, and with it the last bits).
+        let parts: Vec<(Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(per * w)
             .zip(xh.par_chunks(per * w))
             .zip(rstd.par_chunks(per))
@@ -490,14 +492,12 @@ impl Backward<Flex, 3> for LayerNormNode {
                 cpu_math::layer_norm_backward_rows(xh, r, gm, g, &mut dg, &mut db);
                 (dg, db)
             })
-            .reduce(
-                || (vec![0f32; w], vec![0f32; w]),
-                |(mut a, mut b), (c, d)| {
-                    a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
-                    b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
-                    (a, b)
-                },
-            );
+            .collect();
+        let (mut dgamma, mut dbeta) = (vec![0f32; w], vec![0f32; w]);
+        for (dg, db) in parts {
+            dgamma.iter_mut().zip(dg).for_each(|(a, c)| *a += c);
+            dbeta.iter_mut().zip(db).for_each(|(b, d)| *b += d);
+        }
         let [px, pgamma, pbeta] = ops.parents;
         let vector = Shape::new([w]);
         if let Some(node) = px {
@@ -640,8 +640,9 @@ pub fn lamb_update<B: Backend>(
 ) -> [Tensor<B, 1>; 3] {
     let mut o = OptimizerValues::new(p, g, moments);
     let first = o.first;
-    // The gradient's buffer takes u.
-    let (pp, uu) =
+    // The gradient's buffer takes u. The chunks' sums are added in chunk order (the same
+    // bits in every run and for any number of threads).
+    let parts: Vec<(f64, f64)> =
         o.p.par_chunks(CHUNK)
             .zip(o.g.par_chunks_mut(CHUNK))
             .zip(o.m.par_chunks_mut(CHUNK))
@@ -649,7 +650,8 @@ pub fn lamb_update<B: Backend>(
             .map(|(((p, g), m), v)| {
                 cpu_math::lamb_chunk(p, g, m, v, first, &s, weight_decay.unwrap_or(0.0))
             })
-            .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+            .collect();
+    let (pp, uu) = parts.iter().fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
     let ratio = if trust_ratio && pp > 0.0 && uu > 0.0 {
         (pp.sqrt() as f32) / (uu.sqrt() as f32)
     } else {
@@ -941,6 +943,43 @@ mod tests {
                 let differ = got.iter().zip(&want).filter(|(a, b)| a != b).count();
                 assert_eq!(differ, 0, "step {step}: {differ} values of {name} differ");
             }
+        }
+    }
+
+    /// LayerNorm's dgamma/dbeta and LAMB's norms sum their tasks' parts in a fixed order: the
+    /// same bits with 1, 2 and 3 threads (a rayon `reduce` adds them in the order the work was
+    /// split and stolen).
+    #[test]
+    fn sums_over_tasks_do_not_depend_on_the_threads() {
+        let x0 = random::<Cpu, 2>([3000, 48], 21);
+        let w = random::<Cpu, 2>([3000, 48], 22);
+        let (gamma0, beta0) = (random::<Cpu, 1>([48], 23), random::<Cpu, 1>([48], 24));
+        let p = random::<Cpu, 1>([300_001], 25);
+        let g = random::<Cpu, 1>([300_001], 26) * 1e-3;
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a thread pool");
+            pool.install(|| {
+                let x = Tensor::<Ad, 2>::from_inner(x0.clone()).require_grad();
+                let gamma = Tensor::<Ad, 1>::from_inner(gamma0.clone()).require_grad();
+                let beta = Tensor::<Ad, 1>::from_inner(beta0.clone()).require_grad();
+                let y = layer_norm(x, gamma.clone(), beta.clone(), 1e-12);
+                let grads = (y * Tensor::from_inner(w.clone())).sum().backward();
+                let s = AdamScalars::new([0.9, 0.999], 1e-6, 1, 1.0, 1e-3, None);
+                let [lp, _, _] = lamb_update(p.clone(), g.clone(), None, s, Some(0.01), true);
+                [
+                    host1(gamma.grad(&grads).expect("dgamma")),
+                    host1(beta.grad(&grads).expect("dbeta")),
+                    host1(lp),
+                ]
+                .map(|v| v.iter().map(|v| v.to_bits()).collect::<Vec<u32>>())
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            assert!(run(threads) == one, "{threads} threads differ from 1");
         }
     }
 
