@@ -367,49 +367,26 @@ dispatch! {
     }
 }
 
-/// Adam's scalars as the loops below use them: clipping and decay off are a divisor and a factor
-/// of 1 (exact), so the loops have no branches.
-#[derive(Clone, Copy)]
-struct AdamLoop {
+/// Adam's moments updated in place for one element, and the step direction
+/// `(m / c1) / (sqrt(v / c2) + ε)`, after `g / clip` (`clip` is `s.clip` or 1, which is exact:
+/// no `Option` in the loops below, so they vectorize). On the first step the moments are
+/// `g·(1-β1)` and `(g·g)·(1-β2)` (what they were is not read).
+#[inline(always)]
+fn adam_direction<const FIRST: bool>(
+    s: &crate::fused::AdamScalars,
     clip: f32,
-    beta1: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    correction1: f32,
-    correction2: f32,
-    eps: f32,
-}
-
-impl AdamLoop {
-    #[inline(always)]
-    fn new(s: &crate::fused::AdamScalars) -> Self {
-        AdamLoop {
-            clip: s.clip.unwrap_or(1.0),
-            beta1: s.beta1,
-            one_minus_beta1: s.one_minus_beta1,
-            beta2: s.beta2,
-            one_minus_beta2: s.one_minus_beta2,
-            correction1: s.correction1,
-            correction2: s.correction2,
-            eps: s.eps,
-        }
-    }
-
-    /// The moments updated in place for one element, and the step direction
-    /// `(m / c1) / (sqrt(v / c2) + ε)`; on the first step the moments are `g·(1-β1)` and
-    /// `(g·g)·(1-β2)` (what they were is not read).
-    #[inline(always)]
-    fn direction<const FIRST: bool>(&self, g: f32, m: &mut f32, v: &mut f32) -> f32 {
-        let g = g / self.clip;
-        let (gm, gv) = (g * self.one_minus_beta1, (g * g) * self.one_minus_beta2);
-        (*m, *v) = if FIRST {
-            (gm, gv)
-        } else {
-            (*m * self.beta1 + gm, *v * self.beta2 + gv)
-        };
-        (*m / self.correction1) / ((*v / self.correction2).sqrt() + self.eps)
-    }
+    g: f32,
+    m: &mut f32,
+    v: &mut f32,
+) -> f32 {
+    let g = g / clip;
+    let (gm, gv) = (g * s.one_minus_beta1, (g * g) * s.one_minus_beta2);
+    (*m, *v) = if FIRST {
+        (gm, gv)
+    } else {
+        (*m * s.beta1 + gm, *v * s.beta2 + gv)
+    };
+    (*m / s.correction1) / ((*v / s.correction2).sqrt() + s.eps)
 }
 
 #[inline(always)]
@@ -418,13 +395,12 @@ fn adam_loop<const FIRST: bool>(
     g: &[f32],
     m: &mut [f32],
     v: &mut [f32],
-    a: AdamLoop,
-    decay: f32,
-    lr: f32,
+    s: &crate::fused::AdamScalars,
 ) {
+    let (clip, decay) = (s.clip.unwrap_or(1.0), s.decay.unwrap_or(1.0));
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-        let adam = a.direction::<FIRST>(g, m, v);
-        *p = *p * decay - adam * lr;
+        let adam = adam_direction::<FIRST>(s, clip, g, m, v);
+        *p = *p * decay - adam * s.lr;
     }
 }
 
@@ -440,11 +416,10 @@ dispatch! {
         first: bool,
         s: &crate::fused::AdamScalars
     ) {
-        let (a, decay) = (AdamLoop::new(s), s.decay.unwrap_or(1.0));
         if first {
-            adam_loop::<true>(p, g, m, v, a, decay, s.lr)
+            adam_loop::<true>(p, g, m, v, s)
         } else {
-            adam_loop::<false>(p, g, m, v, a, decay, s.lr)
+            adam_loop::<false>(p, g, m, v, s)
         }
     }
 }
@@ -455,11 +430,12 @@ fn lamb_loop<const FIRST: bool>(
     g: &mut [f32],
     m: &mut [f32],
     v: &mut [f32],
-    a: AdamLoop,
+    s: &crate::fused::AdamScalars,
     wd: f32,
 ) {
+    let clip = s.clip.unwrap_or(1.0);
     for (((&p, g), m), v) in p.iter().zip(g).zip(m).zip(v) {
-        *g = a.direction::<FIRST>(*g, m, v) + p * wd;
+        *g = adam_direction::<FIRST>(s, clip, *g, m, v) + p * wd;
     }
 }
 
@@ -476,11 +452,10 @@ dispatch! {
         s: &crate::fused::AdamScalars,
         weight_decay: f32
     ) -> (f64, f64) {
-        let a = AdamLoop::new(s);
         if first {
-            lamb_loop::<true>(p, g, m, v, a, weight_decay)
+            lamb_loop::<true>(p, g, m, v, s, weight_decay)
         } else {
-            lamb_loop::<false>(p, g, m, v, a, weight_decay)
+            lamb_loop::<false>(p, g, m, v, s, weight_decay)
         }
         (sum_squares_f64(p), sum_squares_f64(g))
     }

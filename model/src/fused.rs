@@ -290,7 +290,7 @@ fn width(shape: &Shape) -> usize {
 }
 
 /// Rows per parallel task for rows of `width` values: about `CHUNK` values.
-fn rows_per_task(width: usize) -> usize {
+pub(crate) fn rows_per_task(width: usize) -> usize {
     (CHUNK / width).max(1)
 }
 

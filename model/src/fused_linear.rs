@@ -23,7 +23,7 @@ use burn::tensor::ops::{FloatTensor, FloatTensorOps};
 use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 
-use crate::fused::{from_ad, from_flex, on_cpu, slice, tensor, values, Ad, Cpu};
+use crate::fused::{from_ad, from_flex, on_cpu, rows_per_task, slice, tensor, values, Ad, Cpu};
 
 /// `x·w + b` over the last dimension of `x` (`[..., k]`), for `w: [k, n]` (burn's layout) and
 /// `b: [n]`.
@@ -168,11 +168,6 @@ fn dims2(t: &FlexTensor) -> [usize; 2] {
         &[a, b] => [a, b],
         d => panic!("linear: a 2-d tensor, not {d:?}"),
     }
-}
-
-/// Rows per parallel task of `n` values each: about 16,384 values.
-fn rows_per_task(n: usize) -> usize {
-    ((1 << 14) / n.max(1)).max(1)
 }
 
 fn forward(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
