@@ -21,6 +21,13 @@ struct Cli {
     /// folder per GPU architecture and burn/cubecl version [default: ~/.cache/bertkit/kernels]
     #[arg(long, global = true, env = "BERTKIT_KERNEL_CACHE", value_name = "DIR")]
     kernel_cache: Option<PathBuf>,
+    /// Write a line to FILE for every GPU kernel compiled (CubeCL's log; on CUDA, the NVRTC
+    /// compilations, not the kernel cache's hits); `pretrain` then reports the kernels each log
+    /// step and evaluation compiled (`kernels_compiled` in metrics.jsonl). On CUDA, CubeCL then
+    /// also passes each kernel's source through clang-format when it is installed: leave the
+    /// log off when timing compilation
+    #[arg(long, global = true, env = "BERTKIT_KERNEL_LOG", value_name = "FILE")]
+    kernel_log: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -132,6 +139,12 @@ fn main() -> ExitCode {
         Ok(cli) => {
             // Before any thread exists: a CUDA build also points the driver's JIT cache there.
             bertkit_model::kernel_cache::choose(cli.kernel_cache.as_deref());
+            if let Some(log) = &cli.kernel_log {
+                if let Err(e) = bertkit_model::kernel_cache::choose_log(log) {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
             cli.command
         }
         Err(e) => {
@@ -161,7 +174,9 @@ fn main() -> ExitCode {
     bertkit_model::denormals::set_in_this_thread();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // wgpu's adapter report (every feature flag) is a debugging aid, not run output.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,cubecl_wgpu=warn".into()),
         )
         .with_writer(std::io::stderr);
     if matches!(&command, Command::Serve(a) if a.json_logs) {

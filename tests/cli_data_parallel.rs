@@ -18,29 +18,8 @@ fn data() -> &'static (PathBuf, PathBuf) {
     static DATA: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     DATA.get_or_init(|| {
         let root = tempfile::tempdir().unwrap().keep();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(common::sotu())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("190"))
-            .collect();
-        files.sort();
-        let tok = root.join("tok");
-        run_ok(
-            bertkit()
-                .args(["vocab", "--vocab-size", "1000", "--lowercase", "--input"])
-                .args(&files)
-                .arg("--out")
-                .arg(&tok),
-        );
-        run_ok(
-            bertkit()
-                .args(["prep", "--nsp", "--seq-len", "64", "--quiet", "--input"])
-                .args(&files)
-                .arg("--tokenizer")
-                .arg(&tok)
-                .arg("--out")
-                .arg(root.join("train")),
-        );
+        let files = common::sotu_files(&["190"]);
+        common::vocab_and_shards(&root, 1000, &files, &[("train", &files)]);
         let model = std::fs::read_to_string(repo().join("configs/models/bert-tiny.toml"))
             .unwrap()
             .replace("hidden_dropout_prob = 0.1", "hidden_dropout_prob = 0.0")
@@ -90,7 +69,6 @@ fn pretrain_args(out: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
-/// Rank `rank` of `world` as torchrun would start it.
 /// `bertkit launch --nproc-per-node 2 -- bertkit ARGS` on a free port; what it printed.
 fn launch_two(args: &[String]) -> String {
     let port = free_port().to_string();
@@ -109,6 +87,7 @@ fn launch_two(args: &[String]) -> String {
     )
 }
 
+/// Rank `rank` of `world` as torchrun would start it.
 fn rank(rank: usize, world: usize, port: u16, args: &[String]) -> Command {
     let mut c = bertkit();
     c.args(args)
@@ -346,17 +325,7 @@ fn two_rank_distillation_makes_the_updates_of_one_rank() {
 #[test]
 fn two_rank_finetuning_makes_the_updates_of_one_rank() {
     let dir = tempfile::tempdir().unwrap();
-    let mut csv = String::from("text,label\n");
-    for i in 0..24 {
-        let (word, label) = if i % 2 == 0 {
-            (["boat", "sea", "harbour", "net"][i / 2 % 4], "water")
-        } else {
-            (["field", "road", "house", "hill"][i / 2 % 4], "land")
-        };
-        csv.push_str(&format!("the cat saw the {word} at dawn,{label}\n"));
-    }
-    let data = dir.path().join("toy.csv");
-    std::fs::write(&data, csv).unwrap();
+    let data = common::toy_csv(dir.path(), "toy.csv", 24);
     let tiny = repo().join("tests/fixtures/hf-reference/tiny_heads/sequence_classification");
     // 24 examples, 8 a step: 3 steps an epoch, 6 in all; a checkpoint after each epoch.
     let args = |out: &Path, extra: &[&str]| -> Vec<String> {
@@ -469,10 +438,11 @@ fn a_two_rank_run_resumes_exactly() {
     }
 }
 
-/// `--warmup-kernels` runs the recipe's work once (on the CPU there is nothing to cache; on
+/// `--warmup-kernels` runs the recipe's first steps (on the CPU there is nothing to cache; on
 /// CUDA the kernels land in the kernel cache) and leaves `out` alone, even one with checkpoints.
+/// Without a GPU backend's kernel log it runs `WARMUP_STEPS` (3) steps.
 #[test]
-fn warmup_kernels_runs_one_step_and_writes_nothing() {
+fn warmup_kernels_runs_the_first_steps_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let cache = dir.path().join("kernels");
@@ -485,7 +455,7 @@ fn warmup_kernels_runs_one_step_and_writes_nothing() {
             .arg(&cache),
     );
     assert!(
-        printed.contains("warm-up: one step of 2 micro-batch(es) of 8")
+        printed.contains("warm-up: 3 optimizer step(s) of 2 micro-batch(es) of 8")
             && printed.contains(&format!("kernel cache {}", cache.display())),
         "{printed}"
     );

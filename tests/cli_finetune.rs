@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{bertkit, jsonl, repo, run_ok};
+use common::{bertkit, jsonl, repo, run_ok, toy_csv, toy_rows};
 use serde_json::Value;
 
 fn minilm() -> PathBuf {
@@ -53,31 +53,6 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Short two-class sentences the tiny model can fit.
-fn toy_rows(n: usize) -> Vec<(String, &'static str, f64)> {
-    let water = ["boat", "sea", "harbour", "net"];
-    let land = ["field", "road", "house", "hill"];
-    (0..n)
-        .map(|i| {
-            let (word, label, score) = if i % 2 == 0 {
-                (water[i / 2 % 4], "water", 1.0 + (i % 5) as f64 * 0.25)
-            } else {
-                (land[i / 2 % 4], "land", -1.0 - (i % 3) as f64 * 0.5)
-            };
-            (format!("the cat saw the {word} at dawn"), label, score)
-        })
-        .collect()
-}
-
-/// `n` of [`toy_rows`] as a `text,label` CSV file `dir/name`.
-fn toy_csv(dir: &Path, name: &str, n: usize) -> PathBuf {
-    let mut csv = String::from("text,label\n");
-    for (text, label, _) in toy_rows(n) {
-        csv.push_str(&format!("{text},{label}\n"));
-    }
-    write(dir, name, &csv)
 }
 
 #[test]

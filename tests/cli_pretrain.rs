@@ -15,41 +15,15 @@ use common::{bertkit, copy_dir, python_script, repo, run_ok};
 fn data() -> &'static (PathBuf, PathBuf) {
     static DATA: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     DATA.get_or_init(|| {
-        let sotu = common::sotu();
         let root = tempfile::tempdir().unwrap().keep();
-        let files = |prefix: &str| -> Vec<PathBuf> {
-            let mut v: Vec<PathBuf> = std::fs::read_dir(&sotu)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
-                .collect();
-            v.sort();
-            v
-        };
-        let train: Vec<PathBuf> = ["190", "191", "192"]
-            .iter()
-            .flat_map(|p| files(p))
-            .collect();
-        let held: Vec<PathBuf> = files("1930").into_iter().chain(files("1931")).collect();
-        let tok = root.join("tok");
-        run_ok(
-            bertkit()
-                .args(["vocab", "--vocab-size", "2000", "--lowercase", "--input"])
-                .args(&train)
-                .arg("--out")
-                .arg(&tok),
+        let train = common::sotu_files(&["190", "191", "192"]);
+        let held = common::sotu_files(&["1930", "1931"]);
+        common::vocab_and_shards(
+            &root,
+            2000,
+            &train,
+            &[("train", &train), ("heldout", &held)],
         );
-        for (name, inputs) in [("train", &train), ("heldout", &held)] {
-            run_ok(
-                bertkit()
-                    .args(["prep", "--nsp", "--seq-len", "64", "--quiet", "--input"])
-                    .args(inputs)
-                    .arg("--tokenizer")
-                    .arg(&tok)
-                    .arg("--out")
-                    .arg(root.join(name)),
-            );
-        }
         (root.join("train"), root.join("heldout"))
     })
 }
@@ -564,4 +538,22 @@ fn bench_train_reports_the_step_and_its_phases() {
     }
     // Medians of parts need not add up to the median step exactly, but each is within it.
     assert!(fb <= step * 1.5, "{r}");
+}
+
+/// `--device wgpu` in a build without the wgpu backend says how to get one.
+#[cfg(not(feature = "wgpu"))]
+#[test]
+fn a_wgpu_device_in_a_build_without_it_says_how_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pretrain(&dir.path().join("run"), &[])
+        .args(["--device", "wgpu"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("built without wgpu; rebuild with `--features wgpu`"),
+        "{err}"
+    );
+    assert!(!dir.path().join("run").exists());
 }

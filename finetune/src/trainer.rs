@@ -299,6 +299,7 @@ where
     if train.is_empty() {
         bail!("no training examples");
     }
+    s.precision.check_supported::<AD>(device)?;
     let batch = s.batch_size.max(1);
     let accumulation = s.accumulation.max(1);
     let world = group.world_size.max(1);

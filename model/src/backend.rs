@@ -8,6 +8,32 @@ pub type Cpu = burn::backend::Flex;
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;
 
+/// burn's wgpu backend (`--features wgpu`): CubeCL on Vulkan, Metal or DX12, with kernel fusion.
+/// On a machine without a GPU, Mesa's lavapipe runs it on the CPU: slow, but the same CubeCL
+/// kernels, fusion and device-side autodiff as the CUDA backend, so CI tests that path.
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn::backend::Wgpu;
+
+/// Whether the wgpu backend finds an adapter: a tiny tensor made and read back, with wgpu's
+/// panic (no Vulkan/Metal/DX12 driver) turned into an error that says what to install.
+#[cfg(feature = "wgpu")]
+pub fn check_wgpu() -> Result<(), String> {
+    let probe = std::panic::catch_unwind(|| {
+        let device = Default::default();
+        let t = burn::tensor::Tensor::<Wgpu, 1>::from_floats([1.0, 2.0], &device);
+        t.sum().into_scalar()
+    });
+    match probe {
+        Ok(3.0) => Ok(()),
+        Ok(v) => Err(format!("the wgpu device computed 1 + 2 = {v}")),
+        Err(_) => Err(
+            "no wgpu adapter: the wgpu backend needs a Vulkan, Metal or DX12 driver \
+                       (on Linux without a GPU, Mesa's lavapipe: apt install mesa-vulkan-drivers)"
+                .into(),
+        ),
+    }
+}
+
 /// The CUDA device with this index.
 #[cfg(feature = "cuda")]
 pub fn cuda_device(index: usize) -> burn::backend::cuda::CudaDevice {
@@ -169,11 +195,13 @@ pub fn check_cuda(index: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// A device named on the command line: `cpu`, `cuda` or `cuda:N`.
+/// A device named on the command line: `cpu`, `cuda`, `cuda:N` or `wgpu`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {
     Cpu,
     Cuda(usize),
+    /// wgpu's default adapter (`--features wgpu`).
+    Wgpu,
 }
 
 impl std::str::FromStr for DeviceSpec {
@@ -182,11 +210,12 @@ impl std::str::FromStr for DeviceSpec {
         match s {
             "cpu" => Ok(DeviceSpec::Cpu),
             "cuda" => Ok(DeviceSpec::Cuda(0)),
+            "wgpu" => Ok(DeviceSpec::Wgpu),
             _ => s
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("unknown device {s:?}; expected cpu, cuda or cuda:N")),
+                .ok_or_else(|| format!("unknown device {s:?}; expected cpu, cuda, cuda:N or wgpu")),
         }
     }
 }

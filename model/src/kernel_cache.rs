@@ -15,6 +15,10 @@
 //!    ordinal (`device-0-<ordinal>-cuda`), so rank 3 on GPU 3 would miss rank 0's results; the
 //!    other ordinals' folders are links to ordinal 0's ([`share_ordinals`]).
 //!
+//! 5. `--kernel-log FILE` ([`choose_log`]): CubeCL writes a line to FILE for every kernel it
+//!    compiles (on CUDA: every NVRTC compilation, not the PTX cache's hits), and
+//!    [`kernels_compiled`] counts them, so that a run can say which steps compiled what.
+//!
 //! Several processes may use one cache at once: CubeCL guards each autotune file and the PTX
 //! index with a lock file (a lock older than 30 s is taken over); the PTX data file is appended
 //! without a lock, so a job pre-warms the cache once (`bertkit pretrain --warmup-kernels`) before
@@ -140,6 +144,97 @@ pub fn chosen() -> Option<PathBuf> {
     CHOSEN.get().cloned().unwrap_or_else(|| root(None))
 }
 
+/// The file CubeCL writes a line to for every kernel it compiles, chosen by [`choose_log`].
+static KERNEL_LOG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Chooses this process's kernel log (`--kernel-log FILE`) once, at start, before a CubeCL
+/// backend starts, and empties the file (CubeCL appends to it).
+pub fn choose_log(path: &Path) -> Result<(), String> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("kernel log folder {}: {e}", parent.display()))?;
+    }
+    std::fs::write(path, "").map_err(|e| format!("kernel log {}: {e}", path.display()))?;
+    if KERNEL_LOG.set(path.to_path_buf()).is_err() {
+        return Err("the kernel log is chosen once per process".into());
+    }
+    Ok(())
+}
+
+/// The kernel log [`choose_log`] chose.
+pub fn kernel_log() -> Option<&'static Path> {
+    KERNEL_LOG.get().map(PathBuf::as_path)
+}
+
+/// How many kernels CubeCL has compiled in this process so far, read from the kernel log; `None`
+/// without one. CubeCL's logging thread writes (and flushes) each line just after the kernel is
+/// compiled, so this waits until the file has stopped growing for 30 ms (at most 2 s).
+pub fn kernels_compiled() -> Option<usize> {
+    let path = KERNEL_LOG.get()?;
+    let len = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let started = std::time::Instant::now();
+    let mut last = len();
+    while started.elapsed() < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let now = len();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    Some(count_compilations(&text))
+}
+
+/// The kernels a CubeCL compilation log names: one `[Compiling kernel]` line each (CubeCL's
+/// basic level), or one `[START_KERNEL_COMPILATION]` block each (its full level, which
+/// `CUBECL_DEBUG_LOG` turns on).
+pub fn count_compilations(log: &str) -> usize {
+    log.lines()
+        .filter(|l| {
+            l.starts_with("[Compiling kernel]") || l.starts_with("[START_KERNEL_COMPILATION]")
+        })
+        .count()
+}
+
+/// CubeCL's settings (`cubecl.toml` from the working directory up, `CUBECL_*`) with the
+/// autotune and compilation caches in `cache` and compilations logged to the kernel log,
+/// installed before the first CubeCL backend starts.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn set_cubecl_config(cache: Option<&Path>) -> Result<(), String> {
+    use cubecl_runtime::config::cache::CacheConfig;
+    use cubecl_runtime::config::compilation::CompilationLogLevel;
+    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if let Some(dir) = cache {
+        config.autotune.cache = CacheConfig::File(dir.to_path_buf());
+        config.compilation.cache = Some(CacheConfig::File(dir.to_path_buf()));
+    }
+    if let Some(log) = KERNEL_LOG.get() {
+        if matches!(
+            config.compilation.logger.level,
+            CompilationLogLevel::Disabled
+        ) {
+            config.compilation.logger.level = CompilationLogLevel::Basic;
+        }
+        config.compilation.logger.file = Some(log.clone());
+        config.compilation.logger.append = true;
+    }
+    std::panic::catch_unwind(|| CubeClRuntimeConfig::set(config)).map_err(|_| {
+        "the kernel cache and log must be chosen before a CubeCL backend starts (CubeCL's \
+         configuration was already read)"
+            .to_string()
+    })
+}
+
+/// CubeCL's settings for the wgpu backend (its kernel log; wgpu keeps no kernel cache on disk),
+/// once per process, before the backend starts.
+#[cfg(feature = "wgpu")]
+pub fn install_wgpu() -> Result<(), String> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| set_cubecl_config(None)).clone()
+}
+
 /// [`install`] under [`chosen`]'s root (nothing without one).
 #[cfg(feature = "cuda")]
 pub fn install_chosen(index: usize) -> Result<Option<PathBuf>, String> {
@@ -159,8 +254,6 @@ static INSTALLED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 /// apart from the two cache locations. Once per process: later calls return the first folder.
 #[cfg(feature = "cuda")]
 pub fn install(root: &Path, index: usize) -> Result<PathBuf, String> {
-    use cubecl_runtime::config::cache::CacheConfig;
-    use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
     use cudarc::driver::{result, sys};
     if let Some(dir) = INSTALLED.get() {
         return Ok(dir.clone());
@@ -189,14 +282,7 @@ pub fn install(root: &Path, index: usize) -> Result<PathBuf, String> {
     let dir = keyed(root, major, minor);
     share_ordinals(&dir, count.max(index + 1))
         .map_err(|e| format!("kernel cache {}: {e}", dir.display()))?;
-    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
-    config.autotune.cache = CacheConfig::File(dir.clone());
-    config.compilation.cache = Some(CacheConfig::File(dir.clone()));
-    std::panic::catch_unwind(|| CubeClRuntimeConfig::set(config)).map_err(|_| {
-        "the kernel cache must be chosen before the CUDA backend starts (CubeCL's \
-         configuration was already read)"
-            .to_string()
-    })?;
+    set_cubecl_config(Some(&dir))?;
     Ok(INSTALLED.get_or_init(|| dir).clone())
 }
 
@@ -271,6 +357,29 @@ mod tests {
             .unwrap()
             .file_type()
             .is_symlink());
+    }
+
+    #[test]
+    fn compilations_are_counted_at_either_of_cubecls_log_levels() {
+        let basic = "[Compiling kernel] burn_cubecl::kernel::binary::KernelBinop\n\
+                     [Compiling kernel] cubek_matmul::MatmulEntry\n";
+        assert_eq!(count_compilations(basic), 2);
+        let full = "[START_KERNEL_COMPILATION]\nname: x\nsource:\n```\nfn main() {}\n```\n\
+                    [END_KERNEL_COMPILATION]\n[START_KERNEL_COMPILATION]\n";
+        assert_eq!(count_compilations(full), 2);
+        assert_eq!(count_compilations(""), 0);
+    }
+
+    #[test]
+    fn a_kernel_log_that_cannot_be_written_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        // Its folder is a file.
+        let bad = file.join("kernels.log");
+        let e = choose_log(&bad).unwrap_err();
+        assert!(e.contains(&file.display().to_string()), "{e}");
+        assert!(kernel_log().is_none(), "a failed choice chose nothing");
     }
 
     #[test]

@@ -15,6 +15,9 @@
 #     place (the gradient buckets' path, its device address checked both ways), and BERT-base's
 #     step with the gradients all-reduced on the GPU (during / after the backward) against none;
 #  5. 50 pretraining steps of BERT-base in bf16 on real shards after `--warmup-kernels`.
+# The agreement, warm-up and 50-step runs log the kernels each step compiles (`--kernel-log`:
+# `kernels_compiled` in their metrics.jsonl, per step in the warm-up's output); the timed runs
+# do not (with the log on, CubeCL also runs clang-format on each kernel's source, if installed).
 # It reads .gpu/ (git-ignored, carried), prepared on the build machine:
 #   cargo build --release --features cuda           -> xz -T2 -6 -c bertkit > .gpu/bertkit-fixed.xz
 #   cargo build --release --features cuda-autotune  -> xz ... > .gpu/bertkit-autotune.xz
@@ -92,7 +95,8 @@ peer() { # peer NAME LIMIT L H A I BATCH SEQ
 }
 agree() { # agree PRECISION LIMIT
     rm -rf "/tmp/run-$1"
-    run "agree-$1" "$2" env BERTKIT_KERNEL_CACHE="$KF" "$F" pretrain --config configs/pretrain/cpu-tiny.toml \
+    run "agree-$1" "$2" env BERTKIT_KERNEL_CACHE="$KF" "$F" --kernel-log "$W/kernels-agree-$1.log" \
+        pretrain --config configs/pretrain/cpu-tiny.toml \
         --device cuda --set "model=\"$PWD/.gpu/mini-nodrop.toml\"" --set "data=\"$PWD/.gpu/data128\"" \
         --set "out=\"/tmp/run-$1\"" --set "precision=\"$1\"" --set batch.global=32 --set batch.micro=32 \
         --set schedule.steps=6 --set log.every=1 --set eval.every=0 --set checkpoint.every=0 \
@@ -121,8 +125,9 @@ P=(--config configs/pretrain/cpu-tiny.toml --device cuda --set "model=\"$PWD/con
    --set "data=\"$PWD/.gpu/data128\"" --set 'out="/tmp/run-base"' --set 'precision="bf16"' --set batch.global=64
    --set batch.micro=64 --set schedule.steps=50 --set optimizer.lr=2e-3 --set log.every=1 --set eval.every=0
    --set checkpoint.every=0 --set log.report_to=jsonl)
-run base-warmup-kernels 60 env BERTKIT_KERNEL_CACHE="$KF" "$F" pretrain "${P[@]}" --warmup-kernels
-run base-50-steps 120 env BERTKIT_KERNEL_CACHE="$KF" "$F" pretrain "${P[@]}"
+run base-warmup-kernels 60 env BERTKIT_KERNEL_CACHE="$KF" "$F" --kernel-log "$W/kernels-base-warmup.log" \
+    pretrain "${P[@]}" --warmup-kernels
+run base-50-steps 120 env BERTKIT_KERNEL_CACHE="$KF" "$F" --kernel-log "$W/kernels-base-50.log" pretrain "${P[@]}"
 cp /tmp/run-base/metrics.jsonl "$W/losses-base-50.jsonl" 2>/dev/null
 entries "$KF"
 bench "$A" "$KA" mini-autotune-cold 150 bert-mini 64 128 --steps 5 --warmup 1

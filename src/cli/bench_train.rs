@@ -112,6 +112,7 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
         }
     };
     let precision: Precision = parse("precision", &args.precision)?;
+    precision.check_supported::<B>(device)?;
     let kind: OptimizerKind = parse("optimizer", &args.optimizer)?;
     let mut config = read_model_config(&args.model, args.vocab)?;
     config.vocab_size = args.vocab;

@@ -58,6 +58,17 @@ macro_rules! with_backend {
             bertkit_model::backend::DeviceSpec::Cuda(_) => Err(anyhow::anyhow!(
                 "this bertkit was built without CUDA; rebuild with `--features cuda`"
             )),
+            #[cfg(feature = "wgpu")]
+            bertkit_model::backend::DeviceSpec::Wgpu => match bertkit_model::kernel_cache::install_wgpu()
+                .and_then(|()| bertkit_model::backend::check_wgpu())
+            {
+                Ok(()) => $f::<bertkit_model::backend::Wgpu>(&Default::default() $(, $arg)*),
+                Err(e) => Err(anyhow::anyhow!(e)),
+            },
+            #[cfg(not(feature = "wgpu"))]
+            bertkit_model::backend::DeviceSpec::Wgpu => Err(anyhow::anyhow!(
+                "this bertkit was built without wgpu; rebuild with `--features wgpu`"
+            )),
         }
     }};
 }

@@ -30,12 +30,13 @@ pub struct PretrainArgs {
     /// skipped); a checkpoint folder; or `never` (refuses an out that has checkpoints).
     #[arg(long, default_value = "never")]
     pub resume: Resume,
-    /// Overrides the recipe's device: cpu, cuda, cuda:N.
+    /// Overrides the recipe's device: cpu, cuda, cuda:N, wgpu.
     #[arg(long)]
     pub device: Option<DeviceSpec>,
-    /// Compile and tune every kernel the recipe's steps use (one optimizer step of two
-    /// micro-batches and one evaluation batch, on a fresh model, with the run's shapes and
-    /// precision) into the kernel cache (`--kernel-cache`), write nothing to `out`, and exit.
+    /// Compile and tune every kernel the recipe's steps use (its first optimizer steps, of two
+    /// micro-batches each, until a step compiles nothing, and evaluation batches likewise, on a
+    /// fresh model, with the run's shapes, precision and schedule) into the kernel cache
+    /// (`--kernel-cache`), write nothing to `out`, and exit.
     /// Run once per recipe and GPU type before a job, so that its ranks start warm.
     #[arg(long)]
     pub warmup_kernels: bool,
@@ -50,19 +51,47 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
         None if cfg.device.trim() == "cuda" => DeviceSpec::Cuda(env.local_rank),
         None => cfg.device.parse().map_err(anyhow::Error::msg)?,
     };
-    // Stable shapes by default on CUDA, wherever the device was named.
+    // Stable shapes by default on the GPU backends (each new shape compiles kernels), wherever
+    // the device was named.
     cfg.batch
         .stable_shapes
-        .get_or_insert(matches!(device, DeviceSpec::Cuda(_)));
+        .get_or_insert(device != DeviceSpec::Cpu);
     if args.warmup_kernels {
-        let report = with_backend!(device, warm_on(&cfg))?;
+        // A kernel log tells the warm-up when its steps stop compiling (a temporary one unless
+        // `--kernel-log` chose one; chosen before the GPU backend starts).
+        let temporary = (device != DeviceSpec::Cpu
+            && bertkit_model::kernel_cache::kernel_log().is_none())
+        .then(|| {
+            std::env::temp_dir().join(format!("bertkit-warmup-{}.kernels", std::process::id()))
+        });
+        if let Some(log) = &temporary {
+            bertkit_model::kernel_cache::choose_log(log).map_err(anyhow::Error::msg)?;
+        }
+        let report = with_backend!(device, warm_on(&cfg));
+        if let Some(log) = &temporary {
+            let _ = std::fs::remove_file(log);
+        }
+        let report = report?;
+        let counts = |name: &str, v: &Option<Vec<usize>>| match v {
+            Some(v) if !v.is_empty() => format!(
+                "; kernels compiled by each {name}: {}",
+                v.iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => String::new(),
+        };
         println!(
-            "warm-up: one step of {} micro-batch(es) of {} and {} evaluation batch(es) on {device:?} \
-             in {:.1} s; kernel cache {}",
+            "warm-up: {} optimizer step(s) of {} micro-batch(es) of {} and {} evaluation batch(es) \
+             on {device:?} in {:.1} s{}{}; kernel cache {}",
+            report.steps,
             report.micro_batches,
             cfg.batch.micro,
             report.eval_batches,
             report.seconds,
+            counts("step", &report.step_kernels),
+            counts("evaluation batch", &report.eval_kernels),
             bertkit_model::kernel_cache::chosen()
                 .map_or_else(|| "none (no home folder)".into(), |d| d.display().to_string()),
         );

@@ -3,7 +3,7 @@
 
 pub mod serve;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub fn repo() -> PathBuf {
@@ -15,6 +15,84 @@ pub fn sotu() -> PathBuf {
     let dir = repo().join("assets/data/sotu");
     assert!(dir.exists(), "run scripts/fetch-assets.sh first");
     dir
+}
+
+/// The State of the Union addresses whose file names start with any of `prefixes` (years), in
+/// order.
+pub fn sotu_files(prefixes: &[&str]) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(sotu())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            prefixes.iter().any(|y| name.starts_with(y))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// A lowercase WordPiece vocabulary of `size` trained on `train` in `root/tok`, and NSP shards
+/// of seq 64 in `root/NAME` for each `(NAME, files)` of `splits`.
+pub fn vocab_and_shards(
+    root: &Path,
+    size: usize,
+    train: &[PathBuf],
+    splits: &[(&str, &[PathBuf])],
+) {
+    let tok = root.join("tok");
+    run_ok(
+        bertkit()
+            .args([
+                "vocab",
+                "--vocab-size",
+                &size.to_string(),
+                "--lowercase",
+                "--input",
+            ])
+            .args(train)
+            .arg("--out")
+            .arg(&tok),
+    );
+    for (name, inputs) in splits {
+        run_ok(
+            bertkit()
+                .args(["prep", "--nsp", "--seq-len", "64", "--quiet", "--input"])
+                .args(*inputs)
+                .arg("--tokenizer")
+                .arg(&tok)
+                .arg("--out")
+                .arg(root.join(name)),
+        );
+    }
+}
+
+/// Short two-class sentences a tiny model can fit: `(text, label, score)`, water and land in
+/// turn.
+pub fn toy_rows(n: usize) -> Vec<(String, &'static str, f64)> {
+    let water = ["boat", "sea", "harbour", "net"];
+    let land = ["field", "road", "house", "hill"];
+    (0..n)
+        .map(|i| {
+            let (word, label, score) = if i % 2 == 0 {
+                (water[i / 2 % 4], "water", 1.0 + (i % 5) as f64 * 0.25)
+            } else {
+                (land[i / 2 % 4], "land", -1.0 - (i % 3) as f64 * 0.5)
+            };
+            (format!("the cat saw the {word} at dawn"), label, score)
+        })
+        .collect()
+}
+
+/// `n` of [`toy_rows`] as a `text,label` CSV file `dir/name`.
+pub fn toy_csv(dir: &Path, name: &str, n: usize) -> PathBuf {
+    let mut csv = String::from("text,label\n");
+    for (text, label, _) in toy_rows(n) {
+        csv.push_str(&format!("{text},{label}\n"));
+    }
+    let p = dir.join(name);
+    std::fs::write(&p, csv).unwrap();
+    p
 }
 
 /// Copies the folder `from` to `to`, subfolders too.

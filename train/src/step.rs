@@ -45,6 +45,24 @@ impl Precision {
             Precision::Fp16 => DType::F16,
         }
     }
+
+    /// Whether backend `B` computes in this precision on `device` (burn's wgpu backend has no
+    /// bf16: WGSL has no such type), as an error that names the ones to use instead.
+    pub fn check_supported<B: Backend>(self, device: &B::Device) -> anyhow::Result<()> {
+        if B::supports_dtype(device, self.dtype()) {
+            return Ok(());
+        }
+        let other: Vec<String> = [Precision::F32, Precision::Bf16, Precision::Fp16]
+            .into_iter()
+            .filter(|p| B::supports_dtype(device, p.dtype()))
+            .map(|p| p.to_string())
+            .collect();
+        anyhow::bail!(
+            "precision {self} is not supported by the {} backend on {device:?}; use {}",
+            B::name(device),
+            other.join(" or ")
+        )
+    }
 }
 
 impl std::fmt::Display for Precision {

@@ -115,6 +115,7 @@ pub fn run<AD: AutodiffBackend>(
     };
     let skipped_before = state.skipped_steps;
     let mut window = Throughput::default();
+    let mut kernels = NewKernels::default();
 
     // The loop: a step, its bookkeeping, then logs, evaluation and checkpoints when due.
     while state.step < total {
@@ -159,6 +160,7 @@ pub fn run<AD: AutodiffBackend>(
                 &out,
                 lr,
                 rates,
+                kernels.take(),
                 total,
                 opts.progress_bar,
             )?;
@@ -166,7 +168,8 @@ pub fn run<AD: AutodiffBackend>(
         }
         if let Some(ev) = &mut eval {
             if step.is_multiple_of(cfg.eval.every) || step == total {
-                summary.final_eval = Some(evaluate(ev, &model, &mut logger, step, device)?);
+                let s = evaluate(ev, &model, &mut logger, step, device, &mut kernels)?;
+                summary.final_eval = Some(s);
             }
         }
         let every = cfg.checkpoint.every;
@@ -319,13 +322,44 @@ fn count_step(
     Ok(())
 }
 
+/// The GPU kernels compiled since the last record (the kernel log, `--kernel-log`): a run with
+/// stable shapes compiles in its first steps and its first evaluation only ([`WARMUP_STEPS`]).
+#[derive(Debug, Default)]
+struct NewKernels {
+    seen: usize,
+}
+
+impl NewKernels {
+    /// Kernels compiled since the last call (since the run started, at the first); `None`
+    /// without a kernel log.
+    fn take(&mut self) -> Option<usize> {
+        let now = bertkit_model::kernel_cache::kernels_compiled()?;
+        let new = now.saturating_sub(self.seen);
+        self.seen = now;
+        Some(new)
+    }
+
+    /// A record's value and its console note, when counting.
+    fn note(n: Option<usize>) -> (Option<(&'static str, f64)>, String) {
+        match n {
+            Some(n) => (
+                Some(("kernels_compiled", n as f64)),
+                format!(" +{n} kernels"),
+            ),
+            None => (None, String::new()),
+        }
+    }
+}
+
 /// The training record of a log step (metrics.jsonl / TensorBoard) and its console line.
+#[allow(clippy::too_many_arguments)]
 fn log_step(
     logger: &mut Logger,
     state: &TrainerState,
     out: &PretrainStep,
     lr: f64,
     (seq_s, tok_s): (f64, f64),
+    kernels: Option<usize>,
     total: u64,
     progress_bar: bool,
 ) -> Result<()> {
@@ -339,9 +373,11 @@ fn log_step(
         ("loss_scale", state.loss_scale),
         ("skipped_steps", state.skipped_steps as f64),
     ]);
+    let (kernel_value, kernel_note) = NewKernels::note(kernels);
+    values.extend(kernel_value);
     logger.record(step, "train", &values)?;
     let line = format!(
-        "loss {:.4} mlm_acc {:.3}{} lr {lr:.3e} |g| {grad_norm:.3} {seq_s:.1} seq/s",
+        "loss {:.4} mlm_acc {:.3}{} lr {lr:.3e} |g| {grad_norm:.3} {seq_s:.1} seq/s{kernel_note}",
         stats.loss(),
         stats.mlm_accuracy,
         stats
@@ -364,13 +400,16 @@ fn evaluate<AD: AutodiffBackend>(
     logger: &mut Logger,
     step: u64,
     device: &AD::Device,
+    kernels: &mut NewKernels,
 ) -> Result<StepStats> {
     let s = ev.run(&model.valid(), device)?;
     let mut values = s.values();
     values.retain(|(name, _)| *name != "loss");
+    let (kernel_value, kernel_note) = NewKernels::note(kernels.take());
+    values.extend(kernel_value);
     logger.record(step, "eval", &values)?;
     logger.println(format!(
-        "step {step}: held-out mlm_loss {:.4} mlm_acc {:.3}",
+        "step {step}: held-out mlm_loss {:.4} mlm_acc {:.3}{kernel_note}",
         s.mlm_loss, s.mlm_accuracy
     ));
     Ok(s)
@@ -379,22 +418,38 @@ fn evaluate<AD: AutodiffBackend>(
 /// What `--warmup-kernels` did.
 #[derive(Debug, Clone)]
 pub struct WarmupReport {
-    /// Micro-batches of the one optimizer step run, and of evaluation.
+    /// Optimizer steps run, micro-batches in each, and evaluation batches.
+    pub steps: u64,
     pub micro_batches: usize,
     pub eval_batches: usize,
     pub seconds: f64,
+    /// With a kernel log (`--kernel-log`): the kernels compiled by each optimizer step, then by
+    /// each evaluation batch.
+    pub step_kernels: Option<Vec<usize>>,
+    pub eval_kernels: Option<Vec<usize>>,
 }
 
-/// Runs the recipe's work once, as one process, and keeps nothing: one optimizer step over
-/// two micro-batches (forward, backward, gradient accumulation, clipping, the optimizer) with
-/// the run's shapes, precision, encoder and teacher, then one evaluation batch when the recipe
-/// evaluates. On CUDA this compiles and tunes every kernel the run will use, into the kernel
-/// cache, so that the ranks of the job start warm; nothing is written to `out` (no checkpoint,
-/// no log), and the model is a fresh one (kernels do not depend on the weights).
+/// Optimizer steps a warm-up runs at least: the first step has no optimizer moments yet and the
+/// second and third compile kernels of their own (measured on burn's wgpu backend: 154, 7 and
+/// 1 kernels for BERT-tiny with LAMB, then none), so one step would leave a run compiling.
+pub const WARMUP_STEPS: u64 = 3;
+/// With a kernel log, a warm-up goes on until a step compiles nothing, up to this many steps.
+pub const WARMUP_MAX_STEPS: u64 = 8;
+
+/// Runs the recipe's first steps, as one process, and keeps nothing: optimizer steps over two
+/// micro-batches each (forward, backward, gradient accumulation, clipping, the optimizer) with
+/// the run's shapes, precision, learning-rate schedule, encoder and teacher, then evaluation
+/// batches when the recipe evaluates. On CUDA this compiles and tunes every kernel the run
+/// will use, into the kernel cache, so that the ranks of the job start warm; nothing is
+/// written to `out` (no checkpoint, no log), and the model is a fresh one (kernels do not
+/// depend on the weights). It runs [`WARMUP_STEPS`] steps and one evaluation batch; with a
+/// kernel log it goes on until a step (an evaluation batch) compiles nothing, so that the
+/// report shows the run will compile nothing more.
 pub fn warm_up<AD: AutodiffBackend>(
     cfg: &PretrainConfig,
     device: &AD::Device,
 ) -> Result<WarmupReport> {
+    cfg.precision.check_supported::<AD>(device)?;
     let started = Instant::now();
     let mut single = ProcessGroup::single();
     // Two micro-batches use every kernel a step of many does (the second one adds gradients).
@@ -415,10 +470,7 @@ pub fn warm_up<AD: AutodiffBackend>(
     let (model, teacher) = distillation(model, teacher, cfg)?;
     let mut optimizer = Optimizer::<AD::InnerBackend>::new(cfg.optimizer.clone());
     let mut loader = open_loader(cfg, &single)?;
-    let batches = (0..accumulation)
-        .map(|_| loader.next_batch())
-        .collect::<Result<Vec<_>>>()?;
-    let state = fresh_state(
+    let mut state = fresh_state(
         cfg,
         RunIdentity {
             micro_batch: cfg.batch.micro,
@@ -429,30 +481,60 @@ pub fn warm_up<AD: AutodiffBackend>(
             teacher_sha256: None,
         },
     );
-    let settings = step_settings(cfg, &state, cfg.optimizer.lr);
-    let (model, _) = pretrain_step(
-        model,
-        &mut optimizer,
-        &batches,
-        &settings,
-        manifest.settings.nsp,
-        teacher.as_ref(),
-        &mut single,
-        device,
-    )?;
+    let mut model = model;
+    let mut kernels = NewKernels::default();
+    let mut step_kernels = Vec::new();
+    while state.step < WARMUP_MAX_STEPS {
+        let batches = (0..accumulation)
+            .map(|_| loader.next_batch())
+            .collect::<Result<Vec<_>>>()?;
+        let lr = cfg.optimizer.lr * cfg.schedule.factor(state.step);
+        let settings = step_settings(cfg, &state, lr);
+        let (stepped, _) = pretrain_step(
+            model,
+            &mut optimizer,
+            &batches,
+            &settings,
+            manifest.settings.nsp,
+            teacher.as_ref(),
+            &mut single,
+            device,
+        )?;
+        model = stepped;
+        state.step += 1;
+        let new = kernels.take();
+        step_kernels.extend(new);
+        if state.step >= WARMUP_STEPS && new.is_none_or(|n| n == 0) {
+            break;
+        }
+    }
+    let mut eval_kernels = Vec::new();
     let eval_batches = match &cfg.eval_data {
         Some(dir) if cfg.eval.every > 0 => {
             let mut ev = Evaluator::open(dir, cfg, &manifest)?;
             ev.batches = 1;
-            ev.run(&model.valid(), device)?;
-            1
+            let mut batches = 0;
+            while batches < WARMUP_MAX_STEPS {
+                ev.run(&model.valid(), device)?;
+                batches += 1;
+                let new = kernels.take();
+                eval_kernels.extend(new);
+                if new.is_none_or(|n| n == 0) {
+                    break;
+                }
+            }
+            batches as usize
         }
         _ => 0,
     };
+    let counted = bertkit_model::kernel_cache::kernels_compiled().is_some();
     Ok(WarmupReport {
+        steps: state.step,
         micro_batches: accumulation,
         eval_batches,
         seconds: started.elapsed().as_secs_f64(),
+        step_kernels: counted.then_some(step_kernels),
+        eval_kernels: counted.then_some(eval_kernels),
     })
 }
 
@@ -479,6 +561,7 @@ fn setup<AD: AutodiffBackend>(
     group: &mut ProcessGroup,
     device: &AD::Device,
 ) -> Result<Setup<AD>> {
+    cfg.precision.check_supported::<AD>(device)?;
     let world_size = group.world_size;
     let main = group.is_main();
     let accumulation = cfg.accumulation(world_size)?;

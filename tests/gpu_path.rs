@@ -1,0 +1,295 @@
+//! The GPU code path without a GPU: `bertkit pretrain --device wgpu` runs burn's wgpu backend
+//! (CubeCL kernels, kernel fusion, autodiff on device tensors, as the CUDA backend does) on Mesa's
+//! lavapipe, a Vulkan driver that runs on the CPU. Built with `--features wgpu`; CI installs
+//! lavapipe (`mesa-vulkan-drivers`) and runs `cargo test --release --features wgpu --test
+//! gpu_path`.
+//!
+//! - The losses of 6 LAMB steps of BERT-tiny without dropout, and its held-out evaluation, follow
+//!   the CPU's to 1e-5 relative (issue 18 asks 1e-4 of CUDA against the CPU, in f32).
+//! - Stable shapes, counted: with `--kernel-log`, the steps after the warm-up's and the second
+//!   evaluation compile no kernel, and `--warmup-kernels` runs steps until one compiles nothing.
+//! - Data parallel on device tensors: 2 ranks (TCP ring, gradient buckets all-reduced during the
+//!   backward pass) take the steps of 1 rank of twice the batch.
+//! - Fine-tuning a classifier follows the CPU's losses and evaluations.
+#![cfg(feature = "wgpu")]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+mod common;
+use common::{bertkit, jsonl, repo, run_ok};
+
+/// State of the Union speeches 1900-1909 for training and 1910 held out, a 1000-word
+/// vocabulary, seq 64 with NSP; and BERT-tiny without dropout, so that both devices draw nothing.
+fn data() -> &'static (PathBuf, PathBuf, PathBuf) {
+    static DATA: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
+    DATA.get_or_init(|| {
+        let root = tempfile::tempdir().unwrap().keep();
+        let (train, held) = (common::sotu_files(&["190"]), common::sotu_files(&["1910"]));
+        common::vocab_and_shards(&root, 1000, &train, &[("train", &train), ("held", &held)]);
+        let tiny = std::fs::read_to_string(repo().join("configs/models/bert-tiny.toml")).unwrap();
+        let no_dropout = tiny.replace("_dropout_prob = 0.1", "_dropout_prob = 0.0");
+        assert_ne!(tiny, no_dropout);
+        let model = root.join("tiny-no-dropout.toml");
+        std::fs::write(&model, no_dropout).unwrap();
+        (root.join("train"), root.join("held"), model)
+    })
+}
+
+/// `bertkit [--kernel-log LOG] pretrain` of the CPU recipe on [`data`] into `out` on `device`:
+/// 6 steps of 32 (two micro-batches of 16), logged at every step, evaluated at steps 3 and 6.
+fn pretrain(device: &str, out: &Path, log: Option<&Path>, extra: &[&str]) -> Vec<String> {
+    let (train, held, model) = data();
+    let mut args: Vec<String> = Vec::new();
+    if let Some(log) = log {
+        args.extend(["--kernel-log".into(), log.display().to_string()]);
+    }
+    args.extend([
+        "pretrain".into(),
+        "--config".into(),
+        repo()
+            .join("configs/pretrain/cpu-tiny.toml")
+            .display()
+            .to_string(),
+        "--device".into(),
+        device.into(),
+    ]);
+    let sets = [
+        format!("data={:?}", train.display().to_string()),
+        format!("eval_data={:?}", held.display().to_string()),
+        format!("model={:?}", model.display().to_string()),
+        format!("out={:?}", out.display().to_string()),
+        "schedule.steps=6".into(),
+        "log.every=1".into(),
+        "eval.every=3".into(),
+        "eval.batches=2".into(),
+        "checkpoint.every=0".into(),
+        "log.report_to=jsonl".into(),
+    ];
+    for s in sets.iter().map(String::as_str).chain(extra.iter().copied()) {
+        args.extend(["--set".into(), s.to_string()]);
+    }
+    args
+}
+
+fn free_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port().to_string()
+}
+
+/// `(step, value)` of `name` in the `split` records of a run's metrics.jsonl that have it.
+fn series(out: &Path, split: &str, name: &str) -> Vec<(u64, f64)> {
+    jsonl(&out.join("metrics.jsonl"))
+        .iter()
+        .filter(|r| r["split"] == split)
+        .filter_map(|r| Some((r["step"].as_u64()?, r[name].as_f64()?)))
+        .collect()
+}
+
+fn assert_close(what: &str, cpu: &[(u64, f64)], gpu: &[(u64, f64)], rel: f64) {
+    assert_eq!(cpu.len(), gpu.len(), "{what}: {cpu:?} vs {gpu:?}");
+    for ((s, a), (t, b)) in cpu.iter().zip(gpu) {
+        assert_eq!(s, t);
+        assert!(
+            (a - b).abs() <= rel * a.abs(),
+            "{what} at step {s}: cpu {a} vs wgpu {b} ({cpu:?} vs {gpu:?})"
+        );
+    }
+}
+
+#[test]
+fn pretraining_on_wgpu_follows_the_cpu_and_stops_compiling_after_the_warm_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cpu, gpu) = (dir.path().join("cpu"), dir.path().join("wgpu"));
+    run_ok(bertkit().args(pretrain("cpu", &cpu, None, &[])));
+    let log = dir.path().join("kernels.log");
+    run_ok(bertkit().args(pretrain("wgpu", &gpu, Some(&log), &[])));
+
+    // The same numbers: the training loss of every step and the held-out MLM loss and NSP
+    // accuracy (the model and the masks are drawn on the host, the same on both devices).
+    assert_close(
+        "loss",
+        &series(&cpu, "train", "loss"),
+        &series(&gpu, "train", "loss"),
+        1e-5,
+    );
+    for name in ["mlm_loss", "nsp_accuracy"] {
+        assert_close(
+            name,
+            &series(&cpu, "eval", name),
+            &series(&gpu, "eval", name),
+            1e-5,
+        );
+    }
+    let losses = series(&gpu, "train", "loss");
+    assert_eq!(losses.len(), 6);
+    assert!(losses[5].1 < losses[0].1, "{losses:?}");
+
+    // What each step and evaluation compiled, from the kernel log. The CPU run counts nothing.
+    assert!(series(&cpu, "train", "kernels_compiled").is_empty());
+    let steps = series(&gpu, "train", "kernels_compiled");
+    let evals = series(&gpu, "eval", "kernels_compiled");
+    assert_eq!(steps.len(), 6, "{steps:?}");
+    assert!(
+        steps[0].1 > 50.0,
+        "the first step compiles the model's kernels: {steps:?}"
+    );
+    assert_eq!(evals.len(), 2, "{evals:?}");
+    assert!(evals[0].1 > 0.0, "{evals:?}");
+    assert_eq!(
+        evals[1].1, 0.0,
+        "the second evaluation compiled kernels: {evals:?}"
+    );
+    let logged: f64 = steps.iter().chain(&evals).map(|(_, n)| n).sum();
+    let lines = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        bertkit_model::kernel_cache::count_compilations(&lines) as f64 >= logged,
+        "the records count more kernels than the log names"
+    );
+
+    // The warm-up runs steps until one compiles nothing, and the run compiles nothing after
+    // as many steps as the warm-up took (on CUDA those come from the kernel cache).
+    let warm_dir = dir.path().join("warm");
+    let printed = run_ok(
+        bertkit()
+            .args(pretrain("wgpu", &warm_dir, None, &[]))
+            .arg("--warmup-kernels"),
+    );
+    let per_step: Vec<usize> = printed
+        .split("kernels compiled by each step: ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no per-step counts in {printed:?}"))
+        .split(", ")
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    assert!(per_step.len() >= 3, "{printed}");
+    assert_eq!(per_step.last(), Some(&0), "{printed}");
+    assert!(
+        printed.contains("kernels compiled by each evaluation batch: "),
+        "{printed}"
+    );
+    assert!(!warm_dir.exists(), "the warm-up wrote into out");
+    let warm_steps = per_step.len() as u64;
+    for (step, n) in &steps {
+        if *step > warm_steps {
+            assert_eq!(
+                *n, 0.0,
+                "step {step} compiled after a {warm_steps}-step warm-up: {steps:?}"
+            );
+        }
+    }
+    // Steps 2 and 3 compile kernels the first did not (why a one-step warm-up was not enough).
+    assert!(
+        steps[1].1 + steps[2].1 > 0.0,
+        "a one-step warm-up would do: {steps:?}"
+    );
+}
+
+/// bf16 (which WGSL lacks) is refused before training with the precisions that work, instead
+/// of a panic in CubeCL's shader compiler; fp16 trains, with the loss of f32 to 1e-3.
+#[test]
+fn wgpu_refuses_bf16_by_name_and_trains_in_fp16() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bertkit()
+        .args(pretrain(
+            "wgpu",
+            &dir.path().join("bf16"),
+            None,
+            &["precision=\"bf16\""],
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("precision bf16 is not supported by the") && err.contains("use fp32 or fp16"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let (f32_run, fp16_run) = (dir.path().join("f32"), dir.path().join("fp16"));
+    run_ok(bertkit().args(pretrain("wgpu", &f32_run, None, &[])));
+    run_ok(bertkit().args(pretrain("wgpu", &fp16_run, None, &["precision=\"fp16\""])));
+    assert_close(
+        "fp16 loss",
+        &series(&f32_run, "train", "loss"),
+        &series(&fp16_run, "train", "loss"),
+        1e-3,
+    );
+}
+
+/// 2 ranks of 16 on the wgpu backend, with the gradient buckets all-reduced as the backward pass
+/// hands them out (the slicing and summing of device tensors), take the steps of 1 rank of 32.
+#[test]
+fn two_wgpu_ranks_take_the_steps_of_one_rank_of_twice_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let common = [
+        "schedule.steps=3",
+        "eval.every=0",
+        "batch.global=32",
+        "distributed.bucket_mb=0.1",
+        "distributed.overlap=true",
+    ];
+    let with =
+        |micro: &'static str| -> Vec<&str> { common.iter().copied().chain([micro]).collect() };
+    run_ok(bertkit().args(pretrain("wgpu", &one, None, &with("batch.micro=32"))));
+    run_ok(
+        bertkit()
+            .args([
+                "launch",
+                "--nproc-per-node",
+                "2",
+                "--master-port",
+                &free_port(),
+                "--",
+            ])
+            .arg(env!("CARGO_BIN_EXE_bertkit"))
+            .args(pretrain("wgpu", &two, None, &with("batch.micro=16"))),
+    );
+    let (a, b) = (series(&one, "train", "loss"), series(&two, "train", "loss"));
+    assert_eq!(a.len(), 3);
+    assert_close("loss", &a, &b, 1e-6);
+    assert_close(
+        "grad_norm",
+        &series(&one, "train", "grad_norm"),
+        &series(&two, "train", "grad_norm"),
+        1e-5,
+    );
+}
+
+/// `bertkit finetune` of a tiny classifier on the wgpu backend: the CPU's training losses and
+/// held-out metrics (dropout on: its masks are drawn the same way on both).
+#[test]
+fn fine_tuning_on_wgpu_follows_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::toy_csv(dir.path(), "toy.csv", 64);
+    let model = repo().join("tests/fixtures/hf-reference/tiny_heads/sequence_classification");
+    let run = |device: &str| -> PathBuf {
+        let out = dir.path().join(device);
+        run_ok(
+            bertkit()
+                .args(["finetune", "--task", "classify", "--model"])
+                .arg(&model)
+                .arg("--train")
+                .arg(&data)
+                .arg("--validation")
+                .arg(&data)
+                .arg("--out")
+                .arg(&out)
+                .args(["--epochs", "2", "--batch-size", "8", "--lr", "1e-3"])
+                .args(["--device", device]),
+        );
+        out
+    };
+    let (cpu, gpu) = (run("cpu"), run("wgpu"));
+    let (a, b) = (series(&cpu, "train", "loss"), series(&gpu, "train", "loss"));
+    assert!(!a.is_empty());
+    assert_close("loss", &a, &b, 1e-5);
+    assert_close(
+        "accuracy",
+        &series(&cpu, "eval", "accuracy"),
+        &series(&gpu, "eval", "accuracy"),
+        0.0,
+    );
+}
