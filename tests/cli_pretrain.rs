@@ -521,6 +521,10 @@ fn bench_train_reports_the_step_and_its_phases() {
     let r: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(r["all_reduce"], "none");
     assert_eq!(r["losses"].as_array().unwrap().len(), 4);
+    assert!(
+        r["kernels_compiled_per_step"].is_null(),
+        "no kernel log: {r}"
+    );
     let step = r["step_ms_median"].as_f64().unwrap();
     let first = r["first_step_s"].as_f64().unwrap();
     assert!(step > 0.0 && first > 0.0, "{r}");

@@ -11,6 +11,7 @@
 //! - Data parallel on device tensors: 2 ranks (TCP ring, gradient buckets all-reduced during the
 //!   backward pass) take the steps of 1 rank of twice the batch.
 //! - Fine-tuning a classifier follows the CPU's losses and evaluations.
+//! - `bench-train` reports the kernels each step compiled: none in its timed steps.
 #![cfg(feature = "wgpu")]
 
 use std::path::{Path, PathBuf};
@@ -292,4 +293,54 @@ fn fine_tuning_on_wgpu_follows_the_cpu() {
         &series(&gpu, "eval", "accuracy"),
         0.0,
     );
+}
+
+/// `bench-train --device wgpu --kernel-log`: the kernels each step compiled, so that a GPU
+/// benchmark shows its timed steps compiled nothing (3 warm-up steps: the second and third
+/// compile the optimizer's fused updates).
+#[test]
+fn bench_train_on_wgpu_counts_the_kernels_of_each_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("kernels.log");
+    let out = run_ok(
+        bertkit()
+            .current_dir(repo())
+            .arg("--kernel-log")
+            .arg(&log)
+            .args([
+                "bench-train",
+                "--model",
+                "configs/models/bert-tiny.toml",
+                "--vocab",
+                "100",
+                "--batch",
+                "2",
+                "--seq",
+                "16",
+                "--steps",
+                "2",
+                "--warmup",
+                "3",
+                "--optimizer",
+                "lamb",
+                "--device",
+                "wgpu",
+                "--json",
+            ]),
+    );
+    let line = out
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    let per_step: Vec<u64> = r["kernels_compiled_per_step"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert_eq!(per_step.len(), 5, "{r}");
+    assert!(per_step[0] > 50, "{r}");
+    assert_eq!(&per_step[3..], &[0, 0], "a timed step compiled: {r}");
+    assert!(r["backend"].as_str().unwrap().contains("wgpu"), "{r}");
 }

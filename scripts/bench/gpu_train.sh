@@ -108,19 +108,19 @@ agree() { # agree PRECISION LIMIT
 # .gpu/kernel-cache.tgz): the first step with it, before anything compiles here.
 if [ -f .gpu/kernel-cache.tgz ]; then
     mkdir -p /tmp/carried && tar xzf .gpu/kernel-cache.tgz -C /tmp/carried
-    bench "$F" /tmp/carried/kc-fixed mini-fixed-carried 60 bert-mini 64 128 --steps 5 --warmup 1
-    bench "$F" /tmp/carried/kc-fixed base-fixed-carried 60 bert-base 64 128 --steps 5 --warmup 1
+    bench "$F" /tmp/carried/kc-fixed mini-fixed-carried 60 bert-mini 64 128 --steps 5 --warmup 3
+    bench "$F" /tmp/carried/kc-fixed base-fixed-carried 60 bert-base 64 128 --steps 5 --warmup 3
 fi
-bench "$F" "$KF" mini-fixed-cold 120 bert-mini 64 128 --steps 5 --warmup 1
+bench "$F" "$KF" mini-fixed-cold 120 bert-mini 64 128 --steps 5 --warmup 3
 agree fp32 75
 agree bf16 60
-bench "$F" "$KF" base-fixed 150 bert-base 64 128 --steps 10 --warmup 2 --matmul 8192
+bench "$F" "$KF" base-fixed 150 bert-base 64 128 --steps 10 --warmup 3 --matmul 8192
 peer peer-base 90 12 768 12 3072 64 128
-bench "$F" "$KF" base-nccl 75 bert-base 64 128 --steps 10 --warmup 1 --all-reduce nccl
-bench "$F" "$KF" base-nccl-after 60 bert-base 64 128 --steps 10 --warmup 1 --all-reduce nccl-after-backward
+bench "$F" "$KF" base-nccl 75 bert-base 64 128 --steps 10 --warmup 3 --all-reduce nccl
+bench "$F" "$KF" base-nccl-after 60 bert-base 64 128 --steps 10 --warmup 3 --all-reduce nccl-after-backward
 run allreduce-host 40 "$F" bench-allreduce --backend nccl --size-mb 1024 --iters 5
 run allreduce-device 40 env BERTKIT_KERNEL_CACHE="$KF" "$F" bench-allreduce --backend nccl --size-mb 1024 --iters 5 --on-device
-bench "$F" "$KF" mini-fixed-kept 45 bert-mini 64 128 --steps 5 --warmup 1
+bench "$F" "$KF" mini-fixed-kept 45 bert-mini 64 128 --steps 5 --warmup 3
 P=(--config configs/pretrain/cpu-tiny.toml --device cuda --set "model=\"$PWD/configs/models/bert-base.toml\""
    --set "data=\"$PWD/.gpu/data128\"" --set 'out="/tmp/run-base"' --set 'precision="bf16"' --set batch.global=64
    --set batch.micro=64 --set schedule.steps=50 --set optimizer.lr=2e-3 --set log.every=1 --set eval.every=0
@@ -130,11 +130,11 @@ run base-warmup-kernels 60 env BERTKIT_KERNEL_CACHE="$KF" "$F" --kernel-log "$W/
 run base-50-steps 120 env BERTKIT_KERNEL_CACHE="$KF" "$F" --kernel-log "$W/kernels-base-50.log" pretrain "${P[@]}"
 cp /tmp/run-base/metrics.jsonl "$W/losses-base-50.jsonl" 2>/dev/null
 entries "$KF"
-bench "$A" "$KA" mini-autotune-cold 150 bert-mini 64 128 --steps 5 --warmup 1
-bench "$A" "$KA" mini-autotune-kept 45 bert-mini 64 128 --steps 5 --warmup 1
-bench "$F" "$KF" large-fixed 120 bert-large 64 128 --steps 10 --warmup 2
+bench "$A" "$KA" mini-autotune-cold 150 bert-mini 64 128 --steps 5 --warmup 3
+bench "$A" "$KA" mini-autotune-kept 45 bert-mini 64 128 --steps 5 --warmup 3
+bench "$F" "$KF" large-fixed 120 bert-large 64 128 --steps 10 --warmup 3
 peer peer-large 75 24 1024 16 4096 64 128
-bench "$F" "$KF" base512-fixed 90 bert-base 8 512 --steps 10 --warmup 2
+bench "$F" "$KF" base512-fixed 90 bert-base 8 512 --steps 10 --warmup 3
 peer peer-base512 60 12 768 12 3072 8 512
 tar czf "$OUT/kernel-cache.tgz" -C /tmp kc-fixed kc-autotune 2>/dev/null
 kill $SAMPLER 2>/dev/null

@@ -135,6 +135,7 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
     let mut model = model;
     let mut times = Vec::new();
     let mut losses = Vec::new();
+    let mut kernels: Vec<usize> = Vec::new();
     let mut first_step = None;
     // Per timed step: forward+backward, all-reduce, gradient norm, optimizer update (ms).
     let mut phases: [Vec<f64>; 4] = Default::default();
@@ -178,6 +179,11 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
             times.push(total);
         }
         losses.push(out.stats.loss());
+        // After the step's timing: counting waits for CubeCL's log to settle.
+        if let Some(n) = bertkit_model::kernel_cache::kernels_compiled() {
+            let before: usize = kernels.iter().sum();
+            kernels.push(n.saturating_sub(before));
+        }
     }
     let phase_ms = phases.map(|mut p| median(&mut p));
     let median = median(&mut times.clone());
@@ -219,6 +225,9 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
         },
         "start_to_first_step_s": first_step.map(|f| f.1),
         "peak_rss_mib": peak_rss_mib(),
+        // With `--kernel-log`: the kernels each step compiled (the first counts from the start);
+        // a timed step that compiled is timed with its compilation.
+        "kernels_compiled_per_step": bertkit_model::kernel_cache::kernel_log().map(|_| &kernels),
     });
     if args.json {
         println!("{result}");
