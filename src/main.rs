@@ -2,10 +2,11 @@
 
 mod cli;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bertkit_model::backend::DeviceSpec;
+use bertkit_model::kernel_cache;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -28,6 +29,16 @@ struct Cli {
     /// log off when timing compilation
     #[arg(long, global = true, env = "BERTKIT_KERNEL_LOG", value_name = "FILE")]
     kernel_log: Option<PathBuf>,
+    /// Time every GPU kernel launch into FILE (CubeCL's profiler: each kernel then runs on its
+    /// own, synchronously, which slows every step); `bench-train` reports the launches and
+    /// device time of each kernel in its timed steps
+    #[arg(
+        long,
+        global = true,
+        env = "BERTKIT_KERNEL_PROFILE",
+        value_name = "FILE"
+    )]
+    kernel_profile: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -138,9 +149,16 @@ fn main() -> ExitCode {
     let command = match Cli::try_parse_from(argv) {
         Ok(cli) => {
             // Before any thread exists: a CUDA build also points the driver's JIT cache there.
-            bertkit_model::kernel_cache::choose(cli.kernel_cache.as_deref());
-            if let Some(log) = &cli.kernel_log {
-                if let Err(e) = bertkit_model::kernel_cache::choose_log(log) {
+            kernel_cache::choose(cli.kernel_cache.as_deref());
+            let chosen = [
+                (
+                    cli.kernel_log.as_deref(),
+                    kernel_cache::choose_log as fn(&Path) -> _,
+                ),
+                (cli.kernel_profile.as_deref(), kernel_cache::choose_profile),
+            ];
+            for (path, choose) in chosen {
+                if let Err(e) = path.map_or(Ok(()), choose) {
                     eprintln!("error: {e}");
                     return ExitCode::FAILURE;
                 }

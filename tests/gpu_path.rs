@@ -11,7 +11,8 @@
 //! - Data parallel on device tensors: 2 ranks (TCP ring, gradient buckets all-reduced during the
 //!   backward pass) take the steps of 1 rank of twice the batch.
 //! - Fine-tuning a classifier follows the CPU's losses and evaluations.
-//! - `bench-train` reports the kernels each step compiled: none in its timed steps.
+//! - `bench-train` reports the kernels each step compiled (none in its timed steps), and with
+//!   `--kernel-profile` each kernel's launches and device time per step.
 #![cfg(feature = "wgpu")]
 
 use std::path::{Path, PathBuf};
@@ -343,4 +344,79 @@ fn bench_train_on_wgpu_counts_the_kernels_of_each_step() {
     assert!(per_step[0] > 50, "{r}");
     assert_eq!(&per_step[3..], &[0, 0], "a timed step compiled: {r}");
     assert!(r["backend"].as_str().unwrap().contains("wgpu"), "{r}");
+}
+
+/// `bench-train --kernel-profile`: where a step's device time goes, kernel by kernel (CubeCL's
+/// profiler), over the timed steps only.
+#[test]
+fn bench_train_on_wgpu_profiles_each_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = dir.path().join("profile.txt");
+    let out = run_ok(
+        bertkit()
+            .current_dir(repo())
+            .arg("--kernel-profile")
+            .arg(&profile)
+            .args([
+                "bench-train",
+                "--model",
+                "configs/models/bert-tiny.toml",
+                "--vocab",
+                "100",
+                "--batch",
+                "2",
+                "--seq",
+                "16",
+                "--steps",
+                "2",
+                "--warmup",
+                "1",
+                "--optimizer",
+                "lamb",
+                "--device",
+                "wgpu",
+                "--json",
+            ]),
+    );
+    let line = out
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    let p = &r["kernel_profile"];
+    let launches = p["launches_per_step"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{r}"));
+    let device_ms = p["device_ms_per_step"].as_f64().unwrap();
+    // BERT-tiny's step: two layers' products, fused element-wise kernels, LAMB per parameter.
+    assert!(launches > 100.0, "{p}");
+    assert!(device_ms > 0.0, "{p}");
+    let kernels = p["kernels"].as_array().unwrap();
+    assert!(
+        kernels
+            .iter()
+            .any(|k| k["name"].as_str().unwrap().starts_with("MatmulEntry")),
+        "{p}"
+    );
+    let listed: f64 = kernels
+        .iter()
+        .map(|k| k["ms_per_step"].as_f64().unwrap())
+        .sum();
+    assert!(listed <= device_ms * (1.0 + 1e-9), "{p}");
+    let times: Vec<f64> = kernels
+        .iter()
+        .map(|k| k["ms_per_step"].as_f64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "longest first: {times:?}"
+    );
+    // The whole file has the warm-up step's launches too: more than the timed steps'.
+    let all =
+        bertkit_model::kernel_cache::parse_profile(&std::fs::read_to_string(&profile).unwrap());
+    let total: usize = all.iter().map(|k| k.launches).sum();
+    assert!(
+        total as f64 > 2.0 * launches,
+        "{total} launches in the file, {launches} a timed step"
+    );
 }

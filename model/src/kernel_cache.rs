@@ -150,15 +150,10 @@ static KERNEL_LOG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 /// Chooses this process's kernel log (`--kernel-log FILE`) once, at start, before a CubeCL
 /// backend starts, and empties the file (CubeCL appends to it).
 pub fn choose_log(path: &Path) -> Result<(), String> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("kernel log folder {}: {e}", parent.display()))?;
-    }
-    std::fs::write(path, "").map_err(|e| format!("kernel log {}: {e}", path.display()))?;
-    if KERNEL_LOG.set(path.to_path_buf()).is_err() {
-        return Err("the kernel log is chosen once per process".into());
-    }
-    Ok(())
+    empty_file(path, "kernel log")?;
+    KERNEL_LOG
+        .set(path.to_path_buf())
+        .map_err(|_| "the kernel log is chosen once per process".to_string())
 }
 
 /// The kernel log [`choose_log`] chose.
@@ -167,10 +162,17 @@ pub fn kernel_log() -> Option<&'static Path> {
 }
 
 /// How many kernels CubeCL has compiled in this process so far, read from the kernel log; `None`
-/// without one. CubeCL's logging thread writes (and flushes) each line just after the kernel is
-/// compiled, so this waits until the file has stopped growing for 30 ms (at most 2 s).
+/// without one.
 pub fn kernels_compiled() -> Option<usize> {
     let path = KERNEL_LOG.get()?;
+    settled_len(path);
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    Some(count_compilations(&text))
+}
+
+/// The length of a file CubeCL's logging thread writes to, once it has stopped growing for
+/// 30 ms (at most 2 s): the thread writes (and flushes) each line just after the event.
+fn settled_len(path: &Path) -> u64 {
     let len = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let started = std::time::Instant::now();
     let mut last = len();
@@ -182,8 +184,109 @@ pub fn kernels_compiled() -> Option<usize> {
         }
         last = now;
     }
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    Some(count_compilations(&text))
+    last
+}
+
+/// The file CubeCL's profiler writes each kernel launch's device time to, chosen by
+/// [`choose_profile`].
+static KERNEL_PROFILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Chooses this process's kernel profile (`--kernel-profile FILE`) once, at start, and empties
+/// the file: CubeCL's profiler then runs every kernel on its own (synchronously) and writes its
+/// device time there.
+pub fn choose_profile(path: &Path) -> Result<(), String> {
+    empty_file(path, "kernel profile")?;
+    KERNEL_PROFILE
+        .set(path.to_path_buf())
+        .map_err(|_| "the kernel profile is chosen once per process".to_string())
+}
+
+/// The kernel profile [`choose_profile`] chose.
+pub fn kernel_profile() -> Option<&'static Path> {
+    KERNEL_PROFILE.get().map(PathBuf::as_path)
+}
+
+/// Where the kernel profile ends now (its events so far written); `None` without one.
+pub fn profile_offset() -> Option<u64> {
+    KERNEL_PROFILE.get().map(|p| settled_len(p))
+}
+
+/// The kernel launches profiled since `offset` ([`profile_offset`]), by kernel; `None` without
+/// a profile.
+pub fn profile_since(offset: u64) -> Option<Vec<KernelTime>> {
+    use std::io::{Read, Seek};
+    let path = KERNEL_PROFILE.get()?;
+    settled_len(path);
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f
+            .seek(std::io::SeekFrom::Start(offset))
+            .and_then(|_| f.read_to_string(&mut text));
+    }
+    Some(parse_profile(&text))
+}
+
+/// One kernel's launches and their device time in a profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelTime {
+    /// CubeCL's short name: the kernel type and its operation, e.g. `KernelBinop | AddOp`.
+    pub name: String,
+    pub launches: usize,
+    pub seconds: f64,
+}
+
+/// The launches of a CubeCL profile (`| 1.327ms | FullKernel | WgpuRuntime` a line; the summary
+/// tables CubeCL adds are skipped), summed by kernel, longest total first.
+pub fn parse_profile(text: &str) -> Vec<KernelTime> {
+    let mut by_name: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
+    for line in text.lines() {
+        let mut fields = line.split('|').map(str::trim);
+        let (Some(""), Some(duration), Some(first)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let Some(seconds) = parse_duration(duration) else {
+            continue;
+        };
+        // The name's parts, without the runtime (the last field) and the line's empty end.
+        let mut parts: Vec<&str> = std::iter::once(first)
+            .chain(fields)
+            .filter(|p| !p.is_empty())
+            .collect();
+        if parts.len() > 1 && parts.last().is_some_and(|p| p.ends_with("Runtime")) {
+            parts.pop();
+        }
+        let entry = by_name.entry(parts.join(" | ")).or_default();
+        entry.0 += 1;
+        entry.1 += seconds;
+    }
+    let mut out: Vec<KernelTime> = by_name
+        .into_iter()
+        .map(|(name, (launches, seconds))| KernelTime {
+            name,
+            launches,
+            seconds,
+        })
+        .collect();
+    out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    out
+}
+
+/// A `Duration`'s `Debug` form (`1.5s`, `1.327015ms`, `859.71µs`, `120ns`) in seconds.
+fn parse_duration(s: &str) -> Option<f64> {
+    let (number, scale) = [("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9), ("s", 1.0)]
+        .iter()
+        .find_map(|(unit, scale)| s.strip_suffix(unit).map(|n| (n, *scale)))?;
+    number.parse::<f64>().ok().map(|v| v * scale)
+}
+
+/// Creates `path` (and its folder) empty.
+fn empty_file(path: &Path, what: &str) -> Result<(), String> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("{what} folder {}: {e}", parent.display()))?;
+    }
+    std::fs::write(path, "").map_err(|e| format!("{what} {}: {e}", path.display()))
 }
 
 /// The kernels a CubeCL compilation log names: one `[Compiling kernel]` line each (CubeCL's
@@ -204,6 +307,7 @@ pub fn count_compilations(log: &str) -> usize {
 fn set_cubecl_config(cache: Option<&Path>) -> Result<(), String> {
     use cubecl_runtime::config::cache::CacheConfig;
     use cubecl_runtime::config::compilation::CompilationLogLevel;
+    use cubecl_runtime::config::profiling::ProfilingLogLevel;
     use cubecl_runtime::config::{CubeClRuntimeConfig, RuntimeConfig};
     let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
     if let Some(dir) = cache {
@@ -219,6 +323,11 @@ fn set_cubecl_config(cache: Option<&Path>) -> Result<(), String> {
         }
         config.compilation.logger.file = Some(log.clone());
         config.compilation.logger.append = true;
+    }
+    if let Some(profile) = KERNEL_PROFILE.get() {
+        config.profiling.logger.level = ProfilingLogLevel::Basic;
+        config.profiling.logger.file = Some(profile.clone());
+        config.profiling.logger.append = true;
     }
     std::panic::catch_unwind(|| CubeClRuntimeConfig::set(config)).map_err(|_| {
         "the kernel cache and log must be chosen before a CubeCL backend starts (CubeCL's \
@@ -368,6 +477,34 @@ mod tests {
                     [END_KERNEL_COMPILATION]\n[START_KERNEL_COMPILATION]\n";
         assert_eq!(count_compilations(full), 2);
         assert_eq!(count_compilations(""), 0);
+    }
+
+    #[test]
+    fn a_profile_is_summed_by_kernel_longest_first() {
+        let text = "| 1.5ms      | MatmulEntry | CudaRuntime\n\
+                    | 859.71µs   | KernelBinop | AddOp | WgpuRuntime\n\
+                    | 140.29µs   | KernelBinop | AddOp | WgpuRuntime\n\
+                    | 120ns      | FullKernel | WgpuRuntime\n\
+                    | 1.25s      | ReduceKernel | CudaRuntime\n\
+                    | Name         | Total  |\n\
+                    | KernelBinop  | 1ms    |\n\
+                    name: x\n";
+        let p = parse_profile(text);
+        let names: Vec<&str> = p.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ReduceKernel",
+                "MatmulEntry",
+                "KernelBinop | AddOp",
+                "FullKernel"
+            ]
+        );
+        assert_eq!(p[2].launches, 2);
+        assert!((p[2].seconds - 1e-3).abs() < 1e-12, "{p:?}");
+        assert!((p[0].seconds - 1.25).abs() < 1e-12);
+        assert!((p[3].seconds - 120e-9).abs() < 1e-18);
+        assert!(parse_profile("").is_empty());
     }
 
     #[test]

@@ -14,7 +14,9 @@
 #  4. NCCL at world size 1: bench-allreduce of 1 GiB as a host buffer and as a CUDA tensor in
 #     place (the gradient buckets' path, its device address checked both ways), and BERT-base's
 #     step with the gradients all-reduced on the GPU (during / after the backward) against none;
-#  5. 50 pretraining steps of BERT-base in bf16 on real shards after `--warmup-kernels`.
+#  5. 50 pretraining steps of BERT-base in bf16 on real shards after `--warmup-kernels`;
+# after BERT-base's timed bench-train, a profiled one (`--kernel-profile`): the launches a step
+# makes and each kernel's device time (issue 19's "where the step's time goes").
 # The agreement, warm-up and 50-step runs log the kernels each step compiles (`--kernel-log`:
 # `kernels_compiled` in their metrics.jsonl, per step in the warm-up's output); the timed runs
 # do not (with the log on, CubeCL also runs clang-format on each kernel's source, if installed).
@@ -116,6 +118,9 @@ agree fp32 75
 agree bf16 60
 bench "$F" "$KF" base-fixed 150 bert-base 64 128 --steps 10 --warmup 3 --matmul 8192
 peer peer-base 90 12 768 12 3072 64 128
+# Where BERT-base's step goes, kernel by kernel (CubeCL's profiler runs each kernel on its own:
+# its step time is not the real one), with how many kernels a step launches.
+bench "$F" "$KF" base-profiled 60 bert-base 64 128 --steps 2 --warmup 3 --kernel-profile "$W/profile-base.txt"
 bench "$F" "$KF" base-nccl 75 bert-base 64 128 --steps 10 --warmup 3 --all-reduce nccl
 bench "$F" "$KF" base-nccl-after 60 bert-base 64 128 --steps 10 --warmup 3 --all-reduce nccl-after-backward
 run allreduce-host 40 "$F" bench-allreduce --backend nccl --size-mb 1024 --iters 5
@@ -182,6 +187,12 @@ for name, r in runs.items():
               f"{j['step_ms_median']:8.1f} {j['seq_per_s']:7.1f} {tf:8.1f} {tf*1e12/cublas:10.3f} {peak(name):9.0f}"
               + (f"  burn matmul {j['matmul_tflop_s']:.0f} TFLOP/s" if j.get("matmul_tflop_s") else "")
               + (f"  [{j['gradient_sync']}]" if j.get("all_reduce") not in (None, "none") else ""))
+        kp = j.get("kernel_profile")
+        if kp:
+            print(f"{'':22s} profiled: {kp['launches_per_step']:.0f} kernel launches a step, "
+                  f"{kp['device_ms_per_step']:.1f} ms of device time; the longest:")
+            for k in kp["kernels"][:12]:
+                print(f"{'':24s}{k['ms_per_step']:8.2f} ms {k['launches_per_step']:6.0f} x  {k['name'][:100]}")
         ph = j.get("phase_ms_median") or {}
         if ph:
             print(f"{'':22s} step ms: forward+backward {ph['forward_backward']:.1f}, all-reduce "

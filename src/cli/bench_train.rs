@@ -139,7 +139,12 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
     let mut first_step = None;
     // Per timed step: forward+backward, all-reduce, gradient norm, optimizer update (ms).
     let mut phases: [Vec<f64>; 4] = Default::default();
+    let mut profile_from = None;
     for step in 0..args.warmup + args.steps {
+        if step == args.warmup {
+            // The timed steps' kernel launches start here (with `--kernel-profile`).
+            profile_from = bertkit_model::kernel_cache::profile_offset();
+        }
         let start = Instant::now();
         let settings = StepSettings {
             lr: 1e-4,
@@ -186,6 +191,9 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
         }
     }
     let phase_ms = phases.map(|mut p| median(&mut p));
+    let profile = profile_from
+        .and_then(bertkit_model::kernel_cache::profile_since)
+        .map(|kernels| profile_json(&kernels, args.steps));
     let median = median(&mut times.clone());
     let flops = step_flops(&config, args.batch, args.seq, masked);
     let achieved = flops / (median / 1e3);
@@ -228,6 +236,9 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
         // With `--kernel-log`: the kernels each step compiled (the first counts from the start);
         // a timed step that compiled is timed with its compilation.
         "kernels_compiled_per_step": bertkit_model::kernel_cache::kernel_log().map(|_| &kernels),
+        // With `--kernel-profile`: each kernel's launches and device time per timed step. The
+        // profiler runs kernels one at a time, so the step times above are not the real ones.
+        "kernel_profile": profile,
     });
     if args.json {
         println!("{result}");
@@ -235,6 +246,25 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&result)?);
     }
     Ok(())
+}
+
+/// Launches and device time per step, in all and for the 25 longest kernels.
+fn profile_json(
+    kernels: &[bertkit_model::kernel_cache::KernelTime],
+    steps: usize,
+) -> serde_json::Value {
+    let per_step = |x: f64| x / steps.max(1) as f64;
+    let launches: usize = kernels.iter().map(|k| k.launches).sum();
+    let seconds: f64 = kernels.iter().map(|k| k.seconds).sum();
+    serde_json::json!({
+        "launches_per_step": per_step(launches as f64),
+        "device_ms_per_step": per_step(seconds * 1e3),
+        "kernels": kernels.iter().take(25).map(|k| serde_json::json!({
+            "name": k.name,
+            "launches_per_step": per_step(k.launches as f64),
+            "ms_per_step": per_step(k.seconds * 1e3),
+        })).collect::<Vec<_>>(),
+    })
 }
 
 fn median(v: &mut [f64]) -> f64 {
