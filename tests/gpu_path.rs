@@ -296,34 +296,34 @@ fn fine_tuning_on_wgpu_follows_the_cpu() {
     );
 }
 
-/// `bench-train --device wgpu --kernel-log`: the kernels each step compiled, so that a GPU
-/// benchmark shows its timed steps compiled nothing (3 warm-up steps: the second and third
-/// compile the optimizer's fused updates).
-#[test]
-fn bench_train_on_wgpu_counts_the_kernels_of_each_step() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("kernels.log");
+/// `bertkit FLAG FILE bench-train` of BERT-tiny with LAMB on wgpu, 2 x 16, `warmup` steps then
+/// 2 timed ones; its JSON report.
+fn bench_train_on_wgpu(flag: &str, file: &Path, warmup: usize) -> serde_json::Value {
     let out = run_ok(
         bertkit()
             .current_dir(repo())
-            .arg("--kernel-log")
-            .arg(&log)
+            .arg(flag)
+            .arg(file)
             .args([
                 "bench-train",
                 "--model",
                 "configs/models/bert-tiny.toml",
                 "--vocab",
                 "100",
+            ])
+            .args([
                 "--batch",
                 "2",
                 "--seq",
                 "16",
                 "--steps",
                 "2",
-                "--warmup",
-                "3",
                 "--optimizer",
                 "lamb",
+            ])
+            .args([
+                "--warmup",
+                &warmup.to_string(),
                 "--device",
                 "wgpu",
                 "--json",
@@ -333,7 +333,17 @@ fn bench_train_on_wgpu_counts_the_kernels_of_each_step() {
         .lines()
         .rfind(|l| l.starts_with('{'))
         .expect("a JSON line");
-    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    serde_json::from_str(line).unwrap()
+}
+
+/// `bench-train --device wgpu --kernel-log`: the kernels each step compiled, so that a GPU
+/// benchmark shows its timed steps compiled nothing (3 warm-up steps: the second and third
+/// compile the optimizer's fused updates).
+#[test]
+fn bench_train_on_wgpu_counts_the_kernels_of_each_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("kernels.log");
+    let r = bench_train_on_wgpu("--kernel-log", &log, 3);
     let per_step: Vec<u64> = r["kernels_compiled_per_step"]
         .as_array()
         .unwrap_or_else(|| panic!("{r}"))
@@ -352,37 +362,7 @@ fn bench_train_on_wgpu_counts_the_kernels_of_each_step() {
 fn bench_train_on_wgpu_profiles_each_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("profile.txt");
-    let out = run_ok(
-        bertkit()
-            .current_dir(repo())
-            .arg("--kernel-profile")
-            .arg(&profile)
-            .args([
-                "bench-train",
-                "--model",
-                "configs/models/bert-tiny.toml",
-                "--vocab",
-                "100",
-                "--batch",
-                "2",
-                "--seq",
-                "16",
-                "--steps",
-                "2",
-                "--warmup",
-                "1",
-                "--optimizer",
-                "lamb",
-                "--device",
-                "wgpu",
-                "--json",
-            ]),
-    );
-    let line = out
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .expect("a JSON line");
-    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    let r = bench_train_on_wgpu("--kernel-profile", &profile, 1);
     let p = &r["kernel_profile"];
     let launches = p["launches_per_step"]
         .as_f64()
