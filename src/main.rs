@@ -2,7 +2,7 @@
 
 mod cli;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bertkit_model::backend::DeviceSpec;
@@ -150,18 +150,14 @@ fn main() -> ExitCode {
         Ok(cli) => {
             // Before any thread exists: a CUDA build also points the driver's JIT cache there.
             kernel_cache::choose(cli.kernel_cache.as_deref());
-            let chosen = [
-                (
-                    cli.kernel_log.as_deref(),
-                    kernel_cache::choose_log as fn(&Path) -> _,
-                ),
-                (cli.kernel_profile.as_deref(), kernel_cache::choose_profile),
-            ];
-            for (path, choose) in chosen {
-                if let Err(e) = path.map_or(Ok(()), choose) {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let chosen = (cli.kernel_log.as_deref())
+                .map_or(Ok(()), kernel_cache::choose_log)
+                .and_then(|()| {
+                    (cli.kernel_profile.as_deref()).map_or(Ok(()), kernel_cache::choose_profile)
+                });
+            if let Err(e) = chosen {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
             }
             cli.command
         }

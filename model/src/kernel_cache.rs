@@ -17,7 +17,7 @@
 //!
 //! 5. `--kernel-log FILE` ([`choose_log`]): CubeCL writes a line to FILE for every kernel it
 //!    compiles (on CUDA: every NVRTC compilation, not the PTX cache's hits), and
-//!    [`kernels_compiled`] counts them, so that a run can say which steps compiled what.
+//!    [`NewKernels`] counts them, so that a run can say which steps compiled what.
 //!
 //! Several processes may use one cache at once: CubeCL guards each autotune file and the PTX
 //! index with a lock file (a lock older than 30 s is taken over); the PTX data file is appended
@@ -161,13 +161,37 @@ pub fn kernel_log() -> Option<&'static Path> {
     KERNEL_LOG.get().map(PathBuf::as_path)
 }
 
-/// How many kernels CubeCL has compiled in this process so far, read from the kernel log; `None`
-/// without one.
-pub fn kernels_compiled() -> Option<usize> {
-    let path = KERNEL_LOG.get()?;
-    settled_len(path);
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    Some(count_compilations(&text))
+/// Counts the kernels CubeCL compiles, from the kernel log: each [`NewKernels::take`] reads what
+/// the log gained since the last one.
+#[derive(Debug, Default)]
+pub struct NewKernels {
+    /// The log's bytes read so far.
+    read: u64,
+}
+
+impl NewKernels {
+    /// Kernels compiled since the last call (since the process started, at the first); `None`
+    /// without a kernel log.
+    pub fn take(&mut self) -> Option<usize> {
+        let (text, end) = appended_since(KERNEL_LOG.get()?, self.read);
+        self.read = end;
+        Some(count_compilations(&text))
+    }
+}
+
+/// What CubeCL's logging thread has written to `path` after byte `offset`, once it has settled
+/// ([`settled_len`]), and where the file then ends.
+fn appended_since(path: &Path, offset: u64) -> (String, u64) {
+    use std::io::{Read, Seek};
+    let end = settled_len(path);
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f
+            .seek(std::io::SeekFrom::Start(offset))
+            .and_then(|_| f.take(end.saturating_sub(offset)).read_to_end(&mut bytes));
+    }
+    let read = offset + bytes.len() as u64;
+    (String::from_utf8_lossy(&bytes).into_owned(), read)
 }
 
 /// The length of a file CubeCL's logging thread writes to, once it has stopped growing for
@@ -214,15 +238,7 @@ pub fn profile_offset() -> Option<u64> {
 /// The kernel launches profiled since `offset` ([`profile_offset`]), by kernel; `None` without
 /// a profile.
 pub fn profile_since(offset: u64) -> Option<Vec<KernelTime>> {
-    use std::io::{Read, Seek};
-    let path = KERNEL_PROFILE.get()?;
-    settled_len(path);
-    let mut text = String::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f
-            .seek(std::io::SeekFrom::Start(offset))
-            .and_then(|_| f.read_to_string(&mut text));
-    }
+    let (text, _) = appended_since(KERNEL_PROFILE.get()?, offset);
     Some(parse_profile(&text))
 }
 

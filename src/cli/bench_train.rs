@@ -135,7 +135,10 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
     let mut model = model;
     let mut times = Vec::new();
     let mut losses = Vec::new();
-    let mut kernels: Vec<usize> = Vec::new();
+    let (mut new_kernels, mut kernels) = (
+        bertkit_model::kernel_cache::NewKernels::default(),
+        Vec::new(),
+    );
     let mut first_step = None;
     // Per timed step: forward+backward, all-reduce, gradient norm, optimizer update (ms).
     let mut phases: [Vec<f64>; 4] = Default::default();
@@ -185,10 +188,7 @@ fn run_on<B: Backend>(device: &B::Device, args: &BenchTrainArgs) -> Result<()> {
         }
         losses.push(out.stats.loss());
         // After the step's timing: counting waits for CubeCL's log to settle.
-        if let Some(n) = bertkit_model::kernel_cache::kernels_compiled() {
-            let before: usize = kernels.iter().sum();
-            kernels.push(n.saturating_sub(before));
-        }
+        kernels.extend(new_kernels.take());
     }
     let phase_ms = phases.map(|mut p| median(&mut p));
     let profile = profile_from

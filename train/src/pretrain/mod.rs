@@ -30,6 +30,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use bertkit_model::checkpoint::{self as model_ckpt, LoadOptions};
 use bertkit_model::heads::{Bert, Task};
+use bertkit_model::kernel_cache::NewKernels;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
@@ -322,32 +323,16 @@ fn count_step(
     Ok(())
 }
 
-/// The GPU kernels compiled since the last record (the kernel log, `--kernel-log`): a run with
-/// stable shapes compiles in its first steps and its first evaluation only ([`WARMUP_STEPS`]).
-#[derive(Debug, Default)]
-struct NewKernels {
-    seen: usize,
-}
-
-impl NewKernels {
-    /// Kernels compiled since the last call (since the run started, at the first); `None`
-    /// without a kernel log.
-    fn take(&mut self) -> Option<usize> {
-        let now = bertkit_model::kernel_cache::kernels_compiled()?;
-        let new = now.saturating_sub(self.seen);
-        self.seen = now;
-        Some(new)
-    }
-
-    /// A record's value and its console note, when counting.
-    fn note(n: Option<usize>) -> (Option<(&'static str, f64)>, String) {
-        match n {
-            Some(n) => (
-                Some(("kernels_compiled", n as f64)),
-                format!(" +{n} kernels"),
-            ),
-            None => (None, String::new()),
-        }
+/// A record's value and its console note for the kernels compiled since the last record (the
+/// kernel log, `--kernel-log`; a run with stable shapes compiles in its first steps and its
+/// first evaluation only, [`WARMUP_STEPS`]), when counting.
+fn kernel_note(n: Option<usize>) -> (Option<(&'static str, f64)>, String) {
+    match n {
+        Some(n) => (
+            Some(("kernels_compiled", n as f64)),
+            format!(" +{n} kernels"),
+        ),
+        None => (None, String::new()),
     }
 }
 
@@ -373,7 +358,7 @@ fn log_step(
         ("loss_scale", state.loss_scale),
         ("skipped_steps", state.skipped_steps as f64),
     ]);
-    let (kernel_value, kernel_note) = NewKernels::note(kernels);
+    let (kernel_value, kernel_note) = kernel_note(kernels);
     values.extend(kernel_value);
     logger.record(step, "train", &values)?;
     let line = format!(
@@ -405,7 +390,7 @@ fn evaluate<AD: AutodiffBackend>(
     let s = ev.run(&model.valid(), device)?;
     let mut values = s.values();
     values.retain(|(name, _)| *name != "loss");
-    let (kernel_value, kernel_note) = NewKernels::note(kernels.take());
+    let (kernel_value, kernel_note) = kernel_note(kernels.take());
     values.extend(kernel_value);
     logger.record(step, "eval", &values)?;
     logger.println(format!(
@@ -527,7 +512,7 @@ pub fn warm_up<AD: AutodiffBackend>(
         }
         _ => 0,
     };
-    let counted = bertkit_model::kernel_cache::kernels_compiled().is_some();
+    let counted = bertkit_model::kernel_cache::kernel_log().is_some();
     Ok(WarmupReport {
         steps: state.step,
         micro_batches: accumulation,
