@@ -296,9 +296,14 @@ fn fine_tuning_on_wgpu_follows_the_cpu() {
     );
 }
 
-/// `bertkit FLAG FILE bench-train` of BERT-tiny with LAMB on wgpu, 2 x 16, `warmup` steps then
-/// 2 timed ones; its JSON report.
-fn bench_train_on_wgpu(flag: &str, file: &Path, warmup: usize) -> serde_json::Value {
+/// `bertkit FLAG FILE bench-train` of BERT-tiny with `optimizer` on wgpu, 2 x 16, `warmup`
+/// steps then 2 timed ones; its JSON report.
+fn bench_train_on_wgpu(
+    flag: &str,
+    file: &Path,
+    warmup: usize,
+    optimizer: &str,
+) -> serde_json::Value {
     let out = run_ok(
         bertkit()
             .current_dir(repo())
@@ -319,7 +324,7 @@ fn bench_train_on_wgpu(flag: &str, file: &Path, warmup: usize) -> serde_json::Va
                 "--steps",
                 "2",
                 "--optimizer",
-                "lamb",
+                optimizer,
             ])
             .args([
                 "--warmup",
@@ -343,7 +348,7 @@ fn bench_train_on_wgpu(flag: &str, file: &Path, warmup: usize) -> serde_json::Va
 fn bench_train_on_wgpu_counts_the_kernels_of_each_step() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("kernels.log");
-    let r = bench_train_on_wgpu("--kernel-log", &log, 3);
+    let r = bench_train_on_wgpu("--kernel-log", &log, 3, "lamb");
     let per_step: Vec<u64> = r["kernels_compiled_per_step"]
         .as_array()
         .unwrap_or_else(|| panic!("{r}"))
@@ -362,14 +367,26 @@ fn bench_train_on_wgpu_counts_the_kernels_of_each_step() {
 fn bench_train_on_wgpu_profiles_each_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let profile = dir.path().join("profile.txt");
-    let r = bench_train_on_wgpu("--kernel-profile", &profile, 1);
+    let r = bench_train_on_wgpu("--kernel-profile", &profile, 1, "lamb");
     let p = &r["kernel_profile"];
     let launches = p["launches_per_step"]
         .as_f64()
         .unwrap_or_else(|| panic!("{r}"));
     let device_ms = p["device_ms_per_step"].as_f64().unwrap();
-    // BERT-tiny's step: two layers' products, fused element-wise kernels, LAMB per parameter.
+    // BERT-tiny's step: two layers' products, fused element-wise kernels, the optimizer.
     assert!(launches > 100.0, "{p}");
+    // The flat (multi-tensor) update: LAMB's norms and trust ratios are a few kernels per
+    // group of equal-sized tensors, not a chain per tensor (BERT-tiny has 46 parameter tensors;
+    // one at a time, LAMB made 216 more launches a step than AdamW).
+    let adamw_profile = dir.path().join("adamw.txt");
+    let adamw = bench_train_on_wgpu("--kernel-profile", &adamw_profile, 1, "adamw");
+    let adamw_launches = adamw["kernel_profile"]["launches_per_step"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        launches - adamw_launches < 46.0,
+        "LAMB {launches}, AdamW {adamw_launches} launches a step"
+    );
     assert!(device_ms > 0.0, "{p}");
     let kernels = p["kernels"].as_array().unwrap();
     assert!(

@@ -221,7 +221,7 @@ where
 {
     let start = std::time::Instant::now();
     let mut phases = StepPhases::default();
-    let (mut grads, mut sums) = if group.overlaps() && micro_batches > 0 {
+    let (grads, mut sums) = if group.overlaps() && micro_batches > 0 {
         let out = accumulate_by_layer(&model, micro_batches, s, group, device, micro_loss)?;
         phases.gradients_s = start.elapsed().as_secs_f64();
         out
@@ -235,12 +235,13 @@ where
     group.all_reduce_f32(&mut sums)?;
     phases.all_reduce_s = start.elapsed().as_secs_f64() - phases.gradients_s;
     let loss = sums.remove(0) as f64;
-    let grad_norm = optim::global_grad_norm(&model, &grads);
+    let grads = optimizer.gradients(&model, grads);
+    let grad_norm = grads.norm();
     phases.grad_norm_s = start.elapsed().as_secs_f64() - phases.gradients_s - phases.all_reduce_s;
     let updated = grad_norm.is_finite() && loss.is_finite();
     let model = if updated {
         let clip = optim::clip_factor(grad_norm, s.max_grad_norm);
-        optimizer.step(s.lr, clip, model, &mut grads)
+        optimizer.step(s.lr, clip, model, grads)
     } else {
         model
     };

@@ -3,9 +3,11 @@
 //! LayerNorm, global-norm clipping), AdamW as PyTorch's.
 
 use bertkit_model::backend::Cpu;
-use bertkit_train::optim::{self, Optimizer, OptimizerConfig, OptimizerKind};
+use std::collections::{BTreeMap, HashMap};
+
+use bertkit_train::optim::{self, Optimizer, OptimizerConfig, OptimizerKind, Updates};
 use burn::backend::Autodiff;
-use burn::module::{Module, Param};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -101,27 +103,30 @@ fn reference(
     }
 }
 
-fn check(kind: OptimizerKind) {
+fn check(kind: OptimizerKind, updates: Updates) {
     let steps: [([f64; 4], [f64; 2]); 2] = [
         ([0.3, -0.4, 1.2, 0.0], [2.0, -1.0]),
         ([-0.1, 0.2, 0.05, 0.7], [0.5, 0.25]),
     ];
     let mut model = toy();
-    let mut opt = Optimizer::<Cpu>::new(config(kind));
+    let mut opt = Optimizer::<Cpu>::with_updates(config(kind), updates);
     let (mut pw, mut pb) = (W.to_vec(), B.to_vec());
     let (mut mw, mut vw, mut mb, mut vb) = (vec![0.0; 4], vec![0.0; 4], vec![0.0; 2], vec![0.0; 2]);
     for (t, (cw, cb)) in steps.iter().enumerate() {
-        let mut g = grads(&model, *cw, *cb);
+        let g = grads(&model, *cw, *cb);
         // Clipping by the global norm over both tensors.
         let global = norm(&cw.iter().chain(cb.iter()).copied().collect::<Vec<_>>());
-        let measured = optim::global_grad_norm(&model, &g);
+        let direct = optim::global_grad_norm(&model, &g);
+        assert!((direct - global).abs() < 1e-6, "{direct} vs {global}");
+        let g = opt.gradients(&model, g);
+        let measured = g.norm();
         assert!((measured - global).abs() < 1e-6, "{measured} vs {global}");
         let clip = optim::clip_factor(measured, 1.0);
         assert_eq!(clip > 1.0, global > 1.0);
         let gw: Vec<f64> = cw.iter().map(|x| x / clip).collect();
         let gb: Vec<f64> = cb.iter().map(|x| x / clip).collect();
         let lr = 0.1 * (t + 1) as f64;
-        model = opt.step(lr, clip, model, &mut g);
+        model = opt.step(lr, clip, model, g);
         reference(kind, &mut pw, &mut mw, &mut vw, &gw, t as i32 + 1, lr, 0.01);
         // The bias is excluded from weight decay (and so from LAMB's trust ratio).
         reference(kind, &mut pb, &mut mb, &mut vb, &gb, t as i32 + 1, lr, 0.0);
@@ -137,7 +142,7 @@ fn check(kind: OptimizerKind) {
     // The state round-trips through the host (as a checkpoint stores it).
     let host = opt.to_host();
     assert_eq!(host.len(), 4);
-    let mut restored = Optimizer::<Cpu>::new(config(kind));
+    let mut restored = Optimizer::<Cpu>::with_updates(config(kind), updates);
     restored
         .load_host(opt.steps, host.clone(), &Default::default())
         .unwrap();
@@ -150,12 +155,170 @@ fn check(kind: OptimizerKind) {
 
 #[test]
 fn lamb_matches_its_formula() {
-    check(OptimizerKind::Lamb);
+    check(OptimizerKind::Lamb, Updates::PerTensor);
 }
 
 #[test]
 fn adamw_matches_its_formula() {
-    check(OptimizerKind::Adamw);
+    check(OptimizerKind::Adamw, Updates::PerTensor);
+}
+
+#[test]
+fn flat_lamb_matches_its_formula() {
+    check(OptimizerKind::Lamb, Updates::Flat);
+}
+
+#[test]
+fn flat_adamw_matches_its_formula() {
+    check(OptimizerKind::Adamw, Updates::Flat);
+}
+
+/// Made-up gradients for every parameter of `model` whose name `keep` accepts, different at
+/// each step.
+fn synthetic_grads<M: AutodiffModule<AD>>(
+    model: &M,
+    step: usize,
+    keep: impl Fn(&str) -> bool,
+) -> GradientsParams {
+    struct Make<'a> {
+        names: HashMap<ParamId, String>,
+        keep: &'a dyn Fn(&str) -> bool,
+        step: usize,
+        grads: GradientsParams,
+    }
+    impl ModuleVisitor<AD> for Make<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AD, D>>) {
+            if !(self.keep)(&self.names[&param.id]) {
+                return;
+            }
+            let shape = param.val().shape();
+            let salt = self.grads.len() as f32 * 0.7 + self.step as f32 * 1.3;
+            let values: Vec<f32> = (0..shape.num_elements())
+                .map(|i| (i as f32 * 0.37 + salt).sin() * 0.05)
+                .collect();
+            let g =
+                Tensor::<Cpu, D>::from_data(TensorData::new(values, shape), &Default::default());
+            self.grads.register(param.id, g);
+        }
+    }
+    let mut make = Make {
+        names: optim::param_names(model)
+            .into_iter()
+            .map(|(n, id)| (id, n))
+            .collect(),
+        keep: &keep,
+        step,
+        grads: GradientsParams::new(),
+    };
+    model.visit(&mut make);
+    make.grads
+}
+
+/// Every parameter's values by name.
+fn param_values<M: AutodiffModule<AD>>(model: &M) -> BTreeMap<String, Vec<f32>> {
+    struct Values {
+        names: HashMap<ParamId, String>,
+        out: BTreeMap<String, Vec<f32>>,
+    }
+    impl ModuleVisitor<AD> for Values {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AD, D>>) {
+            let data = param.val().into_data().to_vec::<f32>().unwrap();
+            self.out.insert(self.names[&param.id].clone(), data);
+        }
+    }
+    let mut v = Values {
+        names: optim::param_names(model)
+            .into_iter()
+            .map(|(n, id)| (id, n))
+            .collect(),
+        out: BTreeMap::new(),
+    };
+    model.visit(&mut v);
+    v.out
+}
+
+fn assert_close(what: &str, a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (name, x) in a {
+        let y = &b[name];
+        assert_eq!(x.len(), y.len(), "{what} {name}");
+        for (i, (p, q)) in x.iter().zip(y).enumerate() {
+            assert!(
+                (p - q).abs() <= 1e-6 + 1e-5 * q.abs(),
+                "{what}: {name}[{i}] {p} vs {q}"
+            );
+        }
+    }
+}
+
+/// The flat update of a whole BERT equals the per-tensor update: LAMB (with and without the
+/// trust ratio on the no-decay group) and AdamW, with clipping, with a step that leaves some
+/// parameters without gradients (the flat layout changes and changes back), and when a flat
+/// optimizer resumes from the per-tensor one's state.
+#[test]
+fn flat_updates_equal_per_tensor_updates_on_bert() {
+    use bertkit_model::config::BertConfig;
+    use bertkit_model::heads::Task;
+    let bert = BertConfig {
+        vocab_size: 50,
+        hidden_size: 16,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+        ..BertConfig::default()
+    };
+    let init = || {
+        bertkit_model::checkpoint::init::<AD>(&bert, Task::Pretraining, 0, &Default::default())
+            .unwrap()
+    };
+    for (kind, nvlamb) in [
+        (OptimizerKind::Lamb, false),
+        (OptimizerKind::Lamb, true),
+        (OptimizerKind::Adamw, false),
+    ] {
+        let config = OptimizerConfig {
+            nvlamb,
+            lr: 0.01,
+            ..config(kind)
+        };
+        let mut per_tensor = Optimizer::<Cpu>::with_updates(config.clone(), Updates::PerTensor);
+        let mut flat = Optimizer::<Cpu>::with_updates(config.clone(), Updates::Flat);
+        let (mut a, mut b) = (init(), init());
+        let mut resumed: Option<(Optimizer<Cpu>, bertkit_model::heads::Bert<AD>)> = None;
+        for step in 0..5 {
+            // Step 2: no gradients for the pooler and the NSP head.
+            let keep = |name: &str| step != 2 || !(name.contains("pooler") || name.contains("nsp"));
+            let clip = if step == 1 { 3.0 } else { 1.0 };
+            let ga = per_tensor.gradients(&a, synthetic_grads(&a, step, keep));
+            let gb = flat.gradients(&b, synthetic_grads(&b, step, keep));
+            assert!(
+                (ga.norm() - gb.norm()).abs() < 1e-6 * ga.norm(),
+                "{kind:?} norm"
+            );
+            a = per_tensor.step(0.01, clip, a, ga);
+            b = flat.step(0.01, clip, b, gb);
+            let what = format!("{kind:?} nvlamb={nvlamb} step {step}");
+            assert_close(&what, &param_values(&b), &param_values(&a));
+            assert_close(&what, &flat.to_host(), &per_tensor.to_host());
+            if let Some((opt, model)) = resumed.as_mut() {
+                let g = opt.gradients(model, synthetic_grads(model, step, keep));
+                *model = opt.step(0.01, clip, model.clone(), g);
+                assert_close(
+                    &format!("resumed {what}"),
+                    &param_values(model),
+                    &param_values(&a),
+                );
+            }
+            if step == 2 {
+                // A flat optimizer resumes from the per-tensor one's state (as a checkpoint
+                // stores it), with the state of parameters outside this step's layout.
+                let mut opt = Optimizer::<Cpu>::with_updates(config.clone(), Updates::Flat);
+                opt.load_host(per_tensor.steps, per_tensor.to_host(), &Default::default())
+                    .unwrap();
+                resumed = Some((opt, a.clone()));
+            }
+        }
+    }
 }
 
 #[test]

@@ -14,6 +14,11 @@
 //! p = p - lr·r·u
 //! ```
 //! AdamW: `p = p·(1 - lr·λ)`, then `p = p - lr·m̂/(sqrt(v̂)+ε)`.
+//!
+//! A step, in order: [`Optimizer::gradients`] takes the step's gradients and measures their
+//! global norm; [`clip_factor`] turns it into the clip divisor; [`Optimizer::step`] updates
+//! the parameters. How depends on [`Updates`]: on the CPU one fused pass per tensor
+//! (`bertkit_model::fused`), on GPU backends all tensors at once ([`flat`]).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,6 +28,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+
+mod flat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -78,39 +85,142 @@ struct Moments<B: Backend> {
     v: Tensor<B, 1>,
 }
 
+/// How [`Optimizer::step`] walks the parameters. Both compute the same update; they differ in
+/// the kernels a step launches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Updates {
+    /// One tensor at a time (on the CPU backend one fused pass over each).
+    PerTensor,
+    /// All tensors at once in flat buffers ([`flat`]): a few kernels a step instead of a chain
+    /// per tensor, for GPU backends.
+    Flat,
+}
+
+impl Updates {
+    /// Per tensor on the CPU backend (its fused passes need no concatenation), flat elsewhere.
+    pub fn for_backend<B: Backend>() -> Updates {
+        if bertkit_model::fused::is_flex::<B>() {
+            Updates::PerTensor
+        } else {
+            Updates::Flat
+        }
+    }
+}
+
+/// A step's gradients, taken from burn's [`GradientsParams`], with their global L2 norm.
+pub struct Gradients<B: Backend> {
+    norm: f64,
+    values: GradientValues<B>,
+}
+
+enum GradientValues<B: Backend> {
+    PerTensor(GradientsParams),
+    Flat(Option<flat::FlatGrads<B>>),
+}
+
+impl<B: Backend> Gradients<B> {
+    /// The L2 norm over all gradients.
+    pub fn norm(&self) -> f64 {
+        self.norm
+    }
+}
+
 /// An optimizer's state: the moments of each parameter by name and the number of steps taken.
 pub struct Optimizer<B: Backend> {
     pub config: OptimizerConfig,
     /// Updates applied so far (the `t` of bias correction).
     pub steps: u64,
+    pub updates: Updates,
+    /// Moments by parameter name: all of them with per-tensor updates; with flat ones, those
+    /// of parameters outside the flat state's layout (loaded, or without gradients lately).
     state: HashMap<String, Moments<B>>,
+    /// Flat updates: the moments of the parameters of the last step's layout.
+    flat: Option<flat::FlatState<B>>,
 }
 
 impl<B: Backend> Optimizer<B> {
+    /// An optimizer updating the way that suits backend `B` ([`Updates::for_backend`]).
     pub fn new(config: OptimizerConfig) -> Self {
+        Self::with_updates(config, Updates::for_backend::<B>())
+    }
+
+    pub fn with_updates(config: OptimizerConfig, updates: Updates) -> Self {
         Optimizer {
             config,
             steps: 0,
+            updates,
             state: HashMap::new(),
+            flat: None,
+        }
+    }
+
+    /// Takes the gradients of `module`'s parameters out of `grads` and measures their global
+    /// norm (one read back to the host).
+    pub fn gradients<AD, M>(&self, module: &M, mut grads: GradientsParams) -> Gradients<B>
+    where
+        AD: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AD>,
+    {
+        match self.updates {
+            Updates::PerTensor => Gradients {
+                norm: global_grad_norm(module, &grads),
+                values: GradientValues::PerTensor(grads),
+            },
+            Updates::Flat => {
+                let flat = flat::FlatGrads::gather(module, &mut grads);
+                Gradients {
+                    norm: flat.as_ref().map_or(0.0, |f| f.norm()),
+                    values: GradientValues::Flat(flat),
+                }
+            }
         }
     }
 
     /// One update of every parameter that has a gradient. `clip` divides the gradients (the
     /// global norm over `max_grad_norm` when above it, else 1), `lr` is this step's rate.
-    pub fn step<AD, M>(&mut self, lr: f64, clip: f64, module: M, grads: &mut GradientsParams) -> M
+    pub fn step<AD, M>(&mut self, lr: f64, clip: f64, module: M, grads: Gradients<B>) -> M
     where
         AD: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AD>,
     {
         self.steps += 1;
-        let mut mapper = UpdateMapper {
-            opt: self,
-            grads,
-            lr,
-            clip,
-            path: Vec::new(),
-        };
-        module.map(&mut mapper)
+        match grads.values {
+            GradientValues::PerTensor(mut grads) => {
+                let mut mapper = UpdateMapper {
+                    opt: self,
+                    grads: &mut grads,
+                    lr,
+                    clip,
+                    path: Vec::new(),
+                };
+                module.map(&mut mapper)
+            }
+            GradientValues::Flat(None) => module,
+            GradientValues::Flat(Some(grads)) => {
+                let device = grads.values.device();
+                let moments = match self.flat.take() {
+                    Some(state) if state.fits(&grads.layout) => Some((state.m, state.v)),
+                    last => {
+                        // Other parameters than last step's: back to moments by name, and
+                        // this step's taken from them.
+                        self.state.extend(last.into_iter().flat_map(|s| s.split()));
+                        flat::FlatState::assemble(&grads.layout, &mut self.state, &device)
+                    }
+                };
+                let params = flat_params(&module, &grads.layout);
+                let (state, mut new) = flat::update(
+                    &self.config,
+                    self.steps as i32,
+                    lr,
+                    clip,
+                    grads,
+                    params,
+                    moments,
+                );
+                self.flat = Some(state);
+                module.map(&mut Replace { new: &mut new })
+            }
+        }
     }
 
     /// The state as named host tensors: `NAME.exp_avg` and `NAME.exp_avg_sq`.
@@ -119,6 +229,14 @@ impl<B: Backend> Optimizer<B> {
         for (name, s) in &self.state {
             out.insert(format!("{name}.exp_avg"), host(s.m.clone()));
             out.insert(format!("{name}.exp_avg_sq"), host(s.v.clone()));
+        }
+        if let Some(state) = &self.flat {
+            let (m, v) = (host(state.m.clone()), host(state.v.clone()));
+            for e in &state.layout.entries {
+                let range = e.offset..e.offset + e.numel;
+                out.insert(format!("{}.exp_avg", e.name), m[range.clone()].to_vec());
+                out.insert(format!("{}.exp_avg_sq", e.name), v[range].to_vec());
+            }
         }
         out
     }
@@ -144,6 +262,7 @@ impl<B: Backend> Optimizer<B> {
             }
         }
         self.state.clear();
+        self.flat = None;
         for (name, m) in m {
             let v = v
                 .remove(&name)
@@ -159,7 +278,8 @@ impl<B: Backend> Optimizer<B> {
 
     /// Shapes are checked when the state is used; this checks the names against a model's.
     pub fn check_names(&self, names: &[String]) -> Result<()> {
-        for name in self.state.keys() {
+        let flat = self.flat.iter().flat_map(|s| &s.layout.entries);
+        for name in self.state.keys().chain(flat.map(|e| &e.name)) {
             if !names.contains(name) {
                 bail!("optimizer state names parameter {name:?}, which the model does not have");
             }
@@ -176,7 +296,6 @@ impl<B: Backend> Optimizer<B> {
         clip: f64,
     ) -> Tensor<B, 1> {
         let c = &self.config;
-        let [b1, b2] = c.betas;
         let t = self.steps as i32;
         let wd = if decays(name) { c.weight_decay } else { 0.0 };
         if bertkit_model::fused::is_flex::<B>() && p.dtype() == burn::tensor::DType::F32 {
@@ -199,37 +318,16 @@ impl<B: Backend> Optimizer<B> {
             self.state.insert(name.to_string(), Moments { m, v });
             return new;
         }
-        let g = if clip != 1.0 { g / clip } else { g };
-        let (m, v) = match self.state.remove(name) {
-            Some(s) => (
-                s.m * b1 + g.clone() * (1.0 - b1),
-                s.v * b2 + g.clone() * g * (1.0 - b2),
-            ),
-            None => (g.clone() * (1.0 - b1), g.clone() * g * (1.0 - b2)),
-        };
-        let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-        let adam = (m.clone() / bc1) / ((v.clone() / bc2).sqrt() + c.eps);
+        // The flat update's arithmetic, on one tensor.
+        let moments = self.state.remove(name).map(|s| (s.m, s.v));
+        let [m, v, adam] = flat::adam_direction(c, t, clip, g, moments);
         let new = match c.name {
-            OptimizerKind::Adamw => {
-                let decayed = if wd != 0.0 { p * (1.0 - lr * wd) } else { p };
-                decayed - adam * lr
-            }
+            OptimizerKind::Adamw => flat::adamw(p, adam, lr, wd),
             OptimizerKind::Lamb => {
-                let u = if wd != 0.0 {
-                    adam + p.clone() * wd
-                } else {
-                    adam
-                };
+                let u = flat::lamb_direction(p.clone(), adam, wd);
                 if wd != 0.0 || c.nvlamb {
-                    let p_norm = p.clone().square().sum().sqrt();
-                    let u_norm = u.clone().square().sum().sqrt();
-                    let both = p_norm
-                        .clone()
-                        .greater_elem(0.0)
-                        .bool_and(u_norm.clone().greater_elem(0.0));
-                    let ratio =
-                        (p_norm / u_norm.clone()).mask_where(both.bool_not(), u_norm.ones_like());
-                    p - u * ratio.unsqueeze::<1>() * lr
+                    let n = p.dims()[0];
+                    flat::lamb_rows(p.reshape([1, n]), u.reshape([1, n]), lr).reshape([n])
                 } else {
                     p - u * lr
                 }
@@ -284,6 +382,48 @@ impl<AD: AutodiffBackend> ModuleMapper<AD> for UpdateMapper<'_, AD::InnerBackend
             .opt
             .update(&name, p, grad.reshape([n]), self.lr, self.clip);
         let tensor = Tensor::<AD, D>::from_inner(new.reshape(shape)).require_grad();
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// The current values of the parameters in `layout`, flat, by id.
+fn flat_params<AD: AutodiffBackend, M: AutodiffModule<AD>>(
+    module: &M,
+    layout: &flat::Layout,
+) -> HashMap<ParamId, Tensor<AD::InnerBackend, 1>> {
+    struct Values<'a, B: Backend> {
+        wanted: HashMap<ParamId, usize>,
+        values: &'a mut HashMap<ParamId, Tensor<B, 1>>,
+    }
+    impl<AD: AutodiffBackend> ModuleVisitor<AD> for Values<'_, AD::InnerBackend> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AD, D>>) {
+            if let Some(&n) = self.wanted.get(&param.id) {
+                self.values
+                    .insert(param.id, param.val().inner().reshape([n]));
+            }
+        }
+    }
+    let mut values = HashMap::new();
+    let wanted = layout.entries.iter().map(|e| (e.id, e.numel)).collect();
+    module.visit(&mut Values {
+        wanted,
+        values: &mut values,
+    });
+    values
+}
+
+/// Puts the new values (flat, by id) in place of the parameters.
+struct Replace<'a, B: Backend> {
+    new: &'a mut HashMap<ParamId, Tensor<B, 1>>,
+}
+
+impl<AD: AutodiffBackend> ModuleMapper<AD> for Replace<'_, AD::InnerBackend> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AD, D>>) -> Param<Tensor<AD, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(new) = self.new.remove(&id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let tensor = Tensor::<AD, D>::from_inner(new.reshape(tensor.shape())).require_grad();
         Param::from_mapped_value(id, tensor, mapper)
     }
 }
