@@ -81,11 +81,18 @@ pub fn layer_norm<B: Backend, const D: usize>(
         (Cpu::Flex(x), Cpu::Flex(gamma), Cpu::Flex(beta)) => {
             return from_flex(layer_norm_inference(&x, &gamma, &beta, eps))
         }
-        (x, gamma, beta) => (
-            x.into_backend::<B>(),
-            gamma.into_backend::<B>(),
-            beta.into_backend::<B>(),
-        ),
+        (x, gamma, beta) => {
+            let (x, gamma, beta) = (
+                x.into_backend::<B>(),
+                gamma.into_backend::<B>(),
+                beta.into_backend::<B>(),
+            );
+            // GPU backends in training: a backward pass of our own (crate::device_autodiff).
+            match crate::device_autodiff::layer_norm::<B>(x, gamma, beta, eps) {
+                Ok(out) => return Tensor::from_primitive(TensorPrimitive::Float(out)),
+                Err(inputs) => inputs,
+            }
+        }
     };
     Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
         x,
@@ -233,7 +240,7 @@ pub fn is_cpu<B: Backend>() -> bool {
 }
 
 /// `x` as a `T` if it is one.
-fn downcast<S: 'static, T: 'static>(x: S) -> Result<T, S> {
+pub(crate) fn downcast<S: 'static, T: 'static>(x: S) -> Result<T, S> {
     let mut slot = Some(x);
     if let Some(t) = (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
         return Ok(t.take().expect("the slot was filled above"));
@@ -242,7 +249,7 @@ fn downcast<S: 'static, T: 'static>(x: S) -> Result<T, S> {
 }
 
 /// `x` as the type it is known to be.
-fn same_type<S: 'static, T: 'static>(x: S) -> T {
+pub(crate) fn same_type<S: 'static, T: 'static>(x: S) -> T {
     match downcast(x) {
         Ok(t) => t,
         Err(_) => unreachable!("called only where S and T are the same type"),

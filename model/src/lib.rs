@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod cpu_math;
 pub mod denormals;
+pub mod device_autodiff;
 pub mod error;
 pub mod fs;
 pub mod fused;
