@@ -3,14 +3,13 @@
 //! 1 rank of batch b with 2 accumulation steps); a 2-rank run resumes exactly; a rank that dies
 //! or never joins is named by the others within the timeout.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{bertkit, repo, run_ok};
+use common::{bertkit, free_port, repo, run_ok};
 
 /// Ten State of the Union speeches (1900-1909), a 1000-word vocabulary, seq 64 with NSP; and
 /// a copy of BERT-tiny without dropout, so that runs split differently draw nothing different.
@@ -20,25 +19,9 @@ fn data() -> &'static (PathBuf, PathBuf) {
         let root = tempfile::tempdir().unwrap().keep();
         let files = common::sotu_files(&["190"]);
         common::vocab_and_shards(&root, 1000, &files, &[("train", &files)]);
-        let model = std::fs::read_to_string(repo().join("configs/models/bert-tiny.toml"))
-            .unwrap()
-            .replace("hidden_dropout_prob = 0.1", "hidden_dropout_prob = 0.0")
-            .replace(
-                "attention_probs_dropout_prob = 0.1",
-                "attention_probs_dropout_prob = 0.0",
-            );
-        assert!(!model.contains("dropout_prob = 0.1"), "{model}");
-        std::fs::write(root.join("tiny-no-dropout.toml"), model).unwrap();
-        (root.join("train"), root.join("tiny-no-dropout.toml"))
+        let model = common::tiny_without_dropout(&root);
+        (root.join("train"), model)
     })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The arguments of `bertkit pretrain` with the CPU recipe on [`data`] into `out`.

@@ -514,11 +514,7 @@ fn bench_train_reports_the_step_and_its_phases() {
         "lamb",
         "--json",
     ]));
-    let line = out
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .expect("a JSON line");
-    let r: serde_json::Value = serde_json::from_str(line).unwrap();
+    let r = common::last_json(&out);
     assert_eq!(r["all_reduce"], "none");
     assert_eq!(r["losses"].as_array().unwrap().len(), 4);
     assert!(

@@ -29,11 +29,7 @@ fn data() -> &'static (PathBuf, PathBuf, PathBuf) {
         let root = tempfile::tempdir().unwrap().keep();
         let (train, held) = (common::sotu_files(&["190"]), common::sotu_files(&["1910"]));
         common::vocab_and_shards(&root, 1000, &train, &[("train", &train), ("held", &held)]);
-        let tiny = std::fs::read_to_string(repo().join("configs/models/bert-tiny.toml")).unwrap();
-        let no_dropout = tiny.replace("_dropout_prob = 0.1", "_dropout_prob = 0.0");
-        assert_ne!(tiny, no_dropout);
-        let model = root.join("tiny-no-dropout.toml");
-        std::fs::write(&model, no_dropout).unwrap();
+        let model = common::tiny_without_dropout(&root);
         (root.join("train"), root.join("held"), model)
     })
 }
@@ -72,11 +68,6 @@ fn pretrain(device: &str, out: &Path, log: Option<&Path>, extra: &[&str]) -> Vec
         args.extend(["--set".into(), s.to_string()]);
     }
     args
-}
-
-fn free_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port().to_string()
 }
 
 /// `(step, value)` of `name` in the `split` records of a run's metrics.jsonl that have it.
@@ -243,7 +234,7 @@ fn two_wgpu_ranks_take_the_steps_of_one_rank_of_twice_the_batch() {
                 "--nproc-per-node",
                 "2",
                 "--master-port",
-                &free_port(),
+                &common::free_port().to_string(),
                 "--",
             ])
             .arg(env!("CARGO_BIN_EXE_bertkit"))
@@ -334,11 +325,7 @@ fn bench_train_on_wgpu(
                 "--json",
             ]),
     );
-    let line = out
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .expect("a JSON line");
-    serde_json::from_str(line).unwrap()
+    common::last_json(&out)
 }
 
 /// `bench-train --device wgpu --kernel-log`: the kernels each step compiled, so that a GPU

@@ -150,3 +150,32 @@ pub fn run_ok(cmd: &mut Command) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A TCP port free on 127.0.0.1 when asked (for a rendezvous the test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The last line of `out` that is a JSON object (a `--json` report after the progress lines).
+pub fn last_json(out: &str) -> serde_json::Value {
+    let line = out
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .expect("a JSON line");
+    serde_json::from_str(line).unwrap()
+}
+
+/// `configs/models/bert-tiny.toml` without dropout, written as `dir/tiny-no-dropout.toml`: runs
+/// that split the work differently (devices, ranks) then draw nothing different.
+pub fn tiny_without_dropout(dir: &Path) -> PathBuf {
+    let tiny = std::fs::read_to_string(repo().join("configs/models/bert-tiny.toml")).unwrap();
+    let model = tiny.replace("_dropout_prob = 0.1", "_dropout_prob = 0.0");
+    assert!(!model.contains("dropout_prob = 0.1"), "{model}");
+    let path = dir.join("tiny-no-dropout.toml");
+    std::fs::write(&path, model).unwrap();
+    path
+}
