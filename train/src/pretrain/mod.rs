@@ -466,17 +466,16 @@ pub fn warm_up<AD: AutodiffBackend>(
             teacher_sha256: None,
         },
     );
-    let mut model = model;
+    let mut model = Some(model);
     let mut kernels = NewKernels::default();
-    let mut step_kernels = Vec::new();
-    while state.step < WARMUP_MAX_STEPS {
+    let (steps, step_kernels) = until_nothing_compiles(WARMUP_STEPS, &mut kernels, || {
         let batches = (0..accumulation)
             .map(|_| loader.next_batch())
             .collect::<Result<Vec<_>>>()?;
         let lr = cfg.optimizer.lr * cfg.schedule.factor(state.step);
         let settings = step_settings(cfg, &state, lr);
         let (stepped, _) = pretrain_step(
-            model,
+            model.take().expect("the model is put back after each step"),
             &mut optimizer,
             &batches,
             &settings,
@@ -485,42 +484,50 @@ pub fn warm_up<AD: AutodiffBackend>(
             &mut single,
             device,
         )?;
-        model = stepped;
+        model = Some(stepped);
         state.step += 1;
-        let new = kernels.take();
-        step_kernels.extend(new);
-        if state.step >= WARMUP_STEPS && new.is_none_or(|n| n == 0) {
-            break;
-        }
-    }
-    let mut eval_kernels = Vec::new();
-    let eval_batches = match &cfg.eval_data {
+        Ok(())
+    })?;
+    let model = model.expect("the model is put back after each step");
+    let (eval_batches, eval_kernels) = match &cfg.eval_data {
         Some(dir) if cfg.eval.every > 0 => {
             let mut ev = Evaluator::open(dir, cfg, &manifest)?;
             ev.batches = 1;
-            let mut batches = 0;
-            while batches < WARMUP_MAX_STEPS {
-                ev.run(&model.valid(), device)?;
-                batches += 1;
-                let new = kernels.take();
-                eval_kernels.extend(new);
-                if new.is_none_or(|n| n == 0) {
-                    break;
-                }
-            }
-            batches as usize
+            let model = model.valid();
+            until_nothing_compiles(1, &mut kernels, || ev.run(&model, device).map(|_| ()))?
         }
-        _ => 0,
+        _ => (0, Vec::new()),
     };
     let counted = bertkit_model::kernel_cache::kernel_log().is_some();
     Ok(WarmupReport {
-        steps: state.step,
+        steps,
         micro_batches: accumulation,
-        eval_batches,
+        eval_batches: eval_batches as usize,
         seconds: started.elapsed().as_secs_f64(),
         step_kernels: counted.then_some(step_kernels),
         eval_kernels: counted.then_some(eval_kernels),
     })
+}
+
+/// Runs `once` at least `min` times and then until a run compiles no kernel (as the kernel log
+/// counts; without one, exactly `min` times), at most [`WARMUP_MAX_STEPS`] times. Returns the
+/// runs and the kernels each compiled (empty without a kernel log).
+fn until_nothing_compiles(
+    min: u64,
+    kernels: &mut NewKernels,
+    mut once: impl FnMut() -> Result<()>,
+) -> Result<(u64, Vec<usize>)> {
+    let (mut runs, mut compiled) = (0, Vec::new());
+    while runs < WARMUP_MAX_STEPS {
+        once()?;
+        runs += 1;
+        let new = kernels.take();
+        compiled.extend(new);
+        if runs >= min && new.is_none_or(|n| n == 0) {
+            break;
+        }
+    }
+    Ok((runs, compiled))
 }
 
 /// What a run starts from: the data's manifest, the task, and the model, optimizer and
