@@ -7,7 +7,7 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor, TensorPrimitive};
 
 use crate::attention::Spans;
 use crate::config::{BertConfig, HiddenAct};
@@ -231,6 +231,18 @@ impl<B: Backend> BertSelfAttention<B> {
             self.split_heads(k),
             self.split_heads(v),
         );
+        // GPU backends in training: attention with a backward pass of our own.
+        let (q, k, v) = if probs {
+            (q, k, v)
+        } else {
+            let inputs = [q, k, v, mask.additive.clone()].map(|t| t.into_primitive().tensor());
+            let float = |t| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t));
+            let [q, k, v, additive] = inputs;
+            match crate::device_autodiff::attention::<B>(q, k, v, additive, self.dropout) {
+                Ok(context) => return (float(context).swap_dims(1, 2).reshape([b, t, h]), None),
+                Err([q, k, v, _]) => (float(q), float(k), float(v)),
+            }
+        };
         // The fused kernel has no dropout on the probabilities and does not expose them;
         // training with attention dropout and tracing take the explicit path.
         let training_dropout = self.dropout > 0.0 && B::ad_enabled(&q.device());

@@ -90,7 +90,7 @@ pub fn layer_norm<B: Backend, const D: usize>(
             // GPU backends in training: a backward pass of our own (crate::device_autodiff).
             match crate::device_autodiff::layer_norm::<B>(x, gamma, beta, eps) {
                 Ok(out) => return Tensor::from_primitive(TensorPrimitive::Float(out)),
-                Err(inputs) => inputs,
+                Err([x, gamma, beta]) => (x, gamma, beta),
             }
         }
     };
@@ -246,6 +246,11 @@ pub(crate) fn downcast<S: 'static, T: 'static>(x: S) -> Result<T, S> {
         return Ok(t.take().expect("the slot was filled above"));
     }
     Err(slot.expect("the slot is untouched when the types differ"))
+}
+
+/// Whether `S` and `T` are the same type.
+pub(crate) fn is_type<S: 'static, T: 'static>() -> bool {
+    std::any::TypeId::of::<S>() == std::any::TypeId::of::<T>()
 }
 
 /// `x` as the type it is known to be.
