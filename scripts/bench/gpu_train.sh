@@ -119,8 +119,13 @@ agree bf16 60
 bench "$F" "$KF" base-fixed 150 bert-base 64 128 --steps 10 --warmup 3 --matmul 8192
 peer peer-base 90 12 768 12 3072 64 128
 # Where BERT-base's step goes, kernel by kernel (CubeCL's profiler runs each kernel on its own:
-# its step time is not the real one), with how many kernels a step launches.
+# its step time is not the real one), with how many kernels a step launches; and burn-fusion's
+# decisions (BURN_FUSION_LOG=full, in base-profiled.err): whether CUDA, like lavapipe, runs the
+# attention's scale, mask and softmax unfused ("un-fused (9 ops)" blocks, PERFORMANCE.md).
+export BURN_FUSION_LOG=full
 bench "$F" "$KF" base-profiled 60 bert-base 64 128 --steps 2 --warmup 3 --kernel-profile "$W/profile-base.txt"
+unset BURN_FUSION_LOG
+log "fusion: $(grep -c 'un-fused (9 ops)' "$W/base-profiled.err") blocks 'un-fused (9 ops)', $(grep -c '▸ fused' "$W/base-profiled.err") fused blocks"
 bench "$F" "$KF" base-nccl 75 bert-base 64 128 --steps 10 --warmup 3 --all-reduce nccl
 bench "$F" "$KF" base-nccl-after 60 bert-base 64 128 --steps 10 --warmup 3 --all-reduce nccl-after-backward
 run allreduce-host 40 "$F" bench-allreduce --backend nccl --size-mb 1024 --iters 5
