@@ -404,3 +404,65 @@ fn bench_train_on_wgpu_profiles_each_kernel() {
         "{total} launches in the file, {launches} a timed step"
     );
 }
+
+/// The attention's probabilities in one kernel of our own (`device_kernels`, a custom
+/// operation of burn-fusion's stream) on wgpu: the output and the gradients of Q, K and V
+/// equal burn's operations differentiated one by one on the same device, without dropout and
+/// with dropout 0.2 drawn after the same seed, with padding keys masked.
+#[test]
+fn attention_kernel_on_wgpu_matches_burn_operations() {
+    use bertkit_model::backend::Wgpu;
+    use burn::backend::Autodiff;
+    use burn::tensor::{backend::Backend, Distribution, Tensor, TensorData, TensorPrimitive};
+    type Ad = Autodiff<Wgpu>;
+    let dev = Default::default();
+    let shape = [2, 3, 7, 4];
+    let random = || Tensor::<Ad, 4>::random(shape, Distribution::Normal(0.0, 1.5), &dev);
+    let (q0, k0, v0, weights) = (random(), random(), random(), random());
+    let mut mask = vec![0.0f32; 14];
+    mask[11..].fill(f32::MIN);
+    let mask = Tensor::<Wgpu, 4>::from_data(TensorData::new(mask, [2, 1, 1, 7]), &dev);
+    let values = |t: Tensor<Ad, 4>| t.into_data().to_vec::<f32>().unwrap();
+    for prob in [0.0, 0.2] {
+        let run = |ours: bool| {
+            let [q, k, v] = [&q0, &k0, &v0]
+                .map(|t| Tensor::<Ad, 4>::from_data(t.to_data(), &dev).require_grad());
+            Ad::seed(&dev, 11);
+            let out = if ours {
+                Tensor::<Ad, 4>::from_primitive(TensorPrimitive::Float(
+                    bertkit_model::device_autodiff::attention_ad::<Wgpu>(
+                        q.clone().into_primitive().tensor(),
+                        k.clone().into_primitive().tensor(),
+                        v.clone().into_primitive().tensor(),
+                        mask.clone().into_primitive().tensor(),
+                        prob,
+                    ),
+                ))
+            } else {
+                let products = q.clone().matmul(k.clone().swap_dims(2, 3));
+                let keep = products.random_like(Distribution::Bernoulli(1.0 - prob)) / (1.0 - prob);
+                let p = burn::tensor::activation::softmax(
+                    products * 0.5 + Tensor::<Ad, 4>::from_inner(mask.clone()),
+                    3,
+                );
+                let p = if prob > 0.0 { p * keep } else { p };
+                p.matmul(v.clone())
+            };
+            let grads = (out.clone() * weights.clone()).sum().backward();
+            let grad = |t: &Tensor<Ad, 4>| Tensor::<Ad, 4>::from_inner(t.grad(&grads).unwrap());
+            [out.clone(), grad(&q), grad(&k), grad(&v)].map(values)
+        };
+        let (ours, theirs) = (run(true), run(false));
+        for (what, (a, b)) in ["out", "dq", "dk", "dv"]
+            .iter()
+            .zip(ours.iter().zip(&theirs))
+        {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    (x - y).abs() <= 1e-5 + 1e-4 * y.abs(),
+                    "{what}[{i}] with dropout {prob}: {x} vs {y}"
+                );
+            }
+        }
+    }
+}

@@ -22,9 +22,10 @@
 //! dV = (P∘M)ᵀ·dO      dP = (dO·Vᵀ)∘M      dS = P∘(dP - D)      dQ = s·dS·K      dK = s·dSᵀ·Q
 //! ```
 //! burn's chain keeps about three `[seq, seq]` tensors a layer (the exponentials, the dropout
-//! mask, the probabilities after dropout); this keeps two with dropout and one without. The
-//! scores still go through memory and the launches are as many: this is not a flash-attention
-//! kernel.
+//! mask, the probabilities after dropout); this keeps two with dropout and one without. On the
+//! GPU backends the scale, mask, softmax and dropout between the two products are one kernel of
+//! our own (`crate::device_kernels`) instead of seven; the scores still go through memory: this
+//! is not a flash-attention kernel.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -215,6 +216,21 @@ fn dropped<B: Backend>(probs: Tensor<B, 4>, keep: &Option<Tensor<B, 4>>) -> Tens
     }
 }
 
+/// The probabilities and the probabilities after dropout in one kernel of our own on the GPU
+/// backends of this build (`crate::device_kernels`); `None` elsewhere.
+#[allow(unused_variables)]
+fn fused_probs<B: Backend>(
+    products: &Tensor<B, 4>,
+    additive: &Tensor<B, 4>,
+    keep: Option<&Tensor<B, 4>>,
+    scale: f64,
+) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    return crate::device_kernels::attention_probs(products, additive, keep, scale);
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    None
+}
+
 /// `1/√d` for `[.., head_dim]` projections.
 fn scale<B: Backend>(q: &Tensor<B, 4>) -> f64 {
     1.0 / (q.dims()[3] as f64).sqrt()
@@ -277,11 +293,15 @@ pub fn attention_ad<B: Backend>(
     } else {
         additive.cast(qt.dtype())
     };
-    let scores = qt.clone().matmul(kt.clone().swap_dims(2, 3)) * scale(&qt) + additive;
-    let probs = burn::tensor::activation::softmax(scores, 3);
+    let products = qt.clone().matmul(kt.clone().swap_dims(2, 3));
     let keep = (prob > 0.0)
-        .then(|| probs.random_like(Distribution::Bernoulli(1.0 - prob)) * (1.0 / (1.0 - prob)));
-    let out = dropped(probs.clone(), &keep).matmul(vt.clone());
+        .then(|| products.random_like(Distribution::Bernoulli(1.0 - prob)) * (1.0 / (1.0 - prob)));
+    let (probs, after_dropout) = fused_probs(&products, &additive, keep.as_ref(), scale(&qt))
+        .unwrap_or_else(|| {
+            let probs = burn::tensor::activation::softmax(products * scale(&qt) + additive, 3);
+            (probs.clone(), dropped(probs, &keep))
+        });
+    let out = after_dropout.matmul(vt.clone());
     match AttentionNode
         .prepare::<NoCheckpointing>([q.node.clone(), k.node.clone(), v.node.clone()])
         .compute_bound()

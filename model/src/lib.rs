@@ -10,6 +10,8 @@ pub mod config;
 pub mod cpu_math;
 pub mod denormals;
 pub mod device_autodiff;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod device_kernels;
 pub mod error;
 pub mod fs;
 pub mod fused;

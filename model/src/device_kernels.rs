@@ -1,0 +1,269 @@
+//! CubeCL kernels of our own on burn's GPU backends (wgpu, CUDA), registered in burn-fusion's
+//! stream as custom operations.
+//!
+//! **The attention's probabilities.** burn-fusion runs the scale, the mask and the softmax's
+//! five operations after the scores' product as seven separate kernels (docs/PERFORMANCE.md,
+//! "Why the attention's softmax runs unfused"), each a pass over `[batch, heads, seq, seq]`.
+//! [`attention_probs`] is one kernel: per row of scores, `x = s·scale + mask`, its maximum and
+//! sum of exponentials (shared-memory reductions over one cube), then `p = exp(x - max) / sum`
+//! and, with dropout, `p·keep`, written in one pass.
+
+use std::marker::PhantomData;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime};
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{FusionRuntime, FusionTensor};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+use cubecl::prelude::{CubeCount, CubeDim};
+
+/// Units (threads) of the cube that reduces one row.
+const UNITS: u32 = 64;
+
+mod kernel {
+    use cubecl::prelude::*;
+
+    #[cube(launch)]
+    pub(super) fn attention_probs_kernel<F: Float>(
+        scores: &Tensor<F>,
+        mask: &Tensor<F>,
+        keep: &Tensor<F>,
+        probs: &mut Tensor<F>,
+        dropped: &mut Tensor<F>,
+        scale: f32,
+        rows: u32,
+        keys: u32,
+        rows_per_sequence: u32,
+        #[comptime] with_keep: bool,
+        #[comptime] units: u32,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+        if row >= rows as usize {
+            terminate!();
+        }
+        let n = keys as usize;
+        let unit = UNIT_POS_X as usize;
+        let step = CUBE_DIM_X as usize;
+        let base = row * n;
+        let mask_base = (row / rows_per_sequence as usize) * n;
+        let scale = F::cast_from(scale);
+        let mut shared = SharedMemory::<F>::new(units as usize);
+
+        let mut local_max = scores[base] * scale + mask[mask_base];
+        let mut j = unit;
+        while j < n {
+            local_max = local_max.max(scores[base + j] * scale + mask[mask_base + j]);
+            j += step;
+        }
+        shared[unit] = local_max;
+        sync_cube();
+        let mut half = step / 2;
+        while half > 0 {
+            if unit < half {
+                shared[unit] = shared[unit].max(shared[unit + half]);
+            }
+            sync_cube();
+            half /= 2;
+        }
+        let row_max = shared[0];
+        sync_cube();
+
+        let mut local_sum = F::new(0.0);
+        let mut j = unit;
+        while j < n {
+            local_sum += (scores[base + j] * scale + mask[mask_base + j] - row_max).exp();
+            j += step;
+        }
+        shared[unit] = local_sum;
+        sync_cube();
+        let mut half = step / 2;
+        while half > 0 {
+            if unit < half {
+                let other = shared[unit + half];
+                shared[unit] += other;
+            }
+            sync_cube();
+            half /= 2;
+        }
+        let row_sum = shared[0];
+
+        let mut j = unit;
+        while j < n {
+            let p = (scores[base + j] * scale + mask[mask_base + j] - row_max).exp() / row_sum;
+            probs[base + j] = p;
+            if with_keep {
+                dropped[base + j] = p * keep[base + j];
+            }
+            j += step;
+        }
+    }
+}
+
+/// `softmax(scores·scale + mask)` over the last dimension of `[batch, heads, queries, keys]`
+/// scores with a `[batch, 1, 1, keys]` additive mask, and the probabilities times `keep`
+/// (`[batch, heads, queries, keys]`) when given (else the probabilities again).
+fn probs_on_cube<R: CubeRuntime>(
+    scores: CubeTensor<R>,
+    mask: CubeTensor<R>,
+    keep: Option<CubeTensor<R>>,
+    scale: f32,
+) -> (CubeTensor<R>, CubeTensor<R>) {
+    let scores = into_contiguous(scores);
+    let mask = into_contiguous(mask);
+    let keep = keep.map(into_contiguous);
+    let shape = scores.shape();
+    let [batch, heads, queries, keys] = shape.dims::<4>();
+    let rows = batch * heads * queries;
+    let client = scores.client.clone();
+    let device = scores.device.clone();
+    let dtype = scores.dtype;
+    let probs = empty_device_dtype::<R>(client.clone(), device.clone(), shape.clone(), dtype);
+    let dropped = match &keep {
+        Some(_) => empty_device_dtype::<R>(client.clone(), device, shape, dtype),
+        None => probs.clone(),
+    };
+    let max_x = client.properties().hardware.max_cube_count.0 as usize;
+    let cubes_x = rows.min(max_x).max(1);
+    let cubes_y = rows.div_ceil(cubes_x);
+    let with_keep = keep.is_some();
+    let keep_arg = keep.unwrap_or_else(|| scores.clone());
+    kernel::attention_probs_kernel::launch::<R>(
+        &client,
+        CubeCount::Static(cubes_x as u32, cubes_y as u32, 1),
+        CubeDim::new_1d(UNITS),
+        scores.into_tensor_arg(),
+        mask.into_tensor_arg(),
+        keep_arg.into_tensor_arg(),
+        probs.clone().into_tensor_arg(),
+        dropped.clone().into_tensor_arg(),
+        scale,
+        rows as u32,
+        keys as u32,
+        (heads * queries) as u32,
+        with_keep,
+        UNITS,
+        dtype.into(),
+    );
+    (probs, dropped)
+}
+
+/// [`probs_on_cube`] as a custom operation of burn-fusion's stream.
+#[derive(Debug, Clone)]
+struct ProbsOp<B> {
+    desc: CustomOpIr,
+    scale: f32,
+    _backend: PhantomData<B>,
+}
+
+impl<R: CubeRuntime, BT: BoolElement> Operation<burn_cubecl::fusion::FusionCubeRuntime<R>>
+    for ProbsOp<CubeBackend<R, f32, i32, BT>>
+{
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<
+            <burn_cubecl::fusion::FusionCubeRuntime<R> as FusionRuntime>::FusionHandle,
+        >,
+    ) {
+        type B<R, BT> = CubeBackend<R, f32, i32, BT>;
+        let inputs = &self.desc.inputs;
+        let scores = handles.get_float_tensor::<B<R, BT>>(&inputs[0]);
+        let mask = handles.get_float_tensor::<B<R, BT>>(&inputs[1]);
+        let keep = inputs
+            .get(2)
+            .map(|k| handles.get_float_tensor::<B<R, BT>>(k));
+        let with_keep = keep.is_some();
+        let (probs, dropped) = probs_on_cube(scores, mask, keep, self.scale);
+        let outputs = &self.desc.outputs;
+        handles.register_float_tensor::<B<R, BT>>(&outputs[0].id, probs);
+        if with_keep {
+            handles.register_float_tensor::<B<R, BT>>(&outputs[1].id, dropped);
+        }
+    }
+}
+
+type Fused<R> = FusionTensor<burn_cubecl::fusion::FusionCubeRuntime<R>>;
+
+/// The probabilities and, with `keep`, the probabilities after dropout, on a fusion backend
+/// over `CubeBackend<R, f32, i32, BT>`.
+fn probs_on_fusion<R: CubeRuntime, BT: BoolElement>(
+    scores: Fused<R>,
+    mask: Fused<R>,
+    keep: Option<Fused<R>>,
+    scale: f32,
+) -> (Fused<R>, Option<Fused<R>>) {
+    let client = scores.client.clone();
+    let (shape, dtype): (Shape, _) = (scores.shape.clone(), scores.dtype);
+    let mut streams_of = vec![&scores, &mask];
+    if let Some(k) = &keep {
+        streams_of.push(k);
+    }
+    let streams = OperationStreams::with_inputs(streams_of);
+    let with_keep = keep.is_some();
+    let mut inputs = vec![scores.into_ir(), mask.into_ir()];
+    inputs.extend(keep.map(|k| k.into_ir()));
+    let outputs: Vec<TensorIr> = (0..1 + with_keep as usize)
+        .map(|_| TensorIr::uninit(client.create_empty_handle(), shape.clone(), dtype))
+        .collect();
+    let desc = CustomOpIr::new("bertkit_attention_probs", &inputs, &outputs);
+    let op = ProbsOp::<CubeBackend<R, f32, i32, BT>> {
+        desc: desc.clone(),
+        scale,
+        _backend: PhantomData,
+    };
+    let mut out = client
+        .register(streams, OperationIr::Custom(desc), op)
+        .into_iter();
+    let probs = out.next().expect("the operation declares its outputs");
+    (probs, out.next())
+}
+
+/// `softmax(scores·scale + additive)` over the last dimension and the probabilities times
+/// `keep` (without it, the probabilities again), in one kernel when `B` is burn's wgpu or CUDA
+/// backend of this build; `None` on other backends.
+pub(crate) fn attention_probs<B: Backend>(
+    scores: &Tensor<B, 4>,
+    additive: &Tensor<B, 4>,
+    keep: Option<&Tensor<B, 4>>,
+    scale: f64,
+) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+    let args = (scores, additive, keep, scale as f32);
+    #[cfg(feature = "wgpu")]
+    if crate::fused::is_type::<FloatTensor<B>, FloatTensor<crate::backend::Wgpu>>() {
+        return Some(on_runtime::<B, cubecl::wgpu::WgpuRuntime, u32>(args));
+    }
+    #[cfg(feature = "cuda")]
+    if crate::fused::is_type::<FloatTensor<B>, FloatTensor<crate::backend::Cuda>>() {
+        return Some(on_runtime::<B, cubecl::cuda::CudaRuntime, u8>(args));
+    }
+    let _ = args;
+    None
+}
+
+type ProbsArgs<'a, B> = (
+    &'a Tensor<B, 4>,
+    &'a Tensor<B, 4>,
+    Option<&'a Tensor<B, 4>>,
+    f32,
+);
+
+/// [`probs_on_fusion`] for `B`, which is `Fusion<CubeBackend<R, f32, i32, BT>>`.
+fn on_runtime<B: Backend, R: CubeRuntime, BT: BoolElement>(
+    (scores, additive, keep, scale): ProbsArgs<'_, B>,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    use crate::fused::same_type;
+    let fused = |t: &Tensor<B, 4>| same_type::<_, Fused<R>>(t.clone().into_primitive().tensor());
+    let float = |t: Fused<R>| {
+        Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(same_type::<_, FloatTensor<B>>(t)))
+    };
+    let (probs, dropped) =
+        probs_on_fusion::<R, BT>(fused(scores), fused(additive), keep.map(fused), scale);
+    let probs = float(probs);
+    let dropped = dropped.map(float).unwrap_or_else(|| probs.clone());
+    (probs, dropped)
+}
