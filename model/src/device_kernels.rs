@@ -28,6 +28,37 @@ const UNITS: u32 = 64;
 mod kernel {
     use cubecl::prelude::*;
 
+    /// The maximum (`max`) or the sum of each unit's `value` over the cube, a tree in shared
+    /// memory of `step` (a power of two) slots; every unit gets it, and `shared` is free again
+    /// when it returns.
+    #[cube]
+    fn reduce_cube<F: Float>(
+        shared: &mut SharedMemory<F>,
+        value: F,
+        unit: usize,
+        step: usize,
+        #[comptime] max: bool,
+    ) -> F {
+        shared[unit] = value;
+        sync_cube();
+        let mut half = step / 2;
+        while half > 0 {
+            if unit < half {
+                let other = shared[unit + half];
+                if max {
+                    shared[unit] = shared[unit].max(other);
+                } else {
+                    shared[unit] += other;
+                }
+            }
+            sync_cube();
+            half /= 2;
+        }
+        let total = shared[0];
+        sync_cube();
+        total
+    }
+
     #[cube(launch)]
     pub(super) fn attention_probs_kernel<F: Float>(
         scores: &Tensor<F>,
@@ -61,18 +92,7 @@ mod kernel {
             local_max = local_max.max(scores[base + j] * scale + mask[mask_base + j]);
             j += step;
         }
-        shared[unit] = local_max;
-        sync_cube();
-        let mut half = step / 2;
-        while half > 0 {
-            if unit < half {
-                shared[unit] = shared[unit].max(shared[unit + half]);
-            }
-            sync_cube();
-            half /= 2;
-        }
-        let row_max = shared[0];
-        sync_cube();
+        let row_max = reduce_cube::<F>(&mut shared, local_max, unit, step, true);
 
         let mut local_sum = F::new(0.0);
         let mut j = unit;
@@ -80,18 +100,7 @@ mod kernel {
             local_sum += (scores[base + j] * scale + mask[mask_base + j] - row_max).exp();
             j += step;
         }
-        shared[unit] = local_sum;
-        sync_cube();
-        let mut half = step / 2;
-        while half > 0 {
-            if unit < half {
-                let other = shared[unit + half];
-                shared[unit] += other;
-            }
-            sync_cube();
-            half /= 2;
-        }
-        let row_sum = shared[0];
+        let row_sum = reduce_cube::<F>(&mut shared, local_sum, unit, step, false);
 
         let mut j = unit;
         while j < n {
@@ -107,13 +116,13 @@ mod kernel {
 
 /// `softmax(scores·scale + mask)` over the last dimension of `[batch, heads, queries, keys]`
 /// scores with a `[batch, 1, 1, keys]` additive mask, and the probabilities times `keep`
-/// (`[batch, heads, queries, keys]`) when given (else the probabilities again).
+/// (`[batch, heads, queries, keys]`) when given.
 fn probs_on_cube<R: CubeRuntime>(
     scores: CubeTensor<R>,
     mask: CubeTensor<R>,
     keep: Option<CubeTensor<R>>,
     scale: f32,
-) -> (CubeTensor<R>, CubeTensor<R>) {
+) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
     let scores = into_contiguous(scores);
     let mask = into_contiguous(mask);
     let keep = keep.map(into_contiguous);
@@ -124,14 +133,14 @@ fn probs_on_cube<R: CubeRuntime>(
     let device = scores.device.clone();
     let dtype = scores.dtype;
     let probs = empty_device_dtype::<R>(client.clone(), device.clone(), shape.clone(), dtype);
-    let dropped = match &keep {
-        Some(_) => empty_device_dtype::<R>(client.clone(), device, shape, dtype),
-        None => probs.clone(),
-    };
+    // Without dropout the kernel writes no second output; it gets a one-element buffer of its
+    // own, so that no buffer is bound twice as writable in one launch.
+    let with_keep = keep.is_some();
+    let dropped_shape = if with_keep { shape } else { Shape::new([1]) };
+    let dropped = empty_device_dtype::<R>(client.clone(), device, dropped_shape, dtype);
     let max_x = client.properties().hardware.max_cube_count.0 as usize;
     let cubes_x = rows.min(max_x).max(1);
     let cubes_y = rows.div_ceil(cubes_x);
-    let with_keep = keep.is_some();
     let keep_arg = keep.unwrap_or_else(|| scores.clone());
     kernel::attention_probs_kernel::launch::<R>(
         &client,
@@ -150,7 +159,7 @@ fn probs_on_cube<R: CubeRuntime>(
         UNITS,
         dtype.into(),
     );
-    (probs, dropped)
+    (probs, with_keep.then_some(dropped))
 }
 
 /// [`probs_on_cube`] as a custom operation of burn-fusion's stream.
@@ -177,11 +186,10 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<burn_cubecl::fusion::FusionCubeR
         let keep = inputs
             .get(2)
             .map(|k| handles.get_float_tensor::<B<R, BT>>(k));
-        let with_keep = keep.is_some();
         let (probs, dropped) = probs_on_cube(scores, mask, keep, self.scale);
         let outputs = &self.desc.outputs;
         handles.register_float_tensor::<B<R, BT>>(&outputs[0].id, probs);
-        if with_keep {
+        if let Some(dropped) = dropped {
             handles.register_float_tensor::<B<R, BT>>(&outputs[1].id, dropped);
         }
     }

@@ -240,7 +240,7 @@ pub fn is_cpu<B: Backend>() -> bool {
 }
 
 /// `x` as a `T` if it is one.
-pub(crate) fn downcast<S: 'static, T: 'static>(x: S) -> Result<T, S> {
+fn downcast<S: 'static, T: 'static>(x: S) -> Result<T, S> {
     let mut slot = Some(x);
     if let Some(t) = (&mut slot as &mut dyn Any).downcast_mut::<Option<T>>() {
         return Ok(t.take().expect("the slot was filled above"));
