@@ -39,6 +39,25 @@ struct Cli {
         value_name = "FILE"
     )]
     kernel_profile: Option<PathBuf>,
+    /// How the GPU backends compute attention on right-padded batches: `probs`, burn's products
+    /// around one kernel for the probabilities (the [batch, heads, seq, seq] scores go through
+    /// device memory), or `flash`, flash-style kernels over each sequence (no [seq, seq] tensor
+    /// in memory, forward or backward). Padding-free batches always take `flash`
+    #[arg(
+        long,
+        global = true,
+        env = "BERTKIT_DEVICE_ATTENTION",
+        value_enum,
+        default_value_t = DeviceAttention::Probs
+    )]
+    device_attention: DeviceAttention,
+}
+
+/// `--device-attention`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DeviceAttention {
+    Probs,
+    Flash,
 }
 
 #[derive(Subcommand)]
@@ -150,6 +169,10 @@ fn main() -> ExitCode {
         Ok(cli) => {
             // Before any thread exists: a CUDA build also points the driver's JIT cache there.
             kernel_cache::choose(cli.kernel_cache.as_deref());
+            bertkit_model::attention::choose_device_attention(match cli.device_attention {
+                DeviceAttention::Probs => bertkit_model::attention::DeviceAttention::Probs,
+                DeviceAttention::Flash => bertkit_model::attention::DeviceAttention::Flash,
+            });
             let chosen = (cli.kernel_log.as_deref())
                 .map_or(Ok(()), kernel_cache::choose_log)
                 .and_then(|()| {

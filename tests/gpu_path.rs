@@ -179,6 +179,43 @@ fn pretraining_on_wgpu_follows_the_cpu_and_stops_compiling_after_the_warm_up() {
     );
 }
 
+/// The flash-style attention kernels in training (`--device-attention flash`; BERT-tiny without
+/// dropout): the losses of 6 steps and the held-out evaluation follow the CPU's to 1e-5, on
+/// right-padded batches and padding-free (`batch.padding_free`, where the device's kernels run
+/// whatever `--device-attention` says).
+#[test]
+fn pretraining_with_flash_attention_on_wgpu_follows_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, extra) in [
+        ("padded", &[][..]),
+        ("packed", &["batch.padding_free=true"][..]),
+    ] {
+        let (cpu, gpu) = (
+            dir.path().join(format!("cpu-{name}")),
+            dir.path().join(name),
+        );
+        run_ok(bertkit().args(pretrain("cpu", &cpu, None, extra)));
+        let mut args = pretrain("wgpu", &gpu, None, extra);
+        if name == "padded" {
+            args.extend(["--device-attention".into(), "flash".into()]);
+        }
+        run_ok(bertkit().args(args));
+        assert_close(
+            &format!("{name} loss"),
+            &series(&cpu, "train", "loss"),
+            &series(&gpu, "train", "loss"),
+            1e-5,
+        );
+        assert_close(
+            &format!("{name} held-out MLM loss"),
+            &series(&cpu, "eval", "mlm_loss"),
+            &series(&gpu, "eval", "mlm_loss"),
+            1e-5,
+        );
+        assert_eq!(series(&gpu, "train", "loss").len(), 6);
+    }
+}
+
 /// bf16 (which WGSL lacks) is refused before training with the precisions that work, instead
 /// of a panic in CubeCL's shader compiler; fp16 trains, with the loss of f32 to 1e-3.
 #[test]
@@ -465,4 +502,185 @@ fn attention_kernel_on_wgpu_matches_burn_operations() {
             }
         }
     }
+}
+
+/// Two right-padded sequences of 70 rows (more than one cube's 64 queries, several key tiles),
+/// the second with 45 real tokens, 2 heads of 16, as `[batch, seq, hidden]` projections.
+struct FlashCase {
+    spans: std::sync::Arc<bertkit_model::attention::Spans>,
+    lengths: [usize; 2],
+    qkvw: [burn::tensor::Tensor<burn::backend::Autodiff<bertkit_model::backend::Wgpu>, 3>; 4],
+}
+
+const FLASH: (usize, usize, usize, usize) = (2, 70, 2, 16);
+
+fn flash_case() -> FlashCase {
+    use burn::tensor::{Distribution, Tensor};
+    let (b, s, heads, d) = FLASH;
+    let lengths = [70usize, 45];
+    let mask: Vec<i64> = lengths
+        .iter()
+        .flat_map(|&n| (0..s).map(move |i| (i < n) as i64))
+        .collect();
+    let spans = bertkit_model::attention::Spans::padded(&mask, b, s).unwrap();
+    let dev = Default::default();
+    let qkvw =
+        [0; 4].map(|_| Tensor::random([b, s, heads * d], Distribution::Normal(0.0, 1.5), &dev));
+    FlashCase {
+        spans: std::sync::Arc::new(spans),
+        lengths,
+        qkvw,
+    }
+}
+
+type FlashAd = burn::backend::Autodiff<bertkit_model::backend::Wgpu>;
+
+/// `[out, dq, dk, dv]` of `attention(q, k, v)` weighted by `w`, as host values.
+fn flash_grads(
+    case: &FlashCase,
+    attention: impl Fn([burn::tensor::Tensor<FlashAd, 3>; 3]) -> burn::tensor::Tensor<FlashAd, 3>,
+) -> [Vec<f32>; 4] {
+    use burn::tensor::Tensor;
+    let [q, k, v, w] = &case.qkvw;
+    let [q, k, v] =
+        [q, k, v].map(|t| Tensor::<FlashAd, 3>::from_data(t.to_data(), &t.device()).require_grad());
+    let out = attention([q.clone(), k.clone(), v.clone()]);
+    let grads = (out.clone() * w.clone()).sum().backward();
+    let grad = |t: &Tensor<FlashAd, 3>| Tensor::<FlashAd, 3>::from_inner(t.grad(&grads).unwrap());
+    [out, grad(&q), grad(&k), grad(&v)].map(|t| t.into_data().to_vec::<f32>().unwrap())
+}
+
+fn assert_all_close(what: &str, ours: &[Vec<f32>], theirs: &[Vec<f32>]) {
+    for (name, (a, b)) in ["out", "dq", "dk", "dv"]
+        .iter()
+        .zip(ours.iter().zip(theirs))
+    {
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-5 + 1e-4 * y.abs(),
+                "{what}: {name}[{i}]: {x} vs {y}"
+            );
+        }
+    }
+}
+
+/// The flash-style attention kernels of model/src/device_attention.rs on wgpu: the context and
+/// the gradients of Q, K and V equal burn's operations differentiated one by one (scores, scale,
+/// padding mask, softmax, dropout, product), without dropout and with dropout 0.2 whose mask
+/// the test builds on the host with the CPU kernel's hash (`cpu_math::dropout_mask`) from the
+/// same two draws: the device drops exactly the CPU's elements.
+#[test]
+fn flash_attention_on_wgpu_matches_burn_operations() {
+    use bertkit_model::device_attention::multi_head_keyed;
+    use burn::tensor::{activation::softmax, Tensor, TensorData};
+    let (b, s, heads, d) = FLASH;
+    let case = flash_case();
+    let dev = case.qkvw[0].device();
+    let draws = [0.3125f32, 0.7109375];
+    let mut additive = vec![0f32; b * s];
+    for (i, &n) in case.lengths.iter().enumerate() {
+        additive[i * s + n..(i + 1) * s].fill(f32::MIN);
+    }
+    let additive = Tensor::<FlashAd, 4>::from_data(TensorData::new(additive, [b, 1, 1, s]), &dev);
+    for prob in [0.0, 0.2] {
+        let keep = (1.0 - prob) as f32;
+        let bits = |x: f32| (x * 16_777_216.0) as u64;
+        let key = bits(draws[0]) << 24 | bits(draws[1]);
+        let mut factors = vec![0f32; b * heads * s * s];
+        let mut offset = 0;
+        for (i, &nk) in case.lengths.iter().enumerate() {
+            for h in 0..heads {
+                let mut block = vec![1f32; s * nk];
+                if prob > 0.0 {
+                    bertkit_model::cpu_math::dropout_mask(&mut block, offset, key, keep);
+                }
+                for r in 0..s {
+                    let at = ((i * heads + h) * s + r) * s;
+                    factors[at..at + nk].copy_from_slice(&block[r * nk..(r + 1) * nk]);
+                }
+                offset += s * nk;
+            }
+        }
+        if prob > 0.0 {
+            let kept = factors.iter().filter(|&&f| f > 0.0).count() as f64;
+            let real = (s * (70 + 45) * heads) as f64;
+            assert!((kept / real - 0.8).abs() < 0.02, "kept {kept} of {real}");
+        }
+        let factors =
+            Tensor::<FlashAd, 4>::from_data(TensorData::new(factors, [b, heads, s, s]), &dev);
+        let ours = flash_grads(&case, |[q, k, v]| {
+            let dropout = (prob > 0.0).then_some((prob, Some(draws)));
+            multi_head_keyed(&q, &k, &v, &case.spans, heads, dropout).unwrap()
+        });
+        let theirs = flash_grads(&case, |[q, k, v]| {
+            let split = |t: Tensor<FlashAd, 3>| t.reshape([b, s, heads, d]).swap_dims(1, 2);
+            let (q, k, v) = (split(q), split(k), split(v));
+            let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt()) + additive.clone();
+            let p = softmax(scores, 3) * factors.clone();
+            p.matmul(v).swap_dims(1, 2).reshape([b, s, heads * d])
+        });
+        assert_all_close(&format!("dropout {prob}"), &ours, &theirs);
+    }
+}
+
+/// Padding-free on the device: the same sequences packed one after the other with no padding
+/// (`Spans::packed`) give, at every real token, the padded batch's context and gradients.
+#[test]
+fn flash_attention_on_wgpu_packed_equals_padded() {
+    use bertkit_model::attention::Spans;
+    use bertkit_model::device_attention::multi_head;
+    use burn::tensor::{Int, Tensor, TensorData};
+    let (b, s, heads, d) = FLASH;
+    let case = flash_case();
+    let dev = case.qkvw[0].device();
+    let rows: Vec<i64> = case
+        .lengths
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| (0..n).map(move |r| (i * s + r) as i64))
+        .collect();
+    let n = rows.len();
+    let rows = Tensor::<FlashAd, 1, Int>::from_data(TensorData::new(rows, [n]), &dev);
+    let pick = |t: Tensor<FlashAd, 3>| {
+        t.reshape([b * s, heads * d])
+            .select(0, rows.clone())
+            .reshape([1, n, heads * d])
+    };
+    let padded = flash_grads(&case, |[q, k, v]| {
+        // The padding rows weigh nothing, as they are absent from the packed batch.
+        multi_head(&q, &k, &v, &case.spans, heads, 0.0).unwrap() * rows_mask(&case, &dev)
+    });
+    let packed_spans = std::sync::Arc::new(Spans::packed(&case.lengths));
+    let packed_case = FlashCase {
+        spans: packed_spans.clone(),
+        lengths: case.lengths,
+        qkvw: case.qkvw.clone().map(pick),
+    };
+    let packed = flash_grads(&packed_case, |[q, k, v]| {
+        multi_head(&q, &k, &v, &packed_spans, heads, 0.0).unwrap()
+    });
+    let real = |values: &Vec<f32>| -> Vec<f32> {
+        let h = heads * d;
+        let mut out = Vec::new();
+        for (i, &len) in case.lengths.iter().enumerate() {
+            out.extend_from_slice(&values[i * s * h..(i * s + len) * h]);
+        }
+        out
+    };
+    let padded: Vec<Vec<f32>> = padded.iter().map(real).collect();
+    assert_all_close("packed vs padded", &packed, &padded);
+}
+
+/// 1 at the real tokens' rows of [`flash_case`], 0 at the padding's.
+fn rows_mask(
+    case: &FlashCase,
+    dev: &burn::tensor::Device<FlashAd>,
+) -> burn::tensor::Tensor<FlashAd, 3> {
+    let (b, s, _, _) = FLASH;
+    let mut m = vec![0f32; b * s];
+    for (i, &n) in case.lengths.iter().enumerate() {
+        m[i * s..i * s + n].fill(1.0);
+    }
+    burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(m, [b, s, 1]), dev)
 }

@@ -102,16 +102,74 @@ impl Spans {
     pub fn rows(&self) -> usize {
         self.rows
     }
+
+    /// Whether `[batch, seq, hidden]` projections `q`, `k`, `v` cover these spans' rows and
+    /// split into `heads` heads.
+    pub(crate) fn fits(&self, [q, k, v]: [[usize; 3]; 3], heads: usize) -> bool {
+        let [b, t, h] = q;
+        b * t == self.rows && heads > 0 && h % heads == 0 && k == q && v == q
+    }
 }
 
-/// Whether [`multi_head`] runs for tensors of this backend and dtype.
+/// Whether [`multi_head`] runs for tensors of this backend and dtype on the CPU.
 pub fn supported<B: Backend>(dtype: DType) -> bool {
     dtype == DType::F32 && fused::is_cpu::<B>()
 }
 
+/// How the GPU backends compute attention on right-padded batches (`bertkit
+/// --device-attention`). Padding-free batches always take [`DeviceAttention::Flash`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceAttention {
+    /// burn's products around one kernel for the probabilities (`crate::device_autodiff`):
+    /// the `[batch, heads, seq, seq]` scores and probabilities go through device memory.
+    #[default]
+    Probs,
+    /// Flash-style kernels over the sequences' spans (`crate::device_attention`): no `[seq,
+    /// seq]` tensor in device memory, forward or backward.
+    Flash,
+}
+
+static DEVICE_ATTENTION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets how the GPU backends compute attention, for the whole process.
+pub fn choose_device_attention(kind: DeviceAttention) {
+    let flash = kind == DeviceAttention::Flash;
+    DEVICE_ATTENTION.store(flash, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// How the GPU backends compute attention ([`choose_device_attention`]).
+pub fn device_attention() -> DeviceAttention {
+    if DEVICE_ATTENTION.load(std::sync::atomic::Ordering::Relaxed) {
+        DeviceAttention::Flash
+    } else {
+        DeviceAttention::Probs
+    }
+}
+
+/// Whether [`multi_head`] can run for this backend and dtype: the CPU backend in f32, a GPU
+/// backend of this build in any float dtype (`crate::device_attention`).
+pub fn runs_on<B: Backend>(dtype: DType) -> bool {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if crate::device_attention::supported::<B>() {
+        return true;
+    }
+    supported::<B>(dtype)
+}
+
+/// Whether right-padded batches of this backend and dtype take [`multi_head`]: where it runs,
+/// except on the GPU backends with [`DeviceAttention::Probs`].
+pub fn on_spans<B: Backend>(dtype: DType) -> bool {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if crate::device_attention::supported::<B>() {
+        return device_attention() == DeviceAttention::Flash;
+    }
+    supported::<B>(dtype)
+}
+
 /// `softmax(Q_h K_hᵀ / √d) V_h` for every head of the `[batch, seq, hidden]` (or `[1, rows,
 /// hidden]` packed) projections, over `spans`, with dropout `prob` on the probabilities when the
-/// backend records gradients. `None` where [`supported`] is false or the shapes do not match the
+/// backend records gradients. On the GPU backends of a wgpu or CUDA build, the device's
+/// kernels (`crate::device_attention`). `None` where neither runs or the shapes do not match the
 /// spans.
 pub fn multi_head<B: Backend>(
     q: &Tensor<B, 3>,
@@ -121,16 +179,14 @@ pub fn multi_head<B: Backend>(
     heads: usize,
     prob: f64,
 ) -> Option<Tensor<B, 3>> {
-    let [b, t, h] = q.dims();
-    if !supported::<B>(q.dtype())
-        || b * t != spans.rows
-        || heads == 0
-        || h % heads != 0
-        || k.dims() != [b, t, h]
-        || v.dims() != [b, t, h]
-    {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if crate::device_attention::supported::<B>() {
+        return crate::device_attention::multi_head(q, k, v, spans, heads, prob);
+    }
+    if !supported::<B>(q.dtype()) || !spans.fits([q.dims(), k.dims(), v.dims()], heads) {
         return None;
     }
+    let h = q.dims()[2];
     let device = q.device();
     let dropout = (prob > 0.0 && B::ad_enabled(&device)).then(|| Dropout {
         key: fused::dropout_key::<B>(&device),

@@ -29,8 +29,8 @@ pub struct AttentionMask<B: Backend> {
     masked: Tensor<B, 4, Bool>,
     /// `[batch, 1, 1, seq]`, 0 for real keys and f32::MIN for padding, as HF adds it to the scores.
     additive: Tensor<B, 4>,
-    /// The sequences as spans of rows, for the CPU attention kernel (`crate::attention`): on the
-    /// CPU backend, when every row of the mask is right-padded.
+    /// The sequences as spans of rows, for the attention kernels over spans (`crate::attention`,
+    /// `crate::device_attention`), when every row of the mask is right-padded.
     spans: Option<Arc<Spans>>,
     /// Set when the layers run on the real tokens only ([`BertModel::embed_with`]).
     packing: Option<Packing<B>>,
@@ -58,19 +58,23 @@ impl<B: Backend> AttentionMask<B> {
             .expand([b, 1, t, t]);
         let additive =
             (attention_mask.clone().float().neg() + 1.0).reshape([b, 1, 1, t]) * f32::MIN;
-        let spans = crate::attention::supported::<B>(burn::tensor::DType::F32)
-            .then(|| {
-                let host = attention_mask.clone().into_data().convert::<i64>();
-                Spans::padded(&host.to_vec::<i64>().ok()?, b, t)
-            })
-            .flatten()
-            .map(Arc::new);
+        let spans = crate::attention::on_spans::<B>(burn::tensor::DType::F32)
+            .then(|| Self::spans(attention_mask))
+            .flatten();
         AttentionMask {
             masked,
             additive,
             spans,
             packing: None,
         }
+    }
+
+    /// The right-padded mask's sequences (`None` when a row is not right-padded); read on the
+    /// host.
+    fn spans(attention_mask: &Tensor<B, 2, Int>) -> Option<Arc<Spans>> {
+        let [b, t] = attention_mask.dims();
+        let host = attention_mask.clone().into_data().convert::<i64>();
+        Spans::padded(&host.to_vec::<i64>().ok()?, b, t).map(Arc::new)
     }
 
     /// A layer stack's output back in the batch's `[batch, seq, hidden]` layout (zeros at the
@@ -483,8 +487,9 @@ impl<B: Backend> BertModel<B> {
     }
 
     /// [`Self::embed`]; with `padding_free`, the real tokens only, packed into `[1, tokens,
-    /// hidden]` ([`Packing`]) where the CPU attention kernel runs (the CPU backend in f32, a
-    /// right-padded mask); elsewhere the batch as it is. The layers take either; the last one's
+    /// hidden]` ([`Packing`]) where an attention kernel over spans runs (the CPU backend in f32,
+    /// the GPU backends in any dtype: `crate::attention::runs_on`; a right-padded mask);
+    /// elsewhere the batch as it is. The layers take either; the last one's
     /// output goes through [`AttentionMask::unpack`].
     pub fn embed_with(
         &self,
@@ -492,8 +497,12 @@ impl<B: Backend> BertModel<B> {
         padding_free: bool,
     ) -> (Tensor<B, 3>, AttentionMask<B>) {
         let mut mask = AttentionMask::new(&input.attention_mask);
-        let f32 = self.embeddings.word_embeddings.weight.val().dtype() == burn::tensor::DType::F32;
-        if let (true, true, Some(spans)) = (padding_free, f32, mask.spans.clone()) {
+        let dtype = self.embeddings.word_embeddings.weight.val().dtype();
+        let kernel = crate::attention::runs_on::<B>(dtype);
+        if padding_free && kernel && mask.spans.is_none() {
+            mask.spans = AttentionMask::spans(&input.attention_mask);
+        }
+        if let (true, true, Some(spans)) = (padding_free, kernel, mask.spans.clone()) {
             let [b, t] = input.input_ids.dims();
             let device = input.input_ids.device();
             let lengths: Vec<usize> = spans.spans().iter().map(|s| s.keys).collect();

@@ -9,6 +9,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod cpu_math;
 pub mod denormals;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod device_attention;
 pub mod device_autodiff;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod device_kernels;
