@@ -5,12 +5,14 @@
 #     the build without CubeCL's autotuning (`--features cuda`) and with it (`cuda-autotune`),
 #     and the kernels each run compiled (PTX cache entries) or tuned (autotune entries);
 #  2. CUDA vs CPU losses: BERT-mini without dropout, 6 LAMB steps of 32 x 128, f32 and bf16
-#     (the CPU losses come with the carried folder: the CPU is this machine's);
+#     (the CPU losses come with the carried folder: the CPU is this machine's), and f32 with
+#     the flash-style attention kernels (`--device-attention flash`);
 #  3. bench-train at NVIDIA's phase-1 shape (seq 128, micro-batch 64, bf16) for BERT-base and
 #     BERT-large, phase 2 (seq 512, micro-batch 8) for BERT-base, each next to PyTorch (HF
 #     BertForPreTraining, bf16 autocast, sdpa, AdamW on both) and the bf16 matmul rates of
 #     cuBLAS (through PyTorch) and burn, with the GPU memory in use at its peak, and where the
-#     step's time goes (forward+backward, all-reduce, gradient norm, optimizer);
+#     step's time goes (forward+backward, all-reduce, gradient norm, optimizer); BERT-base at
+#     both shapes again with `--device-attention flash` (time and peak memory of both paths);
 #  4. NCCL at world size 1: bench-allreduce of 1 GiB as a host buffer and as a CUDA tensor in
 #     place (the gradient buckets' path, its device address checked both ways), and BERT-base's
 #     step with the gradients all-reduced on the GPU (during / after the backward) against none;
@@ -95,15 +97,16 @@ peer() { # peer NAME LIMIT L H A I BATCH SEQ
     run "$1" "$2" python3 scripts/bench/pretrain_peer.py --layers "$3" --hidden "$4" --heads "$5" \
         --intermediate "$6" --batch "$7" --seq "$8" --threads 16 --device cuda --bf16 --steps 10 --warmup 3 --json
 }
-agree() { # agree PRECISION LIMIT
-    rm -rf "/tmp/run-$1"
-    run "agree-$1" "$2" env BERTKIT_KERNEL_CACHE="$KF" "$F" --kernel-log "$W/kernels-agree-$1.log" \
-        pretrain --config configs/pretrain/cpu-tiny.toml \
+agree() { # agree PRECISION LIMIT [ATTENTION]: --device-attention ATTENTION (default probs)
+    local tag=$1${3:+-$3}
+    rm -rf "/tmp/run-$tag"
+    run "agree-$tag" "$2" env BERTKIT_KERNEL_CACHE="$KF" "$F" --kernel-log "$W/kernels-agree-$tag.log" \
+        --device-attention "${3:-probs}" pretrain --config configs/pretrain/cpu-tiny.toml \
         --device cuda --set "model=\"$PWD/.gpu/mini-nodrop.toml\"" --set "data=\"$PWD/.gpu/data128\"" \
-        --set "out=\"/tmp/run-$1\"" --set "precision=\"$1\"" --set batch.global=32 --set batch.micro=32 \
+        --set "out=\"/tmp/run-$tag\"" --set "precision=\"$1\"" --set batch.global=32 --set batch.micro=32 \
         --set schedule.steps=6 --set log.every=1 --set eval.every=0 --set checkpoint.every=0 \
         --set log.report_to=jsonl
-    cp "/tmp/run-$1/metrics.jsonl" "$W/losses-cuda-$1.jsonl" 2>/dev/null
+    cp "/tmp/run-$tag/metrics.jsonl" "$W/losses-cuda-$tag.jsonl" 2>/dev/null
 }
 
 # A cache brought back by an earlier session (its $OUT/kernel-cache.tgz, carried as
@@ -116,8 +119,12 @@ fi
 bench "$F" "$KF" mini-fixed-cold 120 bert-mini 64 128 --steps 5 --warmup 3
 agree fp32 75
 agree bf16 60
+agree fp32 50 flash
 bench "$F" "$KF" base-fixed 150 bert-base 64 128 --steps 10 --warmup 3 --matmul 8192
 peer peer-base 90 12 768 12 3072 64 128
+# The flash-style attention kernels (model/src/device_attention.rs) instead of burn's products
+# around the probabilities' kernel: time and peak memory, to choose --device-attention's default.
+bench "$F" "$KF" base-flash 60 bert-base 64 128 --steps 10 --warmup 3 --device-attention flash
 # Where BERT-base's step goes, kernel by kernel (CubeCL's profiler runs each kernel on its own:
 # its step time is not the real one), with how many kernels a step launches; and burn-fusion's
 # decisions (BURN_FUSION_LOG=full, in base-profiled.err): whether CUDA, like lavapipe, runs the
@@ -146,6 +153,7 @@ bench "$F" "$KF" large-fixed 120 bert-large 64 128 --steps 10 --warmup 3
 peer peer-large 75 24 1024 16 4096 64 128
 bench "$F" "$KF" base512-fixed 90 bert-base 8 512 --steps 10 --warmup 3
 peer peer-base512 60 12 768 12 3072 8 512
+bench "$F" "$KF" base512-flash 60 bert-base 8 512 --steps 10 --warmup 3 --device-attention flash
 tar czf "$OUT/kernel-cache.tgz" -C /tmp kc-fixed kc-autotune 2>/dev/null
 kill $SAMPLER 2>/dev/null
 
@@ -208,10 +216,11 @@ for name, r in runs.items():
     else:
         text = open(f"{w}/{name}.out").read().strip() or open(f"{w}/{name}.err").read()
         print(f"{name:22s} {r['rc']:3d} {wall:7.1f}  " + " ".join(text.split()[-40:]))
-for m, n in [("base", "base-fixed"), ("large", "large-fixed"), ("base512", "base512-fixed")]:
+for m, n in [("base", "base-fixed"), ("base", "base-flash"), ("large", "large-fixed"),
+             ("base512", "base512-fixed"), ("base512", "base512-flash")]:
     b, p = rows.get(n), rows.get(f"peer-{m}")
     if b and p:
-        print(f"{m}: bertkit {b['seq_per_s']:.1f} seq/s, PyTorch {p['seq_per_s']:.1f} seq/s, ratio {b['seq_per_s']/p['seq_per_s']:.3f}")
+        print(f"{n}: bertkit {b['seq_per_s']:.1f} seq/s, PyTorch {p['seq_per_s']:.1f} seq/s, ratio {b['seq_per_s']/p['seq_per_s']:.3f}")
 def losses(path):
     try:
         return {r["step"]: r for r in map(json.loads, open(path)) if r.get("split") == "train"}
@@ -219,10 +228,12 @@ def losses(path):
         return {}
 cpu = losses(".gpu/losses-cpu-f32.jsonl")
 f32, bf = losses(f"{w}/losses-cuda-fp32.jsonl"), losses(f"{w}/losses-cuda-bf16.jsonl")
-print("\nstep  cpu f32     cuda f32    cuda bf16   rel f32     rel bf16")
+fl = losses(f"{w}/losses-cuda-fp32-flash.jsonl")
+print("\nstep  cpu f32     cuda f32    cuda bf16   f32 flash   rel f32     rel bf16    rel f32 flash")
 for s in sorted(cpu):
-    c = cpu[s]["loss"]; g = f32.get(s, {}).get("loss", float("nan")); h = bf.get(s, {}).get("loss", float("nan"))
-    print(f"{s:4d}  {c:.6f}  {g:.6f}  {h:.6f}  {abs(g-c)/c:.2e}    {abs(h-c)/c:.2e}")
+    c = cpu[s]["loss"]
+    g, h, x = (d.get(s, {}).get("loss", float("nan")) for d in (f32, bf, fl))
+    print(f"{s:4d}  {c:.6f}  {g:.6f}  {h:.6f}  {x:.6f}  {abs(g-c)/c:.2e}    {abs(h-c)/c:.2e}    {abs(x-c)/c:.2e}")
 base = losses(f"{w}/losses-base-50.jsonl")
 if base:
     print("\nBERT-base bf16, 64 x 128, real shards: step: loss (seq/s)")
