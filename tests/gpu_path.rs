@@ -217,7 +217,8 @@ fn pretraining_with_flash_attention_on_wgpu_follows_the_cpu() {
 }
 
 /// bf16 (which WGSL lacks) is refused before training with the precisions that work, instead
-/// of a panic in CubeCL's shader compiler; fp16 trains, with the loss of f32 to 1e-3.
+/// of a panic in CubeCL's shader compiler; fp16 trains, with the loss of f32 to 1e-3, with either
+/// attention (`--device-attention`: the flash kernels read and write f16, accumulate in f32).
 #[test]
 fn wgpu_refuses_bf16_by_name_and_trains_in_fp16() {
     let dir = tempfile::tempdir().unwrap();
@@ -244,6 +245,16 @@ fn wgpu_refuses_bf16_by_name_and_trains_in_fp16() {
         "fp16 loss",
         &series(&f32_run, "train", "loss"),
         &series(&fp16_run, "train", "loss"),
+        1e-3,
+    );
+    let flash_run = dir.path().join("fp16-flash");
+    let mut args = pretrain("wgpu", &flash_run, None, &["precision=\"fp16\""]);
+    args.extend(["--device-attention".into(), "flash".into()]);
+    run_ok(bertkit().args(args));
+    assert_close(
+        "fp16 loss with the flash kernels",
+        &series(&f32_run, "train", "loss"),
+        &series(&flash_run, "train", "loss"),
         1e-3,
     );
 }

@@ -22,6 +22,13 @@
 //! the forward and backward passes are one node of burn's autodiff. Everything accumulates in
 //! f32 whatever the projections' dtype (f32, bf16, f16). Heads of any width up to
 //! [`MAX_HEAD_DIM`]; the kernels are compiled per head width.
+//!
+//! Used for right-padded batches with `bertkit --device-attention flash` (the default, `probs`,
+//! is `crate::device_autodiff`'s attention until a GPU has timed both), and always for
+//! padding-free batches. The spans come from the attention mask read on the host once per
+//! forward pass (one device synchronization; the step reads its losses and gradient norm
+//! anyway). The kernels use the CUDA cores (f32 FMAs fed from shared memory), not the tensor
+//! cores.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
