@@ -21,6 +21,10 @@ pub struct BertInput<B: Backend> {
     pub token_type_ids: Tensor<B, 2, Int>,
     /// 1 for real tokens, 0 for padding.
     pub attention_mask: Tensor<B, 2, Int>,
+    /// The mask's sequences when the host knows them (a right-padded mask): the attention
+    /// kernels over spans then need not read the mask back from the device. `None`: read it
+    /// when needed.
+    pub spans: Option<Arc<Spans>>,
 }
 
 /// The attention mask in the two forms the attention paths use, built once per forward.
@@ -50,6 +54,12 @@ pub struct Packing<B: Backend> {
 
 impl<B: Backend> AttentionMask<B> {
     pub fn new(attention_mask: &Tensor<B, 2, Int>) -> Self {
+        Self::with_spans(attention_mask, None)
+    }
+
+    /// [`Self::new`] with the mask's sequences when the host knows them
+    /// ([`BertInput::spans`]); without them they are read from the mask where needed.
+    pub fn with_spans(attention_mask: &Tensor<B, 2, Int>, known: Option<Arc<Spans>>) -> Self {
         let [b, t] = attention_mask.dims();
         let masked = attention_mask
             .clone()
@@ -59,7 +69,7 @@ impl<B: Backend> AttentionMask<B> {
         let additive =
             (attention_mask.clone().float().neg() + 1.0).reshape([b, 1, 1, t]) * f32::MIN;
         let spans = crate::attention::on_spans::<B>(burn::tensor::DType::F32)
-            .then(|| Self::spans(attention_mask))
+            .then(|| known.or_else(|| Self::spans(attention_mask)))
             .flatten();
         AttentionMask {
             masked,
@@ -496,11 +506,12 @@ impl<B: Backend> BertModel<B> {
         input: &BertInput<B>,
         padding_free: bool,
     ) -> (Tensor<B, 3>, AttentionMask<B>) {
-        let mut mask = AttentionMask::new(&input.attention_mask);
+        let mut mask = AttentionMask::with_spans(&input.attention_mask, input.spans.clone());
         let dtype = self.embeddings.word_embeddings.weight.val().dtype();
         let kernel = crate::attention::runs_on::<B>(dtype);
         if padding_free && kernel && mask.spans.is_none() {
-            mask.spans = AttentionMask::spans(&input.attention_mask);
+            mask.spans =
+                (input.spans.clone()).or_else(|| AttentionMask::spans(&input.attention_mask));
         }
         if let (true, true, Some(spans)) = (padding_free, kernel, mask.spans.clone()) {
             let [b, t] = input.input_ids.dims();

@@ -120,10 +120,12 @@ impl Batch {
         let t = |v: &Vec<i64>| {
             Tensor::<B, 2, Int>::from_data(TensorData::new(v.clone(), shape), device)
         };
+        let spans = crate::attention::Spans::padded(&self.attention_mask, shape[0], shape[1]);
         BertInput {
             input_ids: t(&self.input_ids),
             token_type_ids: t(&self.token_type_ids),
             attention_mask: t(&self.attention_mask),
+            spans: spans.map(Arc::new),
         }
     }
 }

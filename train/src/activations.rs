@@ -433,6 +433,7 @@ mod tests {
             input_ids: Tensor::zeros([1, 4], &device),
             attention_mask: Tensor::ones([1, 4], &device),
             token_type_ids: Tensor::zeros([1, 4], &device),
+            spans: None,
         };
         let (_, mask) = model.bert.embed_with(&input, false);
         let out = layer.forward(x, &mask);
