@@ -146,13 +146,15 @@ pub fn device_attention() -> DeviceAttention {
     }
 }
 
-/// Whether [`multi_head`] can run for this backend and dtype: the CPU backend in f32, a GPU
-/// backend of this build in any float dtype (`crate::device_attention`).
-pub fn runs_on<B: Backend>(dtype: DType) -> bool {
+/// Whether [`multi_head`] can run for this backend, dtype and head width: the CPU backend in
+/// f32, a GPU backend of this build in any float dtype with heads of at most
+/// `device_attention::MAX_HEAD_DIM`.
+pub fn runs_on<B: Backend>(dtype: DType, head_dim: usize) -> bool {
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     if crate::device_attention::supported::<B>() {
-        return true;
+        return head_dim <= crate::device_attention::MAX_HEAD_DIM;
     }
+    let _ = head_dim;
     supported::<B>(dtype)
 }
 

@@ -507,8 +507,14 @@ impl<B: Backend> BertModel<B> {
         padding_free: bool,
     ) -> (Tensor<B, 3>, AttentionMask<B>) {
         let mut mask = AttentionMask::with_spans(&input.attention_mask, input.spans.clone());
-        let dtype = self.embeddings.word_embeddings.weight.val().dtype();
-        let kernel = crate::attention::runs_on::<B>(dtype);
+        let words = self.embeddings.word_embeddings.weight.val();
+        let heads = self
+            .encoder
+            .layer
+            .first()
+            .map_or(1, |l| l.attention.self_.num_heads);
+        let head_dim = words.dims()[1] / heads.max(1);
+        let kernel = crate::attention::runs_on::<B>(words.dtype(), head_dim);
         if padding_free && kernel && mask.spans.is_none() {
             mask.spans =
                 (input.spans.clone()).or_else(|| AttentionMask::spans(&input.attention_mask));
