@@ -695,3 +695,28 @@ fn rows_mask(
     }
     burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(m, [b, s, 1]), dev)
 }
+
+/// The optimizer's flat buffers on wgpu: `fused::concat_padded` of 37 parts of different sizes
+/// (three launches of at most 16 parts), one of them a view into a larger tensor, followed by
+/// zeros, equals burn's `cat`; also with no zeros after the parts.
+#[test]
+fn concatenation_kernel_on_wgpu_equals_burn_cat() {
+    use bertkit_model::backend::Wgpu;
+    use bertkit_model::fused::concat_padded;
+    use burn::tensor::{Distribution, Tensor};
+    let dev = Default::default();
+    let mut parts: Vec<Tensor<Wgpu, 1>> = (0..36)
+        .map(|i| Tensor::random([1 + (i * 37) % 300], Distribution::Normal(0.0, 1.0), &dev))
+        .collect();
+    let big = Tensor::<Wgpu, 1>::random([100], Distribution::Normal(0.0, 1.0), &dev);
+    parts.insert(20, big.narrow(0, 30, 25));
+    let used: usize = parts.iter().map(|t| t.dims()[0]).sum();
+    let values = |t: Tensor<Wgpu, 1>| t.into_data().to_vec::<f32>().unwrap();
+    let theirs = values(Tensor::cat(parts.clone(), 0));
+    for len in [used, used + 50] {
+        let ours = values(concat_padded(parts.clone(), len));
+        let mut expected = theirs.clone();
+        expected.resize(len, 0.0);
+        assert_eq!(ours, expected, "{len} elements");
+    }
+}

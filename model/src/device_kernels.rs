@@ -7,6 +7,11 @@
 //! [`attention_probs`] is one kernel: per row of scores, `x = s·scale + mask`, its maximum and
 //! sum of exponentials (shared-memory reductions over one cube), then `p = exp(x - max) / sum`
 //! and, with dropout, `p·keep`, written in one pass.
+//!
+//! **Flat buffers.** burn's `cat` writes each part with a launch of its own (a slice
+//! assignment), so gathering a step's gradients and parameters into the optimizer's flat
+//! buffers took two launches per parameter tensor. [`concat`] writes up to
+//! [`PARTS_PER_LAUNCH`] parts per launch, and the zeros after them.
 
 use std::marker::PhantomData;
 
@@ -20,10 +25,17 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
-use cubecl::prelude::{CubeCount, CubeDim};
+use cubecl::prelude::{CubeCount, CubeDim, SequenceArg};
 
 /// Units (threads) of the cube that reduces one row.
 const UNITS: u32 = 64;
+
+/// Parts of a concatenation per launch: they, the output and two metadata buffers stay under
+/// the 31 storage bindings per kernel that lavapipe allows (CUDA allows 1,024).
+pub(crate) const PARTS_PER_LAUNCH: usize = 16;
+
+/// Units per cube of the concatenation kernel.
+const CONCAT_UNITS: u32 = 256;
 
 mod kernel {
     use cubecl::prelude::*;
@@ -57,6 +69,37 @@ mod kernel {
         let total = shared[0];
         sync_cube();
         total
+    }
+
+    /// Elements `first .. first + count` of `out`: part `p`'s element `i - starts[p]` where
+    /// `starts[p] <= i < starts[p] + lens[p]`, zero where no part is.
+    #[cube(launch)]
+    pub(super) fn concat_kernel<F: Float>(
+        parts: &Sequence<Tensor<F>>,
+        starts: &Sequence<u32>,
+        lens: &Sequence<u32>,
+        out: &mut Tensor<F>,
+        first: u32,
+        count: u32,
+        #[define(F)] _dtype: StorageType,
+    ) {
+        let pos = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize * CUBE_DIM_X as usize
+            + UNIT_POS_X as usize;
+        if pos >= count as usize {
+            terminate!();
+        }
+        let i = first as usize + pos;
+        let n = comptime![parts.len()];
+        let mut value = F::new(0.0);
+        #[unroll]
+        for p in 0..n {
+            let start = *starts.index(p) as usize;
+            let len = *lens.index(p) as usize;
+            if i >= start && i < start + len {
+                value = parts.index(p)[i - start];
+            }
+        }
+        out[i] = value;
     }
 
     #[cube(launch)]
@@ -274,4 +317,134 @@ fn on_runtime<B: Backend, R: CubeRuntime, BT: BoolElement>(
     let probs = float(probs);
     let dropped = dropped.map(float).unwrap_or_else(|| probs.clone());
     (probs, dropped)
+}
+
+/// `parts` (1-D) one after the other, then zeros up to `len` elements.
+fn concat_on_cube<R: CubeRuntime>(parts: Vec<CubeTensor<R>>, len: usize) -> CubeTensor<R> {
+    let parts: Vec<CubeTensor<R>> = parts.into_iter().map(into_contiguous).collect();
+    let (client, device, dtype) = (
+        parts[0].client.clone(),
+        parts[0].device.clone(),
+        parts[0].dtype,
+    );
+    let out = empty_device_dtype::<R>(client.clone(), device, Shape::new([len]), dtype);
+    let max_x = (client.properties().hardware.max_cube_count.0 as usize).max(1);
+    let groups = parts.len().div_ceil(PARTS_PER_LAUNCH);
+    let mut at = 0;
+    for (g, group) in parts.chunks(PARTS_PER_LAUNCH).enumerate() {
+        let first = at;
+        let (mut tensors, mut starts, mut lens) =
+            (SequenceArg::new(), SequenceArg::new(), SequenceArg::new());
+        for t in group {
+            let n = t.shape().num_elements();
+            tensors.push(t.clone().into_tensor_arg());
+            starts.push(at as u32);
+            lens.push(n as u32);
+            at += n;
+        }
+        // The last launch also writes the zeros after the parts.
+        let end = if g + 1 == groups { len.max(at) } else { at };
+        let count = end - first;
+        if count == 0 {
+            continue;
+        }
+        let cubes = count.div_ceil(CONCAT_UNITS as usize);
+        let x = cubes.min(max_x);
+        kernel::concat_kernel::launch::<R>(
+            &client,
+            CubeCount::Static(x as u32, cubes.div_ceil(x) as u32, 1),
+            CubeDim::new_1d(CONCAT_UNITS),
+            tensors,
+            starts,
+            lens,
+            out.clone().into_tensor_arg(),
+            first as u32,
+            count as u32,
+            dtype.into(),
+        );
+    }
+    out
+}
+
+/// [`concat_on_cube`] as a custom operation of burn-fusion's stream.
+#[derive(Debug, Clone)]
+struct ConcatOp<B> {
+    desc: CustomOpIr,
+    len: usize,
+    _backend: PhantomData<B>,
+}
+
+impl<R: CubeRuntime, BT: BoolElement> Operation<burn_cubecl::fusion::FusionCubeRuntime<R>>
+    for ConcatOp<CubeBackend<R, f32, i32, BT>>
+{
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<
+            <burn_cubecl::fusion::FusionCubeRuntime<R> as FusionRuntime>::FusionHandle,
+        >,
+    ) {
+        type B<R, BT> = CubeBackend<R, f32, i32, BT>;
+        let parts = (self.desc.inputs.iter())
+            .map(|t| handles.get_float_tensor::<B<R, BT>>(t))
+            .collect();
+        let out = concat_on_cube(parts, self.len);
+        handles.register_float_tensor::<B<R, BT>>(&self.desc.outputs[0].id, out);
+    }
+}
+
+/// `parts` concatenated and followed by zeros up to `len` elements, in one launch per
+/// [`PARTS_PER_LAUNCH`] parts when `B` is burn's wgpu or CUDA backend of this build (without
+/// autodiff) and the parts share one dtype; the parts back otherwise.
+pub(crate) fn concat<B: Backend>(
+    parts: Vec<Tensor<B, 1>>,
+    len: usize,
+) -> Result<Tensor<B, 1>, Vec<Tensor<B, 1>>> {
+    let Some(dtype) = parts.first().map(|t| t.dtype()) else {
+        return Err(parts);
+    };
+    if parts.iter().any(|t| t.dtype() != dtype) {
+        return Err(parts);
+    }
+    #[cfg(feature = "wgpu")]
+    if crate::fused::is_type::<FloatTensor<B>, FloatTensor<crate::backend::Wgpu>>() {
+        return Ok(concat_on_runtime::<B, cubecl::wgpu::WgpuRuntime, u32>(
+            parts, len,
+        ));
+    }
+    #[cfg(feature = "cuda")]
+    if crate::fused::is_type::<FloatTensor<B>, FloatTensor<crate::backend::Cuda>>() {
+        return Ok(concat_on_runtime::<B, cubecl::cuda::CudaRuntime, u8>(
+            parts, len,
+        ));
+    }
+    Err(parts)
+}
+
+/// [`concat`] for `B`, which is `Fusion<CubeBackend<R, f32, i32, BT>>`.
+fn concat_on_runtime<B: Backend, R: CubeRuntime, BT: BoolElement>(
+    parts: Vec<Tensor<B, 1>>,
+    len: usize,
+) -> Tensor<B, 1> {
+    use crate::fused::same_type;
+    let parts: Vec<Fused<R>> = parts
+        .into_iter()
+        .map(|t| same_type(t.into_primitive().tensor()))
+        .collect();
+    let client = parts[0].client.clone();
+    let dtype = parts[0].dtype;
+    let streams = OperationStreams::with_inputs(parts.iter());
+    let inputs: Vec<TensorIr> = parts.into_iter().map(|t| t.into_ir()).collect();
+    let output = TensorIr::uninit(client.create_empty_handle(), Shape::new([len]), dtype);
+    let desc = CustomOpIr::new("bertkit_concat", &inputs, &[output]);
+    let op = ConcatOp::<CubeBackend<R, f32, i32, BT>> {
+        desc: desc.clone(),
+        len,
+        _backend: PhantomData,
+    };
+    let out = client
+        .register(streams, OperationIr::Custom(desc), op)
+        .into_iter()
+        .next()
+        .expect("the operation declares its output");
+    Tensor::from_primitive(TensorPrimitive::Float(same_type::<_, FloatTensor<B>>(out)))
 }

@@ -180,6 +180,31 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, prob: f64) -> Tensor
     x * Tensor::<B, D>::from_data(TensorData::new(mask, shape), &device)
 }
 
+/// `parts` (1-D, one dtype) one after the other, then zeros up to `len` elements: on the GPU
+/// backends one kernel launch per 16 parts (`crate::device_kernels`), elsewhere burn's `cat`
+/// (one slice assignment per part).
+pub fn concat_padded<B: Backend>(parts: Vec<Tensor<B, 1>>, len: usize) -> Tensor<B, 1> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    let parts = match crate::device_kernels::concat(parts, len) {
+        Ok(t) => return t,
+        Err(parts) => parts,
+    };
+    let used: usize = parts.iter().map(|t| t.dims()[0]).sum();
+    let mut parts = parts;
+    if len > used {
+        if let Some(first) = parts.first() {
+            let zeros = Tensor::<B, 1>::zeros([len - used], &first.device());
+            let zeros = if zeros.dtype() == first.dtype() {
+                zeros
+            } else {
+                zeros.cast(first.dtype())
+            };
+            parts.push(zeros);
+        }
+    }
+    Tensor::cat(parts, 0)
+}
+
 /// A dropout mask's key: two uniform draws of the backend's seeded generator (24 random bits
 /// each).
 pub(crate) fn dropout_key<B: Backend>(device: &B::Device) -> u64 {
