@@ -54,12 +54,14 @@ pub struct Packing<B: Backend> {
 
 impl<B: Backend> AttentionMask<B> {
     pub fn new(attention_mask: &Tensor<B, 2, Int>) -> Self {
-        Self::with_spans(attention_mask, None)
+        let spans = crate::attention::on_spans::<B>(burn::tensor::DType::F32)
+            .then(|| Self::spans(attention_mask))
+            .flatten();
+        Self::with_spans(attention_mask, spans)
     }
 
-    /// [`Self::new`] with the mask's sequences when the host knows them
-    /// ([`BertInput::spans`]); without them they are read from the mask where needed.
-    pub fn with_spans(attention_mask: &Tensor<B, 2, Int>, known: Option<Arc<Spans>>) -> Self {
+    /// The mask's two tensor forms, with these sequences for the attention kernels over spans.
+    fn with_spans(attention_mask: &Tensor<B, 2, Int>, spans: Option<Arc<Spans>>) -> Self {
         let [b, t] = attention_mask.dims();
         let masked = attention_mask
             .clone()
@@ -68,9 +70,6 @@ impl<B: Backend> AttentionMask<B> {
             .expand([b, 1, t, t]);
         let additive =
             (attention_mask.clone().float().neg() + 1.0).reshape([b, 1, 1, t]) * f32::MIN;
-        let spans = crate::attention::on_spans::<B>(burn::tensor::DType::F32)
-            .then(|| known.or_else(|| Self::spans(attention_mask)))
-            .flatten();
         AttentionMask {
             masked,
             additive,
@@ -506,7 +505,6 @@ impl<B: Backend> BertModel<B> {
         input: &BertInput<B>,
         padding_free: bool,
     ) -> (Tensor<B, 3>, AttentionMask<B>) {
-        let mut mask = AttentionMask::with_spans(&input.attention_mask, input.spans.clone());
         let words = self.embeddings.word_embeddings.weight.val();
         let heads = self
             .encoder
@@ -515,10 +513,12 @@ impl<B: Backend> BertModel<B> {
             .map_or(1, |l| l.attention.self_.num_heads);
         let head_dim = words.dims()[1] / heads.max(1);
         let kernel = crate::attention::runs_on::<B>(words.dtype(), head_dim);
-        if padding_free && kernel && mask.spans.is_none() {
-            mask.spans =
-                (input.spans.clone()).or_else(|| AttentionMask::spans(&input.attention_mask));
-        }
+        // The sequences, from the host when the batch brought them, else read from the mask.
+        let spans = ((padding_free && kernel)
+            || crate::attention::on_spans::<B>(burn::tensor::DType::F32))
+        .then(|| (input.spans.clone()).or_else(|| AttentionMask::spans(&input.attention_mask)))
+        .flatten();
+        let mut mask = AttentionMask::with_spans(&input.attention_mask, spans);
         if let (true, true, Some(spans)) = (padding_free, kernel, mask.spans.clone()) {
             let [b, t] = input.input_ids.dims();
             let device = input.input_ids.device();

@@ -45,12 +45,13 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime};
-use burn_fusion::stream::{Operation, OperationStreams};
-use burn_fusion::{FusionRuntime, FusionTensor};
-use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+use burn_fusion::stream::Operation;
+use burn_fusion::FusionRuntime;
+use burn_ir::{CustomOpIr, HandleContainer};
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use crate::attention::Spans;
+use crate::device_kernels::{register_custom, Fused, FusionRt};
 use crate::fused::{is_type, same_type};
 
 /// Rows (units) per cube: a block of one sequence's queries (forward, step 2) or keys (step 3).
@@ -719,8 +720,6 @@ fn backward_on_cube<R: CubeRuntime>(
     [dq, dk, dv]
 }
 
-type FusionRt<R> = burn_cubecl::fusion::FusionCubeRuntime<R>;
-type Fused<R> = FusionTensor<FusionRt<R>>;
 type Inner<R, BT> = CubeBackend<R, f32, i32, BT>;
 
 /// The forward (`backward: false`) or backward kernels as a custom operation of burn-fusion's
@@ -774,26 +773,18 @@ fn register<R: CubeRuntime, BT: BoolElement>(
     geo: &Arc<Geometry>,
     backward: bool,
 ) -> Vec<Fused<R>> {
-    let client = inputs[0].client.clone();
-    let streams = OperationStreams::with_inputs(inputs.iter());
-    let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
-    let outputs: Vec<TensorIr> = outputs
-        .iter()
-        .map(|(shape, dtype)| TensorIr::uninit(client.create_empty_handle(), shape.clone(), *dtype))
-        .collect();
     let name = if backward {
         "bertkit_flash_attention_backward"
     } else {
         "bertkit_flash_attention"
     };
-    let desc = CustomOpIr::new(name, &inputs, &outputs);
-    let op = FlashOp::<R, BT> {
-        desc: desc.clone(),
+    let op = |desc| FlashOp::<R, BT> {
+        desc,
         geo: geo.clone(),
         backward,
         _backend: PhantomData,
     };
-    client.register(streams, OperationIr::Custom(desc), op)
+    register_custom(name, inputs, outputs, op)
 }
 
 /// The context and `lse`.

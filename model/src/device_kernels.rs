@@ -17,7 +17,7 @@ use std::marker::PhantomData;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Shape, Tensor, TensorMetadata, TensorPrimitive};
+use burn::tensor::{DType, Shape, Tensor, TensorMetadata, TensorPrimitive};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -213,15 +213,10 @@ struct ProbsOp<B> {
     _backend: PhantomData<B>,
 }
 
-impl<R: CubeRuntime, BT: BoolElement> Operation<burn_cubecl::fusion::FusionCubeRuntime<R>>
+impl<R: CubeRuntime, BT: BoolElement> Operation<FusionRt<R>>
     for ProbsOp<CubeBackend<R, f32, i32, BT>>
 {
-    fn execute(
-        &self,
-        handles: &mut HandleContainer<
-            <burn_cubecl::fusion::FusionCubeRuntime<R> as FusionRuntime>::FusionHandle,
-        >,
-    ) {
+    fn execute(&self, handles: &mut HandleContainer<<FusionRt<R> as FusionRuntime>::FusionHandle>) {
         type B<R, BT> = CubeBackend<R, f32, i32, BT>;
         let inputs = &self.desc.inputs;
         let scores = handles.get_float_tensor::<B<R, BT>>(&inputs[0]);
@@ -238,7 +233,27 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<burn_cubecl::fusion::FusionCubeR
     }
 }
 
-type Fused<R> = FusionTensor<burn_cubecl::fusion::FusionCubeRuntime<R>>;
+pub(crate) type FusionRt<R> = burn_cubecl::fusion::FusionCubeRuntime<R>;
+pub(crate) type Fused<R> = FusionTensor<FusionRt<R>>;
+
+/// Registers a custom operation named `name` on the streams of `inputs`, with outputs of these
+/// shapes and dtypes; `op` makes the operation from its description. Returns the outputs.
+pub(crate) fn register_custom<R: CubeRuntime, O: Operation<FusionRt<R>> + 'static>(
+    name: &'static str,
+    inputs: Vec<Fused<R>>,
+    outputs: &[(Shape, DType)],
+    op: impl FnOnce(CustomOpIr) -> O,
+) -> Vec<Fused<R>> {
+    let client = inputs[0].client.clone();
+    let streams = OperationStreams::with_inputs(inputs.iter());
+    let inputs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
+    let outputs: Vec<TensorIr> = outputs
+        .iter()
+        .map(|(shape, dtype)| TensorIr::uninit(client.create_empty_handle(), shape.clone(), *dtype))
+        .collect();
+    let desc = CustomOpIr::new(name, &inputs, &outputs);
+    client.register(streams, OperationIr::Custom(desc.clone()), op(desc))
+}
 
 /// The probabilities and, with `keep`, the probabilities after dropout, on a fusion backend
 /// over `CubeBackend<R, f32, i32, BT>`.
@@ -248,28 +263,16 @@ fn probs_on_fusion<R: CubeRuntime, BT: BoolElement>(
     keep: Option<Fused<R>>,
     scale: f32,
 ) -> (Fused<R>, Option<Fused<R>>) {
-    let client = scores.client.clone();
-    let (shape, dtype): (Shape, _) = (scores.shape.clone(), scores.dtype);
-    let mut streams_of = vec![&scores, &mask];
-    if let Some(k) = &keep {
-        streams_of.push(k);
-    }
-    let streams = OperationStreams::with_inputs(streams_of);
-    let with_keep = keep.is_some();
-    let mut inputs = vec![scores.into_ir(), mask.into_ir()];
-    inputs.extend(keep.map(|k| k.into_ir()));
-    let outputs: Vec<TensorIr> = (0..1 + with_keep as usize)
-        .map(|_| TensorIr::uninit(client.create_empty_handle(), shape.clone(), dtype))
-        .collect();
-    let desc = CustomOpIr::new("bertkit_attention_probs", &inputs, &outputs);
-    let op = ProbsOp::<CubeBackend<R, f32, i32, BT>> {
-        desc: desc.clone(),
+    let output = (scores.shape.clone(), scores.dtype);
+    let outputs = vec![output; 1 + keep.is_some() as usize];
+    let mut inputs = vec![scores, mask];
+    inputs.extend(keep);
+    let op = |desc| ProbsOp::<CubeBackend<R, f32, i32, BT>> {
+        desc,
         scale,
         _backend: PhantomData,
     };
-    let mut out = client
-        .register(streams, OperationIr::Custom(desc), op)
-        .into_iter();
+    let mut out = register_custom("bertkit_attention_probs", inputs, &outputs, op).into_iter();
     let probs = out.next().expect("the operation declares its outputs");
     (probs, out.next())
 }
@@ -374,15 +377,10 @@ struct ConcatOp<B> {
     _backend: PhantomData<B>,
 }
 
-impl<R: CubeRuntime, BT: BoolElement> Operation<burn_cubecl::fusion::FusionCubeRuntime<R>>
+impl<R: CubeRuntime, BT: BoolElement> Operation<FusionRt<R>>
     for ConcatOp<CubeBackend<R, f32, i32, BT>>
 {
-    fn execute(
-        &self,
-        handles: &mut HandleContainer<
-            <burn_cubecl::fusion::FusionCubeRuntime<R> as FusionRuntime>::FusionHandle,
-        >,
-    ) {
+    fn execute(&self, handles: &mut HandleContainer<<FusionRt<R> as FusionRuntime>::FusionHandle>) {
         type B<R, BT> = CubeBackend<R, f32, i32, BT>;
         let parts = (self.desc.inputs.iter())
             .map(|t| handles.get_float_tensor::<B<R, BT>>(t))
@@ -430,19 +428,13 @@ fn concat_on_runtime<B: Backend, R: CubeRuntime, BT: BoolElement>(
         .into_iter()
         .map(|t| same_type(t.into_primitive().tensor()))
         .collect();
-    let client = parts[0].client.clone();
-    let dtype = parts[0].dtype;
-    let streams = OperationStreams::with_inputs(parts.iter());
-    let inputs: Vec<TensorIr> = parts.into_iter().map(|t| t.into_ir()).collect();
-    let output = TensorIr::uninit(client.create_empty_handle(), Shape::new([len]), dtype);
-    let desc = CustomOpIr::new("bertkit_concat", &inputs, &[output]);
-    let op = ConcatOp::<CubeBackend<R, f32, i32, BT>> {
-        desc: desc.clone(),
+    let output = (Shape::new([len]), parts[0].dtype);
+    let op = |desc| ConcatOp::<CubeBackend<R, f32, i32, BT>> {
+        desc,
         len,
         _backend: PhantomData,
     };
-    let out = client
-        .register(streams, OperationIr::Custom(desc), op)
+    let out = register_custom("bertkit_concat", parts, &[output], op)
         .into_iter()
         .next()
         .expect("the operation declares its output");
