@@ -256,7 +256,7 @@ pub fn distill_loss<B: AutodiffBackend>(
             Some(terms) => loss + terms,
             None => loss,
         },
-        stats: zero(),
+        stats: vec![zero()],
     }
 }
 

@@ -180,6 +180,13 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, prob: f64) -> Tensor
     x * Tensor::<B, D>::from_data(TensorData::new(mask, shape), &device)
 }
 
+/// `parts` (1-D, one dtype, at least one) one after the other: on the GPU backends one kernel
+/// launch per 16 parts, elsewhere burn's `cat` ([`concat_padded`] without padding).
+pub fn concat<B: Backend>(parts: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
+    let len = parts.iter().map(|t| t.dims()[0]).sum();
+    concat_padded(parts, len)
+}
+
 /// `parts` (1-D, one dtype) one after the other, then zeros up to `len` elements: on the GPU
 /// backends one kernel launch per 16 parts (`crate::device_kernels`), elsewhere burn's `cat`
 /// (one slice assignment per part).

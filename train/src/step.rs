@@ -163,10 +163,12 @@ pub struct StepSettings {
 
 /// One micro-batch's contribution: the loss to differentiate (already divided by the step's
 /// denominators, so the micro-batch losses add up to the step's loss) and statistics the
-/// objective sums over the step (detached; any length, the same for every micro-batch).
+/// objective sums over the step (detached; 1-D parts of any length, the same parts for every
+/// micro-batch). The parts are summed over the micro-batches one by one and joined once per step,
+/// so a micro-batch adds no concatenation to the device's work.
 pub struct MicroLoss<B: Backend> {
     pub loss: Tensor<B, 1>,
-    pub stats: Tensor<B, 1>,
+    pub stats: Vec<Tensor<B, 1>>,
 }
 
 pub struct StepOutput {
@@ -403,7 +405,7 @@ where
 type Forward<AD> = (Bert<AD>, Tensor<AD, 1>, Option<ByLayer<AD>>);
 
 /// Forward pass of micro-batch `i` (its dropout seeded), then `backward`; returns its
-/// `[loss, stats...]` (detached, f32). It encodes with [`ByLayer`] (leaf parameters in the step's
+/// `[loss, stats...]` parts (detached, f32). It encodes with [`ByLayer`] (leaf parameters in the step's
 /// precision) with `checkpoint_activations` or when `backward` asks for it by `by_layer`,
 /// else with [`Seeded`] (parameters cast inside the graph).
 #[allow(clippy::too_many_arguments)]
@@ -417,7 +419,7 @@ fn micro_batch<AD, F>(
     micro_loss: &mut F,
     by_layer: bool,
     backward: impl FnOnce(Forward<AD>),
-) -> Tensor<AD::InnerBackend, 1>
+) -> Vec<Tensor<AD::InnerBackend, 1>>
 where
     AD: AutodiffBackend,
     F: FnMut(&Bert<AD>, &mut dyn Encode<AD>, usize) -> MicroLoss<AD>,
@@ -464,8 +466,11 @@ where
         backward((compute, scaled(micro.loss.clone()), None));
         micro
     };
-    let value = micro.loss.detach().inner().cast(DType::F32);
-    Tensor::cat(vec![value, micro.stats.inner().cast(DType::F32)], 0)
+    let f32 = |t: Tensor<AD, 1>| t.detach().inner().cast(DType::F32);
+    std::iter::once(micro.loss)
+        .chain(micro.stats)
+        .map(f32)
+        .collect()
 }
 
 /// Differentiates a [`micro_batch`]'s loss and adds the gradients (f32) to `accumulator`.
@@ -482,8 +487,9 @@ fn backward_into<AD: AutodiffBackend>(
     }
 }
 
-/// The micro-batches' `[loss, stats...]`, summed on the device and read back once.
-struct Sums<B: Backend>(Option<Tensor<B, 1>>);
+/// The micro-batches' `[loss, stats...]` parts, each summed on the device; joined and read back
+/// once.
+struct Sums<B: Backend>(Option<Vec<Tensor<B, 1>>>);
 
 impl<B: Backend> Default for Sums<B> {
     fn default() -> Self {
@@ -492,17 +498,20 @@ impl<B: Backend> Default for Sums<B> {
 }
 
 impl<B: Backend> Sums<B> {
-    fn add(&mut self, stats: Tensor<B, 1>) {
+    fn add(&mut self, parts: Vec<Tensor<B, 1>>) {
         self.0 = Some(match self.0.take() {
-            Some(t) => t + stats,
-            None => stats,
+            Some(sums) => sums.into_iter().zip(parts).map(|(s, p)| s + p).collect(),
+            None => parts,
         });
     }
 
     fn read(self) -> Vec<f32> {
-        self.0
-            .map(|t| bertkit_model::nn::to_host(t).data)
-            .unwrap_or_else(|| vec![0.0])
+        match self.0 {
+            Some(parts) if !parts.is_empty() => {
+                bertkit_model::nn::to_host(bertkit_model::fused::concat(parts)).data
+            }
+            _ => vec![0.0],
+        }
     }
 }
 
@@ -577,7 +586,7 @@ pub fn max_abs_param<B: Backend, M: Module<B>>(model: &M) -> f64 {
     if v.0.is_empty() {
         return 0.0;
     }
-    let all = bertkit_model::nn::to_host(Tensor::cat(v.0, 0)).data;
+    let all = bertkit_model::nn::to_host(bertkit_model::fused::concat(v.0)).data;
     let mut max = 0.0f64;
     for pair in all.chunks(2) {
         if pair[0] != 0.0 {

@@ -152,7 +152,7 @@ pub fn micro_loss<B: Backend>(
     let loss = sum / units.max(1) as f64;
     MicroLoss {
         loss,
-        stats: correct.reshape([1]),
+        stats: vec![correct.reshape([1])],
     }
 }
 

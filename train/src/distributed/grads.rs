@@ -130,7 +130,7 @@ impl<B: Backend> Buckets<B> {
         if self.open.is_empty() {
             return;
         }
-        let flat = Tensor::cat(std::mem::take(&mut self.open), 0);
+        let flat = bertkit_model::fused::concat(std::mem::take(&mut self.open));
         self.sums.push(sender.send_tensor(flat));
         self.open_len = 0;
     }
@@ -226,7 +226,7 @@ pub fn broadcast_params<B: Backend, M: Module<B>>(
         let mut c = Collect::<B>(Vec::new());
         module.visit(&mut c);
         if !c.0.is_empty() {
-            let values = bertkit_model::nn::to_host(Tensor::cat(c.0, 0)).data;
+            let values = bertkit_model::nn::to_host(bertkit_model::fused::concat(c.0)).data;
             bytes.reserve(values.len() * 4);
             for v in values {
                 bytes.extend_from_slice(&v.to_le_bytes());

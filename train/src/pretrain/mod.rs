@@ -895,7 +895,8 @@ fn check_fits(
 
 /// Refuses to checkpoint a model with a non-finite parameter.
 fn check_finite<AD: AutodiffBackend>(model: &Bert<AD>, step: u64) -> Result<()> {
-    let max = max_abs_param(model);
+    // The inner module's parameters: on the GPU backends they are joined in few launches.
+    let max = max_abs_param(&model.valid());
     if !max.is_finite() {
         bail!("step {step}: the model has non-finite parameters (max |p| = {max}); not checkpointing it");
     }
@@ -985,7 +986,7 @@ impl Evaluator {
             let micro = objective::micro_loss(model, &mut Plain, b, counts, device);
             for (s, v) in sums
                 .iter_mut()
-                .zip(bertkit_model::nn::to_host(micro.stats).data)
+                .zip(bertkit_model::nn::to_host(bertkit_model::fused::concat(micro.stats)).data)
             {
                 *s += v;
             }

@@ -317,16 +317,13 @@ fn heads_loss<B: Backend>(
         }
         None => zero(),
     };
-    let stats = Tensor::cat(
-        vec![
-            mlm_sum.detach(),
-            mlm_correct,
-            nsp_sum.detach(),
-            nsp_correct,
-            kl_sum,
-            layers_sum,
-        ],
-        0,
-    );
+    let stats = vec![
+        mlm_sum.detach(),
+        mlm_correct,
+        nsp_sum.detach(),
+        nsp_correct,
+        kl_sum,
+        layers_sum,
+    ];
     MicroLoss { loss, stats }
 }
