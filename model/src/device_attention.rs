@@ -51,7 +51,7 @@ use burn_ir::{CustomOpIr, HandleContainer};
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use crate::attention::Spans;
-use crate::device_kernels::{register_custom, Fused, FusionRt};
+use crate::device_kernels::{on_cube, register_custom, Fused, FusionRt, OnCube};
 use crate::fused::{is_type, same_type};
 
 /// Rows (units) per cube: a block of one sequence's queries (forward, step 2) or keys (step 3).
@@ -844,15 +844,22 @@ impl<IB: Backend, R: CubeRuntime, BT: BoolElement> Backward<IB, 3> for FlashNode
 /// Whether [`multi_head`] runs for tensors of this backend: burn's wgpu or CUDA backend of this
 /// build, with or without autodiff.
 pub fn supported<B: Backend>() -> bool {
-    #[cfg(feature = "wgpu")]
-    if is_type::<B, crate::backend::Wgpu>() || is_type::<B, Autodiff<crate::backend::Wgpu>>() {
-        return true;
+    on_cube(Supported::<B>(PhantomData)).is_ok()
+}
+
+/// [`supported`] as work: done where `B` is a GPU backend, with or without autodiff.
+struct Supported<B>(PhantomData<B>);
+
+impl<B: Backend> OnCube for Supported<B> {
+    type Output = ();
+
+    fn on<IB: Backend, R: CubeRuntime, BT: BoolElement>(self) -> Result<(), Self> {
+        if is_type::<B, IB>() || is_type::<B, Autodiff<IB>>() {
+            Ok(())
+        } else {
+            Err(self)
+        }
     }
-    #[cfg(feature = "cuda")]
-    if is_type::<B, crate::backend::Cuda>() || is_type::<B, Autodiff<crate::backend::Cuda>>() {
-        return true;
-    }
-    false
 }
 
 /// `crate::attention::multi_head` on the GPU backends of this build: `None` elsewhere, for
@@ -889,24 +896,7 @@ pub fn multi_head_keyed<B: Backend>(
     let given = dropout.and_then(|(_, draws)| draws);
     let geo = Arc::new(Geometry::new(spans, heads, h, keep));
     let prims = [q, k, v].map(|t| t.clone().into_primitive().tensor());
-    #[cfg(feature = "wgpu")]
-    let prims = {
-        use crate::backend::Wgpu;
-        match run::<B, Wgpu, cubecl::wgpu::WgpuRuntime, u32>(prims, &geo, given) {
-            Ok(out) => return Some(out),
-            Err(prims) => prims,
-        }
-    };
-    #[cfg(feature = "cuda")]
-    let prims = {
-        use crate::backend::Cuda;
-        match run::<B, Cuda, cubecl::cuda::CudaRuntime, u8>(prims, &geo, given) {
-            Ok(out) => return Some(out),
-            Err(prims) => prims,
-        }
-    };
-    let _ = prims;
-    None
+    on_cube(Flash::<B> { prims, geo, given }).ok()
 }
 
 /// The dropout key's two uniform draws: `given`, or from `IB`'s generator.
@@ -925,21 +915,40 @@ fn draws<IB: Backend, R: CubeRuntime>(device: &IB::Device, given: Option<[f32; 2
     same_type(t.into_primitive().tensor())
 }
 
+/// [`multi_head_keyed`]'s work: the queries, keys and values, and the dropout key's draws if given.
+struct Flash<B: Backend> {
+    prims: [FloatTensor<B>; 3],
+    geo: Arc<Geometry>,
+    given: Option<[f32; 2]>,
+}
+
+impl<B: Backend> OnCube for Flash<B> {
+    type Output = Tensor<B, 3>;
+
+    fn on<IB: Backend, R: CubeRuntime, BT: BoolElement>(self) -> Result<Tensor<B, 3>, Self> {
+        if is_type::<FloatTensor<B>, FloatTensor<IB>>()
+            || is_type::<FloatTensor<B>, FloatTensor<Autodiff<IB>>>()
+        {
+            let Flash { prims, geo, given } = self;
+            Ok(run::<B, IB, R, BT>(prims, &geo, given))
+        } else {
+            Err(self)
+        }
+    }
+}
+
 /// [`multi_head`] where `B` is `IB` (`Fusion<CubeBackend<R, f32, i32, BT>>`) or `Autodiff<IB>`.
 fn run<B: Backend, IB: Backend, R: CubeRuntime, BT: BoolElement>(
     prims: [FloatTensor<B>; 3],
     geo: &Arc<Geometry>,
     given: Option<[f32; 2]>,
-) -> Result<Tensor<B, 3>, [FloatTensor<B>; 3]> {
+) -> Tensor<B, 3> {
     let shape = prims[0].shape();
     let float = |t: FloatTensor<B>| Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(t));
     if is_type::<FloatTensor<B>, FloatTensor<IB>>() {
         let qkv = prims.map(same_type::<FloatTensor<B>, Fused<R>>);
         let (out, _) = forward_fused::<R, BT>(qkv, None, geo);
-        return Ok(float(same_type(out)));
-    }
-    if !is_type::<FloatTensor<B>, FloatTensor<Autodiff<IB>>>() {
-        return Err(prims);
+        return float(same_type(out));
     }
     let [q, k, v] = prims.map(same_type::<FloatTensor<B>, FloatTensor<Autodiff<IB>>>);
     let device =
@@ -965,5 +974,5 @@ fn run<B: Backend, IB: Backend, R: CubeRuntime, BT: BoolElement>(
         OpsKind::UnTracked(prep) => prep.finish(out_inner),
     };
     debug_assert_eq!(result.primitive.shape(), shape);
-    Ok(float(same_type(result)))
+    float(same_type(result))
 }

@@ -27,6 +27,8 @@ use burn_fusion::{FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use cubecl::prelude::{CubeCount, CubeDim, SequenceArg};
 
+use crate::fused::{is_type, same_type};
+
 /// Units (threads) of the cube that reduces one row.
 const UNITS: u32 = 64;
 
@@ -236,6 +238,40 @@ impl<R: CubeRuntime, BT: BoolElement> Operation<FusionRt<R>>
 pub(crate) type FusionRt<R> = burn_cubecl::fusion::FusionCubeRuntime<R>;
 pub(crate) type Fused<R> = FusionTensor<FusionRt<R>>;
 
+/// Work on a tensor backend `B`, written once for every GPU backend of this build.
+pub(crate) trait OnCube: Sized {
+    type Output;
+    /// Does the work if the caller's backend is `IB` (burn's backend
+    /// `Fusion<CubeBackend<R, f32, i32, BT>>`; the work may also accept `Autodiff<IB>`), or hands
+    /// it back.
+    fn on<IB: Backend, R: CubeRuntime, BT: BoolElement>(self) -> Result<Self::Output, Self>;
+}
+
+/// Does `work` on whichever GPU backend of this build it is for; hands it back on the others.
+pub(crate) fn on_cube<W: OnCube>(work: W) -> Result<W::Output, W> {
+    #[cfg(feature = "wgpu")]
+    let work = match work.on::<crate::backend::Wgpu, cubecl::wgpu::WgpuRuntime, u32>() {
+        Ok(out) => return Ok(out),
+        Err(work) => work,
+    };
+    #[cfg(feature = "cuda")]
+    let work = match work.on::<crate::backend::Cuda, cubecl::cuda::CudaRuntime, u8>() {
+        Ok(out) => return Ok(out),
+        Err(work) => work,
+    };
+    Err(work)
+}
+
+/// `t`'s float primitive as the fusion tensor it is (`B` is `Fusion<CubeBackend<R, ..>>`).
+fn fused<B: Backend, R: CubeRuntime, const D: usize>(t: Tensor<B, D>) -> Fused<R> {
+    same_type(t.into_primitive().tensor())
+}
+
+/// [`fused`]'s inverse.
+fn float<B: Backend, R: CubeRuntime, const D: usize>(t: Fused<R>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(same_type::<_, FloatTensor<B>>(t)))
+}
+
 /// Registers a custom operation named `name` on the streams of `inputs`, with outputs of these
 /// shapes and dtypes; `op` makes the operation from its description. Returns the outputs.
 pub(crate) fn register_custom<R: CubeRuntime, O: Operation<FusionRt<R>> + 'static>(
@@ -286,40 +322,38 @@ pub(crate) fn attention_probs<B: Backend>(
     keep: Option<&Tensor<B, 4>>,
     scale: f64,
 ) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
-    let args = (scores, additive, keep, scale as f32);
-    #[cfg(feature = "wgpu")]
-    if crate::fused::is_type::<FloatTensor<B>, FloatTensor<crate::backend::Wgpu>>() {
-        return Some(on_runtime::<B, cubecl::wgpu::WgpuRuntime, u32>(args));
-    }
-    #[cfg(feature = "cuda")]
-    if crate::fused::is_type::<FloatTensor<B>, FloatTensor<crate::backend::Cuda>>() {
-        return Some(on_runtime::<B, cubecl::cuda::CudaRuntime, u8>(args));
-    }
-    let _ = args;
-    None
+    let work = Probs {
+        scores,
+        additive,
+        keep,
+        scale: scale as f32,
+    };
+    on_cube(work).ok()
 }
 
-type ProbsArgs<'a, B> = (
-    &'a Tensor<B, 4>,
-    &'a Tensor<B, 4>,
-    Option<&'a Tensor<B, 4>>,
-    f32,
-);
+/// [`attention_probs`]'s arguments.
+struct Probs<'a, B: Backend> {
+    scores: &'a Tensor<B, 4>,
+    additive: &'a Tensor<B, 4>,
+    keep: Option<&'a Tensor<B, 4>>,
+    scale: f32,
+}
 
-/// [`probs_on_fusion`] for `B`, which is `Fusion<CubeBackend<R, f32, i32, BT>>`.
-fn on_runtime<B: Backend, R: CubeRuntime, BT: BoolElement>(
-    (scores, additive, keep, scale): ProbsArgs<'_, B>,
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    use crate::fused::same_type;
-    let fused = |t: &Tensor<B, 4>| same_type::<_, Fused<R>>(t.clone().into_primitive().tensor());
-    let float = |t: Fused<R>| {
-        Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(same_type::<_, FloatTensor<B>>(t)))
-    };
-    let (probs, dropped) =
-        probs_on_fusion::<R, BT>(fused(scores), fused(additive), keep.map(fused), scale);
-    let probs = float(probs);
-    let dropped = dropped.map(float).unwrap_or_else(|| probs.clone());
-    (probs, dropped)
+impl<B: Backend> OnCube for Probs<'_, B> {
+    type Output = (Tensor<B, 4>, Tensor<B, 4>);
+
+    fn on<IB: Backend, R: CubeRuntime, BT: BoolElement>(self) -> Result<Self::Output, Self> {
+        if !is_type::<FloatTensor<B>, FloatTensor<IB>>() {
+            return Err(self);
+        }
+        let fused = |t: &Tensor<B, 4>| fused::<B, R, 4>(t.clone());
+        let (scores, additive) = (fused(self.scores), fused(self.additive));
+        let keep = self.keep.map(fused);
+        let (probs, dropped) = probs_on_fusion::<R, BT>(scores, additive, keep, self.scale);
+        let probs = float::<B, R, 4>(probs);
+        let dropped = dropped.map(float).unwrap_or_else(|| probs.clone());
+        Ok((probs, dropped))
+    }
 }
 
 /// `parts` (1-D) one after the other, then zeros up to `len` elements.
@@ -403,40 +437,34 @@ pub(crate) fn concat<B: Backend>(
     if parts.iter().any(|t| t.dtype() != dtype) {
         return Err(parts);
     }
-    #[cfg(feature = "wgpu")]
-    if crate::fused::is_type::<FloatTensor<B>, FloatTensor<crate::backend::Wgpu>>() {
-        return Ok(concat_on_runtime::<B, cubecl::wgpu::WgpuRuntime, u32>(
-            parts, len,
-        ));
-    }
-    #[cfg(feature = "cuda")]
-    if crate::fused::is_type::<FloatTensor<B>, FloatTensor<crate::backend::Cuda>>() {
-        return Ok(concat_on_runtime::<B, cubecl::cuda::CudaRuntime, u8>(
-            parts, len,
-        ));
-    }
-    Err(parts)
+    on_cube(Concat { parts, len }).map_err(|work| work.parts)
 }
 
-/// [`concat`] for `B`, which is `Fusion<CubeBackend<R, f32, i32, BT>>`.
-fn concat_on_runtime<B: Backend, R: CubeRuntime, BT: BoolElement>(
+/// [`concat`]'s arguments.
+struct Concat<B: Backend> {
     parts: Vec<Tensor<B, 1>>,
     len: usize,
-) -> Tensor<B, 1> {
-    use crate::fused::same_type;
-    let parts: Vec<Fused<R>> = parts
-        .into_iter()
-        .map(|t| same_type(t.into_primitive().tensor()))
-        .collect();
-    let output = (Shape::new([len]), parts[0].dtype);
-    let op = |desc| ConcatOp::<CubeBackend<R, f32, i32, BT>> {
-        desc,
-        len,
-        _backend: PhantomData,
-    };
-    let out = register_custom("bertkit_concat", parts, &[output], op)
-        .into_iter()
-        .next()
-        .expect("the operation declares its output");
-    Tensor::from_primitive(TensorPrimitive::Float(same_type::<_, FloatTensor<B>>(out)))
+}
+
+impl<B: Backend> OnCube for Concat<B> {
+    type Output = Tensor<B, 1>;
+
+    fn on<IB: Backend, R: CubeRuntime, BT: BoolElement>(self) -> Result<Self::Output, Self> {
+        if !is_type::<FloatTensor<B>, FloatTensor<IB>>() {
+            return Err(self);
+        }
+        let Concat { parts, len } = self;
+        let parts: Vec<Fused<R>> = parts.into_iter().map(fused::<B, R, 1>).collect();
+        let output = (Shape::new([len]), parts[0].dtype);
+        let op = |desc| ConcatOp::<CubeBackend<R, f32, i32, BT>> {
+            desc,
+            len,
+            _backend: PhantomData,
+        };
+        let out = register_custom("bertkit_concat", parts, &[output], op)
+            .into_iter()
+            .next()
+            .expect("the operation declares its output");
+        Ok(float::<B, R, 1>(out))
+    }
 }
