@@ -5,6 +5,7 @@ mod cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bertkit_model::attention::DeviceAttention;
 use bertkit_model::backend::DeviceSpec;
 use bertkit_model::kernel_cache;
 use clap::{Parser, Subcommand};
@@ -47,17 +48,10 @@ struct Cli {
         long,
         global = true,
         env = "BERTKIT_DEVICE_ATTENTION",
-        value_enum,
-        default_value_t = DeviceAttention::Probs
+        default_value = "probs",
+        value_parser = cli::one_of::<DeviceAttention>(DeviceAttention::NAMES)
     )]
     device_attention: DeviceAttention,
-}
-
-/// `--device-attention`.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum DeviceAttention {
-    Probs,
-    Flash,
 }
 
 #[derive(Subcommand)]
@@ -169,10 +163,7 @@ fn main() -> ExitCode {
         Ok(cli) => {
             // Before any thread exists: a CUDA build also points the driver's JIT cache there.
             kernel_cache::choose(cli.kernel_cache.as_deref());
-            bertkit_model::attention::choose_device_attention(match cli.device_attention {
-                DeviceAttention::Probs => bertkit_model::attention::DeviceAttention::Probs,
-                DeviceAttention::Flash => bertkit_model::attention::DeviceAttention::Flash,
-            });
+            bertkit_model::attention::choose_device_attention(cli.device_attention);
             let chosen = (cli.kernel_log.as_deref())
                 .map_or(Ok(()), kernel_cache::choose_log)
                 .and_then(|()| {

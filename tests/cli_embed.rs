@@ -201,6 +201,30 @@ fn info_reports_minilm() {
     assert!(out.contains("6 layers, hidden 384, 12 heads"), "{out}");
 }
 
+/// The global `--device-attention` flag (and its variable) takes the model crate's names and
+/// refuses a typo with the list, before any work.
+#[test]
+fn device_attention_flag_takes_its_names() {
+    let model = minilm();
+    let model = model.to_str().unwrap();
+    for name in ["probs", "flash"] {
+        ok(bertkit(&["--device-attention", name, "info", model]));
+        let by_env = Command::new(env!("CARGO_BIN_EXE_bertkit"))
+            .env("BERTKIT_DEVICE_ATTENTION", name)
+            .args(["info", model])
+            .output()
+            .unwrap();
+        ok(by_env);
+    }
+    let out = bertkit(&["--device-attention", "flsh", "info", model]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("flsh") && err.contains("probs") && err.contains("flash"),
+        "{err}"
+    );
+}
+
 #[test]
 fn convert_to_hf_and_back_keeps_embeddings() {
     let dir = tempfile::tempdir().unwrap();

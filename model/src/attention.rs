@@ -129,6 +129,26 @@ pub enum DeviceAttention {
     Flash,
 }
 
+impl DeviceAttention {
+    /// The names [`FromStr`](std::str::FromStr) reads, in the enum's order.
+    pub const NAMES: &'static [&'static str] = &["probs", "flash"];
+}
+
+impl std::str::FromStr for DeviceAttention {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "probs" => Ok(DeviceAttention::Probs),
+            "flash" => Ok(DeviceAttention::Flash),
+            _ => Err(format!(
+                "unknown device attention {s:?} (expected one of {})",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
 static DEVICE_ATTENTION: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Sets how the GPU backends compute attention, for the whole process.
