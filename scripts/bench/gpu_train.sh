@@ -33,6 +33,9 @@
 #       --set 'out="/tmp/run-cpu"' --set batch.global=32 --set batch.micro=32 --set schedule.steps=6 \
 #       --set log.every=1 --set eval.every=0 --set checkpoint.every=0 --set log.report_to=jsonl
 #   cp /tmp/run-cpu/metrics.jsonl .gpu/losses-cpu-f32.jsonl     # the CPU side of `agree` below
+# ISSUES="18 19 20" (the default) runs the checks of all three issues in the order below; a slot
+# lent to one of them runs only its own (ISSUES=19, say), with the whole budget; a run that serves
+# several issues runs when any of them is chosen. The autotune build is only read for issue 18.
 # Run from the repository root: OUT=$OUT BUDGET=565 bash scripts/bench/gpu_train.sh, carrying .gpu
 # (33 MB; the lease's limit is 64 MiB with the tree), with a 600 s limit on the call. What comes
 # back: $OUT/summary.txt, $OUT/logs.tgz (every run's output), $OUT/kernel-cache.tgz (both caches;
@@ -42,6 +45,15 @@ set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 OUT=${OUT:-/tmp/bertkit-gpu}
 BUDGET=${BUDGET:-540}
+ISSUES=${ISSUES:-18 19 20}
+# want N...: whether any of these issues' checks were chosen (ISSUES).
+want() {
+    local i
+    for i in "$@"; do
+        case " $ISSUES " in *" $i "*) return 0 ;; esac
+    done
+    return 1
+}
 W=/tmp/w
 rm -rf "$W"; mkdir -p "$OUT" "$W"
 T0=$SECONDS
@@ -50,7 +62,10 @@ log() { echo "[$((SECONDS - T0)) s] $*" | tee -a "$W/steps.log"; }
 pack() { tar czf "$OUT/logs.tgz" -C /tmp w 2>/dev/null; }
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 RUST_LOG=warn
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$W/card.txt"
-for v in fixed autotune; do
+log "checks of issues: $ISSUES"
+builds=fixed
+want 18 && builds="fixed autotune"
+for v in $builds; do
     python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
         ".gpu/bertkit-$v.xz" "/tmp/bk-$v" && chmod +x "/tmp/bk-$v"
 done
@@ -111,49 +126,61 @@ agree() { # agree PRECISION LIMIT [ATTENTION]: --device-attention ATTENTION (def
 
 # A cache brought back by an earlier session (its $OUT/kernel-cache.tgz, carried as
 # .gpu/kernel-cache.tgz): the first step with it, before anything compiles here.
-if [ -f .gpu/kernel-cache.tgz ]; then
+if want 18 && [ -f .gpu/kernel-cache.tgz ]; then
     mkdir -p /tmp/carried && tar xzf .gpu/kernel-cache.tgz -C /tmp/carried
     bench "$F" /tmp/carried/kc-fixed mini-fixed-carried 60 bert-mini 64 128 --steps 5 --warmup 3
     bench "$F" /tmp/carried/kc-fixed base-fixed-carried 60 bert-base 64 128 --steps 5 --warmup 3
 fi
-bench "$F" "$KF" mini-fixed-cold 120 bert-mini 64 128 --steps 5 --warmup 3
-agree fp32 75
-agree bf16 60
-agree fp32 50 flash
-bench "$F" "$KF" base-fixed 150 bert-base 64 128 --steps 10 --warmup 3 --matmul 8192
-peer peer-base 90 12 768 12 3072 64 128
+want 18 && bench "$F" "$KF" mini-fixed-cold 120 bert-mini 64 128 --steps 5 --warmup 3
+want 18 && agree fp32 75
+want 18 && agree bf16 60
+want 19 && agree fp32 50 flash
+# BERT-base's step without an all-reduce: issue 19's row, and issue 20's step with it off.
+want 19 20 && bench "$F" "$KF" base-fixed 150 bert-base 64 128 --steps 10 --warmup 3 --matmul 8192
+want 19 && peer peer-base 90 12 768 12 3072 64 128
 # The flash-style attention kernels (model/src/device_attention.rs) instead of burn's products
 # around the probabilities' kernel: time and peak memory, to choose --device-attention's default.
-bench "$F" "$KF" base-flash 60 bert-base 64 128 --steps 10 --warmup 3 --device-attention flash
+want 19 && bench "$F" "$KF" base-flash 60 bert-base 64 128 --steps 10 --warmup 3 --device-attention flash
 # Where BERT-base's step goes, kernel by kernel (CubeCL's profiler runs each kernel on its own:
 # its step time is not the real one), with how many kernels a step launches; and burn-fusion's
 # decisions (BURN_FUSION_LOG=full, in base-profiled.err): whether CUDA, like lavapipe, runs the
 # attention's scale, mask and softmax unfused ("un-fused (9 ops)" blocks, PERFORMANCE.md).
-export BURN_FUSION_LOG=full
-bench "$F" "$KF" base-profiled 60 bert-base 64 128 --steps 2 --warmup 3 --kernel-profile "$W/profile-base.txt"
-unset BURN_FUSION_LOG
-log "fusion: $(grep -c 'un-fused (9 ops)' "$W/base-profiled.err") blocks 'un-fused (9 ops)', $(grep -c '▸ fused' "$W/base-profiled.err") fused blocks"
-bench "$F" "$KF" base-nccl 75 bert-base 64 128 --steps 10 --warmup 3 --all-reduce nccl
-bench "$F" "$KF" base-nccl-after 60 bert-base 64 128 --steps 10 --warmup 3 --all-reduce nccl-after-backward
-run allreduce-host 40 "$F" bench-allreduce --backend nccl --size-mb 1024 --iters 5
-run allreduce-device 40 env BERTKIT_KERNEL_CACHE="$KF" "$F" bench-allreduce --backend nccl --size-mb 1024 --iters 5 --on-device
-bench "$F" "$KF" mini-fixed-kept 45 bert-mini 64 128 --steps 5 --warmup 3
+if want 19; then
+    export BURN_FUSION_LOG=full
+    bench "$F" "$KF" base-profiled 60 bert-base 64 128 --steps 2 --warmup 3 --kernel-profile "$W/profile-base.txt"
+    unset BURN_FUSION_LOG
+    log "fusion: $(grep -c 'un-fused (9 ops)' "$W/base-profiled.err") blocks 'un-fused (9 ops)', $(grep -c '▸ fused' "$W/base-profiled.err") fused blocks"
+fi
+if want 20; then
+    bench "$F" "$KF" base-nccl 75 bert-base 64 128 --steps 10 --warmup 3 --all-reduce nccl
+    bench "$F" "$KF" base-nccl-after 60 bert-base 64 128 --steps 10 --warmup 3 --all-reduce nccl-after-backward
+    run allreduce-host 40 "$F" bench-allreduce --backend nccl --size-mb 1024 --iters 5
+    run allreduce-device 40 env BERTKIT_KERNEL_CACHE="$KF" "$F" bench-allreduce --backend nccl --size-mb 1024 --iters 5 --on-device
+fi
+want 18 && bench "$F" "$KF" mini-fixed-kept 45 bert-mini 64 128 --steps 5 --warmup 3
 P=(--config configs/pretrain/cpu-tiny.toml --device cuda --set "model=\"$PWD/configs/models/bert-base.toml\""
    --set "data=\"$PWD/.gpu/data128\"" --set 'out="/tmp/run-base"' --set 'precision="bf16"' --set batch.global=64
    --set batch.micro=64 --set schedule.steps=50 --set optimizer.lr=2e-3 --set log.every=1 --set eval.every=0
    --set checkpoint.every=0 --set log.report_to=jsonl)
-run base-warmup-kernels 60 env BERTKIT_KERNEL_CACHE="$KF" "$F" --kernel-log "$W/kernels-base-warmup.log" \
-    pretrain "${P[@]}" --warmup-kernels
-run base-50-steps 120 env BERTKIT_KERNEL_CACHE="$KF" "$F" --kernel-log "$W/kernels-base-50.log" pretrain "${P[@]}"
-cp /tmp/run-base/metrics.jsonl "$W/losses-base-50.jsonl" 2>/dev/null
-entries "$KF"
-bench "$A" "$KA" mini-autotune-cold 150 bert-mini 64 128 --steps 5 --warmup 3
-bench "$A" "$KA" mini-autotune-kept 45 bert-mini 64 128 --steps 5 --warmup 3
-bench "$F" "$KF" large-fixed 120 bert-large 64 128 --steps 10 --warmup 3
-peer peer-large 75 24 1024 16 4096 64 128
-bench "$F" "$KF" base512-fixed 90 bert-base 8 512 --steps 10 --warmup 3
-peer peer-base512 60 12 768 12 3072 8 512
-bench "$F" "$KF" base512-flash 60 bert-base 8 512 --steps 10 --warmup 3 --device-attention flash
+# Issue 18's warm-up before a run, issue 19's 50-step loss curve on real shards.
+if want 18 19; then
+    run base-warmup-kernels 60 env BERTKIT_KERNEL_CACHE="$KF" "$F" --kernel-log "$W/kernels-base-warmup.log" \
+        pretrain "${P[@]}" --warmup-kernels
+    run base-50-steps 120 env BERTKIT_KERNEL_CACHE="$KF" "$F" --kernel-log "$W/kernels-base-50.log" pretrain "${P[@]}"
+    cp /tmp/run-base/metrics.jsonl "$W/losses-base-50.jsonl" 2>/dev/null
+    entries "$KF"
+fi
+if want 18; then
+    bench "$A" "$KA" mini-autotune-cold 150 bert-mini 64 128 --steps 5 --warmup 3
+    bench "$A" "$KA" mini-autotune-kept 45 bert-mini 64 128 --steps 5 --warmup 3
+fi
+if want 19; then
+    bench "$F" "$KF" large-fixed 120 bert-large 64 128 --steps 10 --warmup 3
+    peer peer-large 75 24 1024 16 4096 64 128
+    bench "$F" "$KF" base512-fixed 90 bert-base 8 512 --steps 10 --warmup 3
+    peer peer-base512 60 12 768 12 3072 8 512
+    bench "$F" "$KF" base512-flash 60 bert-base 8 512 --steps 10 --warmup 3 --device-attention flash
+fi
 tar czf "$OUT/kernel-cache.tgz" -C /tmp kc-fixed kc-autotune 2>/dev/null
 kill $SAMPLER 2>/dev/null
 
@@ -179,7 +206,10 @@ for l in open(f"{w}/mem.txt"):
     if len(p) == 2:
         try: mem.append((float(p[0]), float(p[1])))
         except ValueError: pass
-runs = {r["name"]: r for r in map(json.loads, open(f"{w}/runs.jsonl"))}
+try:
+    runs = {r["name"]: r for r in map(json.loads, open(f"{w}/runs.jsonl"))}
+except OSError:
+    runs = {}
 def peak(name):
     r = runs.get(name)
     v = [m for t, m in mem if r and r["start"] <= t <= r["end"]]
