@@ -11,12 +11,23 @@ use std::process::Command;
 mod common;
 use common::repo;
 
-/// The stub of the cuda binary: records its arguments in `calls.txt` beside it.
+/// The stub of the cuda binary: records its arguments in `$STUB_DIR/calls.txt`. At seq 512 its
+/// GPU memory in use (what the stub `nvidia-smi` reports) is 1,000 MiB + 100 MiB a sequence
+/// for a second (the script samples it every 0.2 s).
 const STUB: &str = r#"#!/bin/bash
 echo "$*" >> "$STUB_DIR/calls.txt"
 [ "$1" = --version ] && { echo "bertkit (stub)"; exit 0; }
 out=
-for a in "$@"; do case "$a" in out=*) out=${a#out=}; out=${out//\"/} ;; esac; done
+batch=0
+prev=
+for a in "$@"; do
+  case "$a" in out=*) out=${a#out=}; out=${out//\"/} ;; esac
+  [ "$prev" = --batch ] && batch=$a
+  prev=$a
+done
+case " $* " in
+  *" --seq 512 "*) echo $((1000 + 100 * batch)) > "$STUB_DIR/mem"; sleep 1; echo 0 > "$STUB_DIR/mem" ;;
+esac
 case " $* " in
   *" bench-train "*) cat "$BENCH_JSON" ;;
   *" --warmup-kernels"*) echo "warm-up done" ;;
@@ -30,7 +41,10 @@ esac
 "#;
 
 const NVIDIA_SMI: &str = r#"#!/bin/bash
-case "$*" in *memory.used*) echo 1234 ;; *) echo "stub GPU, 1 MiB, 0" ;; esac
+case "$*" in
+  *memory.used*) cat "$STUB_DIR/mem" 2>/dev/null || echo 0 ;;
+  *) echo "stub GPU, 10000 MiB, 0" ;;
+esac
 "#;
 
 fn write_exec(path: &Path, text: &str) {
@@ -40,7 +54,7 @@ fn write_exec(path: &Path, text: &str) {
 }
 
 /// Runs the script with `ISSUES=issues` over a stub tree in `dir`, the stub answering
-/// `bench-train` with the file `bench`; returns the runs' names (in order), the stub's calls and
+/// `bench-train` with the file `bench_json`; returns the runs' names (in order), the stub's calls and
 /// the summary.
 fn dry_run(dir: &Path, bench_json: &Path, issues: &str) -> (Vec<String>, String, String) {
     let root = dir.join("repo");
@@ -184,6 +198,9 @@ fn gpu_train_script_runs_each_issues_checks_and_summarizes_them() {
         "base512-fixed",
         "peer-base512",
         "base512-flash",
+        "large512-b4",
+        "large512-b8",
+        "large512-fit",
     ];
     assert_eq!(names, expected);
     assert!(
@@ -194,6 +211,13 @@ fn gpu_train_script_runs_each_issues_checks_and_summarizes_them() {
         calls.contains("--precision bf16 --batch 8 --seq 512"),
         "{calls}"
     );
+    // 1,400 and 1,800 MiB at 4 and 8 sequences: 100 a sequence over 1,000, so 80 fill 90% of
+    // the card's 10,000.
+    let fit = "bert-large.toml --device cuda --precision bf16 --batch 80 --seq 512";
+    assert!(calls.contains(fit), "{calls}");
+    let line = "BERT-large, seq 512: a micro-batch of 80 (fitted to 90% of the card) ran, \
+                peak 9000 MiB; at 4 and 8: 1400 and 1800 MiB";
+    assert!(summary.contains(line), "{summary}");
     // The summary read bench-train's JSON: each bertkit row shows its sequences per second.
     let rows = summary
         .lines()

@@ -12,7 +12,8 @@
 #     BertForPreTraining, bf16 autocast, sdpa, AdamW on both) and the bf16 matmul rates of
 #     cuBLAS (through PyTorch) and burn, with the GPU memory in use at its peak, and where the
 #     step's time goes (forward+backward, all-reduce, gradient norm, optimizer); BERT-base at
-#     both shapes again with `--device-attention flash` (time and peak memory of both paths);
+#     both shapes again with `--device-attention flash` (time and peak memory of both paths); and
+#     the largest micro-batch of BERT-large at seq 512 that fits the card (`fit_batch`);
 #  4. NCCL at world size 1: bench-allreduce of 1 GiB as a host buffer and as a CUDA tensor in
 #     place (the gradient buckets' path, its device address checked both ways), and BERT-base's
 #     step with the gradients all-reduced on the GPU (during / after the backward) against none;
@@ -112,6 +113,33 @@ peer() { # peer NAME LIMIT L H A I BATCH SEQ
     run "$1" "$2" python3 scripts/bench/pretrain_peer.py --layers "$3" --hidden "$4" --heads "$5" \
         --intermediate "$6" --batch "$7" --seq "$8" --threads 16 --device cuda --bf16 --steps 10 --warmup 3 --json
 }
+# fit_batch RUN_A BATCH_A RUN_B BATCH_B: the micro-batch that should fill 90% of the card's
+# memory, from two runs' peak memory in use (linear in the micro-batch); fails when a run failed
+# or the memory did not grow.
+fit_batch() {
+    python3 - "$W" "$@" <<'PY'
+import json, sys
+w, a, ba, b, bb = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+total = float(open(f"{w}/card.txt").read().split(",")[1].split()[0])
+runs = {r["name"]: r for r in map(json.loads, open(f"{w}/runs.jsonl"))}
+mem = []
+for line in open(f"{w}/mem.txt"):
+    try:
+        t, m = map(float, line.split())
+        mem.append((t, m))
+    except ValueError:
+        pass
+def peak(name):
+    r = runs.get(name)
+    v = [m for t, m in mem if r and r["rc"] == 0 and r["start"] <= t <= r["end"]]
+    return max(v) if v else sys.exit(1)
+pa, pb = peak(a), peak(b)
+per = (pb - pa) / (bb - ba)
+if per <= 0:
+    sys.exit(1)
+print(int((0.9 * total - (pa - per * ba)) // per))
+PY
+}
 agree() { # agree PRECISION LIMIT [ATTENTION]: --device-attention ATTENTION (default probs)
     local tag=$1${3:+-$3}
     rm -rf "/tmp/run-$tag"
@@ -180,6 +208,15 @@ if want 19; then
     bench "$F" "$KF" base512-fixed 90 bert-base 8 512 --steps 10 --warmup 3
     peer peer-base512 60 12 768 12 3072 8 512
     bench "$F" "$KF" base512-flash 60 bert-base 8 512 --steps 10 --warmup 3 --device-attention flash
+    # The largest micro-batch of BERT-large at seq 512 on this card: the peak memory at 4 and 8
+    # sequences gives the cost of one, and the micro-batch that should fill 90% is then run.
+    bench "$F" "$KF" large512-b4 60 bert-large 4 512 --steps 2 --warmup 1
+    bench "$F" "$KF" large512-b8 60 bert-large 8 512 --steps 2 --warmup 1
+    if n=$(fit_batch large512-b4 4 large512-b8 8) && [ "$n" -gt 8 ]; then
+        log "BERT-large at seq 512: $n sequences should fill 90% of the card's memory"
+        echo "$n" > "$W/large512-fit.batch"
+        bench "$F" "$KF" large512-fit 90 bert-large "$n" 512 --steps 2 --warmup 1
+    fi
 fi
 tar czf "$OUT/kernel-cache.tgz" -C /tmp kc-fixed kc-autotune 2>/dev/null
 kill $SAMPLER 2>/dev/null
@@ -251,6 +288,12 @@ for m, n in [("base", "base-fixed"), ("base", "base-flash"), ("large", "large-fi
     b, p = rows.get(n), rows.get(f"peer-{m}")
     if b and p:
         print(f"{n}: bertkit {b['seq_per_s']:.1f} seq/s, PyTorch {p['seq_per_s']:.1f} seq/s, ratio {b['seq_per_s']/p['seq_per_s']:.3f}")
+if os.path.exists(f"{w}/large512-fit.batch"):
+    n, r = open(f"{w}/large512-fit.batch").read().strip(), runs.get("large512-fit")
+    verdict = "ran" if r and r["rc"] == 0 else f"failed (rc {r['rc'] if r else 'none'})"
+    print(f"BERT-large, seq 512: a micro-batch of {n} (fitted to 90% of the card) {verdict}, "
+          f"peak {peak('large512-fit'):.0f} MiB; at 4 and 8: {peak('large512-b4'):.0f} and "
+          f"{peak('large512-b8'):.0f} MiB")
 def losses(path):
     try:
         return {r["step"]: r for r in map(json.loads, open(path)) if r.get("split") == "train"}
