@@ -515,6 +515,55 @@ fn attention_kernel_on_wgpu_matches_burn_operations() {
     }
 }
 
+/// The probabilities' kernel keeps f32 arithmetic for half-precision tensors (as PyTorch's
+/// softmax does): over rows of 1,024 keys in f16, each probability is the exact softmax of the
+/// f16 scores to within the f16 rounding of the result. The kernel's sums in f16 missed that
+/// by up to several roundings.
+#[test]
+fn attention_probs_kernel_keeps_f32_arithmetic_in_f16() {
+    use bertkit_model::backend::Wgpu;
+    use burn::tensor::{DType, Distribution, Tensor, TensorData};
+    let dev = Default::default();
+    let (batch, heads, queries, keys) = (2, 2, 4, 1024);
+    let scores = Tensor::<Wgpu, 4>::random(
+        [batch, heads, queries, keys],
+        Distribution::Normal(0.0, 2.0),
+        &dev,
+    )
+    .cast(DType::F16);
+    let mut mask = vec![0.0f32; batch * keys];
+    mask[keys + 900..].fill(-10_000.0);
+    let additive =
+        Tensor::<Wgpu, 4>::from_data(TensorData::new(mask.clone(), [batch, 1, 1, keys]), &dev)
+            .cast(DType::F16);
+    let scale = 0.125;
+    let (probs, _) =
+        bertkit_model::device_autodiff::fused_probs(&scores, &additive, None, scale).unwrap();
+    assert_eq!(probs.dtype(), DType::F16);
+    let f32s = |t: Tensor<Wgpu, 4>| t.cast(DType::F32).into_data().to_vec::<f32>().unwrap();
+    let (got, x) = (f32s(probs), f32s(scores));
+    let mut worst = 0.0f64;
+    for (r, (row, out)) in x.chunks(keys).zip(got.chunks(keys)).enumerate() {
+        let m = &mask[(r / (heads * queries)) * keys..][..keys];
+        let logits: Vec<f64> = (row.iter().zip(m))
+            .map(|(s, m)| *s as f64 * scale + *m as f64)
+            .collect();
+        let max = logits.iter().cloned().fold(f64::MIN, f64::max);
+        let sum: f64 = logits.iter().map(|l| (l - max).exp()).sum();
+        for (l, p) in logits.iter().zip(out) {
+            let want = (l - max).exp() / sum;
+            // Half of an f16 ulp of the result (2^-11 relative), or of its smallest subnormal.
+            let err = (*p as f64 - want).abs() / (want * 2f64.powi(-11) + 2f64.powi(-24));
+            worst = worst.max(err);
+        }
+    }
+    assert!(
+        // 1.01: an f32 result a hair across a rounding midpoint.
+        worst <= 1.01,
+        "error {worst} times the f16 rounding of the result"
+    );
+}
+
 /// Two right-padded sequences of 70 rows (more than one cube's 64 queries, several key tiles),
 /// the second with 45 real tokens, 2 heads of 16, as `[batch, seq, hidden]` projections.
 struct FlashCase {

@@ -216,10 +216,12 @@ fn dropped<B: Backend>(probs: Tensor<B, 4>, keep: &Option<Tensor<B, 4>>) -> Tens
     }
 }
 
-/// The probabilities and the probabilities after dropout in one kernel of our own on the GPU
-/// backends of this build (`crate::device_kernels`); `None` elsewhere.
+/// The probabilities `softmax(products·scale + additive)` over the last dimension (`additive`
+/// is `[batch, 1, 1, keys]`) and, with `keep`, the probabilities times `keep`, in one kernel of
+/// our own on the GPU backends of this build (`crate::device_kernels`; its arithmetic is f32 in
+/// any dtype); `None` elsewhere.
 #[allow(unused_variables)]
-fn fused_probs<B: Backend>(
+pub fn fused_probs<B: Backend>(
     products: &Tensor<B, 4>,
     additive: &Tensor<B, 4>,
     keep: Option<&Tensor<B, 4>>,

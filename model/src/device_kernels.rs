@@ -128,34 +128,48 @@ mod kernel {
         let step = CUBE_DIM_X as usize;
         let base = row * n;
         let mask_base = (row / rows_per_sequence as usize) * n;
-        let scale = F::cast_from(scale);
-        let mut shared = SharedMemory::<F>::new(units as usize);
+        // In f32 whatever F is (as PyTorch's softmax of half-precision inputs): a row's sum of
+        // hundreds of exponentials in bf16 would keep 8 bits.
+        let mut shared = SharedMemory::<f32>::new(units as usize);
 
-        let mut local_max = scores[base] * scale + mask[mask_base];
+        let mut local_max = logit::<F>(scores, mask, base, mask_base, scale);
         let mut j = unit;
         while j < n {
-            local_max = local_max.max(scores[base + j] * scale + mask[mask_base + j]);
+            local_max = local_max.max(logit::<F>(scores, mask, base + j, mask_base + j, scale));
             j += step;
         }
-        let row_max = reduce_cube::<F>(&mut shared, local_max, unit, step, true);
+        let row_max = reduce_cube::<f32>(&mut shared, local_max, unit, step, true);
 
-        let mut local_sum = F::new(0.0);
+        let mut local_sum = 0.0f32;
         let mut j = unit;
         while j < n {
-            local_sum += (scores[base + j] * scale + mask[mask_base + j] - row_max).exp();
+            local_sum += (logit::<F>(scores, mask, base + j, mask_base + j, scale) - row_max).exp();
             j += step;
         }
-        let row_sum = reduce_cube::<F>(&mut shared, local_sum, unit, step, false);
+        let row_sum = reduce_cube::<f32>(&mut shared, local_sum, unit, step, false);
 
         let mut j = unit;
         while j < n {
-            let p = (scores[base + j] * scale + mask[mask_base + j] - row_max).exp() / row_sum;
-            probs[base + j] = p;
+            let x = logit::<F>(scores, mask, base + j, mask_base + j, scale);
+            let p = (x - row_max).exp() / row_sum;
+            probs[base + j] = F::cast_from(p);
             if with_keep {
-                dropped[base + j] = p * keep[base + j];
+                dropped[base + j] = F::cast_from(p * f32::cast_from(keep[base + j]));
             }
             j += step;
         }
+    }
+
+    /// `scores[at]·scale + mask[mask_at]` in f32.
+    #[cube]
+    fn logit<F: Float>(
+        scores: &Tensor<F>,
+        mask: &Tensor<F>,
+        at: usize,
+        mask_at: usize,
+        scale: f32,
+    ) -> f32 {
+        f32::cast_from(scores[at]) * scale + f32::cast_from(mask[mask_at])
     }
 }
 
