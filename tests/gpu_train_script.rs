@@ -40,6 +40,13 @@ case " $* " in
 esac
 "#;
 
+/// The stub of the PyTorch peer: half the stub bertkit's sequences per second.
+const PEER: &str = r#"import json, os
+j = json.loads(open(os.environ["BENCH_JSON"]).read())
+print(json.dumps({"impl": "pytorch", "seq_per_s": j["seq_per_s"] / 2,
+                  "step_ms_median": 2 * j["step_ms_median"], "peak_allocated_mib": 1}))
+"#;
+
 const NVIDIA_SMI: &str = r#"#!/bin/bash
 case "$*" in
   *memory.used*) cat "$STUB_DIR/mem" 2>/dev/null || echo 0 ;;
@@ -72,6 +79,7 @@ fn dry_run(dir: &Path, bench_json: &Path, issues: &str) -> (Vec<String>, String,
     )
     .unwrap();
     write_exec(&bin.join("nvidia-smi"), NVIDIA_SMI);
+    std::fs::write(bench.join("pretrain_peer.py"), PEER).unwrap();
     // The builds travel xz-compressed; the script unpacks them with Python's lzma.
     write_exec(&dir.join("stub"), STUB);
     let py = "import lzma, shutil, sys\nfor out in sys.argv[2:]:\n    \
@@ -85,7 +93,7 @@ fn dry_run(dir: &Path, bench_json: &Path, issues: &str) -> (Vec<String>, String,
         .unwrap();
     assert!(status.success());
     let cpu_losses: String = (1..=6)
-        .map(|s| format!("{{\"step\":{s},\"split\":\"train\",\"loss\":1{s}.5}}\n"))
+        .map(|s| format!("{{\"step\":{s},\"split\":\"train\",\"loss\":1{s}.3}}\n"))
         .collect();
     std::fs::write(gpu.join("losses-cpu-f32.jsonl"), cpu_losses).unwrap();
 
@@ -173,7 +181,7 @@ fn gpu_train_script_runs_each_issues_checks_and_summarizes_them() {
     );
     assert!(calls.contains("bench-allreduce --backend nccl --size-mb 1024 --iters 5 --on-device"));
 
-    // All three, in order of importance; the peers fail here (no PyTorch peer in the stub tree).
+    // All three, in order of importance.
     let (names, calls, summary) = dry_run(&dir.path().join("all"), &bench_json, "18 19 20");
     let expected = [
         "mini-fixed-cold",
@@ -227,10 +235,21 @@ fn gpu_train_script_runs_each_issues_checks_and_summarizes_them() {
     assert!(rows[0].contains(&format!("{seq_per_s:.1}")), "{summary}");
     // The CUDA-vs-CPU losses, step by step, and the 50-step curve.
     assert!(
-        summary.contains("   6  16.500000  16.250000  16.250000  16.250000"),
+        summary.contains("   6  16.300000  16.250000  16.250000  16.250000"),
         "{summary}"
     );
     assert!(summary.contains("6: 16.250 (100)"), "{summary}");
+    // The goals, judged: the stub's losses are 0.05 below the CPU's (4.4e-3 relative at most),
+    // its first step comes within a second, and the stub peer is half as fast.
+    for goal in [
+        "18: CUDA f32 losses vs the CPU's: largest relative difference 4.42e-03 (goal <= 0.0001): NOT met",
+        "18: CUDA bf16 losses vs the CPU's: largest relative difference 4.42e-03 (goal <= 0.02): met",
+        "(goal <= 20 s with a warm cache): met",
+        "19: base-fixed: 2.000x PyTorch's seq/s (goal >= 1.0): met",
+        "19: base512-flash: 2.000x PyTorch's seq/s (goal >= 1.0): met",
+    ] {
+        assert!(summary.contains(goal), "{goal}\n{summary}");
+    }
 
     // Issue 19 alone does not read the autotune build.
     let (names, calls, _) = dry_run(&dir.path().join("19"), &bench_json, "19");

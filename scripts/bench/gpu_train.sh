@@ -39,9 +39,10 @@
 # several issues runs when any of them is chosen. The autotune build is only read for issue 18.
 # Run from the repository root: OUT=$OUT BUDGET=565 bash scripts/bench/gpu_train.sh, carrying .gpu
 # (33 MB; the lease's limit is 64 MiB with the tree), with a 600 s limit on the call. What comes
-# back: $OUT/summary.txt, $OUT/logs.tgz (every run's output), $OUT/kernel-cache.tgz (both caches;
-# carried by the next session as .gpu/kernel-cache.tgz, it times the first step with a cache kept
-# from an earlier GPU run).
+# back: $OUT/summary.txt (the runs' table, the losses, and the issues' goals, each marked met or
+# not), $OUT/logs.tgz (every run's output), $OUT/kernel-cache.tgz (both caches; carried by the
+# next session as .gpu/kernel-cache.tgz, it times the first step with a cache kept from an earlier
+# GPU run).
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
 OUT=${OUT:-/tmp/bertkit-gpu}
@@ -311,6 +312,30 @@ base = losses(f"{w}/losses-base-50.jsonl")
 if base:
     print("\nBERT-base bf16, 64 x 128, real shards: step: loss (seq/s)")
     print(", ".join(f"{s}: {r['loss']:.3f} ({r.get('sequences_per_s', 0):.0f})" for s, r in sorted(base.items())))
+# The issues' goals, each with what this call measured (a goal without its runs is not listed).
+print("\ngoals:")
+def verdict(ok):
+    return "met" if ok else "NOT met"
+for label, d, tol in [("18: CUDA f32 losses vs the CPU's", f32, 1e-4),
+                      ("18: CUDA bf16 losses vs the CPU's", bf, 2e-2),
+                      ("19: CUDA f32 losses with --device-attention flash vs the CPU's", fl, 1e-4)]:
+    rel = [abs(d[s]["loss"] - cpu[s]["loss"]) / cpu[s]["loss"] for s in cpu if s in d]
+    if cpu and len(rel) == len(cpu):
+        print(f"  {label}: largest relative difference {max(rel):.2e} (goal <= {tol:g}): {verdict(max(rel) <= tol)}")
+for n in ("mini-fixed-carried", "base-fixed-carried", "mini-fixed-kept"):
+    j = rows.get(n)
+    if j and j.get("impl") == "bertkit":
+        t = j["start_to_first_step_s"]
+        print(f"  18: {n}: first optimizer step {t:.1f} s after the start (goal <= 20 s with a warm cache): {verdict(t <= 20)}")
+for m, n in [("base", "base-fixed"), ("base", "base-flash"), ("large", "large-fixed"),
+             ("base512", "base512-fixed"), ("base512", "base512-flash")]:
+    b, p = rows.get(n), rows.get(f"peer-{m}")
+    if b and p and p.get("impl") == "pytorch":
+        r = b["seq_per_s"] / p["seq_per_s"]
+        print(f"  19: {n}: {r:.3f}x PyTorch's seq/s (goal >= 1.0): {verdict(r >= 1.0)}")
+    if b and b.get("impl") == "bertkit" and cublas == cublas:
+        mfu = b["achieved_tflop_s"] * 1e12 / cublas
+        print(f"  19: {n}: MFU {mfu:.1%} of cuBLAS's bf16 rate (goal >= 45%): {verdict(mfu >= 0.45)}")
 PY
 cp "$W/summary.txt" "$OUT/summary.txt"
 pack
