@@ -44,14 +44,11 @@ use burn::tensor::{DType, Distribution, Shape, Tensor, TensorMetadata, TensorPri
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime};
-use burn_fusion::stream::Operation;
-use burn_fusion::FusionRuntime;
-use burn_ir::{CustomOpIr, HandleContainer};
+use burn_cubecl::{BoolElement, CubeRuntime};
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use crate::attention::Spans;
-use crate::device_kernels::{on_cube, register_custom, Fused, FusionRt, OnCube};
+use crate::device_kernels::{on_cube, register_custom, Fused, OnCube};
 use crate::fused::{is_type, same_type};
 
 /// Rows (units) per cube: a block of one sequence's queries (forward, step 2) or keys (step 3).
@@ -720,53 +717,9 @@ fn backward_on_cube<R: CubeRuntime>(
     [dq, dk, dv]
 }
 
-type Inner<R, BT> = CubeBackend<R, f32, i32, BT>;
-
-/// The forward (`backward: false`) or backward kernels as a custom operation of burn-fusion's
-/// stream. Inputs: forward `q, k, v[, draws]`; backward `q, k, v, out, lse, dout[, draws]`.
-#[derive(Debug)]
-struct FlashOp<R, BT> {
-    desc: CustomOpIr,
-    geo: Arc<Geometry>,
-    backward: bool,
-    _backend: PhantomData<(R, BT)>,
-}
-
-impl<R, BT> Clone for FlashOp<R, BT> {
-    fn clone(&self) -> Self {
-        FlashOp {
-            desc: self.desc.clone(),
-            geo: self.geo.clone(),
-            backward: self.backward,
-            _backend: PhantomData,
-        }
-    }
-}
-
-impl<R: CubeRuntime, BT: BoolElement> Operation<FusionRt<R>> for FlashOp<R, BT> {
-    fn execute(&self, handles: &mut HandleContainer<<FusionRt<R> as FusionRuntime>::FusionHandle>) {
-        let mut inputs = self
-            .desc
-            .inputs
-            .iter()
-            .map(|t| handles.get_float_tensor::<Inner<R, BT>>(t));
-        let mut next = || inputs.next().expect("the operation declares its inputs");
-        let outputs: Vec<CubeTensor<R>> = if self.backward {
-            let saved = [next(), next(), next(), next(), next()];
-            let dout = next();
-            backward_on_cube(saved, dout, inputs.next(), &self.geo).into()
-        } else {
-            let qkv = [next(), next(), next()];
-            let (out, lse) = forward_on_cube(qkv, inputs.next(), &self.geo);
-            vec![out, lse]
-        };
-        for (ir, t) in self.desc.outputs.iter().zip(outputs) {
-            handles.register_float_tensor::<Inner<R, BT>>(&ir.id, t);
-        }
-    }
-}
-
-/// Registers [`FlashOp`] on the stream of `inputs`; its outputs have these shapes and dtypes.
+/// Registers the forward (`backward: false`) or backward kernels as a custom operation of
+/// burn-fusion's stream, on the stream of `inputs`: forward `q, k, v[, draws]`, backward
+/// `q, k, v, out, lse, dout[, draws]`; its outputs have these shapes and dtypes.
 fn register<R: CubeRuntime, BT: BoolElement>(
     inputs: Vec<Fused<R>>,
     outputs: &[(Shape, DType)],
@@ -778,13 +731,21 @@ fn register<R: CubeRuntime, BT: BoolElement>(
     } else {
         "bertkit_flash_attention"
     };
-    let op = |desc| FlashOp::<R, BT> {
-        desc,
-        geo: geo.clone(),
-        backward,
-        _backend: PhantomData,
+    let geo = geo.clone();
+    let kernels = move |inputs: Vec<CubeTensor<R>>| -> Vec<CubeTensor<R>> {
+        let mut inputs = inputs.into_iter();
+        let mut next = || inputs.next().expect("the operation declares its inputs");
+        if backward {
+            let saved = [next(), next(), next(), next(), next()];
+            let dout = next();
+            backward_on_cube(saved, dout, inputs.next(), &geo).into()
+        } else {
+            let qkv = [next(), next(), next()];
+            let (out, lse) = forward_on_cube(qkv, inputs.next(), &geo);
+            vec![out, lse]
+        }
     };
-    register_custom(name, inputs, outputs, op)
+    register_custom::<R, BT>(name, inputs, outputs, kernels)
 }
 
 /// The context and `lse`.

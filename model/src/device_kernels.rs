@@ -14,6 +14,7 @@
 //! [`PARTS_PER_LAUNCH`] parts per launch, and the zeros after them.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -221,35 +222,7 @@ fn probs_on_cube<R: CubeRuntime>(
     (probs, with_keep.then_some(dropped))
 }
 
-/// [`probs_on_cube`] as a custom operation of burn-fusion's stream.
-#[derive(Debug, Clone)]
-struct ProbsOp<B> {
-    desc: CustomOpIr,
-    scale: f32,
-    _backend: PhantomData<B>,
-}
-
-impl<R: CubeRuntime, BT: BoolElement> Operation<FusionRt<R>>
-    for ProbsOp<CubeBackend<R, f32, i32, BT>>
-{
-    fn execute(&self, handles: &mut HandleContainer<<FusionRt<R> as FusionRuntime>::FusionHandle>) {
-        type B<R, BT> = CubeBackend<R, f32, i32, BT>;
-        let inputs = &self.desc.inputs;
-        let scores = handles.get_float_tensor::<B<R, BT>>(&inputs[0]);
-        let mask = handles.get_float_tensor::<B<R, BT>>(&inputs[1]);
-        let keep = inputs
-            .get(2)
-            .map(|k| handles.get_float_tensor::<B<R, BT>>(k));
-        let (probs, dropped) = probs_on_cube(scores, mask, keep, self.scale);
-        let outputs = &self.desc.outputs;
-        handles.register_float_tensor::<B<R, BT>>(&outputs[0].id, probs);
-        if let Some(dropped) = dropped {
-            handles.register_float_tensor::<B<R, BT>>(&outputs[1].id, dropped);
-        }
-    }
-}
-
-pub(crate) type FusionRt<R> = burn_cubecl::fusion::FusionCubeRuntime<R>;
+type FusionRt<R> = burn_cubecl::fusion::FusionCubeRuntime<R>;
 pub(crate) type Fused<R> = FusionTensor<FusionRt<R>>;
 
 /// Work on a tensor backend `B`, written once for every GPU backend of this build.
@@ -286,13 +259,47 @@ fn float<B: Backend, R: CubeRuntime, const D: usize>(t: Fused<R>) -> Tensor<B, D
     Tensor::from_primitive(TensorPrimitive::Float(same_type::<_, FloatTensor<B>>(t)))
 }
 
+/// What a custom operation launches when the stream runs it: its inputs' tensors in, its
+/// outputs' tensors out, in the order of the operation's description.
+type Kernels<R> = Arc<dyn Fn(Vec<CubeTensor<R>>) -> Vec<CubeTensor<R>> + Send + Sync>;
+
+/// A custom operation of burn-fusion's stream over `CubeBackend<R, f32, i32, BT>`: reads its
+/// inputs' handles, runs `kernels`, registers the outputs.
+struct KernelOp<R: CubeRuntime, BT> {
+    desc: CustomOpIr,
+    kernels: Kernels<R>,
+    _bool: PhantomData<BT>,
+}
+
+impl<R: CubeRuntime, BT> std::fmt::Debug for KernelOp<R, BT> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelOp")
+            .field("desc", &self.desc)
+            .finish()
+    }
+}
+
+impl<R: CubeRuntime, BT: BoolElement> Operation<FusionRt<R>> for KernelOp<R, BT> {
+    fn execute(&self, handles: &mut HandleContainer<<FusionRt<R> as FusionRuntime>::FusionHandle>) {
+        type B<R, BT> = CubeBackend<R, f32, i32, BT>;
+        let inputs = (self.desc.inputs.iter())
+            .map(|t| handles.get_float_tensor::<B<R, BT>>(t))
+            .collect();
+        let outputs = (self.kernels)(inputs);
+        for (ir, t) in self.desc.outputs.iter().zip(outputs) {
+            handles.register_float_tensor::<B<R, BT>>(&ir.id, t);
+        }
+    }
+}
+
 /// Registers a custom operation named `name` on the streams of `inputs`, with outputs of these
-/// shapes and dtypes; `op` makes the operation from its description. Returns the outputs.
-pub(crate) fn register_custom<R: CubeRuntime, O: Operation<FusionRt<R>> + 'static>(
+/// shapes and dtypes, that runs `kernels` (on `CubeBackend<R, f32, i32, BT>`'s tensors) when
+/// the stream executes it. Returns the outputs.
+pub(crate) fn register_custom<R: CubeRuntime, BT: BoolElement>(
     name: &'static str,
     inputs: Vec<Fused<R>>,
     outputs: &[(Shape, DType)],
-    op: impl FnOnce(CustomOpIr) -> O,
+    kernels: impl Fn(Vec<CubeTensor<R>>) -> Vec<CubeTensor<R>> + Send + Sync + 'static,
 ) -> Vec<Fused<R>> {
     let client = inputs[0].client.clone();
     let streams = OperationStreams::with_inputs(inputs.iter());
@@ -302,7 +309,12 @@ pub(crate) fn register_custom<R: CubeRuntime, O: Operation<FusionRt<R>> + 'stati
         .map(|(shape, dtype)| TensorIr::uninit(client.create_empty_handle(), shape.clone(), *dtype))
         .collect();
     let desc = CustomOpIr::new(name, &inputs, &outputs);
-    client.register(streams, OperationIr::Custom(desc.clone()), op(desc))
+    let op = KernelOp::<R, BT> {
+        desc: desc.clone(),
+        kernels: Arc::new(kernels),
+        _bool: PhantomData,
+    };
+    client.register(streams, OperationIr::Custom(desc), op)
 }
 
 /// The probabilities and, with `keep`, the probabilities after dropout, on a fusion backend
@@ -317,12 +329,15 @@ fn probs_on_fusion<R: CubeRuntime, BT: BoolElement>(
     let outputs = vec![output; 1 + keep.is_some() as usize];
     let mut inputs = vec![scores, mask];
     inputs.extend(keep);
-    let op = |desc| ProbsOp::<CubeBackend<R, f32, i32, BT>> {
-        desc,
-        scale,
-        _backend: PhantomData,
+    let kernels = move |inputs: Vec<CubeTensor<R>>| {
+        let mut inputs = inputs.into_iter();
+        let mut next = || inputs.next().expect("the operation declares its inputs");
+        let (scores, mask) = (next(), next());
+        let (probs, dropped) = probs_on_cube(scores, mask, inputs.next(), scale);
+        std::iter::once(probs).chain(dropped).collect()
     };
-    let mut out = register_custom("bertkit_attention_probs", inputs, &outputs, op).into_iter();
+    let mut out =
+        register_custom::<R, BT>("bertkit_attention_probs", inputs, &outputs, kernels).into_iter();
     let probs = out.next().expect("the operation declares its outputs");
     (probs, out.next())
 }
@@ -417,27 +432,6 @@ fn concat_on_cube<R: CubeRuntime>(parts: Vec<CubeTensor<R>>, len: usize) -> Cube
     out
 }
 
-/// [`concat_on_cube`] as a custom operation of burn-fusion's stream.
-#[derive(Debug, Clone)]
-struct ConcatOp<B> {
-    desc: CustomOpIr,
-    len: usize,
-    _backend: PhantomData<B>,
-}
-
-impl<R: CubeRuntime, BT: BoolElement> Operation<FusionRt<R>>
-    for ConcatOp<CubeBackend<R, f32, i32, BT>>
-{
-    fn execute(&self, handles: &mut HandleContainer<<FusionRt<R> as FusionRuntime>::FusionHandle>) {
-        type B<R, BT> = CubeBackend<R, f32, i32, BT>;
-        let parts = (self.desc.inputs.iter())
-            .map(|t| handles.get_float_tensor::<B<R, BT>>(t))
-            .collect();
-        let out = concat_on_cube(parts, self.len);
-        handles.register_float_tensor::<B<R, BT>>(&self.desc.outputs[0].id, out);
-    }
-}
-
 /// `parts` concatenated and followed by zeros up to `len` elements, in one launch per
 /// [`PARTS_PER_LAUNCH`] parts when `B` is burn's wgpu or CUDA backend of this build (without
 /// autodiff) and the parts share one dtype; the parts back otherwise.
@@ -470,12 +464,8 @@ impl<B: Backend> OnCube for Concat<B> {
         let Concat { parts, len } = self;
         let parts: Vec<Fused<R>> = parts.into_iter().map(fused::<B, R, 1>).collect();
         let output = (Shape::new([len]), parts[0].dtype);
-        let op = |desc| ConcatOp::<CubeBackend<R, f32, i32, BT>> {
-            desc,
-            len,
-            _backend: PhantomData,
-        };
-        let out = register_custom("bertkit_concat", parts, &[output], op)
+        let kernels = move |parts| vec![concat_on_cube(parts, len)];
+        let out = register_custom::<R, BT>("bertkit_concat", parts, &[output], kernels)
             .into_iter()
             .next()
             .expect("the operation declares its output");
